@@ -1,0 +1,160 @@
+"""The shared Pyro model: a frozen backbone, Bayesian PEFT layers and a Bayesian head.
+
+Generative story, for a batch of ``B`` out of ``N`` examples::
+
+    w_s ~ prior(s)                      for every PEFT and head site s (scaled by kl_weight)
+    f   = head_w(pool(backbone_w(x)))   the frozen backbone with the sampled deltas bound
+    y_i ~ likelihood(f_i)               inside plate("data", N), so log p(y) is scaled by N / B
+
+Subclasses define the head's sites, how features become outputs, and the likelihood.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar, Mapping
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.nn import PyroModule
+from torch import nn
+
+from pyro_bhpeft.backbone import freeze
+from pyro_bhpeft.config import ConfigError, PeftConfig
+from pyro_bhpeft.peft import PeftLayer, Site, inject
+from pyro_bhpeft.priors import Normal, Prior
+
+__all__ = ["BayesianPeftModel", "POOLINGS"]
+
+POOLINGS = ("auto", "mean", "cls", "last")
+_BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+Batch = Mapping[str, torch.Tensor]
+
+
+def _pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:
+    """(batch, seq, hidden) -> (batch, hidden)."""
+    if mask is None:
+        mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "last":  # last visible token, for left or right padding
+        seq = mask.shape[1]
+        last = seq - 1 - torch.flip(mask, dims=[1]).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    weights = mask.to(hidden.dtype).unsqueeze(-1)  # mean over visible tokens
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class BayesianPeftModel(PyroModule):
+    """Base class of :class:`SequenceClassifier`, :class:`MultipleChoice` and :class:`Regressor`.
+
+    The backbone is frozen and its weights never enter Pyro's parameter store: only the PEFT and
+    head tensors are random, each a ``pyro.sample`` site named by its module path.
+    """
+
+    task: ClassVar[str] = ""
+
+    def __init__(self, backbone: nn.Module, peft: PeftConfig | None = None, prior: Prior | None = None,
+                 *, pooling: str = "auto") -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ConfigError(f"pooling {pooling!r} is not one of {', '.join(POOLINGS)}")
+        self.backbone = freeze(backbone)
+        self.peft_config = peft if peft is not None else PeftConfig()
+        self.prior = prior if prior is not None else Normal(1.0)
+        decoder = bool(getattr(backbone.config, "is_decoder", False)) or "CausalLM" in str(
+            getattr(backbone.config, "architectures", "")) or type(backbone).__name__.startswith(
+            ("Llama", "GPT", "Mistral", "Qwen", "Gemma", "Phi"))
+        self.pooling = ("last" if decoder else "mean") if pooling == "auto" else pooling
+        self.hidden_size = int(backbone.config.hidden_size)
+        self.peft_layers: list[PeftLayer] = inject(backbone, self.peft_config)  # plain list: not submodules
+        self.num_data: int | None = None  # full data size, for minibatch scaling (set by fit)
+        self.kl_weight: float = 1.0  # weight of log p(w) - log q(w); fit anneals it
+        self._site_specs = {name: site for layer in self.peft_layers for name, site in layer.sites().items()}
+        self._site_specs.update(self.head_sites())
+
+    # ---- what subclasses provide -------------------------------------------------------------
+    def head_sites(self) -> dict[str, Site]:
+        raise NotImplementedError
+
+    def outputs(self, weights: Mapping[str, torch.Tensor], features: torch.Tensor, batch: Batch) -> Any:
+        """Head outputs (logits, or (mean, noise scale)) from pooled features."""
+        raise NotImplementedError
+
+    def likelihood(self, outputs: Any, labels: torch.Tensor | None) -> None:
+        """The observation statement(s), called inside the data plate."""
+        raise NotImplementedError
+
+    def flatten_inputs(self, batch: Batch) -> Batch:
+        """Inputs as the backbone sees them (multiple choice folds choices into the batch)."""
+        return batch
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Constructor arguments, besides backbone/peft/prior, needed to rebuild this model."""
+        return {"pooling": self.pooling}
+
+    # ---- the model ---------------------------------------------------------------------------
+    @property
+    def sites(self) -> dict[str, Site]:
+        """Every random site of the model, in sampling order: PEFT layers first, then the head."""
+        return dict(self._site_specs)
+
+    def latent_names(self) -> list[str]:
+        """Names of every latent sample site (the sites plus any extra, like a noise scale)."""
+        return list(self._site_specs)
+
+    def initial_values(self) -> dict[str, torch.Tensor]:
+        """Where a guide starts: LoRA's A random and B zero, adapters as identity, and so on."""
+        device = self._device()
+        return {name: site.init(site.shape).to(device) for name, site in self._site_specs.items()}
+
+    def sample_weights(self) -> dict[str, torch.Tensor]:
+        device = self._device()
+        scale = poutine.scale(scale=self.kl_weight) if self.kl_weight != 1.0 else contextlib.nullcontext()
+        with scale:
+            return {name: pyro.sample(name, self.prior.distribution(name, site.shape, device))
+                    for name, site in self._site_specs.items()}
+
+    def forward(self, batch: Batch, labels: torch.Tensor | None = None) -> Any:
+        weights = self.sample_weights()
+        out = self.run(weights, batch)
+        size = next(iter(batch.values())).shape[0]
+        full = self.num_data if self.num_data is not None else size
+        with pyro.plate("data", size=full, subsample=torch.arange(size, device=self._device())):
+            self.likelihood(out, labels)
+        return out
+
+    def run(self, weights: Mapping[str, torch.Tensor], batch: Batch) -> Any:
+        """Deterministic forward pass with given weights (no Pyro statements)."""
+        with self.bound(weights):
+            flat = self.flatten_inputs(batch)
+            inputs = {k: v for k, v in flat.items() if k in _BACKBONE_INPUTS}
+            hidden = self.backbone(**inputs).last_hidden_state  # (batch, seq, hidden)
+            features = _pool(hidden, flat.get("attention_mask"), self.pooling)
+        return self.outputs(weights, features, batch)
+
+    @contextlib.contextmanager
+    def bound(self, weights: Mapping[str, torch.Tensor]):
+        """Bind sampled PEFT tensors to their layers for the duration of a forward pass."""
+        try:
+            for layer in self.peft_layers:
+                prefix = layer.path + "."
+                layer.bind({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+            yield
+        finally:
+            for layer in self.peft_layers:
+                layer.bind(None)
+
+    def _device(self) -> torch.device:
+        return next(self.backbone.parameters()).device
+
+    def dummy_batch(self) -> dict[str, torch.Tensor]:
+        """A one-example batch that exercises every site (used to set guides up when loading)."""
+        ids = torch.zeros(1, 4, dtype=torch.long, device=self._device())
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+    def dummy_data(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``(inputs, labels)`` of one example: guides are set up with observed labels."""
+        dtype = torch.float32 if self.task == "regression" else torch.long
+        return self.dummy_batch(), torch.zeros(1, dtype=dtype, device=self._device())

@@ -1,0 +1,49 @@
+"""Bayesian bottleneck adapter on a block's feed-forward output."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..config import AdapterConfig
+from .base import PeftLayer, Site, uniform_init, zeros_init
+
+__all__ = ["AdapterLayer"]
+
+_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "silu": F.silu}
+
+
+class AdapterLayer(PeftLayer):
+    """``h = f(x); h + W_up act(W_down h + b_down) + b_up`` where ``f`` is the frozen FFN output layer.
+
+    The up-projection starts at zero, so the adapter starts as the identity (Houlsby/Pfeiffer).
+    """
+
+    kind = "adapter"
+
+    def __init__(self, base: nn.Module, hidden: int, path: str, block: int | None, config: AdapterConfig) -> None:
+        super().__init__(path, block)
+        self.base = base  # nn.Linear, or a LoraLinear when LoRA also targets this layer
+        self.hidden = hidden
+        self.bottleneck = config.bottleneck
+        self.activation = _ACTIVATIONS[config.activation]
+
+    def site_specs(self) -> dict[str, Site]:
+        hidden, b = self.hidden, self.bottleneck
+        return {
+            "adapter_down": Site((b, hidden), uniform_init(1.0 / math.sqrt(hidden))),
+            "adapter_down_bias": Site((b,), zeros_init),
+            "adapter_up": Site((hidden, b), zeros_init),
+            "adapter_up_bias": Site((hidden,), zeros_init),
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.base(x)
+        w = self._weights
+        if w is None:
+            return h
+        z = self.activation(F.linear(h, w["adapter_down"], w["adapter_down_bias"]))  # (..., bottleneck)
+        return h + F.linear(z, w["adapter_up"], w["adapter_up_bias"])

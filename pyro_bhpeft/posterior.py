@@ -1,0 +1,155 @@
+"""A fitted posterior: the model, its guide, and everything needed to save, reload and sample it.
+
+Saved as a directory of JSON and safetensors (no pickle)::
+
+    config.json          model class and arguments, backbone name, PEFT config, prior, guide
+    guide.safetensors    the guide's parameters
+    prior.safetensors    tensors of a posterior-derived prior (only when the prior has any)
+
+Example::
+
+    result = fit(model, guide, loader)
+    result.posterior.save("runs/sst")
+    posterior = Posterior.load("runs/sst")        # same predictions, no retraining
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyro
+import pyro.poutine as poutine
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import PeftConfig
+from .io import atomic_dir, write_json
+from .priors import prior_from_dict
+
+__all__ = ["Posterior", "SiteMarginal", "PosteriorError", "FORMAT"]
+
+FORMAT = "pyro-bhpeft/1"
+
+
+class PosteriorError(ValueError):
+    """A saved posterior is missing or unreadable."""
+
+
+@dataclass(frozen=True)
+class SiteMarginal:
+    """The marginal posterior of one site: ``loc`` and ``scale`` (None for a point mass)."""
+
+    loc: torch.Tensor
+    scale: torch.Tensor | None
+
+
+class Posterior:
+    """A model and its fitted guide. ``meta`` holds free-form JSON facts (task, data, lineage)."""
+
+    def __init__(self, model: Any, guide: Any, *, backbone_name: str | None = None,
+                 meta: dict[str, Any] | None = None) -> None:
+        self.model, self.guide = model, guide
+        self.backbone_name = backbone_name
+        self.meta = dict(meta or {})
+        if getattr(guide, "prototype_trace", True) is None:  # an autoguide that has not run yet
+            with torch.no_grad(), poutine.block():
+                guide(*model.dummy_data())
+
+    @property
+    def latent_names(self) -> list[str]:
+        return self.model.latent_names()
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, *, seed: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """``num_samples`` joint draws of every latent site from the guide."""
+        if seed is not None:
+            pyro.set_rng_seed(seed)
+        names, data, draws = self.latent_names, self.model.dummy_data(), []
+        for _ in range(num_samples):
+            with poutine.block():
+                trace = poutine.trace(self.guide).get_trace(*data)
+            draws.append({n: trace.nodes[n]["value"].detach() for n in names})
+        return draws
+
+    @torch.no_grad()
+    def mean(self) -> dict[str, torch.Tensor]:
+        """The guide's central weights (its ``median``): the mean-only prediction uses these."""
+        if not hasattr(self.guide, "median"):
+            raise PosteriorError(f"{type(self.guide).__name__} has no median(); predict with num_samples > 0")
+        return {n: v.detach() for n, v in self.guide.median(*self.model.dummy_data()).items()}
+
+    def marginals(self) -> dict[str, SiteMarginal]:
+        """Per-site loc and scale (exact for our guides; Monte Carlo for others)."""
+        if hasattr(self.guide, "marginals"):
+            return {n: SiteMarginal(loc, scale) for n, (loc, scale) in self.guide.marginals().items()}
+        draws = self.sample(200)
+        return {n: SiteMarginal(torch.stack([d[n] for d in draws]).mean(0),
+                                torch.stack([d[n] for d in draws]).std(0)) for n in self.latent_names}
+
+    # ---- persistence -------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        from pyro_bhpeft.guides import guide_config
+
+        m = self.model
+        return {"format": FORMAT, "backbone": self.backbone_name,
+                "model": {"class": type(m).__name__, "kwargs": m.model_kwargs()},
+                "peft": m.peft_config.to_dict(), "prior": m.prior.to_dict(),
+                "guide": guide_config(self.guide), "meta": self.meta}
+
+    def write_to(self, directory: str | Path) -> None:
+        """Write the posterior files into an existing directory (see :meth:`save` for atomicity)."""
+        directory = Path(directory)
+        config = self.config()  # fails early for guides we cannot rebuild
+        state = {k: v.detach().contiguous() for k, v in self.guide.state_dict().items()}
+        save_file(state, str(directory / "guide.safetensors"))
+        prior_tensors = {k: v.contiguous() for k, v in self.model.prior.tensors().items()}
+        if prior_tensors:
+            save_file(prior_tensors, str(directory / "prior.safetensors"))
+        write_json(directory / "config.json", config)
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save atomically to the directory ``path``; refuses an existing one unless ``overwrite``."""
+        with atomic_dir(path, overwrite=overwrite) as stage:
+            self.write_to(stage)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, backbone: torch.nn.Module | None = None) -> "Posterior":
+        """Rebuild model and guide from ``path``; ``backbone`` overrides the recorded one."""
+        from pyro_bhpeft.backbone import load_backbone
+        from pyro_bhpeft.guides import GUIDES
+        from pyro_bhpeft.models import MODELS
+
+        config = read_config(path)
+        path = Path(path)
+        tensors = load_file(str(path / "prior.safetensors")) if (path / "prior.safetensors").exists() else {}
+        prior = prior_from_dict(config["prior"], tensors)
+        if backbone is None:
+            if not config.get("backbone"):
+                raise PosteriorError(f"{path} does not record its backbone; pass backbone= to Posterior.load")
+            backbone = load_backbone(config["backbone"]).model
+        model = MODELS[config["model"]["class"]](backbone, PeftConfig.from_dict(config["peft"]), prior,
+                                                  **config["model"]["kwargs"])
+        guide = GUIDES[config["guide"]["class"]](model, **config["guide"]["kwargs"])
+        with torch.no_grad(), poutine.block():
+            guide(*model.dummy_data())
+        guide.load_state_dict(load_file(str(path / "guide.safetensors")))
+        return cls(model, guide, backbone_name=config.get("backbone"), meta=config.get("meta"))
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The saved ``config.json`` of a posterior directory, checked."""
+    file = Path(path) / "config.json"
+    if not file.is_file():
+        raise PosteriorError(f"{path} holds no saved posterior (config.json is missing); "
+                             "point to a directory written by fit or Posterior.save")
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise PosteriorError(f"{file} is corrupt ({err}); refit, or restore the run directory") from None
+    if config.get("format") != FORMAT or not (Path(path) / "guide.safetensors").is_file():
+        raise PosteriorError(f"{path} is not a complete {FORMAT} posterior (format or guide.safetensors missing)")
+    return config

@@ -1,0 +1,92 @@
+"""Predictions with uncertainty from a fitted posterior.
+
+For classification, with ``K`` joint weight draws ``w_k ~ q``::
+
+    p(y|x)      = 1/K sum_k softmax(f(x; w_k))                 predictive probabilities
+    H[p(y|x)]   = predictive entropy  = expected entropy + mutual information
+    E_k H[p_k]  = expected (aleatoric) entropy;  MI = their difference (epistemic)
+
+``num_samples=0`` predicts once with the posterior mean (MI is then 0). For regression the
+predictive mean and variance decompose into aleatoric (noise) and epistemic (spread of means).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+from tqdm.auto import tqdm
+
+from .posterior import Posterior
+
+__all__ = ["predict", "ClassPrediction", "RegressionPrediction"]
+
+
+@dataclass(frozen=True)
+class ClassPrediction:
+    """Per-example predictive probabilities (N, C) and uncertainties (N,) in nats."""
+
+    probs: torch.Tensor
+    predictive_entropy: torch.Tensor
+    expected_entropy: torch.Tensor
+    mutual_information: torch.Tensor
+    labels: torch.Tensor | None
+    num_samples: int
+    sample_probs: torch.Tensor | None = None  # (K, N, C) when kept
+
+    @property
+    def predicted(self) -> torch.Tensor:
+        return self.probs.argmax(-1)
+
+
+@dataclass(frozen=True)
+class RegressionPrediction:
+    """Predictive mean and variance (N,), with variance = aleatoric + epistemic."""
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    aleatoric: torch.Tensor
+    epistemic: torch.Tensor
+    labels: torch.Tensor | None
+    num_samples: int
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+
+def _split(item) -> tuple[dict, torch.Tensor | None]:
+    if isinstance(item, (tuple, list)):
+        return item[0], (item[1] if len(item) > 1 else None)
+    return item, None
+
+
+@torch.no_grad()
+def predict(posterior: Posterior, data: Iterable, *, num_samples: int = 16, seed: int = 0,
+            keep_samples: bool = False, progress: bool = False) -> ClassPrediction | RegressionPrediction:
+    """Predict every batch of ``data`` (``inputs`` or ``(inputs, labels)``) under ``num_samples`` draws.
+
+    The same draws are used for every batch, so per-example quantities are from one posterior sample set.
+    """
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0 (0 = posterior mean only), got {num_samples}")
+    model = posterior.model
+    draws = [posterior.mean()] if num_samples == 0 else posterior.sample(num_samples, seed=seed)
+    outs, labels = [], []
+    for item in tqdm(data, desc="predict", disable=not progress, unit="batch"):
+        inputs, y = _split(item)
+        outs.append([model.run(w, inputs) for w in draws])
+        if y is not None:
+            labels.append(y)
+    y = torch.cat(labels) if labels else None
+    if model.task == "regression":
+        means = torch.cat([torch.stack([o[0] for o in batch]) for batch in outs], dim=1)  # (K, N)
+        noise = torch.cat([torch.stack([o[1].expand_as(o[0]) for o in batch]) for batch in outs], dim=1)
+        aleatoric, epistemic = (noise ** 2).mean(0), means.var(0, unbiased=False)
+        return RegressionPrediction(means.mean(0), aleatoric + epistemic, aleatoric, epistemic, y, num_samples)
+    probs = torch.cat([torch.stack([o.softmax(-1) for o in batch]) for batch in outs], dim=1)  # (K, N, C)
+    mean = probs.mean(0)
+    predictive, expected = _entropy(mean), _entropy(probs).mean(0)
+    return ClassPrediction(mean, predictive, expected, (predictive - expected).clamp_min(0.0), y, num_samples,
+                           probs if keep_samples else None)
