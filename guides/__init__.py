@@ -119,8 +119,8 @@ class LowRank(AutoLowRankMultivariateNormal):
     @torch.no_grad()
     def marginals(self) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
         loc, scale = self._loc_scale()
-        locs, scales = self._unpack_latent(loc), self._unpack_latent(scale)
-        return {name: (locs[name].clone(), scales[name].clone()) for name in locs}
+        scales = {site["name"]: s for site, s in self._unpack_latent(scale)}
+        return {site["name"]: (v.clone(), scales[site["name"]].clone()) for site, v in self._unpack_latent(loc)}
 
     @torch.no_grad()
     def low_rank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

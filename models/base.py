@@ -25,11 +25,18 @@ from pyro_bhpeft.config import ConfigError, PeftConfig
 from pyro_bhpeft.peft import PeftLayer, Site, inject
 from pyro_bhpeft.priors import Normal, Prior
 
-__all__ = ["BayesianPeftModel", "POOLINGS"]
+__all__ = ["BayesianPeftModel", "POOLINGS", "kl_scaled"]
 
 POOLINGS = ("auto", "mean", "cls", "last")
 _BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 Batch = Mapping[str, torch.Tensor]
+
+
+def kl_scaled(weight: float):
+    """Scale the log-densities of the weight sites by ``weight`` (0 masks them: maximum likelihood)."""
+    if weight == 1.0:
+        return contextlib.nullcontext()
+    return poutine.mask(mask=False) if weight == 0 else poutine.scale(scale=weight)
 
 
 def _pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:
@@ -111,10 +118,19 @@ class BayesianPeftModel(PyroModule):
 
     def sample_weights(self) -> dict[str, torch.Tensor]:
         device = self._device()
-        scale = poutine.scale(scale=self.kl_weight) if self.kl_weight != 1.0 else contextlib.nullcontext()
-        with scale:
-            return {name: pyro.sample(name, self.prior.distribution(name, site.shape, device))
-                    for name, site in self._site_specs.items()}
+        with kl_scaled(self.kl_weight):
+            weights = {name: pyro.sample(name, self.prior.distribution(name, site.shape, device))
+                       for name, site in self._site_specs.items()}
+            weights.update(self.extra_latents())
+            joint = getattr(self.prior, "joint_log_prob", None)  # a prior with correlations across sites
+            log_prob = joint(weights) if joint is not None else None
+            if log_prob is not None:
+                pyro.factor("prior.joint", log_prob)
+        return weights
+
+    def extra_latents(self) -> dict[str, torch.Tensor]:
+        """Latent sites besides the PEFT and head weights (e.g. a noise scale); sampled after them."""
+        return {}
 
     def forward(self, batch: Batch, labels: torch.Tensor | None = None) -> Any:
         weights = self.sample_weights()

@@ -42,12 +42,15 @@ class Regressor(BayesianPeftModel):
     def head_sites(self) -> dict[str, Site]:
         return {"head.weight": Site((1, self.hidden_size), normal_init(0.02)), "head.bias": Site((1,), zeros_init)}
 
-    def sample_weights(self):
-        weights = super().sample_weights()
-        if self.noise_scale is None:
-            loc = torch.tensor(math.log(self.noise_prior_scale), device=self._device())
-            weights["log_noise"] = pyro.sample("log_noise", dist.Normal(loc, 1.0))
-        return weights
+    def extra_latents(self):
+        if self.noise_scale is not None:
+            return {}
+        covers = getattr(self.prior, "covers", None)  # a posterior-derived prior may know log_noise
+        if covers is not None and covers("log_noise"):
+            fn = self.prior.distribution("log_noise", (), self._device())
+        else:
+            fn = dist.Normal(torch.tensor(math.log(self.noise_prior_scale), device=self._device()), 1.0)
+        return {"log_noise": pyro.sample("log_noise", fn)}
 
     def latent_names(self):
         return super().latent_names() + (["log_noise"] if self.noise_scale is None else [])

@@ -20,6 +20,7 @@ import pyro
 
 from . import priors
 from .backbone import load_backbone
+from .continual import PosteriorPrior, posterior_prior
 from .config import AdapterConfig, ConfigError, LoraConfig, PeftConfig, PrefixConfig
 from .infer import FitResult, fit
 from .posterior import Posterior, SiteMarginal
@@ -33,5 +34,5 @@ __version__ = "0.1.0"
 __all__ = [
     "load_backbone", "PeftConfig", "LoraConfig", "AdapterConfig", "PrefixConfig", "ConfigError",
     "priors", "fit", "FitResult", "predict", "ClassPrediction", "RegressionPrediction",
-    "Posterior", "SiteMarginal", "__version__",
+    "Posterior", "SiteMarginal", "posterior_prior", "PosteriorPrior", "__version__",
 ]

@@ -34,6 +34,7 @@ class FitResult:
     posterior: Posterior
     history: list[float] = field(repr=False)
     kl_weights: list[float] = field(repr=False)
+    step_seconds: list[float] = field(repr=False)  # wall time of each optimisation step
     steps: int
     seconds: float
 
@@ -101,12 +102,13 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
     optimizer = torch.optim.Adam(_param_groups(guide, lr, scale_lr or lr, weight_decay))
     params = [p for g in optimizer.param_groups for p in g["params"]]
     total = epochs * len(batches) if max_steps is None else min(max_steps, epochs * len(batches))
-    history, weights, start, step = [], [], time.perf_counter(), 0
+    history, weights, times, start, step = [], [], [], time.perf_counter(), 0
     bar = tqdm(total=total, desc="fit", disable=not progress, unit="step", dynamic_ncols=True)
     scaled_guide = _KLScaledGuide(guide)
     loss_fn = _elbo_for(guide, num_particles)(model, scaled_guide)
     while step < total:
         for inputs, labels in batches:
+            tick = time.perf_counter()
             beta = kl_schedule(step, kl_weight, kl_anneal_steps)
             model.kl_weight = scaled_guide.weight = beta
             loss = loss_fn(inputs, labels) / model.num_data
@@ -115,6 +117,7 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
             if clip_norm:
                 torch.nn.utils.clip_grad_norm_(params, clip_norm)
             optimizer.step()
+            times.append(time.perf_counter() - tick)
             history.append(float(loss.detach()))
             weights.append(beta)
             step += 1
@@ -126,7 +129,7 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
     bar.close()
     model.kl_weight = 1.0
     posterior = Posterior(model, guide, backbone_name=backbone_name, meta=meta)
-    return FitResult(posterior, history, weights, step, time.perf_counter() - start)
+    return FitResult(posterior, history, weights, times, step, time.perf_counter() - start)
 
 
 class _KLScaledGuide(torch.nn.Module):
@@ -138,7 +141,7 @@ class _KLScaledGuide(torch.nn.Module):
         self.weight = 1.0
 
     def forward(self, *args, **kwargs):
-        if self.weight == 1.0:
-            return self.guide(*args, **kwargs)
-        with poutine.scale(scale=self.weight):
+        from pyro_bhpeft.models.base import kl_scaled
+
+        with kl_scaled(self.weight):
             return self.guide(*args, **kwargs)

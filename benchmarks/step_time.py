@@ -1,0 +1,152 @@
+"""Training-step cost of Bayesian PEFT against `peft`'s deterministic LoRA, in one process.
+
+Setting (fixed): the packaged MiniLM, batch 16 x 64 tokens, LoRA r=8 (alpha 16) on query/value,
+mean pooling and a linear head, Adam. Methods run in interleaved rounds so that machine drift hits
+all of them alike; the figure is the median step time over the timed steps.
+
+Memory is the training footprint of one step, counted exactly rather than sampled: frozen backbone
+weights + trainable tensors (parameters, gradients, two Adam moments) + every tensor autograd saves
+for the backward pass (deduplicated by storage).
+
+    python benchmarks/step_time.py            # prints a table and the ratios to peft LoRA
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from pyro_bhpeft import PeftConfig, LoraConfig, fit, load_backbone, priors
+from pyro_bhpeft.guides import MeanField
+from pyro_bhpeft.models import SequenceClassifier
+
+BATCH, SEQ, R = 16, 64, 8
+
+
+def make_batch(tokenizer, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1000, tokenizer.vocab_size, (BATCH, SEQ), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, torch.randint(0, 2, (BATCH,), generator=g)
+
+
+class PeftLoraClassifier(nn.Module):
+    """The deterministic baseline: peft's LoRA on the same backbone, mean pooling, linear head."""
+
+    def __init__(self):
+        super().__init__()
+        from peft import LoraConfig as PeftLora, get_peft_model
+
+        backbone = load_backbone("minilm").model
+        self.body = get_peft_model(backbone, PeftLora(r=R, lora_alpha=16, lora_dropout=0.0,
+                                                      target_modules=["query", "value"]))
+        self.head = nn.Linear(backbone.config.hidden_size, 2)
+
+    def forward(self, batch):
+        h = self.body(**batch).last_hidden_state
+        m = batch["attention_mask"].unsqueeze(-1).float()
+        return self.head((h * m).sum(1) / m.sum(1))
+
+
+class PeftRunner:
+    def __init__(self, batch, labels):
+        self.model, self.batch, self.labels = PeftLoraClassifier(), batch, labels
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.Adam(self.params, lr=2e-3)
+
+    def step(self) -> float:
+        tick = time.perf_counter()
+        loss = nn.functional.cross_entropy(self.model(self.batch), self.labels)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.opt.step()
+        return time.perf_counter() - tick
+
+    def trainable(self) -> list[torch.Tensor]:
+        return self.params
+
+    def frozen_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters() if not p.requires_grad)
+
+
+class BayesRunner:
+    """Our SVI step through the public ``fit``, with state kept between calls."""
+
+    def __init__(self, peft: PeftConfig, batch, labels):
+        backbone = load_backbone("minilm").model
+        self.model = SequenceClassifier(backbone, peft, priors.Normal(1.0), num_labels=2)
+        self.guide = MeanField(self.model)
+        self.data = [(batch, labels)]
+        fit(self.model, self.guide, self.data, num_data=4000, max_steps=1, progress=False)
+
+    def step(self) -> float:
+        # One fit call of one step; its own step timer excludes set-up (guide already built).
+        result = fit(self.model, self.guide, self.data, num_data=4000, max_steps=1, progress=False)
+        return result.step_seconds[0]
+
+    def trainable(self) -> list[torch.Tensor]:
+        return [p for p in self.guide.parameters() if p.requires_grad]
+
+    def frozen_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.backbone.parameters())
+
+
+def saved_bytes(runner) -> int:
+    """Bytes autograd keeps for backward during one training step (unique storages)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        if t.device.type == "cpu" and not t.is_sparse:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        runner.step()
+    return sum(seen.values())
+
+
+def footprint(runner) -> int:
+    trainable = sum(p.numel() * p.element_size() for p in runner.trainable())
+    return runner.frozen_bytes() + 4 * trainable + saved_bytes(runner)  # param, grad, 2 Adam moments
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per method")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tokenizer = load_backbone("minilm").tokenizer
+    batch, labels = make_batch(tokenizer)
+    runners = {
+        "peft LoRA (deterministic)": PeftRunner(batch, labels),
+        "BH-PEFT LoRA, mean-field": BayesRunner(PeftConfig(LoraConfig(r=R)), batch, labels),
+        "BH-PEFT hybrid, mean-field": BayesRunner(PeftConfig.hybrid(r=R), batch, labels),
+    }
+    times = {name: [] for name in runners}
+    for _ in range(args.warmup):
+        for runner in runners.values():
+            runner.step()
+    for _ in range(args.steps):  # interleaved rounds
+        for name, runner in runners.items():
+            times[name].append(runner.step())
+    base_name = next(iter(runners))
+    base_t = statistics.median(times[base_name])
+    base_m = footprint(runners[base_name])
+    print(f"MiniLM, batch {BATCH} x {SEQ} tokens, LoRA r={R} on query/value, {args.threads} threads, "
+          f"median of {args.steps} steps")
+    print(f"{'method':30s} {'step (s)':>9s} {'time ratio':>11s} {'memory (MB)':>12s} {'memory ratio':>13s}")
+    for name, runner in runners.items():
+        t, m = statistics.median(times[name]), footprint(runner)
+        print(f"{name:30s} {t:9.3f} {t / base_t:11.2f} {m / 2**20:12.1f} {m / base_m:13.2f}")
+
+
+if __name__ == "__main__":
+    main()
