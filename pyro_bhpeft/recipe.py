@@ -1,0 +1,134 @@
+"""A training recipe: everything that defines one fit, as one frozen, JSON-able value.
+
+The CLI, the demo, the comparison harness and dynamic fine-tuning all build their runs from a
+:class:`Recipe`, so "same data, head, steps and seeds" is one object compared for equality.
+
+Example::
+
+    recipe = Recipe(guide="mean-field", peft=PeftConfig.hybrid(), epochs=1)
+    result = train(recipe, load_task("sentiment"))
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+
+from .backbone import load_backbone
+from .config import ConfigError, PeftConfig
+from .infer import FitResult, fit
+from .priors import Laplace, Normal, Prior, StudentT
+
+__all__ = ["Recipe", "GUIDE_NAMES", "PRIOR_NAMES", "build_model", "build_guide", "train", "loaders"]
+
+GUIDE_NAMES = ("mean-field", "low-rank", "map", "mle")
+PRIOR_NAMES = ("normal", "laplace", "student-t")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One fit. ``guide``: ``mean-field``, ``low-rank`` (with ``rank``), ``map`` (point mass with the
+    prior) or ``mle`` (point mass, no prior: plain deterministic LoRA training)."""
+
+    backbone: str = "minilm"
+    peft: PeftConfig = field(default_factory=PeftConfig)
+    prior: str = "normal"
+    prior_scale: float = 1.0
+    guide: str = "mean-field"
+    rank: int = 8
+    init_scale: float = 1e-2
+    deterministic: tuple[str, ...] = ()
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 16
+    lr: float = 2e-3
+    scale_lr: float | None = None
+    kl_weight: float = 1.0
+    kl_anneal_steps: int = 0
+    max_length: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.guide not in GUIDE_NAMES:
+            raise ConfigError(f"unknown guide {self.guide!r}; choose one of {', '.join(GUIDE_NAMES)}")
+        if self.prior not in PRIOR_NAMES:
+            raise ConfigError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIOR_NAMES)}")
+        for name in ("epochs", "batch_size", "max_length", "rank"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not self.lr > 0 or not self.prior_scale > 0 or not self.init_scale > 0 or self.kl_weight < 0:
+            raise ConfigError("lr, prior_scale and init_scale must be positive and kl_weight >= 0")
+        object.__setattr__(self, "deterministic", tuple(self.deterministic))
+
+    def with_(self, **changes: Any) -> "Recipe":
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["peft"] = self.peft.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Recipe":
+        d = dict(d)
+        d["peft"] = PeftConfig.from_dict(d["peft"])
+        return cls(**d)
+
+    def make_prior(self) -> Prior:
+        return {"normal": Normal, "laplace": Laplace, "student-t": StudentT}[self.prior](scale=self.prior_scale)
+
+
+def build_model(recipe: Recipe, spec: Any, backbone: torch.nn.Module, prior: Prior | None = None,
+                targets: torch.Tensor | None = None):
+    """The model for a task ``spec`` (its ``kind``, ``label_names``); regression targets set the scaling."""
+    from pyro_bhpeft.models import MultipleChoice, Regressor, SequenceClassifier
+
+    prior = prior or recipe.make_prior()
+    if spec.kind == "classification":
+        return SequenceClassifier(backbone, recipe.peft, prior, num_labels=len(spec.label_names))
+    if spec.kind == "multiple_choice":
+        return MultipleChoice(backbone, recipe.peft, prior)
+    if spec.kind == "regression":
+        loc = float(targets.mean()) if targets is not None else 0.0
+        scale = float(targets.std()) if targets is not None and len(targets) > 1 else 1.0
+        return Regressor(backbone, recipe.peft, prior, target_loc=loc, target_scale=scale)
+    raise ConfigError(f"unknown task kind {spec.kind!r}")
+
+
+def build_guide(recipe: Recipe, model: Any):
+    from pyro_bhpeft.guides import Delta, LowRank, MeanField
+
+    if recipe.guide == "mean-field":
+        return MeanField(model, init_scale=recipe.init_scale, deterministic=recipe.deterministic)
+    if recipe.guide == "low-rank":
+        return LowRank(model, rank=recipe.rank, init_scale=recipe.init_scale)
+    return Delta(model)
+
+
+def loaders(recipe: Recipe, data: Any, tokenizer: Any, splits: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Tokenised DataLoaders: ``train`` shuffled by the recipe's seed, the other splits in order."""
+    from pyro_bhpeft.data import make_loader, tokenize
+
+    tokenized = tokenize(data, tokenizer, max_length=recipe.max_length)
+    out = {"train": make_loader(tokenized["train"], recipe.batch_size, shuffle=True, seed=recipe.seed)}
+    for split in splits:
+        out[split] = make_loader(tokenized[split], 64)
+    return out
+
+
+def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bool = True,
+          meta: dict | None = None, backbone: Any = None) -> FitResult:
+    """Fit ``recipe`` on ``data`` (a :class:`pyro_bhpeft.data.TaskData`); returns the FitResult."""
+    bb = backbone or load_backbone(recipe.backbone)
+    targets = torch.tensor(data.splits["train"]["label"], dtype=torch.float32) \
+        if data.spec.kind == "regression" else None
+    model = build_model(recipe, data.spec, bb.model, prior, targets)
+    guide = build_guide(recipe, model)
+    train_loader = loaders(recipe, data, bb.tokenizer)["train"]
+    kl_weight = 0.0 if recipe.guide == "mle" else recipe.kl_weight
+    return fit(model, guide, train_loader, epochs=recipe.epochs, max_steps=recipe.max_steps, lr=recipe.lr,
+               scale_lr=recipe.scale_lr, kl_weight=kl_weight, kl_anneal_steps=recipe.kl_anneal_steps,
+               seed=recipe.seed, progress=progress, backbone_name=recipe.backbone,
+               meta={"recipe": recipe.to_dict(), **(meta or {})})

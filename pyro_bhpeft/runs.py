@@ -1,0 +1,92 @@
+"""Run directories: a fitted posterior plus the recipe, data and history that produced it.
+
+A run directory holds the posterior files (see :mod:`pyro_bhpeft.posterior`), with the run's facts in
+``config.json``'s ``meta`` (recipe, where the data came from, its size and content hash, the parent
+run) and the training curve in ``history.json``. It is written atomically: an interrupted fit leaves
+the previous directory or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+
+from .infer import FitResult
+from .io import atomic_dir, write_json
+from .posterior import Posterior, read_config
+from .recipe import Recipe
+
+__all__ = ["DataSource", "save_run", "load_run", "data_hash", "evaluate_split", "run_meta"]
+
+
+def data_hash(dataset: Any) -> str:
+    """Content hash of a dataset's columns (order-sensitive), to record what a run saw."""
+    h = hashlib.sha256()
+    for name in sorted(dataset.column_names):
+        h.update(name.encode())
+        h.update(json.dumps(dataset[name], sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+class DataSource(dict):
+    """How to load a run's data again: ``{"task": name, "max_examples": n}`` or ``{"files": ...}``."""
+
+    def load(self):
+        from pyro_bhpeft.data import load_files, load_task
+
+        if "task" in self:
+            return load_task(self["task"], source=self.get("source", "auto"),
+                             max_examples=self.get("max_examples"), seed=self.get("seed", 0))
+        return load_files(self["train"], eval_files=self.get("eval_files"), kind=self["kind"],
+                          **self.get("columns", {}))
+
+
+def run_meta(recipe: Recipe, source: DataSource, data: Any, parent: str | None = None) -> dict[str, Any]:
+    train = data.splits["train"]
+    return {"recipe": recipe.to_dict(), "source": dict(source), "task": data.spec.name, "kind": data.spec.kind,
+            "label_names": list(data.spec.label_names), "num_choices": data.spec.num_choices,
+            "data": {"name": data.spec.name, "size": len(train), "hash": data_hash(train)},
+            "parent": parent, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def save_run(path: str | Path, result: FitResult, *, overwrite: bool = False,
+             extra: dict[str, Any] | None = None) -> Path:
+    """Write posterior, history and any extra JSON files into ``path``, atomically."""
+    with atomic_dir(path, overwrite=overwrite) as stage:
+        result.posterior.write_to(stage)
+        write_json(stage / "history.json", {"loss": result.history, "kl_weight": result.kl_weights,
+                                            "step_seconds": result.step_seconds, "seconds": result.seconds})
+        for name, content in (extra or {}).items():
+            write_json(stage / name, content)
+    return Path(path)
+
+
+def load_run(path: str | Path) -> tuple[Posterior, dict[str, Any]]:
+    """The posterior of a run and its meta (recipe, source, task)."""
+    read_config(path)  # clear error first for a missing or corrupt run
+    posterior = Posterior.load(path)
+    return posterior, posterior.meta
+
+
+def evaluate_split(posterior: Posterior, loader: Any, num_samples: int, *, seed: int = 0) -> dict[str, Any]:
+    """Metrics of one split with ``num_samples`` posterior draws (0 = posterior mean)."""
+    from pyro_bhpeft.analysis import metrics
+    from pyro_bhpeft.predict import predict
+
+    pred = predict(posterior, loader, num_samples=num_samples, seed=seed)
+    if posterior.model.task == "regression":
+        out = metrics.regression_metrics(pred.mean.numpy(), pred.variance.numpy(), pred.labels.numpy())
+    else:
+        out = metrics.classification_metrics(pred.probs.numpy(), pred.labels.numpy())
+        out["mutual_information"] = float(pred.mutual_information.mean())
+        out["predictive_entropy"] = float(pred.predictive_entropy.mean())
+    out["num_samples"] = num_samples
+    out["n"] = int(len(pred.labels)) if pred.labels is not None else 0
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in out.items()}
+
+
