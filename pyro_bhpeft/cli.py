@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -95,6 +96,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a few steps on small slices (for CI)")
     p.add_argument("--overwrite", action="store_true", default=True, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("update", help="a new round: fit new data with a previous run's posterior as prior")
+    p.add_argument("--from", dest="parent", required=True, help="the previous round's run directory (only read)")
+    _add_data_args(p, for_fit=True)
+    p.add_argument("--temper", type=float, default=1.0,
+                   help="forgetting factor: multiplies every prior variance (default 1: exact updating)")
+    p.add_argument("--epochs", type=int, help="default: the parent's")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--lr", type=float, help="default: the parent's")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory for the new round")
+    p.add_argument("--overwrite", action="store_true")
+
+    p = sub.add_parser("history", help="the chain of rounds that led to a run")
+    p.add_argument("run")
 
     sub.add_parser("tasks", help="list the registered tasks")
     return parser
@@ -227,6 +243,34 @@ def _prediction_rows(pred, split, meta: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def cmd_update(args: argparse.Namespace) -> None:
+    from .runs import update_run
+
+    if not args.temper > 0:
+        raise UserError(f"--temper must be positive, got {args.temper}")
+    overrides = {k: getattr(args, k) for k in ("epochs", "max_steps", "lr") if getattr(args, k) is not None}
+    overrides["seed"] = args.seed
+    result = update_run(args.parent, _source(args), args.out, temper=args.temper, overrides=overrides,
+                        overwrite=args.overwrite)
+    round_ = result.posterior.meta["round"]
+    print(f"round {round_}: {result.steps} steps in {result.seconds:.0f} s; run saved to {args.out}")
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    from .runs import lineage
+
+    for entry in lineage(args.run):
+        data = entry["data"] or {}
+        prior = entry["prior_from"]
+        line = (f"round {entry['round']}: {entry['run']}  data={data.get('name')} n={data.get('size')} "
+                f"hash={data.get('hash')}  guide={entry['guide']}  "
+                f"prior={'base' if not prior else 'posterior of round before (temper %g)' % prior['temper']}")
+        for name, m in entry["metrics"].items():
+            s = m.get("samples", m)
+            line += f"\n    {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in s.items() if isinstance(v, float))
+        print(line)
+
+
 def cmd_tasks(args: argparse.Namespace) -> None:
     from .data import TASKS
 
@@ -241,7 +285,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report written to {report}")
 
 
-COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo, "tasks": cmd_tasks}
+COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
+            "update": cmd_update, "history": cmd_history, "tasks": cmd_tasks}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -254,7 +299,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         COMMANDS[args.command](args)
-    except (UserError, ConfigError, DataError, PosteriorError, BackboneError, AssetError, FileExistsError) as err:
+    except (UserError, ConfigError, DataError, PosteriorError, BackboneError, AssetError, FileExistsError,
+            ValueError) as err:
+        if os.environ.get("PYRO_BHPEFT_DEBUG"):
+            raise
         print(f"pyro-bhpeft {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

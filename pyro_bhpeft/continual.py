@@ -9,7 +9,7 @@
 
 ``temper >= 1`` is a forgetting factor: it multiplies every prior variance, so the new round can move
 further from the old posterior. Sites the old posterior did not have (a new head for new labels)
-fall back to ``base``, the prior the first round used by default.
+fall back to ``base``, the prior the first round used by default; so do sites whose shape changed.
 
 Example::
 
@@ -58,9 +58,8 @@ class PosteriorPrior(Prior):
         if name not in self.locs:
             return self.base.distribution(name, shape, device)
         loc, scale = self.locs[name].to(device), self.scales[name].to(device)
-        if tuple(loc.shape) != tuple(shape):
-            raise ValueError(f"prior site {name!r} has shape {tuple(loc.shape)} but the model's is {tuple(shape)}; "
-                             "the PEFT configuration must match the previous round's")
+        if tuple(loc.shape) != tuple(shape):  # e.g. a head for a new label set: start from the base prior
+            return self.base.distribution(name, shape, device)
         return dist.Normal(loc, scale).to_event(len(shape))
 
     def joint_log_prob(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor | None:

@@ -21,7 +21,7 @@ from .io import atomic_dir, write_json
 from .posterior import Posterior, read_config
 from .recipe import Recipe
 
-__all__ = ["DataSource", "save_run", "load_run", "data_hash", "evaluate_split", "run_meta"]
+__all__ = ["DataSource", "save_run", "load_run", "data_hash", "evaluate_split", "run_meta", "update_run", "lineage"]
 
 
 def data_hash(dataset: Any) -> str:
@@ -48,7 +48,7 @@ class DataSource(dict):
 
 def run_meta(recipe: Recipe, source: DataSource, data: Any, parent: str | None = None) -> dict[str, Any]:
     train = data.splits["train"]
-    return {"recipe": recipe.to_dict(), "source": dict(source), "task": data.spec.name, "kind": data.spec.kind,
+    return {"round": 1, "recipe": recipe.to_dict(), "source": dict(source), "task": data.spec.name, "kind": data.spec.kind,
             "label_names": list(data.spec.label_names), "num_choices": data.spec.num_choices,
             "data": {"name": data.spec.name, "size": len(train), "hash": data_hash(train)},
             "parent": parent, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -90,3 +90,50 @@ def evaluate_split(posterior: Posterior, loader: Any, num_samples: int, *, seed:
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in out.items()}
 
 
+
+
+def update_run(parent: str | Path, source: DataSource, out: str | Path, *, temper: float = 1.0,
+               overrides: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True) -> FitResult:
+    """Fit a new round on ``source`` with the posterior of run ``parent`` as prior; writes run ``out``.
+
+    The parent directory is only read. The new run records its parent, the data it saw, the prior
+    it used and its round number; interrupted, it leaves nothing and can simply be rerun.
+    """
+    from .continual import posterior_prior
+    from .recipe import train
+
+    parent = Path(parent).resolve()
+    if Path(out).resolve() == parent:
+        raise FileExistsError("the new round cannot overwrite its parent; choose another output directory")
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another output directory or allow overwriting")
+    previous, meta = load_run(parent)
+    recipe = Recipe.from_dict(meta["recipe"]).with_(**(overrides or {}))
+    data = source.load()
+    if data.spec.kind != meta["kind"]:
+        raise ValueError(f"the parent run is {meta['kind']} but the new data is {data.spec.kind}; "
+                         "a round must keep the task kind")
+    prior = posterior_prior(previous, temper=temper)
+    result = train(recipe, data, prior=prior, progress=progress)
+    result.posterior.meta.update(run_meta(recipe, source, data, parent=str(parent)))
+    result.posterior.meta.update(round=int(meta.get("round", 1)) + 1, prior_from={"run": str(parent), "temper": temper})
+    save_run(out, result, overwrite=overwrite)
+    return result
+
+
+def lineage(run: str | Path) -> list[dict[str, Any]]:
+    """The chain of rounds ending at ``run``, oldest first, each with its facts and saved metrics."""
+    chain, seen = [], set()
+    path: Path | None = Path(run).resolve()
+    while path is not None:
+        if path in seen:
+            raise ValueError(f"run lineage loops at {path}")
+        seen.add(path)
+        meta = read_config(path).get("meta", {})
+        metrics = {p.stem: json.loads(p.read_text()) for p in sorted(path.glob("metrics-*.json"))}
+        chain.append({"run": str(path), "round": meta.get("round", 1), "data": meta.get("data"),
+                      "guide": meta.get("recipe", {}).get("guide"), "created": meta.get("created"),
+                      "prior_from": meta.get("prior_from"), "metrics": metrics})
+        parent = meta.get("parent")
+        path = Path(parent) if parent else None
+    return chain[::-1]
