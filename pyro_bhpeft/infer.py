@@ -82,12 +82,14 @@ def _num_data(data: Iterable, num_data: int | None) -> int:
 
 def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, num_data: int | None = None,
         epochs: int = 1, max_steps: int | None = None, lr: float = 2e-3, scale_lr: float | None = None,
+        final_lr_factor: float = 1.0,
         weight_decay: float = 0.0, kl_weight: float = 1.0, kl_anneal_steps: int = 0, clip_norm: float | None = 1.0,
         num_particles: int = 1, seed: int = 0, progress: bool = True, backbone_name: str | None = None,
         meta: dict | None = None) -> FitResult:
     """Run SVI over ``epochs`` passes of ``data`` (batches of ``(inputs, labels)``).
 
-    ``scale_lr`` is the learning rate of the posterior scales (default: ``lr``); ``kl_weight``
+    ``scale_lr`` is the learning rate of the posterior scales (default: ``lr``); every learning rate
+    decays exponentially to ``final_lr_factor`` times its start by the last step; ``kl_weight``
     multiplies the KL term (1 = the true ELBO) and can be annealed in over ``kl_anneal_steps``.
     The same ``seed`` gives the same posterior.
     """
@@ -102,6 +104,7 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
     optimizer = torch.optim.Adam(_param_groups(guide, lr, scale_lr or lr, weight_decay))
     params = [p for g in optimizer.param_groups for p in g["params"]]
     total = epochs * len(batches) if max_steps is None else min(max_steps, epochs * len(batches))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: final_lr_factor ** (s / max(1, total - 1)))
     history, weights, times, start, step = [], [], [], time.perf_counter(), 0
     bar = tqdm(total=total, desc="fit", disable=not progress, unit="step", dynamic_ncols=True)
     scaled_guide = _KLScaledGuide(guide)
@@ -117,6 +120,7 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
             if clip_norm:
                 torch.nn.utils.clip_grad_norm_(params, clip_norm)
             optimizer.step()
+            schedule.step()
             times.append(time.perf_counter() - tick)
             history.append(float(loss.detach()))
             weights.append(beta)
