@@ -26,8 +26,8 @@ DEMO_METHODS: dict[str, Recipe] = {
     "deterministic LoRA": _BASE.with_(guide="mle"),
     "BH-PEFT (mean-field)": _BASE.with_(guide="mean-field", peft=PeftConfig.hybrid()),
 }
-METRIC_COLUMNS = (("accuracy", "accuracy", 100.0), ("NLL", "nll", 1.0), ("Brier", "brier", 1.0),
-                  ("ECE %", "ece", 1.0), ("MCE %", "mce", 1.0))
+METRIC_COLUMNS = (("accuracy %", "accuracy", 100.0, 2), ("NLL", "nll", 1.0, 3), ("Brier", "brier", 1.0, 3),
+                  ("ECE %", "ece", 1.0, 2), ("MCE %", "mce", 1.0, 2))
 
 
 @dataclass
@@ -69,11 +69,10 @@ def _slug(name: str) -> str:
 
 
 def _table(results: dict[str, _MethodResult], split: str) -> str:
-    head = "| method | " + " | ".join(c for c, _, _ in METRIC_COLUMNS) + " | train time (s) |"
+    head = "| method | " + " | ".join(c for c, _, _, _ in METRIC_COLUMNS) + " | train time (s) |"
     rows = [head, "|" + "---|" * (len(METRIC_COLUMNS) + 2)]
     for name, r in results.items():
-        cells = [f"{r.metrics[split][key] * mult:.2f}" if mult != 1.0 else f"{r.metrics[split][key]:.3f}"
-                 for _, key, mult in METRIC_COLUMNS]
+        cells = [f"{r.metrics[split][key] * mult:.{digits}f}" for _, key, mult, digits in METRIC_COLUMNS]
         rows.append(f"| {name} | " + " | ".join(cells) + f" | {r.seconds:.0f} |")
     return "\n".join(rows)
 

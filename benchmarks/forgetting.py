@@ -1,0 +1,151 @@
+"""Forgetting across rounds: posterior-as-prior vs naive sequential fine-tuning vs joint refit.
+
+A stream of sentiment domains with a real shift (VADER ratings by sign): movie snippets, then
+Amazon reviews, then tweets. Every method sees the same rounds, backbone (packaged MiniLM), LoRA
+r=8 on query/value, steps, batch size, learning rate and seeds:
+
+* ``posterior-prior (mean-field)`` / ``(low-rank)``: round k's prior is round k-1's posterior;
+* ``naive sequential``: a point estimate with no prior, each round starting from the last weights;
+* ``joint refit``: a mean-field posterior refitted on all data so far (the upper bound).
+
+After every round each method is evaluated on the test set of every round seen so far (accuracy,
+NLL, ECE). Forgetting of round j after round k is ``acc_j(after j) - acc_j(after k)``; the table
+reports its average over earlier rounds. Results: ``forgetting.md``, ``forgetting.json`` and
+``forgetting.png`` (accuracy on round-1 data across rounds) in ``--out``.
+
+    python benchmarks/forgetting.py --seeds 0 1 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import datasets
+import torch
+
+from pyro_bhpeft import fit, load_backbone, posterior_prior, predict
+from pyro_bhpeft.analysis import metrics, plots
+from pyro_bhpeft.data import TaskData, load_task, make_loader, tokenize
+from pyro_bhpeft.guides import Delta, LowRank, MeanField
+from pyro_bhpeft.models import SequenceClassifier
+from pyro_bhpeft.priors import Normal
+
+ROUNDS = ("sentiment-movie", "sentiment-amazon", "sentiment-tweets")
+METHODS = ("posterior-prior (mean-field)", "posterior-prior (low-rank)", "naive sequential", "joint refit")
+
+
+def round_data(train_size: int, test_size: int, seed: int) -> list[TaskData]:
+    out = []
+    for name in ROUNDS:
+        task = load_task(name, seed=seed)
+        splits = datasets.DatasetDict({"train": task.splits["train"].select(range(min(train_size, len(task.splits["train"])))),
+                                       "test": task.splits["test"].select(range(min(test_size, len(task.splits["test"]))))})
+        out.append(TaskData(task.spec, splits))
+    return out
+
+
+def joint_data(rounds: list[TaskData]) -> TaskData:
+    train = datasets.concatenate_datasets([r.splits["train"] for r in rounds]).shuffle(seed=0)
+    return TaskData(rounds[0].spec, datasets.DatasetDict({"train": train, "test": rounds[0].splits["test"]}))
+
+
+def train_round(method: str, data: TaskData, tokenizer, previous, args, seed: int):
+    """One round of one method; returns the fitted posterior."""
+    model = SequenceClassifier(load_backbone(args.backbone).model, num_labels=2,
+                               prior=Normal(1.0) if previous is None or method == "naive sequential"
+                               else posterior_prior(previous, temper=args.temper))
+    if method == "naive sequential":
+        guide = Delta(model)
+        kl_weight = 0.0
+    elif method.endswith("(low-rank)"):
+        guide, kl_weight = LowRank(model, rank=8), 1.0
+    else:
+        guide, kl_weight = MeanField(model), 1.0
+    if previous is not None and method == "naive sequential":
+        guide(*model.dummy_data())
+        guide.load_state_dict(previous.guide.state_dict())  # start from the last point estimate
+    loader = make_loader(tokenize(data, tokenizer, args.max_length)["train"], args.batch_size, shuffle=True, seed=seed)
+    return fit(model, guide, loader, epochs=args.epochs, lr=args.lr, kl_weight=kl_weight, seed=seed,
+               progress=False).posterior
+
+
+def evaluate(posterior, data: TaskData, tokenizer, args, samples: int) -> dict:
+    loader = make_loader(tokenize(data, tokenizer, args.max_length)["test"], 64)
+    pred = predict(posterior, loader, num_samples=samples)
+    return metrics.classification_metrics(pred.probs.numpy(), pred.labels.numpy())
+
+
+def run_seed(seed: int, args, tokenizer) -> dict:
+    rounds = round_data(args.train_size, args.test_size, seed)
+    results = {m: [] for m in METHODS}  # results[method][k][j] = metrics on round j after round k
+    for method in METHODS:
+        previous = None
+        for k in range(len(rounds)):
+            data = joint_data(rounds[: k + 1]) if method == "joint refit" else rounds[k]
+            prev = None if method == "joint refit" else previous
+            previous = train_round(method, data, tokenizer, prev, args, seed)
+            samples = 0 if method == "naive sequential" else args.samples
+            results[method].append([evaluate(previous, rounds[j], tokenizer, args, samples) for j in range(k + 1)])
+            print(f"seed {seed} {method} round {k + 1}: " + ", ".join(
+                f"{ROUNDS[j]} acc {r['accuracy']:.3f}" for j, r in enumerate(results[method][-1])), flush=True)
+    return results
+
+
+def forgetting(per_round: list[list[dict]]) -> float:
+    """Average over earlier rounds j of acc_j right after j minus acc_j after the last round."""
+    last = per_round[-1]
+    drops = [per_round[j][j]["accuracy"] - last[j]["accuracy"] for j in range(len(per_round) - 1)]
+    return statistics.mean(drops) if drops else 0.0
+
+
+def summarize(all_seeds: list[dict], out: Path) -> None:
+    lines = ["| method | avg forgetting (acc pts) | final acc, round 1 | final acc, all rounds | final NLL | final ECE % |",
+             "|---|---|---|---|---|---|"]
+
+    def ms(values):
+        values = list(values)
+        return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
+
+    curves = {}
+    for method in METHODS:
+        runs = [s[method] for s in all_seeds]
+        lines.append(f"| {method} | {ms(100 * forgetting(r) for r in runs)} | "
+                     f"{ms(100 * r[-1][0]['accuracy'] for r in runs)} | "
+                     f"{ms(100 * statistics.mean(m['accuracy'] for m in r[-1]) for r in runs)} | "
+                     f"{ms(statistics.mean(m['nll'] for m in r[-1]) for r in runs)} | "
+                     f"{ms(statistics.mean(m['ece'] for m in r[-1]) for r in runs)} |")
+        curves[method] = [statistics.mean(r[k][0]["accuracy"] for r in runs) for k in range(len(ROUNDS))]
+    table = "\n".join(lines)
+    (out / "forgetting.md").write_text(f"Rounds: {' -> '.join(ROUNDS)}; mean ± sd over {len(all_seeds)} seeds.\n\n{table}\n")
+    plots.accuracy_over_rounds(curves, out / "forgetting.png", xlabel="round (1 = movie, 2 = amazon, 3 = tweets)")
+    print(table)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--train-size", type=int, default=800, help="training examples per round")
+    p.add_argument("--test-size", type=int, default=400)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--temper", type=float, default=1.0)
+    p.add_argument("--backbone", default="minilm")
+    p.add_argument("--out", default="runs/forgetting")
+    args = p.parse_args()
+    torch.set_num_threads(2)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_backbone(args.backbone).tokenizer
+    all_seeds = [run_seed(s, args, tokenizer) for s in args.seeds]
+    (out / "forgetting.json").write_text(json.dumps({"args": vars(args), "results": all_seeds}, indent=1))
+    summarize(all_seeds, out)
+
+
+if __name__ == "__main__":
+    main()

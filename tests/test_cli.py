@@ -1,0 +1,151 @@
+"""The command line on a tiny local model and the user's own files: fit -> evaluate -> predict, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from pyro_bhpeft.cli import main
+
+WORDS = "good great fine bad awful poor movie plot actor film the a is was very not".split()
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory):
+    """A tiny random BERT and a word-level tokenizer saved as a local model folder."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
+def reviews(n: int, seed: int = 0) -> pd.DataFrame:
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        label = int(torch.randint(0, 2, (1,), generator=g))
+        words = ["good", "great", "fine"] if label else ["bad", "awful", "poor"]
+        pick = [words[int(i)] for i in torch.randint(0, 3, (3,), generator=g)]
+        rows.append({"review": f"the movie was very {' '.join(pick)}", "sentiment": ["neg", "pos"][label]})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture()
+def files(tmp_path):
+    train, test = tmp_path / "train.csv", tmp_path / "test.jsonl"
+    reviews(96).to_csv(train, index=False)
+    reviews(32, seed=1).to_json(test, orient="records", lines=True)
+    return train, test
+
+
+def run_cli(*argv: str) -> int:
+    return main([str(a) for a in argv])
+
+
+def test_fit_evaluate_predict_chain(tiny_backbone, files, tmp_path, capsys):
+    train, test = files
+    run = tmp_path / "run"
+    code = run_cli("fit", "--train", train, "--text-column", "review", "--label-column", "sentiment",
+                   "--backbone", tiny_backbone, "--peft", "lora,adapter,prefix", "--lora-r", 2, "--adapter-size", 4,
+                   "--prefix-length", 2, "--max-steps", 6, "--batch-size", 8, "--max-length", 16, "--out", run)
+    assert code == 0
+    assert {"config.json", "guide.safetensors", "history.json"} <= {p.name for p in run.iterdir()}
+    assert len(json.loads((run / "history.json").read_text())["loss"]) == 6
+
+    out = tmp_path / "metrics.json"
+    assert run_cli("evaluate", run, "--data", test, "--text-column", "review", "--label-column", "sentiment",
+                   "--samples", 3, "--out", out) == 0
+    metrics = json.loads(out.read_text())
+    for mode in ("samples", "mean_only"):
+        assert 0.0 <= metrics[mode]["accuracy"] <= 1.0 and metrics[mode]["n"] == 32
+        assert {"nll", "brier", "ece"} <= set(metrics[mode])
+    assert metrics["mean_only"]["mutual_information"] == 0.0
+
+    preds = tmp_path / "preds.csv"
+    assert run_cli("predict", run, "--data", test, "--text-column", "review", "--label-column", "sentiment",
+                   "--samples", 3, "--out", preds) == 0
+    table = pd.read_csv(preds)
+    assert len(table) == 32
+    assert ((table["p_0"] + table["p_1"]) - 1).abs().max() < 1e-5
+    assert (table["mutual_information"] >= 0).all() and (table["entropy"] >= table["mutual_information"] - 1e-6).all()
+    assert set(table["predicted_name"]) <= {"neg", "pos"}
+
+
+def _fit_args(tiny_backbone, train, out, *extra):
+    return ["fit", "--train", train, "--text-column", "review", "--label-column", "sentiment", "--backbone",
+            tiny_backbone, "--max-steps", 2, "--batch-size", 8, "--max-length", 16, "--out", out, *extra]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err  # one line, no traceback
+    return err[0]
+
+
+def test_output_directory_holding_a_run_is_refused_unless_overwrite(tiny_backbone, files, tmp_path, capsys):
+    train, _ = files
+    run = tmp_path / "run"
+    assert run_cli(*_fit_args(tiny_backbone, train, run)) == 0
+    before = (run / "guide.safetensors").read_bytes()
+    capsys.readouterr()
+    assert run_cli(*_fit_args(tiny_backbone, train, run)) == 2
+    assert "--overwrite" in _error_line(capsys)
+    assert (run / "guide.safetensors").read_bytes() == before
+    assert run_cli(*_fit_args(tiny_backbone, train, run, "--overwrite", "--seed", 1)) == 0
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("missing column", "review"),
+    ("empty file", "empty"),
+    ("not text", "text"),
+    ("unknown task", "sentiment"),
+    ("unknown backbone", "backbone"),
+    ("bad peft", "--peft"),
+    ("rank zero", "rank"),
+])
+def test_bad_input_is_one_line_and_exit_code_2(case, needle, tiny_backbone, files, tmp_path, capsys):
+    train, _ = files
+    out = tmp_path / "run"
+    args = _fit_args(tiny_backbone, train, out)
+    if case == "missing column":
+        pd.DataFrame({"text": ["a"], "sentiment": ["pos"]}).to_csv(train, index=False)
+    elif case == "empty file":
+        train.write_text("")
+    elif case == "not text":
+        pd.DataFrame({"review": [1.5, 2.5] * 10, "sentiment": ["pos", "neg"] * 10}).to_csv(train, index=False)
+    elif case == "unknown task":
+        args = ["fit", "--task", "no-such-task", "--out", out]
+    elif case == "unknown backbone":
+        args[args.index(tiny_backbone)] = "no_such_model"
+    elif case == "bad peft":
+        args += ["--peft", "lora,banana"]
+    elif case == "rank zero":
+        args += ["--lora-r", "0"]
+    assert run_cli(*args) == 2
+    assert needle in _error_line(capsys).lower()
+    assert not out.exists()
+
+
+def test_label_outside_the_class_list(tiny_backbone, files, tmp_path, capsys):
+    train, test = files
+    run = tmp_path / "run"
+    assert run_cli(*_fit_args(tiny_backbone, train, run)) == 0
+    capsys.readouterr()
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"review": ["the film was good"], "sentiment": ["meh"]}).to_csv(bad, index=False)
+    assert run_cli("evaluate", run, "--data", bad, "--text-column", "review", "--label-column", "sentiment") == 2
+    assert "meh" in _error_line(capsys)
+
+
+def test_evaluate_on_a_missing_run_is_a_clear_error(tmp_path, capsys):
+    assert run_cli("evaluate", tmp_path / "nothing") == 2
+    assert "config.json is missing" in _error_line(capsys)
