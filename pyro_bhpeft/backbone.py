@@ -74,7 +74,9 @@ def _resolve(name_or_path: str) -> str:
 def load_backbone(name_or_path: str = "minilm", *, dtype: torch.dtype = torch.float32) -> Backbone:
     """Return the frozen base model (no task head) and its tokenizer."""
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a 0.1 s weight-loading bar is noise on every command
     source = _resolve(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

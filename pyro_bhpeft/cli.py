@@ -165,36 +165,42 @@ def cmd_fit(args: argparse.Namespace) -> None:
     print(f"fit: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}; run saved to {out}")
 
 
-def _eval_loader(args: argparse.Namespace, meta: dict[str, Any], posterior):
-    from .data import load_files, make_loader, tokenize
-    from .recipe import Recipe
+def _eval_data(args: argparse.Namespace, meta: dict[str, Any]):
+    """The data to evaluate on (checked before any model is loaded) and the split to use."""
+    from .data import load_files
     from .runs import DataSource
 
-    recipe = Recipe.from_dict(meta["recipe"])
-    tokenizer = _tokenizer(posterior)
     if args.data:
         data = load_files(args.data, eval_files={"test": args.data}, kind=meta["kind"],
                           label_names=meta.get("label_names") or None, **_columns(args))
-        split = "test"
-    else:
-        data, split = DataSource(meta["source"]).load(), args.split
-        if split not in data.splits:
-            raise UserError(f"split {split!r} does not exist; this run's data has {', '.join(data.splits)}")
-    return data, split, make_loader(tokenize(data, tokenizer, recipe.max_length)[split], 64)
+        return data, "test"
+    data = DataSource(meta["source"]).load()
+    if args.split not in data.splits:
+        raise UserError(f"split {args.split!r} does not exist; this run's data has {', '.join(data.splits)}")
+    return data, args.split
 
 
-def _tokenizer(posterior):
+def _load_for_eval(args: argparse.Namespace):
+    """(posterior, meta, data, split, loader) for evaluate and predict."""
     from .backbone import load_backbone
+    from .data import make_loader, tokenize
+    from .posterior import read_config
+    from .recipe import Recipe
+    from .runs import load_run
 
-    return load_backbone(posterior.backbone_name).tokenizer
+    meta = read_config(args.run).get("meta", {})
+    data, split = _eval_data(args, meta)
+    posterior, _ = load_run(args.run)
+    tokenizer = load_backbone(posterior.backbone_name).tokenizer
+    max_length = Recipe.from_dict(meta["recipe"]).max_length
+    return posterior, meta, data, split, make_loader(tokenize(data, tokenizer, max_length)[split], 64)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .io import write_json
-    from .runs import evaluate_split, load_run
+    from .runs import evaluate_split
 
-    posterior, meta = load_run(args.run)
-    _, split, loader = _eval_loader(args, meta, posterior)
+    posterior, _, _, split, loader = _load_for_eval(args)
     results = {"split": split, "samples": evaluate_split(posterior, loader, args.samples),
                "mean_only": evaluate_split(posterior, loader, 0)}
     out = Path(args.out) if args.out else Path(args.run) / f"metrics-{split}.json"
@@ -206,12 +212,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from .io import write_text
     from .predict import predict
-    from .runs import load_run
 
     if Path(args.out).suffix not in (".csv", ".jsonl"):
         raise UserError(f"--out {args.out}: use a .csv or .jsonl file name")
-    posterior, meta = load_run(args.run)
-    data, split, loader = _eval_loader(args, meta, posterior)
+    posterior, meta, data, split, loader = _load_for_eval(args)
     pred = predict(posterior, loader, num_samples=args.samples)
     rows = _prediction_rows(pred, data.splits[split], meta)
     if args.out.endswith(".jsonl"):
