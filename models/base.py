@@ -78,6 +78,8 @@ class BayesianPeftModel(PyroModule):
         self.peft_layers: list[PeftLayer] = inject(backbone, self.peft_config)  # plain list: not submodules
         self.num_data: int | None = None  # full data size, for minibatch scaling (set by fit)
         self.kl_weight: float = 1.0  # weight of log p(w) - log q(w); fit anneals it
+        self._layer_sites = [(layer, [(local, f"{layer.path}.{local}") for local in layer.site_specs()])
+                             for layer in self.peft_layers]
         self._site_specs = {name: site for layer in self.peft_layers for name, site in layer.sites().items()}
         self._site_specs.update(self.head_sites())
 
@@ -154,9 +156,9 @@ class BayesianPeftModel(PyroModule):
     def bound(self, weights: Mapping[str, torch.Tensor]):
         """Bind sampled PEFT tensors to their layers for the duration of a forward pass."""
         try:
-            for layer in self.peft_layers:
-                prefix = layer.path + "."
-                layer.bind({k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)})
+            for layer, names in self._layer_sites:
+                mine = {local: weights[full] for local, full in names if full in weights}
+                layer.bind(mine or None)  # a layer with no weights given stays inactive
             yield
         finally:
             for layer in self.peft_layers:

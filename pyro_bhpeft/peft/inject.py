@@ -12,7 +12,7 @@ from ..config import AdapterConfig, ConfigError, LoraConfig, PeftConfig, PrefixC
 from .adapter import AdapterLayer
 from .base import PeftLayer
 from .lora import LoraLinear
-from .prefix import PrefixLayer, attach_prefix, enable_prefix_attention
+from .prefix import PrefixLayer, attach_prefix, enable_prefix_attention, require_attention_interface
 
 __all__ = ["inject", "find_blocks", "peft_layers"]
 
@@ -96,6 +96,7 @@ def _self_attention(block: nn.Module) -> tuple[str, nn.Module] | None:
 
 
 def _add_prefix(model: nn.Module, prefix: str, blocks: nn.ModuleList, cfg: PrefixConfig) -> list[PeftLayer]:
+    require_attention_interface(model)
     chosen = _chosen(blocks, cfg.layers, "prefix")
     found = [_self_attention(blocks[i]) for i in chosen]
     if any(f is None for f in found):

@@ -15,7 +15,7 @@ from torch import nn
 from ..config import ConfigError, PrefixConfig
 from .base import PeftLayer, Site, normal_init
 
-__all__ = ["ATTN_NAME", "PrefixLayer", "enable_prefix_attention"]
+__all__ = ["ATTN_NAME", "PrefixLayer", "enable_prefix_attention", "require_attention_interface", "attach_prefix"]
 
 ATTN_NAME = "bhpeft_prefix"
 _PREFIX_ATTR = "bhpeft_prefix"
@@ -80,16 +80,21 @@ def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     return sdpa_attention_forward(module, query, key, value, mask, is_causal=False, **kwargs)
 
 
-def enable_prefix_attention(backbone: nn.Module) -> None:
-    """Register our attention function and switch ``backbone`` to it, or raise a clear error."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
+def require_attention_interface(backbone: nn.Module) -> None:
+    """Raise a clear error unless ``backbone`` routes attention through transformers' registry."""
     if not getattr(backbone, "_supports_attention_backend", False):
         raise ConfigError(
             f"prefix-tuning needs a model whose attention runs through transformers' AttentionInterface "
             f"(BERT, RoBERTa, DistilBERT, GPT-2, Llama, ...); {type(backbone).__name__} does not: "
             "drop 'prefix' from the PEFT parts or choose another backbone")
+
+
+def enable_prefix_attention(backbone: nn.Module) -> None:
+    """Register our attention function and switch ``backbone`` to it, or raise a clear error."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    require_attention_interface(backbone)
     AttentionInterface.register(ATTN_NAME, prefix_attention)
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
     backbone.set_attn_implementation(ATTN_NAME)
