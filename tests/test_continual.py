@@ -89,6 +89,10 @@ def test_two_rounds_equal_one_fit_on_both_halves(guide):
     assert (mean - prior_mean).abs().min() > 4 * sd.max()  # the data moved the posterior far from the prior
 
     round1 = fit_round(priors.Normal(PRIOR_SCALE), x[:N], y[:N], GUIDES[guide])
+    mean1, cov1 = exact_posterior(x[:N], y[:N], prior_mean, prior_precision)  # one fit vs the formula
+    loc1, scale1 = flat(round1)
+    assert ((loc1 - mean1).abs() <= 0.25 * cov1.diagonal().sqrt() + 0.01).all(), (loc1, mean1)
+    assert torch.allclose(scale1, cov1.diagonal().sqrt(), rtol=0.15), (scale1, cov1.diagonal().sqrt())
     round2 = fit_round(posterior_prior(round1), x[N:], y[N:], GUIDES[guide], seed=1)
     loc, scale = flat(round2)
     # SVI accuracy: with correlated features the low-rank covariance converges more slowly than the
