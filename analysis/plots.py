@@ -33,6 +33,7 @@ def _save(fig, path: str | Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120, format="png")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is for reading
         os.replace(tmp, path)
     finally:
         plt.close(fig)
