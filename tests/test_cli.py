@@ -149,3 +149,34 @@ def test_label_outside_the_class_list(tiny_backbone, files, tmp_path, capsys):
 def test_evaluate_on_a_missing_run_is_a_clear_error(tmp_path, capsys):
     assert run_cli("evaluate", tmp_path / "nothing") == 2
     assert "config.json is missing" in _error_line(capsys)
+
+
+def test_update_makes_a_child_round_and_history_shows_the_chain(tiny_backbone, files, tmp_path, capsys):
+    from pyro_bhpeft import Posterior
+    from pyro_bhpeft.continual import PosteriorPrior
+
+    train, test = files
+    parent, child = tmp_path / "round1", tmp_path / "round2"
+    assert run_cli(*_fit_args(tiny_backbone, train, parent)) == 0
+    before = {p.name: p.read_bytes() for p in parent.iterdir()}
+    second = tmp_path / "new.csv"
+    reviews(64, seed=5).to_csv(second, index=False)
+    assert run_cli("update", "--from", parent, "--train", second, "--text-column", "review", "--label-column",
+                   "sentiment", "--temper", 2.0, "--max-steps", 2, "--out", child) == 0
+    assert {p.name: p.read_bytes() for p in parent.iterdir()} == before  # the parent is only read
+    round2 = Posterior.load(child)
+    assert isinstance(round2.model.prior, PosteriorPrior)
+    assert round2.meta["round"] == 2 and round2.meta["parent"] == str(parent.resolve())
+    assert round2.meta["prior_from"]["temper"] == 2.0 and len(round2.meta["data"]["hash"]) == 16
+    capsys.readouterr()
+    assert run_cli("history", child) == 0
+    out = capsys.readouterr().out
+    assert out.index("round 1") < out.index("round 2") and "temper 2" in out
+
+
+def test_update_from_a_missing_parent_writes_nothing(files, tmp_path, capsys):
+    train, _ = files
+    out = tmp_path / "round2"
+    assert run_cli("update", "--from", tmp_path / "nothing", "--train", train, "--out", out) == 2
+    assert "config.json is missing" in _error_line(capsys)
+    assert not out.exists()
