@@ -71,8 +71,11 @@ def predict(posterior: Posterior, data: Iterable, *, num_samples: int = 16, seed
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0 (0 = posterior mean only), got {num_samples}")
+    from pyro.infer.autoguide import AutoDelta
+
     model = posterior.model
-    draws = [posterior.mean()] if num_samples == 0 else posterior.sample(num_samples, seed=seed)
+    point_mass = isinstance(posterior.guide, AutoDelta)  # every draw would be the same: predict once
+    draws = [posterior.mean()] if num_samples == 0 or point_mass else posterior.sample(num_samples, seed=seed)
     outs, labels = [], []
     for item in tqdm(data, desc="predict", disable=not progress, unit="batch"):
         inputs, y = _split(item)
