@@ -8,6 +8,7 @@ Each loader reads the packaged files once, builds a ``DatasetDict`` and caches i
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import gzip
 import io
 import json
@@ -25,7 +26,7 @@ from .types import DataError, TaskData, TaskSpec
 
 __all__ = ["TASKS", "load_task", "CACHE_VERSION"]
 
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"
 SENTIMENT = ("negative", "positive")
 
 
@@ -90,9 +91,11 @@ def _news(stem: str) -> Callable[[], datasets.DatasetDict]:
         test_c, test_t = _tab(root / f"{stem}-test.tab")
         names = sorted(set(train_c))
         index = {n: i for i, n in enumerate(names)}
-        train = datasets.Dataset.from_dict({"text": train_t, "label": [index[c] for c in train_c]})
+        features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=names)})
+        train = datasets.Dataset.from_dict({"text": train_t, "label": [index[c] for c in train_c]}, features=features)
         keep = [i for i, c in enumerate(test_c) if c in index]
-        test = datasets.Dataset.from_dict({"text": [test_t[i] for i in keep], "label": [index[test_c[i]] for i in keep]})
+        test = datasets.Dataset.from_dict({"text": [test_t[i] for i in keep], "label": [index[test_c[i]] for i in keep]},
+                                          features=features)
         splits = _split(train, {"train": 0.9, "validation": 0.1}, seed=0)
         splits["test"] = test
         return splits
@@ -242,6 +245,9 @@ def load_task(name: str, *, source: str = "auto", max_examples: int | None = Non
         splits = load_from_hub(spec)
     else:
         raise DataError(f"unknown source {source!r}; use auto, package or hub")
+    label = splits["train"].features.get("label")
+    if not spec.label_names and isinstance(label, datasets.ClassLabel):  # classes known only from the data
+        spec = dataclasses.replace(spec, label_names=tuple(label.names))
     if max_examples is not None:
         splits = datasets.DatasetDict({k: v.shuffle(seed=seed).select(range(min(max_examples, len(v))))
                                        for k, v in splits.items()})
