@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import arviz as az
-import torch
 
 from pyro_bhpeft import fit, priors
 from pyro_bhpeft.analysis import pareto_khat, scale_table, to_inference_data

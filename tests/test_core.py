@@ -165,7 +165,7 @@ def test_same_seed_same_result_other_seed_differs():
 
     (h0, p0), (h0b, p0b), (h1, p1) = once(0), once(0), once(1)
     assert h0 == h0b and torch.equal(p0, p0b)
-    assert h0 != h1
+    assert h0 != h1 and not torch.equal(p0, p1)
 
 
 def test_kl_weight_zero_is_maximum_likelihood():
