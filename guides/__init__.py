@@ -26,6 +26,8 @@ from pyro.infer.autoguide.initialization import init_to_median
 from pyro.nn.module import PyroModule, PyroParam
 from pyro.infer.autoguide.utils import deep_setattr
 
+from pyro_bhpeft.config import ConfigError
+
 __all__ = ["MeanField", "LowRank", "Delta", "GUIDES", "guide_config", "model_init"]
 
 
@@ -113,7 +115,7 @@ class LowRank(AutoLowRankMultivariateNormal):
 
     def __init__(self, model, *, rank: int, init_scale: float = 1e-2) -> None:
         if int(rank) < 1:
-            raise ValueError(f"LowRank rank must be a positive integer, got {rank}")
+            raise ConfigError(f"LowRank rank must be a positive integer, got {rank}")
         super().__init__(model, init_loc_fn=model_init(model), init_scale=float(init_scale), rank=int(rank))
 
     @torch.no_grad()
