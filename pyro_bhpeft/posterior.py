@@ -136,7 +136,11 @@ class Posterior:
         guide = GUIDES[config["guide"]["class"]](model, **config["guide"]["kwargs"])
         with torch.no_grad(), poutine.block():
             guide(*model.dummy_data())
-        guide.load_state_dict(load_file(str(path / "guide.safetensors")))
+        try:
+            guide.load_state_dict(load_file(str(path / "guide.safetensors")))
+        except Exception as err:  # truncated file, wrong shapes, missing tensors
+            raise PosteriorError(f"{path / 'guide.safetensors'} is corrupt or does not match its config.json "
+                                 f"({type(err).__name__}); refit, or restore the run directory") from None
         return cls(model, guide, backbone_name=config.get("backbone"), meta=config.get("meta"))
 
 

@@ -115,17 +115,38 @@ def _add_prefix(model: nn.Module, prefix: str, blocks: nn.ModuleList, cfg: Prefi
 
 
 def inject(model: nn.Module, config: PeftConfig) -> list[PeftLayer]:
-    """Wrap the modules of ``model`` named by ``config``; returns the PEFT layers in a fixed order."""
+    """Wrap the modules of ``model`` named by ``config``; returns the PEFT layers in a fixed order.
+
+    All or nothing: if any part of ``config`` is refused, ``model`` is left as it was.
+    """
     if peft_layers(model):
         raise ConfigError("this backbone already carries PEFT layers; load a fresh one with load_backbone()")
     if not config.kinds:
         return []
     prefix, blocks = find_blocks(model)
+    attn = getattr(model.config, "_attn_implementation", None)
     layers: list[PeftLayer] = []
-    if config.lora is not None:
-        layers += _add_lora(model, prefix, blocks, config.lora)
-    if config.adapter is not None:
-        layers += _add_adapters(model, prefix, blocks, config.adapter)
-    if config.prefix is not None:
-        layers += _add_prefix(model, prefix, blocks, config.prefix)
+    try:
+        if config.lora is not None:
+            layers += _add_lora(model, prefix, blocks, config.lora)
+        if config.adapter is not None:
+            layers += _add_adapters(model, prefix, blocks, config.adapter)
+        if config.prefix is not None:
+            layers += _add_prefix(model, prefix, blocks, config.prefix)
+    except Exception:
+        _undo(model, layers, attn)
+        raise
     return layers
+
+
+def _undo(model: nn.Module, layers: list[PeftLayer], attn: str | None) -> None:
+    """Put back every wrapped module and detach every prefix (newest first)."""
+    for layer in reversed(layers):
+        if isinstance(layer, PrefixLayer):
+            for module in model.modules():
+                if getattr(module, "bhpeft_prefix", None) is layer:
+                    object.__delattr__(module, "bhpeft_prefix")
+        else:
+            _replace(model, layer.path, layer.base)
+    if attn is not None and getattr(model.config, "_attn_implementation", None) != attn:
+        model.set_attn_implementation(attn)
