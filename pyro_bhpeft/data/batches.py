@@ -1,50 +1,100 @@
-"""Tokenisation and batching: task splits -> ``(inputs, labels)`` batches for the models."""
+"""Tokenisation and batching: task splits -> ``(inputs, labels)`` batches for the models.
+
+Nothing here writes cache files: tokenisation runs in memory (the task cache stays read-only).
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import datasets
 import torch
-from torch.utils.data import DataLoader
+from datasets.fingerprint import generate_random_fingerprint
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
-from .types import TaskData
+from .types import DataError, TaskData
 
-__all__ = ["tokenize", "make_loader"]
+__all__ = ["tokenize", "make_loader", "MODEL_INPUTS"]
+
+MODEL_INPUTS = ("input_ids", "attention_mask")
 
 
-def tokenize(data: TaskData, tokenizer, max_length: int = 64) -> datasets.DatasetDict:
-    """Add ``input_ids`` and ``attention_mask`` (padded to ``max_length``) to every split.
+def _encoder(data: TaskData, tokenizer: Any, max_length: int):
+    """The batched function for ``Dataset.map``: fixed-length ids and mask for each row."""
+    spec = data.spec
+    settings = dict(truncation=True, max_length=max_length, padding="max_length", return_token_type_ids=False)
 
-    Multiple choice pairs the question with each choice: ids of shape (choices, max_length) per row.
+    def encode_text(batch: dict) -> dict:
+        enc = tokenizer(batch["text"], **settings)
+        return {k: enc[k] for k in MODEL_INPUTS}
+
+    def encode_pairs(batch: dict) -> dict:
+        n = spec.num_choices
+        bad = next((c for c in batch["choices"] if len(c) != n), None)
+        if bad is not None:
+            raise DataError(f"task {spec.name!r} has {n} choices per question, but a row has {len(bad)}: {bad!r}; "
+                            "keep only rows with the task's number of choices")
+        firsts = [q for q in batch["question"] for _ in range(n)]  # (rows * n) question, choice pairs
+        seconds = [c for choices in batch["choices"] for c in choices]
+        enc = tokenizer(firsts, seconds, **settings)  # truncation: longest first, so a long passage gives way
+        return {k: [enc[k][i:i + n] for i in range(0, len(seconds), n)] for k in MODEL_INPUTS}  # (rows, n, L)
+
+    return encode_pairs if spec.kind == "multiple_choice" else encode_text
+
+
+def tokenize(data: TaskData, tokenizer: Any, max_length: int = 64) -> datasets.DatasetDict:
+    """Add ``input_ids`` and ``attention_mask`` (padded to ``max_length``, truncated) to every split.
+
+    Multiple choice pairs the question with each choice: (num_choices, max_length) per row. The
+    splits come back in torch format for ``input_ids``, ``attention_mask`` and ``label``.
+
+    Example::
+
+        tokenized = tokenize(load_task("piqa", max_examples=100), tokenizer, max_length=64)
+        tokenized["train"][0]["input_ids"].shape    # torch.Size([2, 64])
     """
-    mc = data.spec.kind == "multiple_choice"
-
-    def encode(batch):
-        if mc:
-            n = len(batch["choices"][0])
-            firsts = [q for q in batch["question"] for _ in range(n)]
-            seconds = [c for choices in batch["choices"] for c in choices]
-            enc = tokenizer(firsts, seconds, truncation="longest_first", max_length=max_length, padding="max_length")
-            return {k: [enc[k][i:i + n] for i in range(0, len(seconds), n)] for k in ("input_ids", "attention_mask")}
-        enc = tokenizer(batch["text"], truncation=True, max_length=max_length, padding="max_length")
-        return {k: enc[k] for k in ("input_ids", "attention_mask")}
-
+    if getattr(tokenizer, "pad_token", None) is None:
+        raise DataError("the tokenizer has no padding token; set one first, e.g. tokenizer.pad_token = "
+                        "tokenizer.eos_token")
+    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 4:
+        raise DataError(f"max_length must be an integer of at least 4 tokens, got {max_length!r}")
+    encode = _encoder(data, tokenizer, max_length)
     out = datasets.DatasetDict()
     for name, split in data.splits.items():
-        tokenized = split.map(encode, batched=True, batch_size=512, desc=f"tokenize {name}")
-        tokenized.set_format("torch", columns=["input_ids", "attention_mask", "label"])
+        tokenized = split.map(encode, batched=True, batch_size=1000, keep_in_memory=True,
+                              new_fingerprint=generate_random_fingerprint(), desc=f"tokenize {name}")
+        tokenized.set_format("torch", columns=[*MODEL_INPUTS, "label"])
         out[name] = tokenized
     return out
 
 
-def _collate(rows):
-    inputs = {k: torch.stack([r[k] for r in rows]) for k in ("input_ids", "attention_mask")}
-    labels = torch.stack([r["label"] for r in rows])
-    return inputs, labels.float() if labels.is_floating_point() else labels
+def _to_batch(rows: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    inputs = {k: torch.as_tensor(rows[k], dtype=torch.long) for k in MODEL_INPUTS}  # (B, L) or (B, C, L)
+    labels = torch.as_tensor(rows["label"])
+    return inputs, labels.float() if labels.is_floating_point() else labels.long()
 
 
 def make_loader(tokenized: datasets.Dataset, batch_size: int, *, shuffle: bool = False,
                 seed: int = 0) -> DataLoader:
-    """Batches ``(inputs, labels)``; shuffling is reproducible from ``seed``."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
-    return DataLoader(tokenized, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      collate_fn=_collate, num_workers=0)
+    """Batches ``(inputs, labels)`` of a tokenized split; the order is reproducible from ``seed``.
+
+    ``inputs`` holds ``input_ids`` and ``attention_mask``, LongTensors (B, L), or (B, C, L) for
+    multiple choice; ``labels`` is a LongTensor (B,), or a FloatTensor (B,) for regression. Each pass
+    over the loader draws the next shuffle from the same seeded generator, so a new loader with the
+    same seed replays the same epochs.
+
+    Example::
+
+        for inputs, labels in make_loader(tokenized["train"], 16, shuffle=True, seed=0):
+            logits = model(**inputs)
+    """
+    missing = [c for c in (*MODEL_INPUTS, "label") if c not in tokenized.column_names]
+    if missing:
+        raise DataError(f"the split has no {', '.join(missing)} column; tokenize it first with "
+                        "pyro_bhpeft.data.tokenize(data, tokenizer)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
+    order = (RandomSampler(tokenized, generator=torch.Generator().manual_seed(seed)) if shuffle
+             else SequentialSampler(tokenized))
+    return DataLoader(tokenized, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
+                      collate_fn=_to_batch, num_workers=0)

@@ -1,119 +1,221 @@
-"""The user's own data: CSV, JSON Lines or Parquet files with named columns, validated."""
+"""The user's own data: CSV, JSON Lines (or a JSON array) or Parquet files with named columns, validated.
+
+Every problem is a one-line :class:`DataError` naming the file, the column or row, and the fix
+(the CLI flags that set column names are named: ``--text-column`` and friends).
+"""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import datasets
 
-from .types import KINDS, DataError, TaskData, TaskSpec
+from .splits import carve
+from .types import KINDS, DataError, TaskData, TaskSpec, features_for
 
-__all__ = ["load_files", "read_table"]
+__all__ = ["load_files", "read_table", "SUFFIXES"]
 
-READERS = {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+FLAGS = {"text": "--text-column", "label": "--label-column", "question": "--question-column",
+         "choices": "--choices-column"}
 
 
 def read_table(path: str | Path):
-    """A pandas DataFrame from a .csv, .jsonl/.json or .parquet file, or a DataError."""
+    """A pandas DataFrame from a ``.csv``, ``.jsonl``/``.json`` or ``.parquet`` file, or a :class:`DataError`.
+
+    Example::
+
+        df = read_table("reviews.csv")
+    """
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file {path} not found; check the path")
-    kind = READERS.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{path.name}: unsupported file type {path.suffix!r}; use .csv, .jsonl or .parquet")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path} is empty; it needs a header and at least one row")
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise DataError(f"{path.name}: unsupported file type {path.suffix or '(none)'!r}; "
+                        f"use one of {', '.join(SUFFIXES)}")
+    if not path.read_bytes()[:4096].strip():
+        raise DataError(f"{path} is empty; it needs a header (or keys) and at least one row")
     try:
-        df = {"csv": pd.read_csv, "parquet": pd.read_parquet}.get(kind, lambda p: pd.read_json(p, lines=True))(path)
-    except ValueError as err:
-        raise DataError(f"{path} could not be read as {kind} ({err}); check the file's format") from None
+        if suffix == ".csv":
+            df = pd.read_csv(path)
+        elif suffix == ".parquet":
+            df = pd.read_parquet(path)
+        else:  # JSON Lines, or a .json file holding one array of records
+            array = suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("[")
+            df = pd.read_json(path, lines=not array, orient="records")
+    except (ValueError, OSError) as err:  # parser, decoding and Arrow errors are ValueErrors
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path.name} could not be read as {suffix[1:]} ({reason}); check the file's format") from None
     if len(df) == 0:
         raise DataError(f"{path} has no rows; it needs at least one labelled example")
     return df
 
 
-def _need(df, column: str, flag: str, path) -> None:
+def _column(df, column: str, role: str, path: Path) -> list:
     if column not in df.columns:
-        raise DataError(f"{Path(path).name} has no column {column!r} (columns: {', '.join(map(str, df.columns))}); "
-                        f"name the right one with {flag}")
+        raise DataError(f"{path.name} has no {role} column {column!r} (columns: {', '.join(map(str, df.columns))}); "
+                        f"name the right one with {FLAGS[role]}")
+    return df[column].tolist()
 
 
-def _texts(df, column: str, flag: str, path) -> list[str]:
-    _need(df, column, flag, path)
-    values = df[column].tolist()
-    bad = next((v for v in values if not isinstance(v, str)), None)
-    if bad is not None and not (isinstance(bad, float) and math.isnan(bad)):
-        raise DataError(f"{Path(path).name}: column {column!r} must hold text, found {type(bad).__name__} {bad!r}; "
-                        f"point {flag} at the text column")
-    return ["" if not isinstance(v, str) else v for v in values]
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _labels(df, column: str, kind: str, names: Sequence[str] | None, path) -> list:
-    _need(df, column, "--label-column", path)
-    values = df[column].tolist()
-    if kind == "regression":
-        try:
-            return [float(v) for v in values]
-        except (TypeError, ValueError):
-            raise DataError(f"{Path(path).name}: regression labels in {column!r} must be numbers") from None
-    if names is None:
-        return values
-    index = {str(n): i for i, n in enumerate(names)}
+def _texts(df, column: str, role: str, path: Path) -> list[str]:
+    values = _column(df, column, role, path)
+    for row, v in enumerate(values, start=1):
+        if _missing(v) or (isinstance(v, str) and not v.strip()):
+            raise DataError(f"{path.name}: row {row} has no text in column {column!r}; fill or remove that row")
+        if not isinstance(v, str):
+            raise DataError(f"{path.name}: column {column!r} must hold text, but row {row} holds "
+                            f"{type(v).__name__} {v!r}; point {FLAGS[role]} at the text column")
+    return values
+
+
+def _numbers(values: list, column: str, path: Path, what: str) -> list[float]:
     out = []
-    for v in values:
-        key = str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v)
-        if key in index:
-            out.append(index[key])
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= int(v) < len(names) and key not in index \
-                and all(not str(n).lstrip("-").isdigit() for n in names):
-            out.append(int(v))
-        else:
-            raise DataError(f"{Path(path).name}: label {v!r} in {column!r} is not one of the classes "
-                            f"{list(map(str, names))}; fix the row or train on data that has this class")
+    for row, v in enumerate(values, start=1):
+        try:
+            number = float(v)
+        except (TypeError, ValueError):
+            number = math.nan
+        if math.isnan(number) or isinstance(v, bool):
+            raise DataError(f"{path.name}: {what} in column {column!r} must be numbers, row {row} holds {v!r}; "
+                            f"fix the row or point --label-column at the right column")
+        out.append(number)
     return out
 
 
-def _frame_rows(path, kind, text_column, label_column, question_column, choices_column, names):
+def _label_key(v: Any) -> str:
+    """The class name a label value stands for: ``1``, ``1.0`` and ``"1"`` are all ``"1"``."""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))
+    return str(v).strip()
+
+
+def _class_names(values: list, column: str, path: Path) -> tuple[str, ...]:
+    """The sorted distinct labels of the training file (numerically when they are all numbers)."""
+    keys = {_label_key(v) for v in values if not _missing(v)}
+    try:
+        names = tuple(sorted(keys, key=float))
+    except ValueError:
+        names = tuple(sorted(keys))
+    if len(names) < 2:
+        raise DataError(f"{path.name}: column {column!r} holds only the class {list(names)}; classification needs "
+                        "at least two classes (or use kind='regression' / --kind regression)")
+    return names
+
+
+def _class_ids(values: list, names: Sequence[str], column: str, path: Path) -> list[int]:
+    index = {str(n): i for i, n in enumerate(names)}
+    ids_allowed = not any(n.lstrip("-").replace(".", "", 1).isdigit() for n in index)  # names are words
+    out = []
+    for row, v in enumerate(values, start=1):
+        if _missing(v):
+            raise DataError(f"{path.name}: row {row} has no label in column {column!r}; fill or remove that row")
+        key = _label_key(v)
+        if key in index:
+            out.append(index[key])
+        elif ids_allowed and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(names):
+            out.append(v)  # an integer class id, with the names given separately
+        else:
+            raise DataError(f"{path.name}: label {v!r} (row {row}, column {column!r}) is not one of the classes "
+                            f"{list(index)}; fix the row, or train on data that has this class")
+    return out
+
+
+def _choices(df, column: str, path: Path) -> list[list[str]]:
+    out = []
+    for row, v in enumerate(_column(df, column, "choices", path), start=1):
+        if isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                pass
+        if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__len__") or len(v) < 2:
+            raise DataError(f"{path.name}: column {column!r} must hold a list of at least two choices per row, "
+                            f"row {row} holds {v!r}; in CSV write it as a JSON list such as [\"yes\", \"no\"]")
+        out.append([str(c) for c in v])
+    return out
+
+
+def _mc_columns(df, path: Path, cols: dict[str, str], num_choices: int | None) -> dict[str, list]:
+    questions = _texts(df, cols["question"], "question", path)
+    choices = _choices(df, cols["choices"], path)
+    n = num_choices or len(choices[0])
+    for row, c in enumerate(choices, start=1):
+        if len(c) != n:
+            raise DataError(f"{path.name}: row {row} has {len(c)} choices, earlier rows {n}; every row needs the "
+                            "same number of choices (split the file by number of choices)")
+    labels = _numbers(_column(df, cols["label"], "label", path), cols["label"], path, "answer indices")
+    for row, y in enumerate(labels, start=1):
+        if not y.is_integer() or not 0 <= y < n:
+            raise DataError(f"{path.name}: label {y:g} (row {row}, column {cols['label']!r}) is not a choice index "
+                            f"0..{n - 1}; labels are 0-based indices into the choices")
+    return {"question": questions, "choices": choices, "label": [int(y) for y in labels]}
+
+
+def _read(path: Path, spec: TaskSpec | None, kind: str, cols: dict[str, str],
+          label_names: Sequence[str] | None) -> tuple[TaskSpec, datasets.Dataset]:
+    """One file as a Dataset in our columns; the first file (``spec`` None) also fixes the spec."""
     df = read_table(path)
+    name, note = Path(path).stem, f"user files ({Path(path).name})"
     if kind == "multiple_choice":
-        questions = _texts(df, question_column, "--question-column", path)
-        _need(df, choices_column, "--choices-column", path)
-        choices = [list(map(str, c)) for c in df[choices_column].tolist()]
-        labels = [int(v) for v in _labels(df, label_column, "regression", None, path)]
-        return {"question": questions, "choices": choices, "label": labels}
-    texts = _texts(df, text_column, "--text-column", path)
-    return {"text": texts, "label": _labels(df, label_column, kind, names, path)}
+        columns = _mc_columns(df, path, cols, spec.num_choices if spec else None)
+        spec = spec or TaskSpec(name, kind, num_choices=len(columns["choices"][0]), description=note)
+    else:
+        texts = _texts(df, cols["text"], "text", path)
+        labels = _column(df, cols["label"], "label", path)
+        if kind == "regression":
+            spec = spec or TaskSpec(name, kind, description=note)
+            labels = _numbers(labels, cols["label"], path, "regression labels")
+        else:
+            if spec is None:
+                names = tuple(map(str, label_names)) if label_names else _class_names(labels, cols["label"], path)
+                spec = TaskSpec(name, kind, names, description=note)
+            labels = _class_ids(labels, spec.label_names, cols["label"], path)
+        columns = {"text": texts, "label": labels}
+    return spec, datasets.Dataset.from_dict(columns, features=features_for(spec))
 
 
 def load_files(train: str | Path, *, eval_files: dict[str, str | Path] | None = None, kind: str = "classification",
                text_column: str = "text", label_column: str = "label", question_column: str = "question",
                choices_column: str = "choices", label_names: Sequence[str] | None = None,
                validation_fraction: float = 0.1, seed: int = 0) -> TaskData:
-    """A :class:`TaskData` from the user's files; without ``eval_files``, validation and test are split off."""
+    """A :class:`TaskData` from the user's files (``.csv``, ``.jsonl``/``.json``, ``.parquet``).
+
+    ``eval_files`` maps split names (``validation``, ``test``, or any extra name) to files; a missing
+    ``validation`` or ``test`` is carved from train (``validation_fraction`` of it each, by ``seed``).
+    Classification labels are class names (ids follow ``label_names``, or the sorted distinct training
+    labels, numerically sorted when they are numbers) or integer ids with ``label_names`` given.
+    Multiple choice: ``choices`` holds a list per row (a JSON list in CSV), ``label`` a 0-based index.
+
+    Example::
+
+        data = load_files("reviews.csv", text_column="review", label_column="stars",
+                          eval_files={"test": "held_out.jsonl"})
+        data.spec.label_names      # ("1", "2", "3", "4", "5")
+    """
     if kind not in KINDS:
-        raise DataError(f"unknown kind {kind!r}; use one of {', '.join(KINDS)}")
-    cols = (text_column, label_column, question_column, choices_column)
-    rows = _frame_rows(train, kind, *cols, label_names)
-    if kind == "classification" and label_names is None:
-        label_names = sorted({str(v) for v in rows["label"]})
-        rows = _frame_rows(train, kind, *cols, label_names)
-    splits = {"train": datasets.Dataset.from_dict(rows)}
+        raise DataError(f"unknown task kind {kind!r}; use one of {', '.join(KINDS)} (--kind)")
+    if not 0 < validation_fraction < 0.5:
+        raise DataError(f"validation_fraction must be between 0 and 0.5, got {validation_fraction}")
+    if "train" in (eval_files or {}):
+        raise DataError("eval_files cannot have a 'train' entry; pass the training file as `train`")
+    cols = {"text": text_column, "label": label_column, "question": question_column, "choices": choices_column}
+    spec, train_ds = _read(Path(train), None, kind, cols, label_names)
+    splits = {"train": train_ds}
     for split, path in (eval_files or {}).items():
-        splits[split] = datasets.Dataset.from_dict(_frame_rows(path, kind, *cols, label_names))
-    splits = datasets.DatasetDict(splits)
-    if "validation" not in splits or "test" not in splits:
-        missing = [s for s in ("validation", "test") if s not in splits]
-        parts = splits["train"].train_test_split(test_size=validation_fraction * len(missing), seed=seed)
-        splits["train"] = parts["train"]
-        if len(missing) == 2:
-            halves = parts["test"].train_test_split(test_size=0.5, seed=seed)
-            splits["validation"], splits["test"] = halves["train"], halves["test"]
-        else:
-            splits[missing[0]] = parts["test"]
-    num_choices = len(rows["choices"][0]) if kind == "multiple_choice" else 0
-    spec = TaskSpec(Path(train).stem, kind, tuple(label_names or ()), num_choices, f"user files ({Path(train).name})")
-    return TaskData(spec, splits)
+        splits[split] = _read(Path(path), spec, kind, cols, label_names)[1]
+    missing = {s: validation_fraction for s in ("validation", "test") if s not in splits}
+    if missing:
+        splits.update(carve(splits.pop("train"), missing, seed, what=Path(train).name))
+    order = ["train", "validation", "test"]
+    return TaskData(spec, datasets.DatasetDict({k: splits[k] for k in order + [s for s in splits if s not in order]}))
