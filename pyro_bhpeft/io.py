@@ -25,6 +25,7 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
         raise FileExistsError(f"{path} already exists; choose another output directory or allow overwriting")
     path.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    os.chmod(stage, 0o755)  # mkdtemp makes it private; results are for reading
     try:
         yield stage
         old = None
