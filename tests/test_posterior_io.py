@@ -86,6 +86,7 @@ def test_saved_directory_is_json_and_safetensors_only(make_bert, make_tokens, tm
         assert set(f.keys()) == set(posterior.guide.state_dict())
     for file in (tmp_path / "run").iterdir():
         assert not file.read_bytes().startswith(b"\x80")  # no pickle protocol header
+    assert (tmp_path / "run").stat().st_mode & 0o777 == 0o755  # readable like the files in it, not private
 
 
 def test_existing_directory_is_refused_untouched_unless_overwrite(make_bert, make_tokens, tmp_path):
