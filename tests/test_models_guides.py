@@ -312,3 +312,15 @@ def test_packaged_minilm_is_a_frozen_bert_and_hybrid_peft_fits_and_predicts_on_i
     assert pred.probs.shape == (4, 2) and torch.allclose(pred.probs.sum(-1), torch.ones(4))
     assert (pred.mutual_information >= 0).all() and torch.allclose(
         pred.predictive_entropy, pred.expected_entropy + pred.mutual_information, atol=1e-6)
+
+
+@pytest.mark.xfail(strict=True, reason="library bug: infer.fit accepts epochs=0 when max_steps is given, then "
+                                       "computes total = min(max_steps, 0) and returns an unfitted posterior")
+def test_max_steps_without_epochs_runs_or_refuses_but_never_silently_does_nothing(make_bert, make_tokens):
+    model = SequenceClassifier(make_bert(), KINDS["lora"](TARGETS["bert"]), num_labels=LABELS)
+    data = [labelled("classifier", make_tokens)]
+    try:
+        result = fit(model, MeanField(model), data, num_data=N, epochs=0, max_steps=3, progress=False)
+    except ValueError:
+        return
+    assert result.steps == 3
