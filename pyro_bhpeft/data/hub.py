@@ -8,7 +8,7 @@ with a :class:`DataError` that points to ``source="package"``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import datasets
 from datasets import load_dataset
@@ -113,8 +113,8 @@ def _standard_splits(parts: dict, spec: TaskSpec) -> datasets.DatasetDict:
 def _add_sst2(splits: datasets.DatasetDict, spec: TaskSpec) -> datasets.DatasetDict:
     """The ``sst2`` test split, and no Rotten Tomatoes row that shares a sentence with it."""
     sst = _download(SST2_HUB_ID, None)["validation"]
-    sst = datasets.Dataset.from_list([r for r in map(lambda row: _text_label(row, spec), sst) if r],
-                                     features=features_for(spec))
+    rows = [r for r in (_text_label(row, spec) for row in sst) if r is not None]
+    sst = datasets.Dataset.from_list(rows, features=features_for(spec))
     out = datasets.DatasetDict()
     for name, ds in splits.items():
         keep = leak_mask(ds["text"], sst["text"])

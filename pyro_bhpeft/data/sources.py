@@ -14,8 +14,8 @@ import json
 import re
 import unicodedata
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import datasets
 
@@ -61,7 +61,8 @@ def leak_mask(texts: Sequence[str], banned: Iterable[str]) -> list[bool]:
 
     Example::
 
-        leak_mask(["Dull. Avoid it.", "A joy."], ["dull ."])   # [False, True]
+        leak_mask(["A dull, tired film. Avoid it.", "A joy.", "Bad."], ["a dull , tired film .", "bad ."])
+        # [False, True, False]: the first holds a banned sentence, the last is one
     """
     keys = [text_key(t) for t in texts]
     banned_keys = {text_key(b) for b in banned} - {""}
@@ -112,7 +113,7 @@ def read_tab(path: Path) -> tuple[list[str], list[str]]:
 def _question(query: str) -> str:
     """``Question: ...\\nAnswer:`` (or ``Goal:``; BoolQ puts the passage first) -> the bare question."""
     query = re.sub(r"\s*Answer:\s*$", "", query)
-    return re.sub(r"^(Question|Goal):\s*", "", query, flags=re.M).strip()
+    return re.sub(r"^(Question|Goal):\s*", "", query, flags=re.MULTILINE).strip()
 
 
 def _choice_row(doc: dict) -> dict | None:

@@ -21,7 +21,7 @@ def carve(ds: datasets.Dataset, fractions: dict[str, float], seed: int, *,
         parts = carve(ds, {"validation": 0.1, "test": 0.1}, seed=0)   # train 80%, validation 10%, test 10%
     """
     n = len(ds)
-    sizes = {name: max(1, int(round(f * n))) for name, f in fractions.items()}
+    sizes = {name: max(1, round(f * n)) for name, f in fractions.items()}
     if n - sum(sizes.values()) < 1:
         raise DataError(f"{what} has {n} rows, too few to carve out {', '.join(fractions)}; "
                         f"give more rows or pass separate evaluation files")

@@ -12,7 +12,15 @@ KINDS = ("classification", "multiple_choice", "regression")
 
 
 class DataError(ValueError):
-    """Bad or missing data. The message is one line that names the problem and the fix."""
+    """Bad or missing data. The message is one line that names the problem and the fix.
+
+    Example::
+
+        try:
+            data = load_files("reviews.csv", text_column="review")
+        except DataError as err:
+            print(f"error: {err}")   # e.g. "reviews.csv has no text column 'review' (columns: ...); ..."
+    """
 
 
 @dataclass(frozen=True)
