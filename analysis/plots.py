@@ -1,146 +1,265 @@
-"""Figures a person would rather look at than a table. Each writes a PNG atomically and returns its path.
+"""Figures a person would rather look at than a table.
 
-``results`` arguments map a method name to ``(probs, labels)``; colours stay fixed per method order.
+Each ``name(data, path)`` function draws on its own ``matplotlib.figure.Figure`` (rendered by Agg, no
+pyplot state: the caller's backend is left alone and nothing needs ``show``), writes one PNG atomically
+(a temporary file in the same folder, then ``os.replace``) and returns its ``Path``. Each
+``draw_*(ax, ...)`` function draws the same thing on axes you already have. ``results`` arguments map a
+method name to ``(probs, labels)``; the i-th method gets the i-th tab10 colour in every figure, so pass
+methods in the same order for matching colours.
+
+Example::
+
+    >>> plots.reliability_diagram({"LoRA": (p0, y), "BH-PEFT": (p1, y)}, "out/reliability.png")
+    PosixPath('out/reliability.png')
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from . import metrics  # noqa: E402
+from . import metrics
 
 __all__ = ["reliability_diagram", "confidence_histogram", "accuracy_coverage", "uncertainty_histogram",
-           "elbo_trace", "scale_forest", "accuracy_over_rounds"]
+           "elbo_trace", "scale_forest", "accuracy_over_rounds", "draw_reliability", "draw_confidence_histogram",
+           "draw_accuracy_coverage", "draw_uncertainty_histogram", "draw_elbo_trace", "draw_scale_forest",
+           "draw_accuracy_over_rounds", "COLORS"]
 
-COLORS = plt.get_cmap("tab10").colors
-Results = Mapping[str, tuple]
+COLORS = tuple(colormaps["tab10"].colors)  # method i gets COLORS[i % 10]
+DPI = 120
+Results = Mapping[str, tuple[Any, Any]]  # method -> (probs (N, C), labels (N,))
 
 
-def _save(fig, path: str | Path) -> Path:
+def _color(i: int) -> tuple[float, float, float]:
+    return COLORS[i % len(COLORS)]
+
+
+def _nonempty(data: Mapping | Sequence, what: str) -> None:
+    if len(data) == 0:
+        raise ValueError(f"{what} is empty; expected at least one entry to plot")
+
+
+def _write(fig: Figure, path: str | Path, draw: Callable[[], Any]) -> Path:
+    """Draw, then save as PNG to a temporary file beside ``path`` and rename it over ``path``."""
     path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path {str(path)!r} does not end in .png; expected a PNG file name")
+    draw()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
+    with warnings.catch_warnings():  # a crowded figure is still worth writing
+        warnings.filterwarnings("ignore", message=".*[Tt]ight.?layout", category=UserWarning)
+        fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120, format="png")
+        fig.savefig(tmp, dpi=DPI, format="png")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is for reading
         os.replace(tmp, path)
     finally:
-        plt.close(fig)
         Path(tmp).unlink(missing_ok=True)
     return path
 
 
-def reliability_diagram(results: Results, path, n_bins: int = 15) -> Path:
-    """One panel per method: accuracy per confidence bin against the diagonal, the gap shaded."""
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.2), squeeze=False)
-    for ax, (i, (name, (probs, labels))) in zip(axes[0], enumerate(results.items())):
-        b = metrics.reliability_bins(probs, labels, n_bins)
-        centers, width = (b.edges[:-1] + b.edges[1:]) / 2, 1.0 / n_bins
-        keep = b.counts > 0
-        ax.bar(centers[keep], b.accuracy[keep], width=width, color=COLORS[i % 10], edgecolor="black",
-               linewidth=0.5, label="accuracy")
-        low = np.minimum(b.accuracy[keep], b.confidence[keep])
-        ax.bar(centers[keep], np.abs(b.confidence[keep] - b.accuracy[keep]), bottom=low, width=width,
-               color="tab:red", alpha=0.3, hatch="//", label="gap to confidence")
-        ax.plot([0, 1], [0, 1], "k--", linewidth=1)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-               title=f"{name}\nECE {metrics.ece(probs, labels, n_bins):.2f}%")
-        ax.legend(loc="upper left", fontsize=8)
-    return _save(fig, path)
+def _figure(width: float = 6.0, height: float = 4.0) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=(width, height))  # not pyplot: no global figure list, no backend switch
+    return fig, fig.subplots()
 
 
-def confidence_histogram(results: Results, path, n_bins: int = 15) -> Path:
-    """Distribution of top-class confidence per method, with mean confidence and accuracy marked."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(0, 1, n_bins + 1)
+def _panels(n: int, height: float = 4.2) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(4.2 * n, height))
+    return fig, fig.subplots(1, n, squeeze=False)[0]
+
+
+def draw_reliability(ax: Axes, probs: Any, labels: Any, n_bins: int = 15, *, color: Any = COLORS[0],
+                     title: str = "") -> Axes:
+    """Accuracy per confidence bin (bars) against the diagonal, the gap to mean confidence shaded."""
+    bins = metrics.reliability_bins(probs, labels, n_bins)
+    keep = bins.counts > 0
+    centers, width = (bins.edges[:-1] + bins.edges[1:])[keep] / 2, 1.0 / len(bins.counts)
+    acc, conf = bins.accuracy[keep], bins.confidence[keep]
+    ax.bar(centers, acc, width=width, color=color, edgecolor="black", linewidth=0.5, label="accuracy")
+    ax.bar(centers, np.abs(conf - acc), bottom=np.minimum(acc, conf), width=width, color="tab:red", alpha=0.3,
+           hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ece = metrics.ece(probs, labels, n_bins)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy",
+           title=f"{title}\nECE {ece:.2f}%" if title else f"ECE {ece:.2f}%")
+    ax.legend(loc="upper left", fontsize=8)
+    return ax
+
+
+def reliability_diagram(results: Results, path: str | Path, n_bins: int = 15) -> Path:
+    """One reliability panel per method, side by side, ECE (%) in each title."""
+    _nonempty(results, "results")
+    fig, axes = _panels(len(results))
+    def draw() -> None:
+        for i, (ax, (name, (probs, labels))) in enumerate(zip(axes, results.items(), strict=True)):
+            draw_reliability(ax, probs, labels, n_bins, color=_color(i), title=name)
+
+    return _write(fig, path, draw)
+
+
+def draw_confidence_histogram(ax: Axes, results: Results, n_bins: int = 15) -> Axes:
+    """Examples per confidence bin (the ECE bins) per method; mean confidence and accuracy in the legend."""
+    _nonempty(results, "results")
     for i, (name, (probs, labels)) in enumerate(results.items()):
-        conf = np.asarray(probs).max(1)
-        ax.hist(conf, bins=bins, alpha=0.45, color=COLORS[i % 10], label=f"{name} (mean {conf.mean():.2f}, "
-                f"acc {metrics.accuracy(probs, labels):.2f})")
-    ax.set(xlabel="confidence (max probability)", ylabel="examples", title="Confidence histogram")
-    ax.legend(fontsize=8)
-    return _save(fig, path)
+        bins = metrics.reliability_bins(probs, labels, n_bins)
+        keep = bins.counts > 0
+        mean_conf = float((bins.counts[keep] * bins.confidence[keep]).sum() / bins.counts.sum())
+        label = f"{name} (mean conf {mean_conf:.2f}, acc {metrics.accuracy(probs, labels):.2f})"
+        ax.stairs(bins.counts, bins.edges, fill=True, color=_color(i), alpha=0.3)
+        ax.stairs(bins.counts, bins.edges, color=_color(i), linewidth=1.5, label=label)
+    ax.set(xlim=(0, 1), xlabel="confidence (max probability)", ylabel="examples", title="Confidence histogram")
+    ax.legend(loc="upper left", fontsize=8)
+    return ax
 
 
-def accuracy_coverage(results: Results, path) -> Path:
-    """Accuracy on the kept examples as the most uncertain ones are set aside."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+def confidence_histogram(results: Results, path: str | Path, n_bins: int = 15) -> Path:
+    """All methods' confidence histograms overlaid on one axis."""
+    fig, ax = _figure()
+    return _write(fig, path, lambda: draw_confidence_histogram(ax, results, n_bins))
+
+
+def draw_accuracy_coverage(ax: Axes, results: Results) -> Axes:
+    """Accuracy on the kept examples as coverage grows from the most certain; selective AUC in the legend."""
+    _nonempty(results, "results")
     for i, (name, (probs, labels)) in enumerate(results.items()):
-        coverage, acc = metrics.accuracy_coverage_curve(probs, labels)
-        ax.plot(coverage, acc, color=COLORS[i % 10], label=f"{name} (AUC {acc.mean():.3f})")
-    ax.set(xlabel="coverage (fraction kept)", ylabel="accuracy on kept", xlim=(0, 1),
+        curve = metrics.accuracy_coverage_curve(probs, labels)
+        ax.plot(curve.coverage, curve.accuracy, color=_color(i),
+                label=f"{name} (selective AUC {curve.accuracy.mean():.3f})")
+    ax.set(xlim=(0, 1), xlabel="coverage (fraction kept, most certain first)", ylabel="accuracy on kept",
            title="Selective prediction: accuracy vs coverage")
-    ax.invert_xaxis()
+    ax.legend(loc="lower left", fontsize=8)
+    return ax
+
+
+def accuracy_coverage(results: Results, path: str | Path) -> Path:
+    """Accuracy-coverage curves of all methods on one axis."""
+    fig, ax = _figure()
+    return _write(fig, path, lambda: draw_accuracy_coverage(ax, results))
+
+
+def draw_uncertainty_histogram(ax: Axes, in_scores: Any, out_scores: Any, *, title: str = "",
+                               xlabel: str = "predictive entropy (nats)") -> Axes:
+    """Densities of in- and out-of-distribution uncertainty; OOD AUROC in the title."""
+    auroc = metrics.ood_auroc(in_scores, out_scores)  # validates both
+    a, b = (np.asarray(metrics._array(s), dtype=np.float64) for s in (in_scores, out_scores))
+    lo, hi = min(a.min(), b.min()), max(a.max(), b.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1e-9, 31)
+    ax.hist(a, bins=edges, alpha=0.5, color="tab:blue", label=f"in-distribution (n={len(a)})", density=True)
+    ax.hist(b, bins=edges, alpha=0.5, color="tab:orange", label=f"out-of-distribution (n={len(b)})",
+            density=True)
+    head = f"{title}\n" if title else ""
+    ax.set(xlabel=xlabel, ylabel="density", title=f"{head}OOD AUROC {auroc:.3f}")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return ax
 
 
-def uncertainty_histogram(in_scores: Mapping[str, np.ndarray], out_scores: Mapping[str, np.ndarray], path,
+def uncertainty_histogram(in_scores: Mapping[str, Any], out_scores: Mapping[str, Any], path: str | Path,
                           xlabel: str = "predictive entropy (nats)") -> Path:
-    """In- vs out-of-distribution uncertainty per method, with the OOD AUROC in each title."""
-    names = list(in_scores)
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], names):
-        a, b = np.asarray(in_scores[name]), np.asarray(out_scores[name])
-        bins = np.linspace(min(a.min(), b.min()), max(a.max(), b.max()) + 1e-9, 30)
-        ax.hist(a, bins=bins, alpha=0.5, color="tab:blue", label="in-distribution", density=True)
-        ax.hist(b, bins=bins, alpha=0.5, color="tab:orange", label="out-of-distribution", density=True)
-        ax.set(xlabel=xlabel, ylabel="density", title=f"{name}\nOOD AUROC {metrics.ood_auroc(a, b):.3f}")
-        ax.legend(fontsize=8)
-    return _save(fig, path)
+    """One panel per method: in- vs out-of-distribution uncertainty, OOD AUROC in each title."""
+    _nonempty(in_scores, "in_scores")
+    if set(in_scores) != set(out_scores):
+        raise ValueError(f"in_scores has methods {sorted(in_scores)} and out_scores {sorted(out_scores)}; "
+                         "expected the same methods in both")
+    fig, axes = _panels(len(in_scores), height=3.8)
+    def draw() -> None:
+        for ax, name in zip(axes, in_scores, strict=True):
+            draw_uncertainty_histogram(ax, in_scores[name], out_scores[name], title=name, xlabel=xlabel)
+
+    return _write(fig, path, draw)
 
 
-def elbo_trace(histories: Mapping[str, Sequence[float]], path, window: int = 20) -> Path:
-    """Training loss (-ELBO per example) per step: raw, faint, and a moving average."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (name, loss) in enumerate(histories.items()):
-        loss = np.asarray(loss, dtype=float)
-        ax.plot(loss, color=COLORS[i % 10], alpha=0.25, linewidth=0.8)
-        if len(loss) >= window:
-            smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-            ax.plot(np.arange(window - 1, len(loss)), smooth, color=COLORS[i % 10], label=name)
-        else:
-            ax.plot(loss, color=COLORS[i % 10], label=name)
-    ax.set(xlabel="step", ylabel="loss per example (-ELBO / N)", title="Training loss")
-    ax.set_yscale("symlog")
+def _moving_average(x: np.ndarray, window: int) -> np.ndarray:
+    """Centred mean over ``window`` values (fewer at the ends), same length as x: no lag behind the raw trace."""
+    total = np.r_[0.0, np.cumsum(x)]
+    index = np.arange(len(x))
+    start, end = np.maximum(index - window // 2, 0), np.minimum(index + (window + 1) // 2, len(x))
+    return (total[end] - total[start]) / (end - start)
+
+
+def draw_elbo_trace(ax: Axes, histories: Mapping[str, Sequence[float]], window: int | None = None,
+                    ylabel: str = "loss per example (-ELBO / N)") -> Axes:
+    """Loss per step: the raw trace faint, a centred moving average on top (window ~ steps / 20)."""
+    _nonempty(histories, "histories")
+    losses = [np.asarray(h, dtype=np.float64).ravel() for h in histories.values()]
+    for i, (name, loss) in enumerate(zip(histories, losses, strict=True)):
+        w = window or max(1, len(loss) // 20)
+        ax.plot(loss, color=_color(i), alpha=0.25, linewidth=0.8)
+        ax.plot(_moving_average(loss, w) if len(loss) else loss, color=_color(i), linewidth=1.6,
+                label=f"{name} (moving average of {w})" if w > 1 else name)
+    finite = np.concatenate(losses)
+    finite = finite[np.isfinite(finite)]
+    if len(finite) and finite.min() > 0 and finite.max() / finite.min() > 30:
+        ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel=ylabel, title="Training loss")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return ax
 
 
-def scale_forest(rows: Sequence[tuple[str, float, float]], path) -> Path:
-    """Per-site posterior scale (dots) against the prior scale (bars), log x-axis."""
-    fig, ax = plt.subplots(figsize=(7, max(3, 0.22 * len(rows) + 1)))
-    y = np.arange(len(rows))
-    labels, post, prior = zip(*rows) if rows else ((), (), ())
-    ax.scatter(post, y, color="tab:blue", zorder=3, label="posterior scale (mean)")
+def elbo_trace(histories: Mapping[str, Sequence[float]], path: str | Path, window: int | None = None) -> Path:
+    """Training loss vs step for each method on one axis."""
+    fig, ax = _figure()
+    return _write(fig, path, lambda: draw_elbo_trace(ax, histories, window))
+
+
+def _scale_rows(rows: Sequence[Any]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(label, posterior scale, prior scale) tuples, or ScaleRow-like objects with site/posterior_scale/prior_scale."""
+    _nonempty(rows, "rows")
+    triples = [(r.site, r.posterior_scale, r.prior_scale) if hasattr(r, "posterior_scale") else tuple(r)
+               for r in rows]
+    if any(len(t) != 3 for t in triples):
+        raise ValueError("rows must be (label, posterior_scale, prior_scale); got an entry of another length")
+    labels, post, prior = zip(*triples)
+    post, prior = np.asarray(post, dtype=np.float64), np.asarray(prior, dtype=np.float64)
+    if not (np.isfinite(post).all() and np.isfinite(prior).all() and (post > 0).all() and (prior > 0).all()):
+        raise ValueError("scales must be finite and > 0 for a log axis; got a zero, negative or non-finite one")
+    return [str(label) for label in labels], post, prior
+
+
+def draw_scale_forest(ax: Axes, rows: Sequence[Any]) -> Axes:
+    """Per-site posterior scale (dots) and prior scale (bars) joined by a line, on a log x-axis."""
+    labels, post, prior = _scale_rows(rows)
+    y = np.arange(len(labels))
+    ax.hlines(y, np.minimum(post, prior), np.maximum(post, prior), color="tab:gray", linewidth=0.8)
     ax.scatter(prior, y, color="tab:gray", marker="|", s=200, zorder=2, label="prior scale")
-    for yi, a, b in zip(y, post, prior):
-        ax.plot([a, b], [yi, yi], color="tab:gray", linewidth=0.8)
+    ax.scatter(post, y, color="tab:blue", zorder=3, label="posterior scale (mean over entries)")
     ax.set_yticks(y, labels, fontsize=7)
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # first row on top
     ax.set_xscale("log")
-    ax.invert_yaxis()
-    ax.set(xlabel="standard deviation", title="What each site learned: posterior vs prior scale")
-    ax.legend(fontsize=8, loc="lower right")
-    return _save(fig, path)
+    ax.set(xlabel="standard deviation (log scale)", title="Posterior vs prior scale per site")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: rows fill the axes
+    return ax
 
 
-def accuracy_over_rounds(curves: Mapping[str, Sequence[float]], path, xlabel: str = "round") -> Path:
-    """Accuracy on one fixed test set after each round, per method."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+def scale_forest(rows: Sequence[Any], path: str | Path) -> Path:
+    """Forest plot of per-layer posterior scale against prior scale; ``rows`` of (label, post, prior)."""
+    fig, ax = _figure(9.0, max(3.0, 0.24 * len(rows) + 1.4))
+    return _write(fig, path, lambda: draw_scale_forest(ax, rows))
+
+
+def draw_accuracy_over_rounds(ax: Axes, curves: Mapping[str, Sequence[float]], xlabel: str = "round",
+                              ylabel: str = "accuracy", title: str = "Accuracy over rounds") -> Axes:
+    """Accuracy after each round (1, 2, ...) per method, one line with markers each."""
+    _nonempty(curves, "curves")
     for i, (name, acc) in enumerate(curves.items()):
-        ax.plot(np.arange(1, len(acc) + 1), acc, marker="o", color=COLORS[i % 10], label=name)
-    ax.set(xlabel=xlabel, ylabel="accuracy on round-1 test data", title="Forgetting across rounds")
+        ax.plot(np.arange(1, len(acc) + 1), acc, marker="o", color=_color(i), label=name)
     ax.set_xticks(np.arange(1, max(len(a) for a in curves.values()) + 1))
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return ax
+
+
+def accuracy_over_rounds(curves: Mapping[str, Sequence[float]], path: str | Path, xlabel: str = "round",
+                         ylabel: str = "accuracy", title: str = "Accuracy over rounds") -> Path:
+    """Accuracy curves across rounds (e.g. forgetting in continual updates) for each method."""
+    fig, ax = _figure()
+    return _write(fig, path, lambda: draw_accuracy_over_rounds(ax, curves, xlabel, ylabel, title))

@@ -1,35 +1,135 @@
-"""Every plot is written as a real, non-blank PNG, atomically."""
+"""Every plot is written as a real, non-blank PNG, atomically, and bad input fails before any file appears."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import matplotlib.figure
 import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 
 from pyro_bhpeft.analysis import plots
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-def _results():
+
+def _results() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(2), size=200)
-    return {"deterministic": (p, rng.integers(0, 2, 200)), "bayes": (0.5 * p + 0.25, rng.integers(0, 2, 200))}
+    labels = (rng.random(200) > p[:, 0]).astype(int)  # calibrated by construction
+    sharp = p ** 3 / (p ** 3).sum(1, keepdims=True)  # overconfident
+    return {"deterministic": (sharp, labels), "bayes": (torch.tensor(p), torch.tensor(labels))}
+
+
+@dataclass
+class _Row:  # the shape of analysis.ScaleRow
+    site: str
+    posterior_scale: float
+    prior_scale: float
 
 
 CASES = {
     "reliability": lambda out: plots.reliability_diagram(_results(), out),
+    "reliability-10-bins": lambda out: plots.reliability_diagram({"one": _results()["bayes"]}, out, n_bins=10),
     "confidence": lambda out: plots.confidence_histogram(_results(), out),
     "coverage": lambda out: plots.accuracy_coverage(_results(), out),
-    "ood": lambda out: plots.uncertainty_histogram({"a": np.random.rand(50)}, {"a": np.random.rand(40) + 0.5}, out),
-    "elbo": lambda out: plots.elbo_trace({"a": list(np.linspace(5, 1, 100)), "b": [3.0, 2.0]}, out),
-    "forest": lambda out: plots.scale_forest([("layer.0.lora_A", 0.01, 1.0), ("head.weight", 0.3, 1.0)], out),
-    "rounds": lambda out: plots.accuracy_over_rounds({"a": [0.9, 0.8, 0.7], "b": [0.9, 0.88, 0.86]}, out),
+    "ood": lambda out: plots.uncertainty_histogram(
+        {"a": np.random.rand(50), "b": np.random.rand(30)}, {"a": np.random.rand(40) + 0.5, "b": np.ones(5)}, out),
+    "elbo": lambda out: plots.elbo_trace({"a": list(np.linspace(500, 1, 300)), "b": [3.0, 2.0], "c": []}, out),
+    "forest": lambda out: plots.scale_forest([("layer.0.lora_A", 0.01, 1.0), ("head.weight", 0.3, 1.0),
+                                              _Row("layer.1.lora_B", 2.0, 1.0)], out),
+    "rounds": lambda out: plots.accuracy_over_rounds({"a": [0.9, 0.8, 0.7], "b": [0.9, 0.88]}, out),
 }
+
+
+def _assert_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    pixels = mpimg.imread(path)
+    assert pixels.ndim == 3 and pixels.std() > 0.01  # not a blank canvas
 
 
 @pytest.mark.parametrize("kind", list(CASES))
 def test_plot_is_a_non_blank_png_and_no_temp_files_remain(kind, tmp_path):
     out = CASES[kind](tmp_path / f"{kind}.png")
     assert out == tmp_path / f"{kind}.png"
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert mpimg.imread(out).std() > 0.01
+    _assert_png(out)
     assert [p.name for p in tmp_path.iterdir()] == [f"{kind}.png"]
+    assert plt.get_fignums() == []  # every figure closed
+
+
+def test_folders_are_created_and_an_old_figure_is_replaced(tmp_path):
+    out = tmp_path / "figures" / "nested" / "rounds.png"
+    out.parent.mkdir(parents=True)
+    out.write_bytes(b"old")
+    assert plots.accuracy_over_rounds({"a": [0.5, 0.6]}, str(out), xlabel="update") == out
+    _assert_png(out)
+    assert [p.name for p in out.parent.iterdir()] == ["rounds.png"]
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    out = tmp_path / "reliability.png"
+    out.write_bytes(b"old")
+
+    def broken_savefig(self, fname, **kwargs):
+        with open(fname, "wb") as partial:
+            partial.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", broken_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        plots.reliability_diagram(_results(), out)
+    assert out.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["reliability.png"]
+    assert plt.get_fignums() == []
+
+
+def test_draw_functions_use_the_given_axes(tmp_path):
+    results = _results()
+    fig, axes = plt.subplots(2, 4, figsize=(12, 6))
+    plots.draw_reliability(axes[0, 0], *results["bayes"], title="bayes")
+    plots.draw_confidence_histogram(axes[0, 1], results)
+    plots.draw_accuracy_coverage(axes[0, 2], results)
+    plots.draw_uncertainty_histogram(axes[0, 3], np.random.rand(20), np.random.rand(20) + 1)
+    plots.draw_elbo_trace(axes[1, 0], {"a": [3.0, 2.0, 1.5]})
+    plots.draw_scale_forest(axes[1, 1], [("a", 0.1, 1.0)])
+    plots.draw_accuracy_over_rounds(axes[1, 2], {"a": [0.9, 0.8]})
+    assert "ECE" in axes[0, 0].get_title() and "AUROC" in axes[0, 3].get_title()
+    assert "selective AUC" in axes[0, 2].get_legend().get_texts()[0].get_text()
+    assert axes[1, 1].get_xscale() == "log"
+    assert all(ax.has_data() for ax in axes.flat[:7])
+    fig.savefig(tmp_path / "grid.png")
+    plt.close(fig)
+    _assert_png(tmp_path / "grid.png")
+
+
+def test_methods_keep_their_colour_across_figures():
+    results = _results()
+    fig, (left, right) = plt.subplots(1, 2)
+    plots.draw_accuracy_coverage(left, results)
+    plots.draw_accuracy_over_rounds(right, {name: [0.5, 0.6] for name in results})
+    colours = [[line.get_color() for line in ax.get_lines()] for ax in (left, right)]
+    plt.close(fig)
+    assert colours[0] == colours[1] == [plots.COLORS[0], plots.COLORS[1]]
+
+
+BAD = {
+    "not a png": (lambda out: plots.accuracy_over_rounds({"a": [0.5]}, out.with_suffix(".pdf")), r"\.png"),
+    "no methods": (lambda out: plots.reliability_diagram({}, out), "results is empty"),
+    "different methods": (lambda out: plots.uncertainty_histogram({"a": [1.0]}, {"b": [2.0]}, out),
+                          "same methods"),
+    "no rows": (lambda out: plots.scale_forest([], out), "rows is empty"),
+    "zero scale": (lambda out: plots.scale_forest([("a", 0.0, 1.0)], out), "> 0 for a log axis"),
+    "bad probs": (lambda out: plots.confidence_histogram({"a": (np.ones(3), np.zeros(3))}, out), "probs has shape"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_raises_and_writes_nothing(case, tmp_path):
+    call, message = BAD[case]
+    with pytest.raises(ValueError, match=message):
+        call(tmp_path / "figure.png")
+    assert list(tmp_path.iterdir()) == []
+    assert plt.get_fignums() == []
