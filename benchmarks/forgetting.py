@@ -120,7 +120,8 @@ def summarize(all_seeds: list[dict], out: Path) -> None:
         curves[method] = [statistics.mean(r[k][0]["accuracy"] for r in runs) for k in range(len(ROUNDS))]
     table = "\n".join(lines)
     (out / "forgetting.md").write_text(f"Rounds: {' -> '.join(ROUNDS)}; mean ± sd over {len(all_seeds)} seeds.\n\n{table}\n")
-    plots.accuracy_over_rounds(curves, out / "forgetting.png", xlabel="round (1 = movie, 2 = amazon, 3 = tweets)")
+    plots.accuracy_over_rounds(curves, out / "forgetting.png", xlabel="round (1 = movie, 2 = amazon, 3 = tweets)",
+                              ylabel="accuracy on round-1 (movie) test", title="Forgetting of the first domain")
     print(table)
 
 

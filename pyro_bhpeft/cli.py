@@ -171,7 +171,7 @@ def _eval_data(args: argparse.Namespace, meta: dict[str, Any]):
     from .runs import DataSource
 
     if args.data:
-        data = load_files(args.data, eval_files={"test": args.data}, kind=meta["kind"],
+        data = load_files(args.data, eval_files={"validation": args.data, "test": args.data}, kind=meta["kind"],
                           label_names=meta.get("label_names") or None, **_columns(args))
         return data, "test"
     data = DataSource(meta["source"]).load()

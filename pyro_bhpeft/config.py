@@ -19,6 +19,13 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the value and the fix."""
 
 
+def _positive_int(value: object, what: str, example: str) -> int:
+    """``value`` as an int, or a ConfigError naming ``what`` (2.5, 0, True and "8" are all refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer() or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}; use e.g. {example}")
+    return int(value)
+
+
 def _check_layers(layers: tuple[int, ...] | None, owner: str) -> tuple[int, ...] | None:
     if layers is None:
         return None
@@ -42,8 +49,7 @@ class LoraConfig:
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if int(self.r) < 1:
-            raise ConfigError(f"LoRA rank r must be a positive integer, got {self.r}; use e.g. r=8")
+        object.__setattr__(self, "r", _positive_int(self.r, "LoRA rank r", "r=8"))
         if self.alpha <= 0:
             raise ConfigError(f"LoRA alpha must be positive, got {self.alpha}")
         if isinstance(self.targets, str):
@@ -67,8 +73,7 @@ class AdapterConfig:
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if int(self.bottleneck) < 1:
-            raise ConfigError(f"adapter bottleneck must be a positive integer, got {self.bottleneck}")
+        object.__setattr__(self, "bottleneck", _positive_int(self.bottleneck, "adapter bottleneck", "bottleneck=16"))
         if self.activation not in ("gelu", "relu", "tanh", "silu"):
             raise ConfigError(f"adapter activation {self.activation!r} is not one of gelu, relu, tanh, silu")
         object.__setattr__(self, "layers", _check_layers(self.layers, "AdapterConfig"))
@@ -82,8 +87,7 @@ class PrefixConfig:
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if int(self.length) < 1:
-            raise ConfigError(f"prefix length must be a positive integer, got {self.length}")
+        object.__setattr__(self, "length", _positive_int(self.length, "prefix length", "length=8"))
         object.__setattr__(self, "layers", _check_layers(self.layers, "PrefixConfig"))
 
 

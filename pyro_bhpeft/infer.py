@@ -93,8 +93,10 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
     multiplies the KL term (1 = the true ELBO) and can be annealed in over ``kl_anneal_steps``.
     The same ``seed`` gives the same posterior.
     """
-    if epochs < 1 and not max_steps:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs} (max_steps only caps the steps of those epochs)")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 when given, got {max_steps}")
     pyro.set_rng_seed(seed)
     model.num_data = _num_data(data, num_data)
     batches = list(data) if not hasattr(data, "__len__") else data

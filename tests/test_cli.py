@@ -80,6 +80,20 @@ def test_fit_evaluate_predict_chain(tiny_backbone, files, tmp_path, capsys):
     assert set(table["predicted_name"]) <= {"neg", "pos"}
 
 
+def test_evaluate_and_predict_on_a_two_row_file(tiny_backbone, files, tmp_path):
+    train, _ = files
+    run, two = tmp_path / "run", tmp_path / "two.csv"
+    assert run_cli(*_fit_args(tiny_backbone, train, run)) == 0
+    reviews(2, seed=3).to_csv(two, index=False)
+    out = tmp_path / "m.json"
+    assert run_cli("evaluate", run, "--data", two, "--text-column", "review", "--label-column", "sentiment",
+                   "--samples", 2, "--out", out) == 0
+    assert json.loads(out.read_text())["samples"]["n"] == 2
+    assert run_cli("predict", run, "--data", two, "--text-column", "review", "--label-column", "sentiment",
+                   "--samples", 2, "--out", tmp_path / "p.jsonl") == 0
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 2
+
+
 def _fit_args(tiny_backbone, train, out, *extra):
     return ["fit", "--train", train, "--text-column", "review", "--label-column", "sentiment", "--backbone",
             tiny_backbone, "--max-steps", 2, "--batch-size", 8, "--max-length", 16, "--out", out, *extra]

@@ -314,8 +314,6 @@ def test_packaged_minilm_is_a_frozen_bert_and_hybrid_peft_fits_and_predicts_on_i
         pred.predictive_entropy, pred.expected_entropy + pred.mutual_information, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: infer.fit accepts epochs=0 when max_steps is given, then "
-                                       "computes total = min(max_steps, 0) and returns an unfitted posterior")
 def test_max_steps_without_epochs_runs_or_refuses_but_never_silently_does_nothing(make_bert, make_tokens):
     model = SequenceClassifier(make_bert(), KINDS["lora"](TARGETS["bert"]), num_labels=LABELS)
     data = [labelled("classifier", make_tokens)]

@@ -181,8 +181,6 @@ def test_a_refused_config_leaves_the_backbone_untouched(family, peft, make_bert)
     SequenceClassifier(backbone, PeftConfig(peft.lora, peft.adapter))  # the corrected config is accepted
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: config.py checks int(value) < 1, so 2.5 passes and fails "
-                                       "later inside torch; reject (or refuse to round) non-integer sizes")
 @pytest.mark.parametrize("make_bad", [lambda: LoraConfig(r=2.5), lambda: AdapterConfig(bottleneck=3.5),
                                       lambda: PrefixConfig(length=1.5)], ids=["lora-r", "bottleneck", "prefix-length"])
 def test_non_integer_sizes_raise_config_error(make_bad):
