@@ -106,6 +106,26 @@ class MeanField(AutoNormal):
     def config(self) -> dict[str, Any]:
         return {"init_scale": self._init_scale, "deterministic": list(self.deterministic)}
 
+    @classmethod
+    def from_marginals(cls, model, locs: dict[str, torch.Tensor], scales: dict[str, torch.Tensor]) -> "MeanField":
+        """A mean-field guide with the given per-site locs and scales (e.g. a Laplace approximation).
+
+        Every site of ``model`` needs a loc and a positive scale of its shape.
+        """
+        guide = cls(model)
+        with torch.no_grad(), pyro.poutine.block():
+            guide(*model.dummy_data())
+        for name, _ in guide.prototype_trace.iter_stochastic_nodes():
+            if name not in locs or name not in scales:
+                raise ValueError(f"from_marginals needs a loc and a scale for every site; {name!r} is missing")
+            loc, scale, event_dim = locs[name], scales[name], guide._event_dims[name]
+            if loc.shape != attrgetter(name)(guide.locs).shape or scale.shape != loc.shape or not (scale > 0).all():
+                raise ValueError(f"site {name!r}: loc and scale must have shape "
+                                 f"{tuple(attrgetter(name)(guide.locs).shape)} and the scale must be positive")
+            deep_setattr(guide.locs, name, PyroParam(loc.detach().clone(), constraints.real, event_dim))
+            deep_setattr(guide.scales, name, PyroParam(scale.detach().clone(), guide.scale_constraint, event_dim))
+        return guide
+
 
 class LowRank(AutoLowRankMultivariateNormal):
     """``q(w) = MVN(loc, D (F F^T + I) D)`` over all sites jointly, with ``F`` of width ``rank``.

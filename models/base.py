@@ -25,7 +25,7 @@ from pyro_bhpeft.config import ConfigError, PeftConfig
 from pyro_bhpeft.peft import PeftLayer, Site, inject
 from pyro_bhpeft.priors import Normal, Prior
 
-__all__ = ["BayesianPeftModel", "POOLINGS", "kl_scaled"]
+__all__ = ["BayesianPeftModel", "POOLINGS", "kl_scaled", "pool", "default_pooling"]
 
 POOLINGS = ("auto", "mean", "cls", "last")
 _BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -39,7 +39,7 @@ def kl_scaled(weight: float):
     return poutine.mask(mask=False) if weight == 0 else poutine.scale(scale=weight)
 
 
-def _pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:
+def pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:
     """(batch, seq, hidden) -> (batch, hidden)."""
     if mask is None:
         mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=hidden.device)
@@ -51,6 +51,14 @@ def _pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Te
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
     weights = mask.to(hidden.dtype).unsqueeze(-1)  # mean over visible tokens
     return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def default_pooling(backbone: nn.Module) -> str:
+    """``last`` (the last visible token) for decoders, ``mean`` over visible tokens for encoders."""
+    decoder = bool(getattr(backbone.config, "is_decoder", False)) or "CausalLM" in str(
+        getattr(backbone.config, "architectures", "")) or type(backbone).__name__.startswith(
+        ("Llama", "GPT", "Mistral", "Qwen", "Gemma", "Phi"))
+    return "last" if decoder else "mean"
 
 
 class BayesianPeftModel(PyroModule):
@@ -70,10 +78,7 @@ class BayesianPeftModel(PyroModule):
         self.backbone = freeze(backbone)
         self.peft_config = peft if peft is not None else PeftConfig()
         self.prior = prior if prior is not None else Normal(1.0)
-        decoder = bool(getattr(backbone.config, "is_decoder", False)) or "CausalLM" in str(
-            getattr(backbone.config, "architectures", "")) or type(backbone).__name__.startswith(
-            ("Llama", "GPT", "Mistral", "Qwen", "Gemma", "Phi"))
-        self.pooling = ("last" if decoder else "mean") if pooling == "auto" else pooling
+        self.pooling = default_pooling(backbone) if pooling == "auto" else pooling
         self.hidden_size = int(backbone.config.hidden_size)
         self.peft_layers: list[PeftLayer] = inject(backbone, self.peft_config)  # plain list: not submodules
         self.num_data: int | None = None  # full data size, for minibatch scaling (set by fit)
@@ -149,7 +154,7 @@ class BayesianPeftModel(PyroModule):
             flat = self.flatten_inputs(batch)
             inputs = {k: v for k, v in flat.items() if k in _BACKBONE_INPUTS}
             hidden = self.backbone(**inputs).last_hidden_state  # (batch, seq, hidden)
-            features = _pool(hidden, flat.get("attention_mask"), self.pooling)
+            features = pool(hidden, flat.get("attention_mask"), self.pooling)
         return self.outputs(weights, features, batch)
 
     @contextlib.contextmanager

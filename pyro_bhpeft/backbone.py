@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +21,7 @@ from torch import nn
 
 from .assets import fetch_asset
 
-__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "freeze"]
+__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "freeze", "dropout_active"]
 
 
 class BackboneError(ValueError):
@@ -54,6 +55,22 @@ def freeze(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+@contextlib.contextmanager
+def dropout_active(model: nn.Module):
+    """Switch on the dropout of ``model.backbone`` (or ``model``) inside the block: MC dropout.
+
+    Its weights stay frozen; only train-mode behaviour (hidden and attention dropout, at the rates of
+    the backbone's own config) is turned on, and the previous mode is restored afterwards.
+    """
+    backbone = getattr(model, "backbone", model)
+    was_training = backbone.training
+    backbone.train()
+    try:
+        yield model
+    finally:
+        backbone.train(was_training)
 
 
 def _resolve(name_or_path: str) -> str:

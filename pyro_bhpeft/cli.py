@@ -69,6 +69,32 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--seed", type=int, default=0)
 
 
+def _add_compare_args(p: argparse.ArgumentParser) -> None:
+    from .compare import DEFAULT_METHODS, METHODS, Protocol
+
+    p.add_argument("--task", default=Protocol.task, help=f"registered task (default: {Protocol.task})")
+    p.add_argument("--methods", type=_csv, default=DEFAULT_METHODS,
+                   help=f"comma list of {', '.join(METHODS)} (default: all)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: 3)")
+    p.add_argument("--out", help="comparison directory (default: runs/compare-TASK); finished cells are reused")
+    p.add_argument("--overwrite", action="store_true", help="discard a comparison made under another protocol")
+    g = p.add_argument_group("protocol (the same for every method)")
+    g.add_argument("--backbone", default=Protocol.backbone)
+    g.add_argument("--train-size", type=int, default=Protocol.train_size, help="first N training examples")
+    g.add_argument("--eval-size", type=int, default=Protocol.eval_size,
+                   help="first N test / validation / OOD examples")
+    g.add_argument("--epochs", type=int, default=Protocol.epochs)
+    g.add_argument("--max-steps", type=int, help="cap on training steps (quick runs)")
+    g.add_argument("--batch-size", type=int, default=Protocol.batch_size)
+    g.add_argument("--lr", type=float, default=Protocol.lr)
+    g.add_argument("--max-length", type=int, default=Protocol.max_length)
+    g.add_argument("--samples", type=int, default=Protocol.samples, help="posterior samples / MC dropout passes")
+    g.add_argument("--ensemble-size", type=int, default=Protocol.ensemble_size)
+    g.add_argument("--laplace-examples", type=int, default=Protocol.laplace_examples,
+                   help="training examples for the Laplace curvature")
+    g.add_argument("--ood", help="out-of-distribution task (default: one chosen per task; 'none' to skip)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyro-bhpeft", description="Bayesian hybrid PEFT (LoRA, Adapter, prefix) of pretrained transformers.")
@@ -96,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a few steps on small slices (for CI)")
     p.add_argument("--overwrite", action="store_true", default=True, help=argparse.SUPPRESS)
+
+    p = sub.add_parser("compare", help="fit several inference schemes on the same data, steps and seeds; "
+                                       "table, paired tests and figures")
+    _add_compare_args(p)
 
     p = sub.add_parser("update", help="a new round: fit new data with a previous run's posterior as prior")
     p.add_argument("--from", dest="parent", required=True, help="the previous round's run directory (only read)")
@@ -282,6 +312,20 @@ def cmd_tasks(args: argparse.Namespace) -> None:
         print(f"{name:16s} {spec.kind:16s} {spec.description}")
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import Protocol, run_compare
+
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
+    protocol = Protocol(task=args.task, backbone=args.backbone, train_size=args.train_size, eval_size=args.eval_size,
+                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
+                        samples=args.samples, ensemble_size=args.ensemble_size, laplace_examples=args.laplace_examples,
+                        ood_task="" if args.ood == "none" else args.ood, max_steps=args.max_steps)
+    report = run_compare(protocol, Path(args.out or f"runs/compare-{args.task}"), methods=args.methods,
+                         seeds=range(args.seeds), overwrite=args.overwrite)
+    print(f"comparison written to {report}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -289,7 +333,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report written to {report}")
 
 
-COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo,
+COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo, "compare": cmd_compare,
             "update": cmd_update, "history": cmd_history, "tasks": cmd_tasks}
 
 

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .posterior import Posterior
 
-__all__ = ["predict", "ClassPrediction", "RegressionPrediction"]
+__all__ = ["predict", "class_prediction", "ClassPrediction", "RegressionPrediction"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,18 @@ def predict(posterior: Posterior, data: Iterable, *, num_samples: int = 16, seed
         aleatoric, epistemic = (noise ** 2).mean(0), means.var(0, unbiased=False)
         return RegressionPrediction(means.mean(0), aleatoric + epistemic, aleatoric, epistemic, y, num_samples)
     probs = torch.cat([torch.stack([o.softmax(-1) for o in batch]) for batch in outs], dim=1)  # (K, N, C)
-    mean = probs.mean(0)
-    predictive, expected = _entropy(mean), _entropy(probs).mean(0)
-    return ClassPrediction(mean, predictive, expected, (predictive - expected).clamp_min(0.0), y, num_samples,
-                           probs if keep_samples else None)
+    return class_prediction(probs, y, num_samples=num_samples, keep_samples=keep_samples)
+
+
+def class_prediction(sample_probs: torch.Tensor, labels: torch.Tensor | None, *, num_samples: int | None = None,
+                     keep_samples: bool = False) -> ClassPrediction:
+    """The predictive of ``K`` probability vectors per example, ``sample_probs`` (K, N, C): their mean,
+    with predictive entropy = expected entropy + mutual information. Ensembles and MC dropout use it too.
+    """
+    if sample_probs.dim() != 3:
+        raise ValueError(f"sample_probs must be (K, N, C), got shape {tuple(sample_probs.shape)}")
+    mean = sample_probs.mean(0)
+    predictive, expected = _entropy(mean), _entropy(sample_probs).mean(0)
+    k = sample_probs.shape[0] if num_samples is None else num_samples
+    return ClassPrediction(mean, predictive, expected, (predictive - expected).clamp_min(0.0), labels, k,
+                           sample_probs if keep_samples else None)

@@ -11,12 +11,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
-from .backbone import load_backbone
+from .backbone import dropout_active, load_backbone
 from .config import ConfigError, PeftConfig
 from .infer import FitResult, fit
 from .priors import Laplace, Normal, Prior, StudentT
@@ -49,6 +50,7 @@ class Recipe:
     kl_anneal_steps: int = 0
     max_length: int = 64
     seed: int = 0
+    dropout: bool = False  # train with the backbone's own dropout on (MC dropout)
 
     def __post_init__(self) -> None:
         if self.guide not in GUIDE_NAMES:
@@ -128,7 +130,8 @@ def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bo
     guide = build_guide(recipe, model)
     train_loader = loaders(recipe, data, bb.tokenizer)["train"]
     kl_weight = 0.0 if recipe.guide == "mle" else recipe.kl_weight
-    return fit(model, guide, train_loader, epochs=recipe.epochs, max_steps=recipe.max_steps, lr=recipe.lr,
-               scale_lr=recipe.scale_lr, kl_weight=kl_weight, kl_anneal_steps=recipe.kl_anneal_steps,
-               seed=recipe.seed, progress=progress, backbone_name=recipe.backbone,
-               meta={"recipe": recipe.to_dict(), **(meta or {})})
+    with dropout_active(model) if recipe.dropout else contextlib.nullcontext():
+            return fit(model, guide, train_loader, epochs=recipe.epochs, max_steps=recipe.max_steps, lr=recipe.lr,
+                   scale_lr=recipe.scale_lr, kl_weight=kl_weight, kl_anneal_steps=recipe.kl_anneal_steps,
+                   seed=recipe.seed, progress=progress, backbone_name=recipe.backbone,
+                   meta={"recipe": recipe.to_dict(), **(meta or {})})

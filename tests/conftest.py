@@ -98,3 +98,11 @@ def token_batch(n: int = 6, seq: int = 7, *, choices: int | None = None, pad: in
 def make_tokens() -> Callable[..., dict[str, torch.Tensor]]:
     """Factory for :func:`token_batch`."""
     return token_batch
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> str:
+    """Path of a saved tiny BERT with a word-level tokenizer (see tests/tiny.py), for CLI-level tests."""
+    from tiny import save_tiny_backbone
+
+    return save_tiny_backbone(tmp_path_factory.mktemp("tiny-bert"))

@@ -19,7 +19,7 @@ from pyro_bhpeft import (AdapterConfig, ClassPrediction, LoraConfig, PeftConfig,
 from pyro_bhpeft.guides import Delta, LowRank, MeanField
 from pyro_bhpeft.infer import kl_schedule
 from pyro_bhpeft.models import MultipleChoice, Regressor, SequenceClassifier
-from pyro_bhpeft.models.base import _pool
+from pyro_bhpeft.models.base import pool
 
 N, SEQ, CHOICES, LABELS = 6, 7, 3, 3
 TARGETS = {"bert": ("query", "value"), "llama": ("q_proj", "v_proj")}
@@ -167,11 +167,11 @@ def test_pooling_known_answers():
     hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)  # values 0..3 and 4..7
     right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
     left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
-    assert _pool(hidden, right, "cls").flatten().tolist() == [0.0, 4.0]
-    assert _pool(hidden, right, "mean").flatten().tolist() == [1.0, 4.5]
-    assert _pool(hidden, right, "last").flatten().tolist() == [2.0, 5.0]
-    assert _pool(hidden, left, "last").flatten().tolist() == [3.0, 7.0]
-    assert _pool(hidden, None, "mean").flatten().tolist() == [1.5, 5.5]
+    assert pool(hidden, right, "cls").flatten().tolist() == [0.0, 4.0]
+    assert pool(hidden, right, "mean").flatten().tolist() == [1.0, 4.5]
+    assert pool(hidden, right, "last").flatten().tolist() == [2.0, 5.0]
+    assert pool(hidden, left, "last").flatten().tolist() == [3.0, 7.0]
+    assert pool(hidden, None, "mean").flatten().tolist() == [1.5, 5.5]
 
 
 def test_auto_pooling_is_mean_for_encoders_and_last_token_for_decoders(make_bert, make_llama):

@@ -1,0 +1,151 @@
+"""Baselines with known answers: the GGN of a linear softmax head, the Laplace evidence maximiser,
+temperature recovery, ensemble/MC-dropout predictive identities, and peft LoRA == our LoRA at B = 0."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from pyro_bhpeft import LoraConfig, PeftConfig, Posterior, predict
+from pyro_bhpeft.backbone import dropout_active
+from pyro_bhpeft.baselines import (PeftLoraModel, ensemble_predict, fit_temperature, ggn_diagonal, laplace_posterior,
+                                   mc_dropout_predict, peft_predict, tempered, train_peft_lora)
+from pyro_bhpeft.guides import Delta, MeanField
+from pyro_bhpeft.models import MultipleChoice, SequenceClassifier
+from pyro_bhpeft.models.base import pool
+from pyro_bhpeft.predict import class_prediction
+
+LORA = PeftConfig(lora=LoraConfig(r=2, targets=("query", "value")))
+
+
+def point_posterior(model, weights=None) -> Posterior:
+    """A point-mass posterior at ``weights`` (guides start at ``model.initial_values()``)."""
+    if weights is not None:
+        model.initial_values = lambda: {k: v.clone() for k, v in weights.items()}
+    return Posterior(model, Delta(model))
+
+
+def batches(make_tokens, n=3, size=4, choices=None, classes=3):
+    g = torch.Generator().manual_seed(7)
+    return [(make_tokens(size, seq=6, choices=choices, seed=i), torch.randint(0, choices or classes, (size,), generator=g))
+            for i in range(n)]
+
+
+def test_ggn_of_the_head_matches_the_linear_softmax_closed_form(make_bert, make_tokens):
+    # With LoRA's B at zero the features are the frozen backbone's pooled output x, and for a linear
+    # softmax head the GGN diagonal is p_c (1 - p_c) x_d^2 for weight (c, d) and p_c (1 - p_c) for bias c.
+    model = SequenceClassifier(make_bert(), LORA, num_labels=3)
+    weights = model.initial_values()
+    weights["head.weight"] = torch.randn(3, 32) * 0.5
+    data = batches(make_tokens)
+    ggn, seen = ggn_diagonal(model, weights, data, max_examples=10)
+    assert seen == 10
+    inputs = {k: torch.cat([b[0][k] for b in data])[:10] for k in data[0][0]}
+    with torch.no_grad():
+        x = pool(model.backbone(**inputs).last_hidden_state, inputs["attention_mask"], "mean")
+        p = F.softmax(x @ weights["head.weight"].T + weights["head.bias"], -1)
+    curvature = p * (1 - p)
+    torch.testing.assert_close(ggn["head.weight"], curvature.T @ x.square(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ggn["head.bias"], curvature.sum(0), rtol=1e-4, atol=1e-6)
+    # LoRA's A gets no curvature while B = 0 (A does not move the output); B does.
+    a_names = [n for n in ggn if n.endswith("lora_A")]
+    assert a_names and all(ggn[n].abs().max() == 0 for n in a_names)
+    assert all(ggn[n.replace("lora_A", "lora_B")].sum() > 0 for n in a_names)
+
+
+def test_laplace_picks_the_evidence_maximiser_and_builds_the_gaussian(make_bert, make_tokens, tmp_path):
+    model = SequenceClassifier(make_bert(), LORA, num_labels=3)
+    point = point_posterior(model)
+    data = batches(make_tokens)
+    fit = laplace_posterior(point, data, num_data=120, max_examples=8)
+    assert fit.examples == 8
+    assert fit.log_evidence[fit.grid.index(fit.prior_precision)] == max(fit.log_evidence)
+    # not a grid edge: the evidence has an interior maximum here
+    assert fit.grid[0] < fit.prior_precision < fit.grid[-1]
+    center = point.mean()
+    ggn, _ = ggn_diagonal(model, center, data, max_examples=8)
+    marginals = fit.posterior.marginals()
+    for name, value in center.items():
+        torch.testing.assert_close(marginals[name].loc, value)
+        expected = (ggn[name] * 120 / 8 + fit.prior_precision).rsqrt()
+        torch.testing.assert_close(marginals[name].scale, expected, rtol=1e-4, atol=1e-7)
+    assert fit.posterior.model.prior.scale == pytest.approx(fit.prior_precision ** -0.5)
+    # an ordinary mean-field posterior: it saves and reloads to the same predictions
+    fit.posterior.save(tmp_path / "laplace")
+    again = Posterior.load(tmp_path / "laplace", backbone=make_bert())
+    a = predict(fit.posterior, data, num_samples=4, seed=1).probs
+    b = predict(again, data, num_samples=4, seed=1).probs
+    torch.testing.assert_close(a, b)
+
+
+def test_more_data_narrows_the_laplace_posterior(make_bert, make_tokens):
+    model = SequenceClassifier(make_bert(), LORA, num_labels=3)
+    point, data = point_posterior(model), batches(make_tokens)
+    grid = [1.0]
+    small = laplace_posterior(point, data, num_data=10, max_examples=8, grid=grid).posterior.marginals()
+    large = laplace_posterior(point, data, num_data=10_000, max_examples=8, grid=grid).posterior.marginals()
+    assert all((large[n].scale <= small[n].scale).all() for n in small)
+    assert large["head.bias"].scale.max() < small["head.bias"].scale.min()
+
+
+def test_temperature_scaling_recovers_the_temperature_that_generated_the_labels():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(20_000, 3, generator=g) * 3
+    labels = torch.multinomial(F.softmax(logits / 2.5, -1), 1, generator=g).squeeze(1)
+    assert fit_temperature(F.softmax(logits, -1), labels) == pytest.approx(2.5, rel=0.05)
+    pred = class_prediction(F.softmax(logits, -1)[None], labels)
+    torch.testing.assert_close(tempered(pred, 1.0).probs, pred.probs, rtol=1e-5, atol=1e-6)
+    hot = tempered(pred, 2.5)
+    assert (hot.probs.max(-1).values <= pred.probs.max(-1).values + 1e-6).all()  # T > 1 softens
+    assert F.nll_loss(hot.probs.log(), labels) < F.nll_loss(pred.probs.log(), labels)
+
+
+def test_ensemble_of_identical_members_is_that_member_with_zero_disagreement(make_bert, make_tokens):
+    data = batches(make_tokens)
+    a = point_posterior(SequenceClassifier(make_bert(), LORA, num_labels=3))
+    single = predict(a, data, num_samples=0)
+    same = ensemble_predict([a, a], data)
+    torch.testing.assert_close(same.probs, single.probs)
+    assert same.mutual_information.abs().max() < 1e-6
+    weights = a.mean()
+    weights["head.weight"] = torch.randn(3, 32)
+    b = point_posterior(SequenceClassifier(make_bert(), LORA, num_labels=3), weights)
+    mixed = ensemble_predict([a, b], data)
+    torch.testing.assert_close(mixed.probs, (single.probs + predict(b, data, num_samples=0).probs) / 2)
+    assert (mixed.mutual_information > 0).all()
+
+
+def test_mc_dropout_varies_between_passes_and_restores_eval_mode(make_bert, make_tokens):
+    model = SequenceClassifier(make_bert(), LORA, num_labels=3)
+    weights = model.initial_values()
+    weights["head.weight"] = torch.randn(3, 32)
+    posterior, data = point_posterior(model, weights), batches(make_tokens)
+    pred = mc_dropout_predict(posterior, data, num_samples=6, seed=0)
+    assert (pred.mutual_information > 0).all() and pred.num_samples == 6
+    assert not model.backbone.training
+    again = mc_dropout_predict(posterior, data, num_samples=6, seed=0)
+    torch.testing.assert_close(pred.probs, again.probs)  # seeded
+    with dropout_active(model):
+        assert model.backbone.training
+    assert not model.backbone.training
+
+
+@pytest.mark.parametrize("kind", ["classifier", "multiple_choice"])
+def test_peft_lora_at_initialisation_equals_our_lora_with_the_same_head(kind, make_bert, make_tokens):
+    pytest.importorskip("peft")
+    choices = 3 if kind == "multiple_choice" else None
+    ours = SequenceClassifier(make_bert(), LORA, num_labels=3) if choices is None else MultipleChoice(make_bert(), LORA)
+    weights = ours.initial_values()
+    weights["head.weight"] = torch.randn_like(weights["head.weight"])
+    theirs = PeftLoraModel(make_bert(), LORA.lora, None if choices else 3, "mean")
+    with torch.no_grad():
+        theirs.head.weight.copy_(weights["head.weight"])
+        theirs.head.bias.copy_(weights["head.bias"])
+    data = batches(make_tokens, choices=choices)
+    torch.testing.assert_close(peft_predict(theirs, data).probs,
+                               predict(point_posterior(ours, weights), data, num_samples=0).probs)
+    fit = train_peft_lora(theirs, data, epochs=8, lr=1e-2, progress=False)
+    assert fit.steps == 24 and sum(fit.history[-3:]) < sum(fit.history[:3])
+    n_lora = sum(p.numel() for n, p in theirs.named_parameters() if "lora_" in n)
+    assert n_lora == sum(v.numel() for n, v in weights.items() if "lora_" in n)

@@ -1,0 +1,126 @@
+"""The comparison harness on a tiny saved model and the user's own files: every method runs, shared fits
+are fitted once, finished cells are never recomputed, and the summary's numbers follow from the cells."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pyro_bhpeft.baselines
+import pyro_bhpeft.recipe
+from pyro_bhpeft.cli import main
+from pyro_bhpeft.compare import METHODS, Protocol, run_compare
+from pyro_bhpeft.config import ConfigError
+from pyro_bhpeft.data import load_files
+from tiny import reviews
+
+
+@pytest.fixture(scope="module")
+def task_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("compare-data")
+    train, test, ood = folder / "train.csv", folder / "test.csv", folder / "ood.csv"
+    reviews(64).to_csv(train, index=False)
+    reviews(24, seed=1).to_csv(test, index=False)
+    pd.DataFrame({"review": [f"the weather was {w} cold" for w in ("very", "not", "a") * 8],
+                  "sentiment": ["neg", "pos"] * 12}).to_csv(ood, index=False)
+    data = load_files(train, eval_files={"validation": test, "test": test}, text_column="review",
+                      label_column="sentiment")
+    ood_data = load_files(ood, eval_files={"validation": ood, "test": ood}, text_column="review",
+                          label_column="sentiment")
+    return data, ood_data
+
+
+def protocol(tiny_backbone, **changes) -> Protocol:
+    base = Protocol(task="reviews", backbone=tiny_backbone, train_size=48, eval_size=24, epochs=1, batch_size=8,
+                    max_length=12, samples=3, ensemble_size=2, laplace_examples=6, max_steps=3, ood_task="")
+    return base if not changes else Protocol(**{**base.__dict__, **changes})
+
+
+def cells_csv(path):
+    with open(path) as f:
+        return {row["method"]: row for row in csv.DictReader(f)}
+
+
+def predictions(out, method, seed):
+    with np.load(out / "cells" / f"{method}-seed{seed}" / "predictions.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def test_every_method_runs_shares_fits_and_resumes_without_refitting(tiny_backbone, task_files, tmp_path, monkeypatch):
+    data, ood = task_files
+    out = tmp_path / "cmp"
+    report = run_compare(protocol(tiny_backbone), out, seeds=(0, 1), data=data, ood=ood, progress=False)
+    text = report.read_text()
+    rows = cells_csv(out / "comparison.csv")
+    assert set(rows) == set(METHODS) and all(int(r["seeds"]) == 2 for r in rows.values())
+    assert all(f"| {m} | 2 |" in text for m in METHODS)
+    for m in METHODS:
+        cell = json.loads((out / "cells" / f"{m}-seed0" / "metrics.json").read_text())
+        assert 0 <= cell["accuracy"] <= 1 and cell["nll"] > 0 and 0 <= cell["ood_auroc"] <= 1
+        assert cell["trainable"] > 0 and cell["predict_seconds"] > 0
+
+    # the deterministic LoRA fit is made once per seed and reused by temperature, laplace and the ensemble
+    fits = sorted(p.name for p in (out / "fits").iterdir())
+    plain = [f for f in fits if f.startswith("mle-") and json.loads(
+        (out / "fits" / f / "config.json").read_text())["meta"]["recipe"]["dropout"] is False]
+    assert sorted(f.split("-")[1] for f in plain) == ["seed0", "seed1", "seed1000", "seed1001"]
+
+    # known answers: temperature keeps every argmax, so its accuracy and per-example correctness equal lora's
+    lora, temp = predictions(out, "lora", 0), predictions(out, "temperature", 0)
+    np.testing.assert_array_equal(lora["test_probs"].argmax(1), temp["test_probs"].argmax(1))
+    sig = cells_csv(out / "significance.csv")
+    assert float(sig["temperature"]["delta_accuracy_pts"]) == 0.0 and float(sig["temperature"]["p_accuracy"]) == 1.0
+    assert "lora" not in sig and set(sig) == set(METHODS) - {"lora"}
+    # the table's mean is the mean of the cells
+    accs = [json.loads((out / "cells" / f"map-seed{s}" / "metrics.json").read_text())["accuracy"] for s in (0, 1)]
+    assert float(rows["map"]["accuracy_mean"]) == pytest.approx(100 * np.mean(accs))
+    for figure in ("reliability", "accuracy-coverage", "confidence", "ood-uncertainty", "scales-mean-field",
+                   "scales-low-rank", "scales-mean-field-lora", "scales-laplace"):
+        assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
+
+    # resuming fits and trains nothing, and leaves the cells as they were
+    before = {p: p.read_bytes() for p in (out / "cells").rglob("metrics.json")}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished cell was recomputed")
+
+    monkeypatch.setattr(pyro_bhpeft.recipe, "train", refuse)
+    monkeypatch.setattr(pyro_bhpeft.baselines, "train_peft_lora", refuse)
+    monkeypatch.setattr(pyro_bhpeft.baselines, "laplace_posterior", refuse)
+    run_compare(protocol(tiny_backbone), out, seeds=(0, 1), data=data, ood=ood, progress=False)
+    assert before == {p: p.read_bytes() for p in (out / "cells").rglob("metrics.json")}
+
+
+def test_a_one_member_ensemble_is_deterministic_lora(tiny_backbone, task_files, tmp_path):
+    data, _ = task_files
+    out = tmp_path / "cmp"
+    run_compare(protocol(tiny_backbone, ensemble_size=1), out, methods=("lora", "ensemble"), seeds=(0,), data=data,
+                progress=False)
+    np.testing.assert_allclose(predictions(out, "ensemble", 0)["test_probs"], predictions(out, "lora", 0)["test_probs"])
+
+
+def test_another_protocol_in_the_same_directory_is_refused_unless_overwrite(tiny_backbone, task_files, tmp_path):
+    data, _ = task_files
+    out = tmp_path / "cmp"
+    run_compare(protocol(tiny_backbone), out, methods=("lora",), seeds=(0,), data=data, progress=False)
+    with pytest.raises(FileExistsError, match="different protocol"):
+        run_compare(protocol(tiny_backbone, epochs=2), out, methods=("lora",), seeds=(0,), data=data, progress=False)
+    run_compare(protocol(tiny_backbone, epochs=2), out, methods=("lora",), seeds=(0,), data=data, progress=False,
+                overwrite=True)
+    assert json.loads((out / "protocol.json").read_text())["epochs"] == 2
+
+
+def test_bad_methods_and_tasks_are_clear_errors(tiny_backbone, task_files, tmp_path, capsys):
+    data, _ = task_files
+    with pytest.raises(ConfigError, match="unknown method.*choose from"):
+        run_compare(protocol(tiny_backbone), tmp_path / "x", methods=("lora", "dropout"), data=data, progress=False)
+    assert main(["compare", "--task", "reviews", "--methods", "lora,nope", "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown method" in err[0]
+    assert main(["compare", "--task", "no-such-task", "--out", str(tmp_path / "z")]) == 2
+    assert "no-such-task" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
