@@ -26,7 +26,8 @@ import numpy as np
 
 __all__ = ["accuracy", "nll", "brier", "ece", "mce", "reliability_bins", "ReliabilityBins", "mse", "mae",
            "gaussian_nll", "interval_coverage", "accuracy_coverage_curve", "CoverageCurve", "selective_auc",
-           "ood_auroc", "decompose", "Decomposition", "classification_metrics", "regression_metrics"]
+           "ood_auroc", "decompose", "Decomposition", "classification_metrics", "regression_metrics", "ece_floor",
+           "ECEFloor"]
 
 EPS = 1e-12  # probabilities and variances are clipped here before a log or a division
 
@@ -138,6 +139,34 @@ def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
 def mce(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
     """Maximum calibration error in percent: 100 * max_b |acc_b - conf_b| over non-empty bins."""
     return _mce(reliability_bins(probs, labels, n_bins))
+
+
+class ECEFloor(NamedTuple):
+    """ECE (%) of a perfectly calibrated model with the given confidences: mean and sd over label draws."""
+
+    mean: float
+    sd: float
+
+
+def ece_floor(probs: ArrayLike, n_bins: int = 15, draws: int = 200, seed: int = 0) -> ECEFloor:
+    """The ECE a *perfectly calibrated* model with these predictive probabilities would still show on
+    this many examples, from finite-sample noise alone: labels are drawn from ``probs`` itself,
+    ``draws`` times. An ECE near this floor cannot be lowered by better calibration, only by more
+    test examples; with one bin of confidence ``c`` it is about ``100 sqrt(2 c (1 - c) / (pi N))``.
+    """
+    p = _array(probs).astype(np.float64)
+    if p.ndim != 2 or len(p) == 0:
+        raise ValueError(f"probs must be a non-empty (N, C) array, got shape {p.shape}")
+    if draws < 2:
+        raise ValueError(f"draws must be at least 2, got {draws}")
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(p / p.sum(1, keepdims=True), axis=1)
+    values = []
+    for _ in range(draws):
+        u = rng.random((len(p), 1))
+        labels = np.minimum((u > cumulative).sum(1), p.shape[1] - 1)
+        values.append(ece(p, labels, n_bins))
+    return ECEFloor(float(np.mean(values)), float(np.std(values, ddof=1)))
 
 
 def _regression(mean: ArrayLike, y: ArrayLike, var: ArrayLike | None = None) -> tuple[np.ndarray, ...]:

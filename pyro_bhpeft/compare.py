@@ -51,7 +51,7 @@ OOD_DEFAULTS = {"sentiment": "r8", "r8": "sentiment", "r52": "sentiment", "20ng"
                 "winogrande": "piqa", "arc-easy": "openbookqa", "arc-challenge": "openbookqa",
                 "openbookqa": "arc-easy", "commonsenseqa": "openbookqa"}
 METRICS = (("accuracy %", "accuracy", 100.0, 2), ("NLL", "nll", 1.0, 3), ("Brier", "brier", 1.0, 3),
-           ("ECE %", "ece", 1.0, 2), ("sel. AUC", "selective_auc", 1.0, 3), ("OOD AUROC", "ood_auroc", 1.0, 3),
+           ("ECE %", "ece", 1.0, 2), ("ECE floor %", "ece_floor", 1.0, 2), ("sel. AUC", "selective_auc", 1.0, 3), ("OOD AUROC", "ood_auroc", 1.0, 3),
            ("train s", "train_seconds", 1.0, 0), ("predict s", "predict_seconds", 1.0, 1),
            ("peak MB", "peak_mb", 1.0, 0), ("params", "trainable", 1.0, 0))
 
@@ -396,10 +396,17 @@ def _mean_sd(values: Sequence[float]) -> tuple[float, float]:
 
 
 def _load_cells(out: Path, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
+    """Each method's finished cells, with the ECE floor of its test predictions added."""
+    from pyro_bhpeft.analysis import metrics
+
     cells = {}
     for m in methods:
-        found = [json.loads((_cell_dir(out, m, s) / "metrics.json").read_text()) for s in seeds
-                 if (_cell_dir(out, m, s) / "metrics.json").exists()]
+        found = []
+        for s in seeds:
+            if (_cell_dir(out, m, s) / "metrics.json").exists():
+                cell = _cell(out, m, s)
+                cell["ece_floor"] = metrics.ece_floor(_arrays_of(out, m, s)["test_probs"]).mean
+                found.append(cell)
         if found:
             cells[m] = found
     return cells
@@ -550,7 +557,8 @@ def summarize(out: str | Path, methods: Sequence[str], seeds: Sequence[int]) -> 
              f"{p['samples']} posterior samples; test: the first {p['eval_size']} test examples; OOD: "
              f"`{p['ood_task']}` test. Seeds {', '.join(map(str, seeds))}; mean ± sd over seeds.", "",
              table, "",
-             "ECE: 15 equal-width bins, in %. sel. AUC: area under accuracy vs coverage (most certain first, by "
+             "ECE: 15 equal-width bins, in %. ECE floor: the ECE a perfectly calibrated model with the same "
+             "confidences would show on these examples (finite-sample noise). sel. AUC: area under accuracy vs coverage (most certain first, by "
              "predictive entropy). OOD AUROC: predictive entropy separating OOD from test examples. train s "
              "includes post-hoc steps (Laplace GGN, temperature fit) and every ensemble member; peak MB is the "
              "process's peak resident memory during training.", "",

@@ -124,3 +124,17 @@ def test_bad_methods_and_tasks_are_clear_errors(tiny_backbone, task_files, tmp_p
     assert main(["compare", "--task", "no-such-task", "--out", str(tmp_path / "z")]) == 2
     assert "no-such-task" in capsys.readouterr().err
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+
+
+@pytest.mark.slow
+def test_compare_on_the_real_packaged_model_and_task(tmp_path):
+    out = tmp_path / "cmp"
+    code = main(["compare", "--task", "sentiment", "--methods", "lora,laplace,mean-field", "--seeds", "1",
+                 "--max-steps", "2", "--train-size", "48", "--eval-size", "24", "--laplace-examples", "4",
+                 "--out", str(out)])
+    assert code == 0
+    rows = cells_csv(out / "comparison.csv")
+    assert set(rows) == {"lora", "laplace", "mean-field"}
+    cell = json.loads((out / "cells" / "laplace-seed0" / "metrics.json").read_text())
+    assert cell["prior_precision"] > 0 and 0 <= cell["ood_auroc"] <= 1  # OOD: the r8 news task
+    assert (out / "figures" / "scales-laplace.png").exists()

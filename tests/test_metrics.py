@@ -274,3 +274,24 @@ def test_bad_inputs_raise_one_clear_line(case):
     with pytest.raises(ValueError, match=message) as error:
         call()
     assert "\n" not in str(error.value)
+
+
+def test_ece_floor_matches_the_one_bin_closed_form():
+    # every confidence 0.8 (one bin): ECE = |acc - 0.8| with acc ~ Binomial(N, 0.8) / N, whose mean
+    # absolute deviation is about sqrt(2 c (1 - c) / (pi N)).
+    n, c = 400, 0.8
+    probs = np.tile([c, 1 - c], (n, 1))
+    floor = m.ece_floor(probs, draws=2000, seed=1)
+    expected = 100 * np.sqrt(2 * c * (1 - c) / (np.pi * n))
+    assert floor.mean == pytest.approx(expected, rel=0.08)
+    assert 0 < floor.sd < floor.mean
+    # four times the examples halve the floor
+    assert m.ece_floor(np.tile([c, 1 - c], (4 * n, 1)), draws=2000, seed=1).mean == pytest.approx(expected / 2,
+                                                                                                   rel=0.08)
+
+
+def test_ece_floor_is_below_the_ece_of_a_miscalibrated_model():
+    probs, labels = _softmax_data(2000, 3, seed=4)
+    sharp = np.exp(3 * np.log(probs))
+    sharp /= sharp.sum(1, keepdims=True)  # overconfident version of the same predictions
+    assert m.ece(sharp, labels) > m.ece_floor(sharp).mean + 5 * m.ece_floor(sharp).sd
