@@ -31,7 +31,7 @@ from . import metrics
 __all__ = ["reliability_diagram", "confidence_histogram", "accuracy_coverage", "uncertainty_histogram",
            "elbo_trace", "scale_forest", "accuracy_over_rounds", "draw_reliability", "draw_confidence_histogram",
            "draw_accuracy_coverage", "draw_uncertainty_histogram", "draw_elbo_trace", "draw_scale_forest",
-           "draw_accuracy_over_rounds", "COLORS"]
+           "draw_accuracy_over_rounds", "posterior_forest", "posterior_densities", "COLORS"]
 
 COLORS = tuple(colormaps["tab10"].colors)  # method i gets COLORS[i % 10]
 DPI = 120
@@ -263,3 +263,32 @@ def accuracy_over_rounds(curves: Mapping[str, Sequence[float]], path: str | Path
     """Accuracy curves across rounds (e.g. forgetting in continual updates) for each method."""
     fig, ax = _figure()
     return _write(fig, path, lambda: draw_accuracy_over_rounds(ax, curves, xlabel, ylabel, title))
+
+
+def posterior_forest(idata: Any, path: str | Path, var_names: Sequence[str]) -> Path:
+    """ArviZ forest plot (94% HDI and interquartile range per variable) of ``var_names`` in ``idata``."""
+    import arviz as az
+
+    _nonempty(var_names, "var_names")
+    fig, ax = _figure(8.0, max(3.0, 0.28 * len(var_names) + 1.2))
+    def draw() -> None:
+        az.plot_forest(idata, var_names=list(var_names), combined=True, ax=ax, textsize=7)
+        ax.set_title("Posterior per variable (ArviZ forest: 94% HDI, IQR, median)")
+
+    return _write(fig, path, draw)
+
+
+def posterior_densities(idata: Any, path: str | Path, var_names: Sequence[str]) -> Path:
+    """ArviZ posterior densities (with 94% HDI), one panel per scalar entry of ``var_names`` (at most 8)."""
+    import arviz as az
+
+    _nonempty(var_names, "var_names")
+    panels = sum(int(np.prod(idata.posterior[v].shape[2:])) for v in var_names)
+    if panels > 8:
+        raise ValueError(f"{', '.join(var_names)} have {panels} entries; pass variables with at most 8 in all")
+    fig, axes = _panels(panels, height=3.2)
+    def draw() -> None:
+        az.plot_posterior(idata, var_names=list(var_names), ax=axes, textsize=8)
+
+    return _write(fig, path, draw)
+

@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
                                        "table, paired tests and figures")
     _add_compare_args(p)
 
+    p = sub.add_parser("diagnose", help="Pareto k-hat, ArviZ summary and posterior plots of a fitted run")
+    p.add_argument("run", help="run directory written by fit (mean-field or low-rank)")
+    p.add_argument("--draws", type=int, default=100, help="posterior draws (default: 100)")
+    p.add_argument("--examples", type=int, default=256,
+                   help="training examples whose log-likelihood, scaled to the full size, enters log p (default: 256)")
+    p.add_argument("--out", help="output directory (default: RUN/diagnostics)")
+
     p = sub.add_parser("update", help="a new round: fit new data with a previous run's posterior as prior")
     p.add_argument("--from", dest="parent", required=True, help="the previous round's run directory (only read)")
     _add_data_args(p, for_fit=True)
@@ -326,6 +333,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"comparison written to {report}")
 
 
+def cmd_diagnose(args: argparse.Namespace) -> None:
+    from .diagnose import diagnose
+
+    report = diagnose(args.run, args.out, draws=args.draws, examples=args.examples)
+    facts = json.loads((report.parent / "diagnostics.json").read_text())
+    verdict = "trustworthy" if facts["reliable"] else "NOT trustworthy (k >= 0.7)"
+    print(f"Pareto k-hat {facts['pareto_khat']:.2f}: {verdict}; report written to {report}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from .demo import run_demo
 
@@ -334,7 +350,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo, "compare": cmd_compare,
-            "update": cmd_update, "history": cmd_history, "tasks": cmd_tasks}
+            "diagnose": cmd_diagnose, "update": cmd_update, "history": cmd_history, "tasks": cmd_tasks}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

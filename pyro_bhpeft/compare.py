@@ -128,8 +128,9 @@ class Bench:
         """The posterior of ``recipe`` on the training subset (fitted once, then loaded) and its facts."""
         from .backbone import load_backbone
         from .posterior import Posterior
+        from .data import TASKS
         from .recipe import train
-        from .runs import save_run
+        from .runs import DataSource, run_meta, save_run
 
         key = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
         path = self.out / "fits" / f"{recipe.guide}-seed{recipe.seed}-{key}"
@@ -137,6 +138,9 @@ class Bench:
             return Posterior.load(path, backbone=self.backbone()), json.loads((path / "fit.json").read_text())
         with PeakMemory() as peak:
             result = train(recipe, self.data, progress=self.progress, backbone=load_backbone(recipe.backbone))
+        if self.protocol.task in TASKS:  # a registered task: diagnose and evaluate can reload the data
+            source = DataSource(task=self.protocol.task, seed=0)
+            result.posterior.meta.update(run_meta(recipe, source, self.data))
         facts = {"seconds": result.seconds, "steps": result.steps, "peak_mb": peak.mb,
                  "trainable": sum(p.numel() for p in result.posterior.guide.parameters() if p.requires_grad)}
         save_run(path, result, overwrite=True, extra={"fit.json": facts})

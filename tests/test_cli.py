@@ -166,3 +166,27 @@ def test_update_from_a_missing_parent_writes_nothing(files, tmp_path, capsys):
     assert run_cli("update", "--from", tmp_path / "nothing", "--train", train, "--out", out) == 2
     assert "config.json is missing" in _error_line(capsys)
     assert not out.exists()
+
+
+def test_diagnose_writes_khat_summary_and_figures_and_refuses_point_estimates(tiny_backbone, files, tmp_path, capsys):
+    train, _ = files
+    run, point = tmp_path / "run", tmp_path / "point"
+    assert run_cli(*_fit_args(tiny_backbone, train, run, "--peft", "lora,adapter")) == 0
+    assert run_cli("diagnose", run, "--draws", 20, "--examples", 16) == 0
+    assert "Pareto k-hat" in capsys.readouterr().out
+    folder = run / "diagnostics"
+    facts = json.loads((folder / "diagnostics.json").read_text())
+    assert facts["draws"] == 20 and facts["examples"] == 16 and facts["num_data"] == json.loads(
+        (run / "config.json").read_text())["meta"]["data"]["size"]
+    assert facts["pareto_khat"] == facts["pareto_khat"] and facts["reliable"] == (facts["pareto_khat"] < 0.7)
+    summary = pd.read_csv(folder / "summary.csv", index_col=0)
+    assert {"mean", "sd"} <= set(summary.columns) and any(i.endswith("lora_A|rms") for i in summary.index)
+    assert (summary.loc[[i for i in summary.index if i.endswith("|rms")], "mean"] > 0).all()
+    for figure in ("forest-rms.png", "densities.png", "scales.png", "elbo.png"):
+        assert (folder / figure).stat().st_size > 1000
+    assert facts["sites"] == 18  # 2 blocks x (4 LoRA + 4 adapter sites) + head weight and bias
+
+    assert run_cli(*_fit_args(tiny_backbone, train, point, "--guide", "mle")) == 0
+    capsys.readouterr()
+    assert run_cli("diagnose", point) == 2
+    assert "point estimate" in _error_line(capsys)

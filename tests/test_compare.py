@@ -138,3 +138,7 @@ def test_compare_on_the_real_packaged_model_and_task(tmp_path):
     cell = json.loads((out / "cells" / "laplace-seed0" / "metrics.json").read_text())
     assert cell["prior_precision"] > 0 and 0 <= cell["ood_auroc"] <= 1  # OOD: the r8 news task
     assert (out / "figures" / "scales-laplace.png").exists()
+    # a comparison's fits are ordinary runs: they can be diagnosed
+    fit = next((out / "fits").glob("mean-field-seed0-*"))
+    assert main(["diagnose", str(fit), "--draws", "10", "--examples", "8"]) == 0
+    assert json.loads((fit / "diagnostics" / "diagnostics.json").read_text())["num_data"] == 48
