@@ -33,6 +33,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
         g.add_argument("--eval", dest="eval_file", help="your evaluation file (default: split off the train file)")
         g.add_argument("--kind", default="classification", choices=("classification", "multiple_choice", "regression"))
         g.add_argument("--max-examples", type=int, help="cap every split at N rows (quick runs)")
+        g.add_argument("--train-size", type=int, help="train on the first N training rows only")
     else:
         g.add_argument("--split", default="test", help="split of the run's own data (default: test)")
         g.add_argument("--data", help="a file to use instead, with the run's column names")
@@ -182,9 +183,16 @@ def _source(args: argparse.Namespace):
     if bool(args.task) == bool(args.train):
         raise UserError("give either --task NAME or --train FILE (see `pyro-bhpeft tasks`)")
     if args.task:
-        return DataSource(task=args.task, max_examples=args.max_examples, seed=args.seed)
-    evals = {"validation": args.eval_file} if args.eval_file else None
-    return DataSource(train=str(Path(args.train).resolve()), eval_files=evals, kind=args.kind, columns=_columns(args))
+        source = DataSource(task=args.task, max_examples=args.max_examples, seed=args.seed)
+    else:
+        evals = {"validation": args.eval_file} if args.eval_file else None
+        source = DataSource(train=str(Path(args.train).resolve()), eval_files=evals, kind=args.kind,
+                            columns=_columns(args))
+    if args.train_size is not None:
+        if args.train_size < 1:
+            raise UserError(f"--train-size must be a positive integer, got {args.train_size}")
+        source["train_size"] = args.train_size
+    return source
 
 
 def cmd_fit(args: argparse.Namespace) -> None:

@@ -38,18 +38,17 @@ class _MethodResult:
     seconds: float
 
 
-def _run_method(name: str, recipe: Recipe, data, eval_splits, out: Path, quick: bool) -> _MethodResult:
+def _run_method(name: str, recipe: Recipe, data, source, eval_splits, out: Path) -> _MethodResult:
     from .backbone import load_backbone
     from .data import make_loader, tokenize
     from .predict import predict
     from .recipe import train
-    from .runs import DataSource, run_meta, save_run
+    from .runs import run_meta, save_run
     from pyro_bhpeft.analysis import metrics
 
     print(f"\n== {name} ==", flush=True)
     backbone = load_backbone(recipe.backbone)
     result = train(recipe, data, backbone=backbone)
-    source = DataSource(task="sentiment", max_examples=200 if quick else None, seed=0)
     result.posterior.meta.update(run_meta(recipe, source, data))
     save_run(out / "runs" / _slug(name), result, overwrite=True)
     tokenized = tokenize(data, backbone.tokenizer, recipe.max_length)
@@ -98,15 +97,16 @@ def _report(results: dict[str, _MethodResult], splits: dict[str, str], figures: 
 
 def run_demo(out: Path, *, quick: bool = False) -> Path:
     """Fit both methods, evaluate, and write ``report.md`` and PNG figures into ``out``."""
-    from .data import load_task
     from .io import write_text
+    from .runs import DataSource
     from pyro_bhpeft.analysis import plots
 
-    data = load_task("sentiment", max_examples=200 if quick else None, seed=0)
-    n_train = min(len(data.splits["train"]), 64 if quick else DEMO_TRAIN_SIZE)
-    data = type(data)(data.spec, _with_train(data.splits, n_train))
+    source = DataSource(task="sentiment", max_examples=200 if quick else None, seed=0,
+                        train_size=64 if quick else DEMO_TRAIN_SIZE)
+    data = source.load()
+    n_train = len(data.splits["train"])
     splits = {"test": "Held-out Rotten Tomatoes test split", "sst2": "SST-2 validation (out of domain)"}
-    results = {name: _run_method(name, recipe.with_(max_steps=4) if quick else recipe, data, splits, out, quick)
+    results = {name: _run_method(name, recipe.with_(max_steps=4) if quick else recipe, data, source, splits, out)
                for name, recipe in DEMO_METHODS.items()}
     out.mkdir(parents=True, exist_ok=True)
     figures = []
@@ -122,8 +122,3 @@ def run_demo(out: Path, *, quick: bool = False) -> Path:
     write_json(out / "metrics.json", {n: r.metrics for n, r in results.items()})
     return write_text(out / "report.md", _report(results, splits, figures, n_train, quick))
 
-
-def _with_train(splits, n: int):
-    import datasets
-
-    return datasets.DatasetDict({k: (v.select(range(n)) if k == "train" else v) for k, v in splits.items()})

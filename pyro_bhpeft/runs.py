@@ -21,7 +21,7 @@ from .io import atomic_dir, write_json
 from .posterior import Posterior, read_config
 from .recipe import Recipe
 
-__all__ = ["DataSource", "save_run", "load_run", "data_hash", "evaluate_split", "run_meta", "update_run", "lineage"]
+__all__ = ["DataSource", "first_training_rows", "save_run", "load_run", "data_hash", "evaluate_split", "run_meta", "update_run", "lineage"]
 
 
 def data_hash(dataset: Any) -> str:
@@ -34,16 +34,32 @@ def data_hash(dataset: Any) -> str:
 
 
 class DataSource(dict):
-    """How to load a run's data again: ``{"task": name, "max_examples": n}`` or ``{"files": ...}``."""
+    """How to load a run's data again: ``{"task": name, "max_examples": n}`` or ``{"train": file, ...}``;
+    ``train_size`` keeps only the first rows of the training split."""
 
     def load(self):
         from pyro_bhpeft.data import load_files, load_task
 
         if "task" in self:
-            return load_task(self["task"], source=self.get("source", "auto"),
+            data = load_task(self["task"], source=self.get("source", "auto"),
                              max_examples=self.get("max_examples"), seed=self.get("seed", 0))
-        return load_files(self["train"], eval_files=self.get("eval_files"), kind=self["kind"],
-                          **self.get("columns", {}))
+        else:
+            data = load_files(self["train"], eval_files=self.get("eval_files"), kind=self["kind"],
+                              **self.get("columns", {}))
+        return first_training_rows(data, self.get("train_size"))
+
+
+def first_training_rows(data: Any, n: int | None):
+    """``data`` with only the first ``n`` rows of its training split (all of it when ``n`` is None)."""
+    import datasets
+
+    if n is None:
+        return data
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the training size must be a positive integer, got {n!r}")
+    train = data.splits["train"]
+    kept = {k: (v.select(range(min(n, len(v)))) if k == "train" else v) for k, v in data.splits.items()}
+    return type(data)(data.spec, datasets.DatasetDict(kept))
 
 
 def run_meta(recipe: Recipe, source: DataSource, data: Any, parent: str | None = None) -> dict[str, Any]:

@@ -190,3 +190,19 @@ def test_diagnose_writes_khat_summary_and_figures_and_refuses_point_estimates(ti
     capsys.readouterr()
     assert run_cli("diagnose", point) == 2
     assert "point estimate" in _error_line(capsys)
+
+
+def test_train_size_keeps_the_first_training_rows_and_is_recorded(tiny_backbone, files, tmp_path, capsys):
+    train, _ = files
+    run = tmp_path / "run"
+    assert run_cli(*_fit_args(tiny_backbone, train, run, "--train-size", 20)) == 0
+    meta = json.loads((run / "config.json").read_text())["meta"]
+    assert meta["data"]["size"] == 20 and meta["source"]["train_size"] == 20
+    from pyro_bhpeft.runs import DataSource
+
+    full, kept = DataSource({k: v for k, v in meta["source"].items() if k != "train_size"}).load(), \
+        DataSource(meta["source"]).load()
+    assert kept.splits["train"]["text"] == full.splits["train"]["text"][:20]
+    assert kept.splits["test"]["text"] == full.splits["test"]["text"]
+    assert run_cli(*_fit_args(tiny_backbone, train, tmp_path / "bad", "--train-size", 0)) == 2
+    assert "--train-size" in _error_line(capsys)
