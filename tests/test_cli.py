@@ -204,5 +204,6 @@ def test_train_size_keeps_the_first_training_rows_and_is_recorded(tiny_backbone,
         DataSource(meta["source"]).load()
     assert kept.splits["train"]["text"] == full.splits["train"]["text"][:20]
     assert kept.splits["test"]["text"] == full.splits["test"]["text"]
+    capsys.readouterr()
     assert run_cli(*_fit_args(tiny_backbone, train, tmp_path / "bad", "--train-size", 0)) == 2
     assert "--train-size" in _error_line(capsys)
