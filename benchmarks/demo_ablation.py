@@ -1,6 +1,6 @@
 """Why BH-PEFT does not halve deterministic LoRA's ECE in the demo: one knob at a time.
 
-The demo's protocol (the first 4,000 training snippets of ``sentiment``, one epoch, batch 16, 64
+The demo's protocol (4,000 training snippets of ``sentiment`` drawn at random (seed 0), one epoch, batch 16, 64
 tokens, Adam lr 2e-3, seed 0) and its BH-PEFT recipe (LoRA + adapter + prefix, mean-field, N(0, 1)
 prior, initial posterior scale 0.01), with one of the knobs the issue names changed: prior scale,
 KL weight, initial posterior scale, learning rate of the posterior scales, number of predictive

@@ -33,7 +33,7 @@ def _add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
         g.add_argument("--eval", dest="eval_file", help="your evaluation file (default: split off the train file)")
         g.add_argument("--kind", default="classification", choices=("classification", "multiple_choice", "regression"))
         g.add_argument("--max-examples", type=int, help="cap every split at N rows (quick runs)")
-        g.add_argument("--train-size", type=int, help="train on the first N training rows only")
+        g.add_argument("--train-size", type=int, help="train on N training rows drawn at random (seed 0)")
     else:
         g.add_argument("--split", default="test", help="split of the run's own data (default: test)")
         g.add_argument("--data", help="a file to use instead, with the run's column names")
@@ -81,9 +81,9 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="discard a comparison made under another protocol")
     g = p.add_argument_group("protocol (the same for every method)")
     g.add_argument("--backbone", default=Protocol.backbone)
-    g.add_argument("--train-size", type=int, default=Protocol.train_size, help="first N training examples")
+    g.add_argument("--train-size", type=int, default=Protocol.train_size, help="N training examples drawn at random (seed 0)")
     g.add_argument("--eval-size", type=int, default=Protocol.eval_size,
-                   help="first N test / validation / OOD examples")
+                   help="N test / validation / OOD examples drawn at random (seed 0)")
     g.add_argument("--epochs", type=int, default=Protocol.epochs)
     g.add_argument("--max-steps", type=int, help="cap on training steps (quick runs)")
     g.add_argument("--batch-size", type=int, default=Protocol.batch_size)

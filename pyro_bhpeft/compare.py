@@ -15,7 +15,8 @@ Methods (LoRA r=8 on query/value, mean pooling and a linear head throughout; K p
 ``peft-lora``      the same LoRA and head trained through the ``peft`` library (plain cross-entropy)
 ``mc-dropout``     LoRA trained and predicted with the backbone's dropout on, K passes
 ``ensemble``       ``ensemble_size`` deterministic LoRAs (seeds s, s+1000, ...), probabilities averaged
-``laplace``        post-hoc diagonal-GGN Laplace around ``lora``, prior precision by evidence, K samples
+``laplace``        post-hoc diagonal-GGN Laplace around ``lora``, prior precision by evidence; the
+                   predictive averages K weight samples (sampled, not linearised, predictive)
 ``temperature``    ``lora`` with a temperature fitted on the validation examples
 ``mean-field``     BH-PEFT: LoRA + adapter + prefix, mean-field posterior, K samples
 ``low-rank``       BH-PEFT hybrid with a rank-8 low-rank posterior
@@ -58,8 +59,9 @@ METRICS = (("accuracy %", "accuracy", 100.0, 2), ("NLL", "nll", 1.0, 3), ("Brier
 
 @dataclass(frozen=True)
 class Protocol:
-    """Everything every method shares. ``train_size``/``eval_size``: the first rows of the task's seeded
-    train split / of test, validation and the OOD task's test split. ``max_steps`` caps steps (quick runs)."""
+    """Everything every method shares. ``train_size``/``eval_size``: rows drawn at random (``subset_seed``)
+    from the task's train split / from its test and validation splits and the OOD task's test split.
+    ``max_steps`` caps steps (quick runs)."""
 
     task: str = "sentiment"
     backbone: str = "minilm"
@@ -74,12 +76,16 @@ class Protocol:
     laplace_examples: int = 256
     ood_task: str | None = None
     max_steps: int | None = None
+    subset_seed: int = 0
 
     def __post_init__(self) -> None:
         for name in ("train_size", "eval_size", "epochs", "batch_size", "samples", "ensemble_size", "laplace_examples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ConfigError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
         if self.ood_task is None and self.task in OOD_DEFAULTS:
             object.__setattr__(self, "ood_task", OOD_DEFAULTS[self.task])
 
@@ -99,14 +105,14 @@ class Bench:
         from .data import make_loader, tokenize
 
         self.protocol, self.out, self.progress = protocol, out, progress
-        self.data = _first_rows(data, {"train": protocol.train_size}, protocol.eval_size)
+        self.data = _subset(data, {"train": protocol.train_size}, protocol.eval_size, protocol.subset_seed)
         self.spec = data.spec
         tokenizer = load_backbone(protocol.backbone).tokenizer
         tokenized = tokenize(self.data, tokenizer, protocol.max_length)
         self.tokenized = tokenized
         self.eval_loaders = {s: make_loader(tokenized[s], 64) for s in ("validation", "test") if s in tokenized}
         if ood is not None:
-            ood = _first_rows(ood, {}, protocol.eval_size, splits=("test",))
+            ood = _subset(ood, {}, protocol.eval_size, protocol.subset_seed, splits=("test",))
             if ood.spec.kind != data.spec.kind:
                 raise ConfigError(f"the OOD task is {ood.spec.kind} but {protocol.task} is {data.spec.kind}; "
                                   "pick an OOD task of the same kind (--ood)")
@@ -139,7 +145,8 @@ class Bench:
         with PeakMemory() as peak:
             result = train(recipe, self.data, progress=self.progress, backbone=load_backbone(recipe.backbone))
         if self.protocol.task in TASKS:  # a registered task: diagnose and evaluate can reload the data
-            source = DataSource(task=self.protocol.task, seed=0)
+            source = DataSource(task=self.protocol.task, seed=0, train_size=self.protocol.train_size,
+                                subset_seed=self.protocol.subset_seed)
             result.posterior.meta.update(run_meta(recipe, source, self.data))
         facts = {"seconds": result.seconds, "steps": result.steps, "peak_mb": peak.mb,
                  "trainable": sum(p.numel() for p in result.posterior.guide.parameters() if p.requires_grad)}
@@ -147,15 +154,17 @@ class Bench:
         return result.posterior, facts
 
 
-def _first_rows(data: Any, sizes: dict[str, int], eval_size: int, splits: Sequence[str] | None = None):
+def _subset(data: Any, sizes: dict[str, int], eval_size: int, seed: int, splits: Sequence[str] | None = None):
+    """Random rows of each split (``sizes`` per split name, ``eval_size`` for the others)."""
     import datasets
+
+    from .runs import random_rows
 
     keep = {}
     for name, split in data.splits.items():
         if splits is not None and name not in splits:
             continue
-        n = min(len(split), sizes.get(name, eval_size))
-        keep[name] = split.select(range(n))
+        keep[name] = random_rows(split, sizes.get(name, eval_size), seed)
     return type(data)(data.spec, datasets.DatasetDict(keep))
 
 
@@ -291,7 +300,7 @@ METHODS: dict[str, Method] = {
     "peft-lora": Method("LoRA trained through the peft library", _peft_lora),
     "mc-dropout": Method("MC dropout on LoRA (backbone dropout in training and K test passes)", _mc_dropout),
     "ensemble": Method("deep ensemble of deterministic LoRAs", _ensemble),
-    "laplace": Method("post-hoc diagonal Laplace on the LoRA and head weights", _laplace),
+    "laplace": Method("post-hoc diagonal-GGN Laplace around the LoRA fit, sampled predictive", _laplace),
     "temperature": Method("deterministic LoRA + temperature scaling on validation", _temperature),
     "mean-field": Method("BH-PEFT hybrid (LoRA+adapter+prefix), mean-field",
                          _sampled({"guide": "mean-field", "peft": PeftConfig.hybrid()})),
@@ -440,26 +449,23 @@ def _table(cells: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[str, 
 
 def _significance(out: Path, cells: dict[str, list[dict[str, Any]]], seeds: Sequence[int],
                   baseline: str = "lora") -> tuple[str, list[dict[str, Any]]]:
-    """Paired tests against ``baseline`` on the same test examples and seeds.
+    """Paired tests of each method against ``baseline`` on the same test examples and seeds.
 
-    Per example (averaged over the seeds both methods have): Wilcoxon signed-rank on the NLL and on the
-    correctness differences. Per seed: paired t-test on ECE (needs two or more seeds).
+    Accuracy and NLL: per-example differences averaged over the seeds both methods have, sign-flip test
+    of their mean. ECE: paired bootstrap over examples of the seed-averaged ECE difference. Holm's
+    correction across the methods, per metric. Conditional on the fitted models (see ``analysis.stats``).
     """
-    from scipy import stats
+    from pyro_bhpeft.analysis import stats
 
     if baseline not in cells:
         return f"(no {baseline} cells: no paired tests)", []
-    lines = [f"| method | Δ accuracy (pts) | p (Wilcoxon, per example) | Δ NLL | p (Wilcoxon, per example) | "
-             f"Δ ECE (pts) | p (paired t, per seed) |", "|---|---|---|---|---|---|---|"]
     rows = []
     for method in cells:
-        if method == baseline:
-            continue
         shared = [s for s in seeds if (_cell_dir(out, method, s) / "metrics.json").exists()
                   and (_cell_dir(out, baseline, s) / "metrics.json").exists()]
-        if not shared:
+        if method == baseline or not shared:
             continue
-        correct, nll, ece = [], [], []
+        correct, nll, probs_a, probs_b = [], [], [], []
         for s in shared:
             a, b = _arrays_of(out, method, s), _arrays_of(out, baseline, s)
             y = a["test_labels"].astype(int)
@@ -467,29 +473,30 @@ def _significance(out: Path, cells: dict[str, list[dict[str, Any]]], seeds: Sequ
             idx = np.arange(len(y))
             correct.append((pa.argmax(1) == y).astype(float) - (pb.argmax(1) == y).astype(float))
             nll.append(-np.log(np.clip(pa[idx, y], 1e-12, None)) + np.log(np.clip(pb[idx, y], 1e-12, None)))
-            ece.append((_cell(out, method, s)["ece"], _cell(out, baseline, s)["ece"]))
-        d_correct, d_nll = np.mean(correct, axis=0), np.mean(nll, axis=0)
-        p_acc = _wilcoxon(d_correct, stats)
-        p_nll = _wilcoxon(d_nll, stats)
-        ece_a, ece_b = zip(*ece)
-        p_ece = float(stats.ttest_rel(ece_a, ece_b).pvalue) if len(shared) > 1 else float("nan")
-        row = {"method": method, "seeds": len(shared), "delta_accuracy_pts": 100 * float(d_correct.mean()),
-               "p_accuracy": p_acc, "delta_nll": float(d_nll.mean()), "p_nll": p_nll,
-               "delta_ece_pts": statistics.fmean(ece_a) - statistics.fmean(ece_b), "p_ece": p_ece}
+            probs_a.append(pa)
+            probs_b.append(pb)
+        tests = {"accuracy": stats.sign_flip_test(100 * np.mean(correct, axis=0)),
+                 "nll": stats.sign_flip_test(np.mean(nll, axis=0)),
+                 "ece": stats.paired_bootstrap_ece(probs_a, probs_b, y)}
+        row: dict[str, Any] = {"method": method, "seeds": len(shared)}
+        for name, t in tests.items():
+            row.update({f"delta_{name}": t.difference, f"{name}_low": t.low, f"{name}_high": t.high, f"p_{name}": t.p})
         rows.append(row)
-        lines.append(f"| {method} | {row['delta_accuracy_pts']:+.2f} | {_p(p_acc)} | {row['delta_nll']:+.3f} | "
-                     f"{_p(p_nll)} | {row['delta_ece_pts']:+.2f} | {_p(p_ece)} |")
+    for name in ("accuracy", "nll", "ece"):
+        for row, adjusted in zip(rows, stats.holm([r[f"p_{name}"] for r in rows])):
+            row[f"p_{name}_holm"] = adjusted
+    lines = ["| method | seeds | Δ accuracy (pts) [95% CI] | p (Holm) | Δ NLL [95% CI] | p (Holm) | "
+             "Δ ECE (pts) [95% CI] | p (Holm) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['method']} | {r['seeds']} | "
+                     + " | ".join(f"{r[f'delta_{n}']:+.{d}f} [{r[f'{n}_low']:+.{d}f}, {r[f'{n}_high']:+.{d}f}] | "
+                                  f"{_p(r[f'p_{n}_holm'])}" for n, d in (("accuracy", 2), ("nll", 3), ("ece", 2)))
+                     + " |")
     return "\n".join(lines), rows
 
 
 def _cell(out: Path, method: str, seed: int) -> dict[str, Any]:
     return json.loads((_cell_dir(out, method, seed) / "metrics.json").read_text())
-
-
-def _wilcoxon(diff: np.ndarray, stats: Any) -> float:
-    if not np.any(diff != 0):
-        return 1.0
-    return float(stats.wilcoxon(diff).pvalue)
 
 
 def _p(p: float) -> str:
@@ -556,9 +563,9 @@ def summarize(out: str | Path, methods: Sequence[str], seeds: Sequence[int]) -> 
         write_text(out / name, buffer.getvalue())
     p = protocol
     lines = [f"# Comparison of inference schemes on `{p['task']}`", "",
-             f"Backbone `{p['backbone']}`; the first {p['train_size']} training examples, {p['epochs']} epochs "
+             f"Backbone `{p['backbone']}`; {p['train_size']} training examples drawn at random (subset seed {p.get('subset_seed', 0)}), {p['epochs']} epochs "
              f"(max steps {p['max_steps']}), batch {p['batch_size']}, Adam lr {p['lr']}, {p['max_length']} tokens; "
-             f"{p['samples']} posterior samples; test: the first {p['eval_size']} test examples; OOD: "
+             f"{p['samples']} posterior samples; test: {p['eval_size']} random test examples; OOD: "
              f"`{p['ood_task']}` test. Seeds {', '.join(map(str, seeds))}; mean ± sd over seeds.", "",
              table, "",
              "ECE: 15 equal-width bins, in %. ECE floor: the ECE a perfectly calibrated model with the same "
@@ -566,7 +573,12 @@ def summarize(out: str | Path, methods: Sequence[str], seeds: Sequence[int]) -> 
              "predictive entropy). OOD AUROC: predictive entropy separating OOD from test examples. train s "
              "includes post-hoc steps (Laplace GGN, temperature fit) and every ensemble member; peak MB is the "
              "process's peak resident memory during training.", "",
-             "## Paired tests against deterministic LoRA (`lora`)", "", sig_md, "",
+             "## Paired tests against deterministic LoRA (`lora`)", "",
+             "Method minus `lora` on the same test examples, averaged over the shared seeds. Accuracy and NLL: "
+             "sign-flip test of the mean per-example difference; ECE: paired bootstrap over examples (2,000 "
+             "draws); 95% bootstrap intervals; p-values Holm-corrected across the methods, per metric. The tests "
+             "are conditional on the fitted models (test-sample noise only); the ± over seeds above shows the "
+             "training-seed spread.", "", sig_md, "",
              "## Methods", ""]
     lines += [f"- `{m}`: {METHODS[m].description}" for m in cells]
     lines += ["", "## Figures (seed %d)" % seeds[0], ""] + [f"![{f}]({f})" for f in figures]

@@ -1,8 +1,8 @@
 """The main job: deterministic LoRA against BH-PEFT on real sentiment data, with a report.
 
 Protocol, fixed before any result was seen: the packaged MiniLM; the ``sentiment`` task (Rotten
-Tomatoes snippets, SST-2 sentences removed from training); the first 4,000 training examples of the
-seeded split; one epoch, batch 16, 64 tokens, Adam lr 2e-3, seed 0 for both methods, the same mean
+Tomatoes snippets, SST-2 sentences removed from training); 4,000 training examples drawn at random
+(seed 0) from the seeded split; one epoch, batch 16, 64 tokens, Adam lr 2e-3, seed 0 for both methods, the same mean
 pooling and linear head. Deterministic LoRA is our point-mass guide with no prior (maximum
 likelihood, i.e. plain LoRA training); BH-PEFT is the LoRA + Adapter + prefix hybrid with a
 mean-field posterior. Both are evaluated on the held-out test split and on SST-2 validation.

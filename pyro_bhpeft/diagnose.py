@@ -31,7 +31,7 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
     from .data import make_loader, tokenize
     from .io import atomic_dir, write_json, write_text
     from .recipe import Recipe
-    from .runs import DataSource, load_run
+    from .runs import DataSource, load_run, random_rows
 
     if draws < 10:
         raise ValueError(f"--draws must be at least 10 for a Pareto k-hat, got {draws}")
@@ -46,8 +46,8 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
         raise ValueError(f"{run} does not record the data it was fitted on; diagnose runs written by fit or update")
     data = DataSource(source).load()
     train = data.splits["train"]
-    num_data = int(meta.get("data", {}).get("size", len(train)))  # the fit may have used the first rows only
-    subset = type(data)(data.spec, type(data.splits)({"train": train.select(range(min(examples, len(train))))}))
+    num_data = int(meta.get("data", {}).get("size", len(train)))  # the fit may have used a subset
+    subset = type(data)(data.spec, type(data.splits)({"train": random_rows(train, min(examples, num_data), seed)}))
     tokenizer = load_backbone(posterior.backbone_name).tokenizer
     max_length = Recipe.from_dict(meta["recipe"]).max_length
     loader = make_loader(tokenize(subset, tokenizer, max_length)["train"], 64)

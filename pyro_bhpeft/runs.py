@@ -21,7 +21,7 @@ from .io import atomic_dir, write_json
 from .posterior import Posterior, read_config
 from .recipe import Recipe
 
-__all__ = ["DataSource", "first_training_rows", "save_run", "load_run", "data_hash", "evaluate_split", "run_meta", "update_run", "lineage"]
+__all__ = ["DataSource", "random_rows", "training_subset", "save_run", "load_run", "data_hash", "evaluate_split", "run_meta", "update_run", "lineage"]
 
 
 def data_hash(dataset: Any) -> str:
@@ -35,7 +35,7 @@ def data_hash(dataset: Any) -> str:
 
 class DataSource(dict):
     """How to load a run's data again: ``{"task": name, "max_examples": n}`` or ``{"train": file, ...}``;
-    ``train_size`` keeps only the first rows of the training split."""
+    ``train_size`` keeps a random subset of the training split (drawn with ``subset_seed``, default 0)."""
 
     def load(self):
         from pyro_bhpeft.data import load_files, load_task
@@ -46,19 +46,30 @@ class DataSource(dict):
         else:
             data = load_files(self["train"], eval_files=self.get("eval_files"), kind=self["kind"],
                               **self.get("columns", {}))
-        return first_training_rows(data, self.get("train_size"))
+        return training_subset(data, self.get("train_size"), seed=self.get("subset_seed", 0))
 
 
-def first_training_rows(data: Any, n: int | None):
-    """``data`` with only the first ``n`` rows of its training split (all of it when ``n`` is None)."""
+def random_rows(split: Any, n: int, seed: int = 0) -> Any:
+    """``n`` rows of a ``datasets.Dataset`` drawn without replacement by ``seed``, kept in their original
+    order (all of it when ``n`` covers it). Random, not the first rows: a split's order may follow its
+    labels (20 Newsgroups is stored class by class)."""
+    import numpy as np
+
+    if n >= len(split):
+        return split
+    keep = np.sort(np.random.default_rng(seed).choice(len(split), size=n, replace=False))
+    return split.select(keep.tolist())
+
+
+def training_subset(data: Any, n: int | None, seed: int = 0):
+    """``data`` with a random ``n``-row subset of its training split (all of it when ``n`` is None)."""
     import datasets
 
     if n is None:
         return data
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"the training size must be a positive integer, got {n!r}")
-    train = data.splits["train"]
-    kept = {k: (v.select(range(min(n, len(v)))) if k == "train" else v) for k, v in data.splits.items()}
+    kept = {k: (random_rows(v, n, seed) if k == "train" else v) for k, v in data.splits.items()}
     return type(data)(data.spec, datasets.DatasetDict(kept))
 
 

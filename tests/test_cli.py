@@ -192,7 +192,7 @@ def test_diagnose_writes_khat_summary_and_figures_and_refuses_point_estimates(ti
     assert "point estimate" in _error_line(capsys)
 
 
-def test_train_size_keeps_the_first_training_rows_and_is_recorded(tiny_backbone, files, tmp_path, capsys):
+def test_train_size_keeps_a_seeded_random_subset_and_is_recorded(tiny_backbone, files, tmp_path, capsys):
     train, _ = files
     run = tmp_path / "run"
     assert run_cli(*_fit_args(tiny_backbone, train, run, "--train-size", 20)) == 0
@@ -202,7 +202,11 @@ def test_train_size_keeps_the_first_training_rows_and_is_recorded(tiny_backbone,
 
     full, kept = DataSource({k: v for k, v in meta["source"].items() if k != "train_size"}).load(), \
         DataSource(meta["source"]).load()
-    assert kept.splits["train"]["text"] == full.splits["train"]["text"][:20]
+    kept_text, full_text = kept.splits["train"]["text"], full.splits["train"]["text"]
+    assert len(kept_text) == 20 and kept_text != full_text[:20]  # random rows, not the first
+    positions = [full_text.index(t) for t in kept_text]
+    assert positions == sorted(positions)  # kept in their original order
+    assert DataSource(meta["source"]).load().splits["train"]["text"] == kept_text  # reproducible
     assert kept.splits["test"]["text"] == full.splits["test"]["text"]
     capsys.readouterr()
     assert run_cli(*_fit_args(tiny_backbone, train, tmp_path / "bad", "--train-size", 0)) == 2

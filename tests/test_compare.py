@@ -73,7 +73,7 @@ def test_every_method_runs_shares_fits_and_resumes_without_refitting(tiny_backbo
     lora, temp = predictions(out, "lora", 0), predictions(out, "temperature", 0)
     np.testing.assert_array_equal(lora["test_probs"].argmax(1), temp["test_probs"].argmax(1))
     sig = cells_csv(out / "significance.csv")
-    assert float(sig["temperature"]["delta_accuracy_pts"]) == 0.0 and float(sig["temperature"]["p_accuracy"]) == 1.0
+    assert float(sig["temperature"]["delta_accuracy"]) == 0.0 and float(sig["temperature"]["p_accuracy_holm"]) == 1.0
     assert "lora" not in sig and set(sig) == set(METHODS) - {"lora"}
     # the table's mean is the mean of the cells
     accs = [json.loads((out / "cells" / f"map-seed{s}" / "metrics.json").read_text())["accuracy"] for s in (0, 1)]
