@@ -3,6 +3,8 @@ temperature recovery, ensemble/MC-dropout predictive identities, and peft LoRA =
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch.nn import functional as F
@@ -132,20 +134,67 @@ def test_mc_dropout_varies_between_passes_and_restores_eval_mode(make_bert, make
 
 
 @pytest.mark.parametrize("kind", ["classifier", "multiple_choice"])
-def test_peft_lora_at_initialisation_equals_our_lora_with_the_same_head(kind, make_bert, make_tokens):
+def test_peft_lora_equals_our_lora_with_the_same_weights(kind, make_bert, make_tokens):
     pytest.importorskip("peft")
     choices = 3 if kind == "multiple_choice" else None
     ours = SequenceClassifier(make_bert(), LORA, num_labels=3) if choices is None else MultipleChoice(make_bert(), LORA)
-    weights = ours.initial_values()
-    weights["head.weight"] = torch.randn_like(weights["head.weight"])
+    g = torch.Generator().manual_seed(3)
+    # non-zero A *and* B: the low-rank update, its alpha/r scaling and its place in the layer must agree
+    weights = {n: torch.randn(v.shape, generator=g) * 0.3 for n, v in ours.initial_values().items()}
     theirs = PeftLoraModel(make_bert(), LORA.lora, None if choices else 3, "mean")
+    params = dict(theirs.named_parameters())
     with torch.no_grad():
-        theirs.head.weight.copy_(weights["head.weight"])
-        theirs.head.bias.copy_(weights["head.bias"])
+        for name, value in weights.items():
+            target = f"head.{name.split('.')[-1]}" if name.startswith("head.") else \
+                f"body.base_model.model.{name}.default.weight"
+            params[target].copy_(value)
     data = batches(make_tokens, choices=choices)
-    torch.testing.assert_close(peft_predict(theirs, data).probs,
-                               predict(point_posterior(ours, weights), data, num_samples=0).probs)
+    untouched = predict(point_posterior(ours, {n: v * (0 if "lora_B" in n else 1) for n, v in weights.items()}),
+                        data, num_samples=0).probs
+    ours_probs = predict(point_posterior(ours, weights), data, num_samples=0).probs
+    assert (ours_probs - untouched).abs().max() > 1e-3  # B != 0 really changes the output
+    torch.testing.assert_close(peft_predict(theirs, data).probs, ours_probs, rtol=1e-4, atol=1e-5)
     fit = train_peft_lora(theirs, data, epochs=8, lr=1e-2, progress=False)
     assert fit.steps == 24 and sum(fit.history[-3:]) < sum(fit.history[:3])
     n_lora = sum(p.numel() for n, p in theirs.named_parameters() if "lora_" in n)
     assert n_lora == sum(v.numel() for n, v in weights.items() if "lora_" in n)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "multiple_choice"])
+def test_ggn_matches_a_brute_force_jacobian(kind, make_bert, make_tokens):
+    # GGN diagonal = sum_n diag(J_n^T (diag p_n - p_n p_n^T) J_n), with J_n from torch's jacobian
+    choices = 3 if kind == "multiple_choice" else None
+    model = SequenceClassifier(make_bert(), LORA, num_labels=3) if choices is None else MultipleChoice(make_bert(), LORA)
+    g = torch.Generator().manual_seed(5)
+    weights = {n: torch.randn(v.shape, generator=g) * 0.3 for n, v in model.initial_values().items()}
+    data = batches(make_tokens, n=2, size=3, choices=choices)
+    ggn, seen = ggn_diagonal(model, weights, data, max_examples=5)
+    assert seen == 5
+    names = list(weights)
+    expected = {n: torch.zeros_like(v) for n, v in weights.items()}
+    examples = [({k: v[i:i + 1] for k, v in inputs.items()}) for inputs, _ in data for i in range(3)][:5]
+    for inputs in examples:
+        def logits(*flat):
+            return model.run(dict(zip(names, flat)), inputs)[0]
+
+        jac = torch.autograd.functional.jacobian(logits, tuple(weights[n] for n in names))
+        p = logits(*(weights[n] for n in names)).detach().softmax(-1)
+        h = torch.diag(p) - torch.outer(p, p)
+        for name, j in zip(names, jac):
+            j = j.reshape(len(p), -1)
+            expected[name] += torch.einsum("ci,cd,di->i", j, h, j).reshape(weights[name].shape)
+    for name in names:
+        torch.testing.assert_close(ggn[name], expected[name].clamp_min(0), rtol=1e-4, atol=1e-6)
+
+
+def test_laplace_evidence_maximiser_matches_its_closed_form():
+    # with every GGN entry equal to g, d/d(lam) of the evidence is P/lam - P/(g + lam) - |w|^2 = 0,
+    # i.e. lam^2 + g lam - P g / |w|^2 = 0
+    from pyro_bhpeft.baselines import _log_marginal_likelihood
+
+    count, g, sq_norm = 50, 4.0, 20.0
+    ggn = torch.full((count,), g)
+    best = (-g + math.sqrt(g * g + 4 * count * g / sq_norm)) / 2
+    grid = torch.linspace(0.5 * best, 2 * best, 2001).tolist()
+    values = [_log_marginal_likelihood(lam, ggn, sq_norm) for lam in grid]
+    assert grid[max(range(len(grid)), key=values.__getitem__)] == pytest.approx(best, rel=2e-3)
