@@ -124,6 +124,9 @@ def test_bad_methods_and_tasks_are_clear_errors(tiny_backbone, task_files, tmp_p
     assert main(["compare", "--task", "no-such-task", "--out", str(tmp_path / "z")]) == 2
     assert "no-such-task" in capsys.readouterr().err
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
+    for bad in ({"max_steps": 0}, {"train_size": 0}, {"samples": 2.5}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            protocol(tiny_backbone, **bad)
 
 
 @pytest.mark.slow
@@ -142,3 +145,44 @@ def test_compare_on_the_real_packaged_model_and_task(tmp_path):
     fit = next((out / "fits").glob("mean-field-seed0-*"))
     assert main(["diagnose", str(fit), "--draws", "10", "--examples", "8"]) == 0
     assert json.loads((fit / "diagnostics" / "diagnostics.json").read_text())["num_data"] == 48
+
+
+def _three_class(n, seed):
+    g = np.random.default_rng(seed)
+    words = {"pos": ("good", "great"), "neg": ("bad", "awful"), "neutral": ("fine", "film")}
+    labels = g.choice(list(words), n)
+    return pd.DataFrame({"text": [f"the movie was {' '.join(g.choice(words[y], 2))}" for y in labels], "label": labels})
+
+
+def _choice_rows(n, seed):
+    g = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        answer = int(g.integers(0, 3))
+        choices = [str(w) for w in g.choice(["bad", "awful", "poor", "cold"], 3, replace=False)]
+        choices[answer] = str(g.choice(["good", "great", "fine"]))
+        rows.append({"question": "the movie was", "choices": choices, "answer": answer})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("kind", ["three-class", "multiple-choice"])
+def test_every_method_runs_on_more_classes_and_on_multiple_choice(kind, tiny_backbone, tmp_path):
+    train, val, test = (tmp_path / f"{s}.jsonl" for s in ("train", "val", "test"))
+    make = _three_class if kind == "three-class" else _choice_rows
+    for path, (n, seed) in zip((train, val, test), ((48, 0), (18, 1), (18, 2))):
+        make(n, seed).to_json(path, orient="records", lines=True)
+    if kind == "three-class":
+        data = load_files(train, eval_files={"validation": val, "test": test})
+    else:
+        data = load_files(train, eval_files={"validation": val, "test": test}, kind="multiple_choice",
+                          label_column="answer")
+    out = tmp_path / "cmp"
+    run_compare(protocol(tiny_backbone, eval_size=18), out, seeds=(0,), data=data, progress=False)
+    rows = cells_csv(out / "comparison.csv")
+    assert set(rows) == set(METHODS)
+    classes = 3
+    for m in METHODS:
+        probs = predictions(out, m, 0)["test_probs"]
+        assert probs.shape == (18, classes)
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+        assert 0 <= float(rows[m]["accuracy_mean"]) <= 100
