@@ -80,8 +80,8 @@ def _table(results: dict[str, _MethodResult], split: str) -> str:
 def _report(results: dict[str, _MethodResult], splits: dict[str, str], figures: list[str], n_train: int,
             quick: bool) -> str:
     lines = ["# pyro-bhpeft demo: deterministic LoRA vs BH-PEFT on sentiment", "",
-             f"Backbone: packaged all-MiniLM-L6-v2. Training: {n_train} Rotten Tomatoes snippets drawn at random (seed 0) from the training split, one epoch, "
-             "batch 16, 64 tokens, Adam lr 2e-3, seed 0 (same for both methods). "
+             f"Backbone: packaged all-MiniLM-L6-v2. Training: {n_train} Rotten Tomatoes snippets drawn at random "
+             "(seed 0) from the training split, one epoch, batch 16, 64 tokens, Adam lr 2e-3, seed 0 (same for both methods). "
              f"BH-PEFT predicts with {DEMO_SAMPLES} posterior samples." + (" QUICK MODE: tiny slices, "
                                                                         "numbers are meaningless." if quick else ""),
              ""]
