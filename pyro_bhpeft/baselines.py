@@ -13,7 +13,7 @@ values, so every method is measured with the same metrics:
   maximising the Laplace marginal likelihood (MacKay 1992; Immer et al. 2021; Laplace-LoRA, Yang
   et al. 2024, with a diagonal instead of a Kronecker-factored GGN). It returns an ordinary
   mean-field :class:`~pyro_bhpeft.posterior.Posterior`, so it is sampled, saved and diagnosed like
-  any other.
+  any other; :func:`linearised_predict` gives its linearised (GLM) predictive.
 * :func:`fit_temperature` / :func:`tempered` -- temperature scaling (Guo et al., 2017) fitted by
   NLL on a validation split.
 * :class:`PeftLoraModel` / :func:`train_peft_lora` -- the same LoRA, head and pooling trained
@@ -39,6 +39,7 @@ from .posterior import Posterior
 from .predict import ClassPrediction, class_prediction, predict
 
 __all__ = ["mc_dropout_predict", "ensemble_predict", "laplace_posterior", "LaplaceFit", "ggn_diagonal",
+           "linearised_predict",
            "fit_temperature", "tempered", "PeftLoraModel", "train_peft_lora", "peft_predict"]
 
 
@@ -74,6 +75,30 @@ def ensemble_predict(members: Sequence[Posterior], data: Iterable) -> ClassPredi
 
 
 # ---- Laplace ----------------------------------------------------------------------------------------
+def _example_jacobians(model: Any, weights: dict[str, torch.Tensor], data: Iterable, max_examples: int | None,
+                       desc: str, progress: bool):
+    """For each example (one at a time, at most ``max_examples``): its logits (C,), label, and the
+    gradient of each finite logit with respect to every weight (one backward pass per class).
+    Yields ``(logits, label, grads)`` with ``grads[c][k]`` the gradient of logit ``c`` for weight ``k``
+    (None where a weight does not reach the output)."""
+    names = list(weights)
+    params = [weights[n].detach().clone().requires_grad_(True) for n in names]
+    bar = tqdm(total=max_examples, desc=desc, unit="example", disable=not progress)
+    seen = 0
+    for inputs, labels in data:
+        for i in range(next(iter(inputs.values())).shape[0]):
+            if max_examples is not None and seen >= max_examples:
+                bar.close()
+                return
+            logits = model.run(dict(zip(names, params)), {k: v[i:i + 1] for k, v in inputs.items()})[0]
+            grads = [torch.autograd.grad(logits[c], params, retain_graph=True, allow_unused=True)
+                     if torch.isfinite(logits[c]) else None for c in range(len(logits))]
+            yield logits.detach(), labels[i], grads
+            seen += 1
+            bar.update(1)
+    bar.close()
+
+
 def ggn_diagonal(model: Any, weights: dict[str, torch.Tensor], data: Iterable, *, max_examples: int,
                  progress: bool = False) -> tuple[dict[str, torch.Tensor], int]:
     """Sum over examples of the diagonal GGN of the negative log-likelihood at ``weights``.
@@ -83,34 +108,68 @@ def ggn_diagonal(model: Any, weights: dict[str, torch.Tensor], data: Iterable, *
     class and example. Uses the first ``max_examples`` examples of ``data``; returns (diagonal, count).
     """
     _classification_only(model, "the GGN")
-    names = list(weights)
-    params = [weights[n].detach().clone().requires_grad_(True) for n in names]
-    diag = [torch.zeros_like(p) for p in params]
+    diag = {n: torch.zeros_like(w) for n, w in weights.items()}
     seen = 0
-    bar = tqdm(total=max_examples, desc="laplace GGN", unit="example", disable=not progress)
-    for inputs, _ in data:
-        for i in range(next(iter(inputs.values())).shape[0]):
-            if seen >= max_examples:
-                break
-            logits = model.run(dict(zip(names, params)), {k: v[i:i + 1] for k, v in inputs.items()})[0]
-            p = logits.detach().softmax(-1)
-            first = [torch.zeros_like(d) for d in diag]  # sum_c p_c J_c
-            for c in torch.nonzero(p > 0).flatten().tolist():
-                grads = torch.autograd.grad(logits[c], params, retain_graph=True, allow_unused=True)
-                for k, g in enumerate(grads):
-                    if g is not None:
-                        diag[k] += p[c] * g.square()
-                        first[k] += p[c] * g
-            for k in range(len(diag)):
-                diag[k] -= first[k].square()
-            seen += 1
-            bar.update(1)
-        if seen >= max_examples:
-            break
-    bar.close()
+    for logits, _, grads in _example_jacobians(model, weights, data, max_examples, "laplace GGN", progress):
+        p = logits.softmax(-1)
+        first = {n: torch.zeros_like(d) for n, d in diag.items()}  # sum_c p_c J_c
+        for c, per_weight in enumerate(grads):
+            if per_weight is None or p[c] == 0:
+                continue
+            for name, g in zip(diag, per_weight):
+                if g is not None:
+                    diag[name] += p[c] * g.square()
+                    first[name] += p[c] * g
+        for name in diag:
+            diag[name] -= first[name].square()
+        seen += 1
     if seen == 0:
         raise ValueError("the GGN needs at least one example; the data is empty")
-    return {n: d.clamp_min(0.0) for n, d in zip(names, diag)}, seen
+    return {n: d.clamp_min(0.0) for n, d in diag.items()}, seen
+
+
+def linearised_predict(posterior: Posterior, data: Iterable, *, num_samples: int, seed: int = 0,
+                       progress: bool = False) -> ClassPrediction:
+    """The linearised (GLM) predictive of a Gaussian posterior with diagonal covariance, e.g. a Laplace fit.
+
+    Linearising the network at the mean ``mu``, the logits are Gaussian: ``f ~ N(f(x; mu), J S J^T)`` with
+    ``S`` the diagonal posterior covariance and ``J`` the Jacobian of the logits (one backward pass per
+    class and example). ``num_samples`` logit draws per example are pushed through the softmax (Immer
+    et al. 2021: the predictive that suits a GGN Laplace, unlike sampling the weights).
+    """
+    from pyro_bhpeft.guides import MeanField
+
+    model = posterior.model
+    _classification_only(model, "the linearised predictive")
+    if not isinstance(posterior.guide, MeanField):
+        raise ValueError(f"the linearised predictive needs a diagonal Gaussian posterior (MeanField, e.g. a "
+                         f"Laplace fit), got {type(posterior.guide).__name__}")
+    if num_samples < 1:
+        raise ValueError(f"the linearised predictive needs num_samples >= 1, got {num_samples}")
+    marginals = posterior.marginals()
+    weights = {n: m.loc for n, m in marginals.items()}
+    variances = [m.scale.square() for m in marginals.values()]
+    generator = torch.Generator().manual_seed(seed)
+    probs, labels = [], []
+    for logits, label, grads in _example_jacobians(model, weights, data, None, "linearised predictive", progress):
+        finite = [c for c, g in enumerate(grads) if g is not None]
+        jac = torch.stack([torch.cat([(g if g is not None else torch.zeros_like(v)).flatten()
+                                      for g, v in zip(grads[c], variances)]) for c in finite])
+        cov = (jac * torch.cat([v.flatten() for v in variances])) @ jac.T
+        noise = torch.randn(num_samples, len(finite), generator=generator, dtype=cov.dtype)
+        draws = logits.expand(num_samples, -1).clone()
+        draws[:, finite] += noise @ _psd_sqrt(cov).T
+        probs.append(draws.softmax(-1))
+        labels.append(label)
+    if not probs:
+        raise ValueError("the linearised predictive needs at least one example; the data is empty")
+    return class_prediction(torch.stack(probs, dim=1), torch.stack(labels))
+
+
+def _psd_sqrt(cov: torch.Tensor) -> torch.Tensor:
+    """A matrix ``L`` with ``L L^T = cov`` for a symmetric positive semi-definite ``cov``."""
+    values, vectors = torch.linalg.eigh(0.5 * (cov + cov.T))
+    return vectors * values.clamp_min(0.0).sqrt()
 
 
 def _log_marginal_likelihood(precision: float, ggn: torch.Tensor, sq_norm: float) -> float:

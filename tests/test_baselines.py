@@ -12,7 +12,7 @@ from torch.nn import functional as F
 from pyro_bhpeft import LoraConfig, PeftConfig, Posterior, predict
 from pyro_bhpeft.backbone import dropout_active
 from pyro_bhpeft.baselines import (PeftLoraModel, ensemble_predict, fit_temperature, ggn_diagonal, laplace_posterior,
-                                   mc_dropout_predict, peft_predict, tempered, train_peft_lora)
+                                   linearised_predict, mc_dropout_predict, peft_predict, tempered, train_peft_lora)
 from pyro_bhpeft.guides import Delta, MeanField
 from pyro_bhpeft.models import MultipleChoice, SequenceClassifier
 from pyro_bhpeft.models.base import pool
@@ -198,3 +198,50 @@ def test_laplace_evidence_maximiser_matches_its_closed_form():
     grid = torch.linspace(0.5 * best, 2 * best, 2001).tolist()
     values = [_log_marginal_likelihood(lam, ggn, sq_norm) for lam in grid]
     assert grid[max(range(len(grid)), key=values.__getitem__)] == pytest.approx(best, rel=2e-3)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "multiple_choice"])
+def test_linearised_predictive_is_exact_for_a_model_linear_in_its_random_weights(kind, make_bert, make_tokens):
+    # Only the head is uncertain (the LoRA scales are ~0), so the logits are linear in the random weights
+    # and Gaussian with a known covariance: classifier Var(f_c) = sum_d x_d^2 s_cd^2 + s_c^2 (independent
+    # classes); multiple choice Cov(f_j, f_k) = sum_d x_jd x_kd s_d^2 + s_b^2 (one head shared by choices).
+    choices = 3 if kind == "multiple_choice" else None
+    model = SequenceClassifier(make_bert(), LORA, num_labels=3) if choices is None else MultipleChoice(make_bert(), LORA)
+    g = torch.Generator().manual_seed(2)
+    locs = {n: torch.randn(v.shape, generator=g) * 0.3 for n, v in model.initial_values().items()}
+    scales = {n: (torch.rand(v.shape, generator=g) + 0.5 if n.startswith("head.") else torch.full_like(v, 1e-8))
+              for n, v in locs.items()}
+    posterior = Posterior(model, MeanField.from_marginals(model, locs, scales))
+    data = batches(make_tokens, n=2, size=4, choices=choices)
+    glm = linearised_predict(posterior, data, num_samples=50_000, seed=0)
+
+    expected = []
+    for inputs, _ in data:
+        with torch.no_grad(), model.bound(locs):
+            flat = model.flatten_inputs(inputs)
+            hidden = model.backbone(input_ids=flat["input_ids"], attention_mask=flat["attention_mask"]).last_hidden_state
+            x = pool(hidden, flat["attention_mask"], model.pooling)
+        w_var, b_var = scales["head.weight"].square(), scales["head.bias"].square()
+        if choices is None:  # x (B, D): one diagonal covariance per example
+            cov = torch.diag_embed(x.square() @ w_var.T + b_var)
+        else:  # x (B * C, D) -> (B, C, D)
+            x = x.view(len(inputs["input_ids"]), choices, -1)
+            cov = torch.einsum("bjd,bkd->bjk", x * w_var[0], x) + b_var
+        mean = model.run(locs, inputs).detach()
+        draws = torch.distributions.MultivariateNormal(mean, cov + 1e-9 * torch.eye(3)).sample((200_000,))
+        expected.append(draws.softmax(-1).mean(0))
+    torch.testing.assert_close(glm.probs, torch.cat(expected), atol=0.012, rtol=0)
+    assert glm.mutual_information.min() > 0.01
+
+    # no uncertainty at all: the predictive is the mean network's, with zero disagreement
+    still = Posterior(model, MeanField.from_marginals(model, locs, {n: torch.full_like(v, 1e-8) for n, v in locs.items()}))
+    point = linearised_predict(still, data, num_samples=5)
+    torch.testing.assert_close(point.probs, predict(still, data, num_samples=0).probs, atol=1e-5, rtol=0)
+    assert point.mutual_information.max() < 1e-6
+    torch.testing.assert_close(point.labels, torch.cat([y for _, y in data]))
+
+
+def test_linearised_predictive_refuses_a_non_diagonal_posterior(make_bert, make_tokens):
+    model = SequenceClassifier(make_bert(), LORA, num_labels=3)
+    with pytest.raises(ValueError, match="diagonal Gaussian"):
+        linearised_predict(point_posterior(model), batches(make_tokens), num_samples=2)

@@ -69,6 +69,11 @@ def test_every_method_runs_shares_fits_and_resumes_without_refitting(tiny_backbo
         (out / "fits" / f / "config.json").read_text())["meta"]["recipe"]["dropout"] is False]
     assert sorted(f.split("-")[1] for f in plain) == ["seed0", "seed1", "seed1000", "seed1001"]
 
+    # the sampled and the linearised Laplace predictives share one Laplace fit per seed
+    for seed in (0, 1):
+        sampled, glm = (json.loads((out / "cells" / f"{m}-seed{seed}" / "metrics.json").read_text())
+                        for m in ("laplace", "laplace-glm"))
+        assert sampled["prior_precision"] == glm["prior_precision"] and sampled["train_seconds"] == glm["train_seconds"]
     # known answers: temperature keeps every argmax, so its accuracy and per-example correctness equal lora's
     lora, temp = predictions(out, "lora", 0), predictions(out, "temperature", 0)
     np.testing.assert_array_equal(lora["test_probs"].argmax(1), temp["test_probs"].argmax(1))
