@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 
 from . import metrics
 
-__all__ = ["reliability_diagram", "confidence_histogram", "accuracy_coverage", "uncertainty_histogram",
+__all__ = ["save", "reliability_diagram", "confidence_histogram", "accuracy_coverage", "uncertainty_histogram",
            "elbo_trace", "scale_forest", "accuracy_over_rounds", "draw_reliability", "draw_confidence_histogram",
            "draw_accuracy_coverage", "draw_uncertainty_histogram", "draw_elbo_trace", "draw_scale_forest",
            "draw_accuracy_over_rounds", "posterior_forest", "posterior_densities", "COLORS"]
@@ -66,6 +66,11 @@ def _write(fig: Figure, path: str | Path, draw: Callable[[], Any]) -> Path:
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    """Save a finished figure as PNG atomically (temporary file, then rename), like every plot here."""
+    return _write(fig, path, lambda: None)
 
 
 def _figure(width: float = 6.0, height: float = 4.0) -> tuple[Figure, Axes]:

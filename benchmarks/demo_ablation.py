@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pyro_bhpeft.analysis import metrics
+from pyro_bhpeft.analysis import metrics, plots
 from pyro_bhpeft.compare import Bench, Protocol
 from pyro_bhpeft.data import load_task
 from pyro_bhpeft.demo import DEMO_METHODS, DEMO_SAMPLES, DEMO_TRAIN_SIZE
@@ -77,8 +77,7 @@ def main() -> None:
     ax.set_xticks(x, list(VARIANTS), rotation=30, ha="right", fontsize=8)
     ax.set(ylabel="ECE %", title="Demo protocol, one knob at a time (validation split)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(args.out / "ablation.png", dpi=120)
+    plots.save(fig, args.out / "ablation.png")
     write_text(args.out / "ablation.md", f"{__doc__.splitlines()[0]}\n\n{table}\n\n![ablation](ablation.png)\n")
     print(table)
 

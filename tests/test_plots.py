@@ -69,6 +69,18 @@ def test_folders_are_created_and_an_old_figure_is_replaced(tmp_path):
     assert [p.name for p in out.parent.iterdir()] == ["rounds.png"]
 
 
+def test_save_writes_a_finished_figure_atomically_and_checks_the_name(tmp_path):
+    from matplotlib.figure import Figure
+
+    fig = Figure()
+    fig.subplots().plot([0, 1], [1, 0])
+    out = plots.save(fig, tmp_path / "line.png")
+    _assert_png(out)
+    assert [p.name for p in tmp_path.iterdir()] == ["line.png"]
+    with pytest.raises(ValueError, match=r"\.png"):
+        plots.save(fig, tmp_path / "line.jpg")
+
+
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
     out = tmp_path / "reliability.png"
     out.write_bytes(b"old")
