@@ -1,14 +1,14 @@
-"""Why BH-PEFT does not halve deterministic LoRA's ECE in the demo: one knob at a time.
+"""Can a knob the issue names make BH-PEFT halve deterministic LoRA's ECE in the demo? One at a time.
 
-The demo's protocol (4,000 training snippets of ``sentiment`` drawn at random (seed 0), one epoch, batch 16, 64
-tokens, Adam lr 2e-3, seed 0) and its BH-PEFT recipe (LoRA + adapter + prefix, mean-field, N(0, 1)
+The demo's protocol (4,000 training snippets of ``sentiment`` drawn at random with seed 0, one epoch, batch
+16, 64 tokens, Adam lr 2e-3, seed 0) and its BH-PEFT recipe (LoRA + adapter + prefix, mean-field, N(0, 1)
 prior, initial posterior scale 0.01), with one of the knobs the issue names changed: prior scale,
 KL weight, initial posterior scale, learning rate of the posterior scales, number of predictive
 samples. Every run is scored on the *validation* split (the test split stays for the demo's report),
 next to its ECE floor: the ECE a perfectly calibrated model with the same confidences would show on
 these 1,194 examples.
 
-    python benchmarks/demo_ablation.py --out docs/ablation      # ~20 minutes on 2 cores; resumable
+    python benchmarks/demo_ablation.py --out docs/ablation      # ~35 minutes on 2 cores; resumable
 """
 
 from __future__ import annotations
@@ -32,9 +32,7 @@ VARIANTS = {
     "BH-PEFT (demo recipe)": (BH, DEMO_SAMPLES),
     "K = 32 samples": (BH, 32),
     "prior scale 0.1": (BH.with_(prior_scale=0.1), DEMO_SAMPLES),
-    "prior scale 10": (BH.with_(prior_scale=10.0), DEMO_SAMPLES),
     "KL weight 0.1": (BH.with_(kl_weight=0.1), DEMO_SAMPLES),
-    "initial scale 0.001": (BH.with_(init_scale=1e-3), DEMO_SAMPLES),
     "initial scale 0.05": (BH.with_(init_scale=5e-2), DEMO_SAMPLES),
     "scale lr 1e-2": (BH.with_(scale_lr=1e-2), DEMO_SAMPLES),
 }
