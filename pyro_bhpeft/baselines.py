@@ -148,7 +148,7 @@ def linearised_predict(posterior: Posterior, data: Iterable, *, num_samples: int
         raise ValueError(f"the linearised predictive needs num_samples >= 1, got {num_samples}")
     marginals = posterior.marginals()
     weights = {n: m.loc for n, m in marginals.items()}
-    variances = [m.scale.square() for m in marginals.values()]
+    variances = [torch.zeros_like(m.loc) if m.scale is None else m.scale.square() for m in marginals.values()]  # None: point mass
     generator = torch.Generator().manual_seed(seed)
     probs, labels = [], []
     for logits, label, grads in _example_jacobians(model, weights, data, None, "linearised predictive", progress):

@@ -191,7 +191,7 @@ def _source(args: argparse.Namespace):
     if args.train_size is not None:
         if args.train_size < 1:
             raise UserError(f"--train-size must be a positive integer, got {args.train_size}")
-        source["train_size"] = args.train_size
+        source.update(train_size=args.train_size, subset_seed=0)
     return source
 
 

@@ -102,7 +102,7 @@ def run_demo(out: Path, *, quick: bool = False) -> Path:
     from pyro_bhpeft.analysis import plots
 
     source = DataSource(task="sentiment", max_examples=200 if quick else None, seed=0,
-                        train_size=64 if quick else DEMO_TRAIN_SIZE)
+                        train_size=64 if quick else DEMO_TRAIN_SIZE, subset_seed=0)
     data = source.load()
     n_train = len(data.splits["train"])
     splits = {"test": "Held-out Rotten Tomatoes test split", "sst2": "SST-2 validation (out of domain)"}

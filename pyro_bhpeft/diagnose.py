@@ -31,7 +31,7 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
     from .data import make_loader, tokenize
     from .io import atomic_dir, write_json, write_text
     from .recipe import Recipe
-    from .runs import DataSource, load_run, random_rows
+    from .runs import DataSource, data_hash, load_run, random_rows
 
     if draws < 10:
         raise ValueError(f"--draws must be at least 10 for a Pareto k-hat, got {draws}")
@@ -46,6 +46,10 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
         raise ValueError(f"{run} does not record the data it was fitted on; diagnose runs written by fit or update")
     data = DataSource(source).load()
     train = data.splits["train"]
+    recorded = meta.get("data", {}).get("hash")
+    if recorded is not None and recorded != data_hash(train):
+        raise ValueError(f"the training data of {run} has changed since the fit (its recorded hash does not match "
+                         "what loads now); diagnose with the data version it was fitted on")
     num_data = int(meta.get("data", {}).get("size", len(train)))  # the fit may have used a subset
     subset = type(data)(data.spec, type(data.splits)({"train": random_rows(train, min(examples, num_data), seed)}))
     tokenizer = load_backbone(posterior.backbone_name).tokenizer

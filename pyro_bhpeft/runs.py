@@ -35,7 +35,8 @@ def data_hash(dataset: Any) -> str:
 
 class DataSource(dict):
     """How to load a run's data again: ``{"task": name, "max_examples": n}`` or ``{"train": file, ...}``;
-    ``train_size`` keeps a random subset of the training split (drawn with ``subset_seed``, default 0)."""
+    ``train_size`` keeps a random subset of the training split drawn with ``subset_seed`` (a source
+    without ``subset_seed`` was written when subsets were the first rows, and keeps them)."""
 
     def load(self):
         from pyro_bhpeft.data import load_files, load_task
@@ -46,22 +47,26 @@ class DataSource(dict):
         else:
             data = load_files(self["train"], eval_files=self.get("eval_files"), kind=self["kind"],
                               **self.get("columns", {}))
+        if "train_size" in self and "subset_seed" not in self:  # written before subsets were random
+            return training_subset(data, self["train_size"], seed=None)
         return training_subset(data, self.get("train_size"), seed=self.get("subset_seed", 0))
 
 
-def random_rows(split: Any, n: int, seed: int = 0) -> Any:
+def random_rows(split: Any, n: int, seed: int | None = 0) -> Any:
     """``n`` rows of a ``datasets.Dataset`` drawn without replacement by ``seed``, kept in their original
     order (all of it when ``n`` covers it). Random, not the first rows: a split's order may follow its
-    labels (20 Newsgroups is stored class by class)."""
+    labels (20 Newsgroups is stored class by class). ``seed=None``: the first ``n`` rows."""
     import numpy as np
 
     if n >= len(split):
         return split
+    if seed is None:
+        return split.select(range(n))
     keep = np.sort(np.random.default_rng(seed).choice(len(split), size=n, replace=False))
     return split.select(keep.tolist())
 
 
-def training_subset(data: Any, n: int | None, seed: int = 0):
+def training_subset(data: Any, n: int | None, seed: int | None = 0):
     """``data`` with a random ``n``-row subset of its training split (all of it when ``n`` is None)."""
     import datasets
 

@@ -204,10 +204,24 @@ def test_train_size_keeps_a_seeded_random_subset_and_is_recorded(tiny_backbone, 
         DataSource(meta["source"]).load()
     kept_text, full_text = kept.splits["train"]["text"], full.splits["train"]["text"]
     assert len(kept_text) == 20 and kept_text != full_text[:20]  # random rows, not the first
-    positions = [full_text.index(t) for t in kept_text]
-    assert positions == sorted(positions)  # kept in their original order
+    rest = iter(full_text)
+    assert all(t in rest for t in kept_text)  # a subsequence: kept in their original order
     assert DataSource(meta["source"]).load().splits["train"]["text"] == kept_text  # reproducible
     assert kept.splits["test"]["text"] == full.splits["test"]["text"]
+    legacy = {k: v for k, v in meta["source"].items() if k != "subset_seed"}  # runs saved before random subsets
+    assert DataSource(legacy).load().splits["train"]["text"] == full_text[:20]
+
+    # diagnose reloads exactly the subset the run saw; data that changed since the fit is refused
+    capsys.readouterr()
+    assert run_cli("diagnose", run, "--draws", 10, "--examples", 8) == 0
+    assert json.loads((run / "diagnostics" / "diagnostics.json").read_text())["num_data"] == 20
+    config = json.loads((run / "config.json").read_text())
+    config["meta"]["source"].pop("subset_seed")
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert run_cli("diagnose", run, "--draws", 10) == 2
+    assert "changed since the fit" in _error_line(capsys)
+
     capsys.readouterr()
     assert run_cli(*_fit_args(tiny_backbone, train, tmp_path / "bad", "--train-size", 0)) == 2
     assert "--train-size" in _error_line(capsys)
