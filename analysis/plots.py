@@ -78,9 +78,15 @@ def _figure(width: float = 6.0, height: float = 4.0) -> tuple[Figure, Axes]:
     return fig, fig.subplots()
 
 
-def _panels(n: int, height: float = 4.2) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=(4.2 * n, height))
-    return fig, fig.subplots(1, n, squeeze=False)[0]
+def _panels(n: int, height: float = 4.2, columns: int = 4) -> tuple[Figure, np.ndarray]:
+    """``n`` panels in rows of at most ``columns`` (a comparison of 11 methods stays readable)."""
+    cols = min(n, columns)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(4.2 * cols, height * rows))
+    grid = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in grid[n:]:
+        fig.delaxes(ax)
+    return fig, grid[:n]
 
 
 def draw_reliability(ax: Axes, probs: Any, labels: Any, n_bins: int = 15, *, color: Any = COLORS[0],

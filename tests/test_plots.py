@@ -145,3 +145,13 @@ def test_bad_input_raises_and_writes_nothing(case, tmp_path):
         call(tmp_path / "figure.png")
     assert list(tmp_path.iterdir()) == []
     assert plt.get_fignums() == []
+
+
+def test_many_methods_wrap_into_rows_of_four(tmp_path):
+    from matplotlib.image import imread
+
+    rng = np.random.default_rng(0)
+    results = {f"m{i}": (rng.dirichlet([1, 1], 50), rng.integers(0, 2, 50)) for i in range(6)}
+    out = plots.reliability_diagram(results, tmp_path / "six.png")
+    height, width = imread(out).shape[:2]
+    assert width / height == pytest.approx(4 / 2, rel=0.02)  # 4 columns, 2 rows (2 panels left empty)
