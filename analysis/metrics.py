@@ -105,15 +105,21 @@ class ReliabilityBins:
         return np.abs(self.accuracy - self.confidence)
 
 
+def bin_index(conf: np.ndarray, n_bins: int) -> np.ndarray:
+    """The equal-width, right-inclusive bin ``(b/n_bins, (b+1)/n_bins]`` of each confidence."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # searchsorted(side="left") puts a value equal to an edge below it: bins are (lo, hi];
+    # the clip sends 0 to the first bin and rounding above 1 to the last.
+    return np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+
+
 def reliability_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> ReliabilityBins:
     """Bin examples by confidence max_c p_ic into equal-width right-inclusive bins (0 joins the first)."""
     n_bins = _check_bins(n_bins)
     p, y = _classification(probs, labels)
     conf, correct = p.max(1), (p.argmax(1) == y).astype(np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    # searchsorted(side="left") puts a value equal to an edge below it: bins are (lo, hi];
-    # the clip sends 0 to the first bin and rounding above 1 to the last.
-    index = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    index = bin_index(conf, n_bins)
     counts = np.bincount(index, minlength=n_bins)
     safe = np.maximum(counts, 1)
     empty = counts == 0

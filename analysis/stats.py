@@ -25,7 +25,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from .metrics import ArrayLike, _array, _classification, _check_bins
+from .metrics import ArrayLike, _array, _check_bins, _classification, bin_index
 
 __all__ = ["PairedTest", "sign_flip_test", "paired_bootstrap_ece", "holm"]
 
@@ -78,8 +78,7 @@ def paired_bootstrap_ece(probs_a: Sequence[ArrayLike], probs_b: Sequence[ArrayLi
     def eces(probs: ArrayLike) -> tuple[float, np.ndarray]:
         p, labels_ = _classification(probs, y)
         conf, correct = p.max(1), (p.argmax(1) == labels_).astype(np.float64)
-        edges = np.linspace(0.0, 1.0, n_bins + 1)
-        bin_of = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+        bin_of = bin_index(conf, n_bins)
         gap = correct - conf
         full = np.abs(np.bincount(bin_of, weights=gap, minlength=n_bins)).sum() / len(y)
         flat = (bin_of[idx] + n_bins * np.arange(draws)[:, None]).ravel()
