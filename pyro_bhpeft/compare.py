@@ -242,9 +242,9 @@ def _ensemble(bench: Bench, seed: int) -> Scored:
                   sum(f["trainable"] for _, f in members))
 
 
-def _laplace_fit(bench: Bench, seed: int) -> tuple[Any, float, float, dict[str, Any]]:
+def _laplace_fit(bench: Bench, seed: int) -> tuple[Any, float, float, int, dict[str, Any]]:
     """The Laplace posterior around seed ``seed``'s LoRA (computed once, saved under ``fits/``), with
-    its train seconds (LoRA fit + GGN), peak MB and notes."""
+    its train seconds (LoRA fit + GGN), peak MB, trainable count and notes."""
     from .baselines import laplace_posterior
     from .posterior import Posterior
 
@@ -264,29 +264,26 @@ def _laplace_fit(bench: Bench, seed: int) -> tuple[Any, float, float, dict[str, 
             write_json(stage / "laplace.json", saved)
         posterior = fit.posterior
     notes = {"prior_precision": saved["prior_precision"], "ggn_examples": saved["ggn_examples"]}
-    return posterior, facts["seconds"] + saved["seconds"], max(facts["peak_mb"], saved["peak_mb"]), notes
+    return (posterior, facts["seconds"] + saved["seconds"], max(facts["peak_mb"], saved["peak_mb"]),
+            facts["trainable"], notes)
 
 
 def _laplace(bench: Bench, seed: int) -> Scored:
     from .predict import predict
 
-    posterior, seconds, peak_mb, notes = _laplace_fit(bench, seed)
+    posterior, seconds, peak_mb, trainable, notes = _laplace_fit(bench, seed)
     preds = _predict_all(bench, lambda loader: predict(posterior, loader, num_samples=bench.protocol.samples,
                                                        seed=seed))
-    return Scored(preds, seconds, peak_mb, _trainable_of(bench, seed), notes)
+    return Scored(preds, seconds, peak_mb, trainable, notes)
 
 
 def _laplace_glm(bench: Bench, seed: int) -> Scored:
     from .baselines import linearised_predict
 
-    posterior, seconds, peak_mb, notes = _laplace_fit(bench, seed)
+    posterior, seconds, peak_mb, trainable, notes = _laplace_fit(bench, seed)
     preds = _predict_all(bench, lambda loader: linearised_predict(posterior, loader, num_samples=bench.protocol.samples,
                                                                   seed=seed))
-    return Scored(preds, seconds, peak_mb, _trainable_of(bench, seed), notes)
-
-
-def _trainable_of(bench: Bench, seed: int) -> int:
-    return bench.fitted(bench.protocol.recipe(seed))[1]["trainable"]
+    return Scored(preds, seconds, peak_mb, trainable, notes)
 
 
 def _temperature(bench: Bench, seed: int) -> Scored:
