@@ -34,6 +34,15 @@ def batches(make_tokens, n=3, size=4, choices=None, classes=3):
             for i in range(n)]
 
 
+def random_model(kind, make_bert, seed, scale=0.3):
+    """A classifier (3 labels) or 3-choice model, its number of choices (None for the classifier) and
+    random weights for every site (non-zero LoRA A *and* B)."""
+    choices = 3 if kind == "multiple_choice" else None
+    model = SequenceClassifier(make_bert(), LORA, num_labels=3) if choices is None else MultipleChoice(make_bert(), LORA)
+    g = torch.Generator().manual_seed(seed)
+    return model, choices, {n: torch.randn(v.shape, generator=g) * scale for n, v in model.initial_values().items()}
+
+
 def test_ggn_of_the_head_matches_the_linear_softmax_closed_form(make_bert, make_tokens):
     # With LoRA's B at zero the features are the frozen backbone's pooled output x, and for a linear
     # softmax head the GGN diagonal is p_c (1 - p_c) x_d^2 for weight (c, d) and p_c (1 - p_c) for bias c.
@@ -136,11 +145,8 @@ def test_mc_dropout_varies_between_passes_and_restores_eval_mode(make_bert, make
 @pytest.mark.parametrize("kind", ["classifier", "multiple_choice"])
 def test_peft_lora_equals_our_lora_with_the_same_weights(kind, make_bert, make_tokens):
     pytest.importorskip("peft")
-    choices = 3 if kind == "multiple_choice" else None
-    ours = SequenceClassifier(make_bert(), LORA, num_labels=3) if choices is None else MultipleChoice(make_bert(), LORA)
-    g = torch.Generator().manual_seed(3)
     # non-zero A *and* B: the low-rank update, its alpha/r scaling and its place in the layer must agree
-    weights = {n: torch.randn(v.shape, generator=g) * 0.3 for n, v in ours.initial_values().items()}
+    ours, choices, weights = random_model(kind, make_bert, seed=3)
     theirs = PeftLoraModel(make_bert(), LORA.lora, None if choices else 3, "mean")
     params = dict(theirs.named_parameters())
     with torch.no_grad():
@@ -163,10 +169,7 @@ def test_peft_lora_equals_our_lora_with_the_same_weights(kind, make_bert, make_t
 @pytest.mark.parametrize("kind", ["classifier", "multiple_choice"])
 def test_ggn_matches_a_brute_force_jacobian(kind, make_bert, make_tokens):
     # GGN diagonal = sum_n diag(J_n^T (diag p_n - p_n p_n^T) J_n), with J_n from torch's jacobian
-    choices = 3 if kind == "multiple_choice" else None
-    model = SequenceClassifier(make_bert(), LORA, num_labels=3) if choices is None else MultipleChoice(make_bert(), LORA)
-    g = torch.Generator().manual_seed(5)
-    weights = {n: torch.randn(v.shape, generator=g) * 0.3 for n, v in model.initial_values().items()}
+    model, choices, weights = random_model(kind, make_bert, seed=5)
     data = batches(make_tokens, n=2, size=3, choices=choices)
     ggn, seen = ggn_diagonal(model, weights, data, max_examples=5)
     assert seen == 5
@@ -205,10 +208,8 @@ def test_linearised_predictive_is_exact_for_a_model_linear_in_its_random_weights
     # Only the head is uncertain (the LoRA scales are ~0), so the logits are linear in the random weights
     # and Gaussian with a known covariance: classifier Var(f_c) = sum_d x_d^2 s_cd^2 + s_c^2 (independent
     # classes); multiple choice Cov(f_j, f_k) = sum_d x_jd x_kd s_d^2 + s_b^2 (one head shared by choices).
-    choices = 3 if kind == "multiple_choice" else None
-    model = SequenceClassifier(make_bert(), LORA, num_labels=3) if choices is None else MultipleChoice(make_bert(), LORA)
-    g = torch.Generator().manual_seed(2)
-    locs = {n: torch.randn(v.shape, generator=g) * 0.3 for n, v in model.initial_values().items()}
+    model, choices, locs = random_model(kind, make_bert, seed=2)
+    g = torch.Generator().manual_seed(12)
     scales = {n: (torch.rand(v.shape, generator=g) + 0.5 if n.startswith("head.") else torch.full_like(v, 1e-8))
               for n, v in locs.items()}
     posterior = Posterior(model, MeanField.from_marginals(model, locs, scales))
