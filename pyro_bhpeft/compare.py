@@ -382,9 +382,12 @@ def _run_cell(bench: Bench, method: str, seed: int) -> dict[str, Any]:
     bench.predict_seconds = 0.0
     scored = METHODS[method].run(bench, seed)
     result = _cell_metrics(scored, predict_seconds=bench.predict_seconds)
+    scales = _scale_rows(bench.out, method, seed)
     with atomic_dir(path, overwrite=True) as stage:
         np.savez_compressed(stage / "predictions.npz", **_arrays(scored))
         write_json(stage / "metrics.json", result)
+        if scales:  # kept with the cell, so the scale figure outlives the (uncommitted) fit
+            write_json(stage / "scales.json", scales)
     print(f"   accuracy {100 * result['accuracy']:.2f}%  NLL {result['nll']:.3f}  ECE {result['ece']:.2f}%", flush=True)
     return result
 
@@ -535,8 +538,7 @@ def _p(p: float) -> str:
 
 
 def _figures(out: Path, methods: Sequence[str], seed: int) -> list[str]:
-    from pyro_bhpeft.analysis import plots, scale_table
-    from .posterior import Posterior
+    from pyro_bhpeft.analysis import ScaleRow, plots
 
     figdir = out / "figures"
     figdir.mkdir(exist_ok=True)
@@ -552,13 +554,30 @@ def _figures(out: Path, methods: Sequence[str], seed: int) -> list[str]:
         written.append(plots.uncertainty_histogram({m: a["test_entropy"] for m, a in with_ood.items()},
                                                    {m: a["ood_entropy"] for m, a in with_ood.items()},
                                                    figdir / "ood-uncertainty.png"))
-    for method in ("mean-field", "low-rank", "mean-field-lora", "laplace"):
-        run = _posterior_dir(out, method, seed)
-        if method in arrays and run is not None:
-            rows = scale_table(Posterior.load(run))
-            if rows:
-                written.append(plots.scale_forest(rows, figdir / f"scales-{method}.png"))
+    for method in SCALE_METHODS:
+        if method not in arrays:
+            continue
+        rows, figure = _scale_rows(out, method, seed), figdir / f"scales-{method}.png"
+        if rows:
+            written.append(plots.scale_forest([ScaleRow(**row) for row in rows], figure))
+        elif figure.exists():  # a cell saved before scales.json: its figure was drawn from a fit since removed
+            written.append(figure)
     return [str(Path(p).relative_to(out)) for p in written]
+
+
+SCALE_METHODS = ("mean-field", "low-rank", "mean-field-lora", "laplace")
+
+
+def _scale_rows(out: Path, method: str, seed: int) -> list[dict[str, Any]] | None:
+    """Per-site posterior vs prior scales of a (method, seed) cell: from the cell, else from its fit."""
+    from pyro_bhpeft.analysis import scale_table
+    from .posterior import Posterior
+
+    saved = _cell_dir(out, method, seed) / "scales.json"
+    if saved.exists():
+        return json.loads(saved.read_text())
+    run = _posterior_dir(out, method, seed) if method in SCALE_METHODS else None
+    return None if run is None else [asdict(row) for row in scale_table(Posterior.load(run))]
 
 
 def _posterior_dir(out: Path, method: str, seed: int) -> Path | None:

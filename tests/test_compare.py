@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,7 @@ import pytest
 import pyro_bhpeft.baselines
 import pyro_bhpeft.recipe
 from pyro_bhpeft.cli import main
-from pyro_bhpeft.compare import METHODS, Protocol, run_compare
+from pyro_bhpeft.compare import METHODS, Protocol, run_compare, summarize
 from pyro_bhpeft.config import ConfigError
 from pyro_bhpeft.data import load_files
 from tiny import reviews
@@ -86,6 +87,15 @@ def test_every_method_runs_shares_fits_and_resumes_without_refitting(tiny_backbo
     for figure in ("reliability", "accuracy-coverage", "confidence", "ood-uncertainty", "scales-mean-field",
                    "scales-low-rank", "scales-mean-field-lora", "scales-laplace"):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
+    # each Bayesian cell keeps its per-site scales, so the figures are redrawn without the fits on disk
+    scales = json.loads((out / "cells" / "mean-field-seed0" / "scales.json").read_text())
+    assert scales and all(0 < row["posterior_scale"] and row["prior_scale"] == 1.0 for row in scales)
+    shutil.rmtree(out / "fits")
+    for figure in ("scales-mean-field", "scales-low-rank", "scales-mean-field-lora", "scales-laplace"):
+        (out / "figures" / f"{figure}.png").unlink()
+    text = summarize(out, list(METHODS), (0, 1)).read_text()
+    for figure in ("scales-mean-field", "scales-low-rank", "scales-mean-field-lora", "scales-laplace"):
+        assert f"figures/{figure}.png" in text and (out / "figures" / f"{figure}.png").stat().st_size > 1000
 
     # resuming fits and trains nothing, and leaves the cells as they were
     before = {p: p.read_bytes() for p in (out / "cells").rglob("metrics.json")}
