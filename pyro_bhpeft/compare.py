@@ -612,11 +612,14 @@ def summarize(out: str | Path, methods: Sequence[str], seeds: Sequence[int]) -> 
             writer.writerows(content)
         write_text(out / name, buffer.getvalue())
     p = protocol
+    epochs = f"{p['epochs']} epoch{'s' if p['epochs'] != 1 else ''}"
+    steps = f" (at most {p['max_steps']} steps)" if p["max_steps"] else ""
+    ood = f"`{p['ood_task']}` test" if p["ood_task"] else "none"
     lines = [f"# Comparison of inference schemes on `{p['task']}`", "",
-             f"Backbone `{p['backbone']}`; {p['train_size']} training examples drawn at random (subset seed {p.get('subset_seed', 0)}), {p['epochs']} epochs "
-             f"(max steps {p['max_steps']}), batch {p['batch_size']}, Adam lr {p['lr']}, {p['max_length']} tokens; "
-             f"{p['samples']} posterior samples; test: {p['eval_size']} random test examples; OOD: "
-             f"`{p['ood_task']}` test. Seeds {', '.join(map(str, seeds))}; mean ± sd over seeds.", "",
+             f"Backbone `{p['backbone']}`; {p['train_size']} training examples drawn at random (subset seed "
+             f"{p.get('subset_seed', 0)}), {epochs}{steps}, batch {p['batch_size']}, Adam lr {p['lr']}, "
+             f"{p['max_length']} tokens; {p['samples']} posterior samples; test: {p['eval_size']} random test "
+             f"examples; OOD: {ood}. Seeds {', '.join(map(str, seeds))}; mean ± sd over seeds.", "",
              table, "",
              "ECE: 15 equal-width bins, in %. ECE floor: the ECE a perfectly calibrated model with the same "
              "confidences would show on these examples (finite-sample noise). sel. AUC: area under accuracy vs coverage (most certain first, by "
