@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Mapping
+
 import pyro
 import pyro.distributions as dist
 import torch
@@ -15,7 +17,24 @@ from pyro_bhpeft.priors import Prior
 
 from .base import BayesianPeftModel
 
-__all__ = ["SequenceClassifier", "MultipleChoice"]
+__all__ = ["SequenceClassifier", "MultipleChoice", "flatten_choices", "choice_scores"]
+
+
+def flatten_choices(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Multiple-choice inputs as the backbone sees them: (batch, choices, seq) -> (batch * choices, seq),
+    without the ``choice_mask``."""
+    if batch["input_ids"].dim() != 3:
+        raise ValueError(f"multiple-choice input_ids must be (batch, choices, seq), got {tuple(batch['input_ids'].shape)}")
+    return {k: v.flatten(0, 1) for k, v in batch.items() if k != "choice_mask"}
+
+
+def choice_scores(scores: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """One score per (question, choice) pair, (batch * choices, 1) -> (batch, choices), with the choices
+    hidden by ``batch``'s optional boolean ``choice_mask`` (batch, choices) set to ``-inf``."""
+    batch_size, choices = batch["input_ids"].shape[:2]
+    scores = scores.view(batch_size, choices)
+    mask = batch.get("choice_mask")
+    return scores if mask is None else scores.masked_fill(~mask.bool(), float("-inf"))
 
 
 class SequenceClassifier(BayesianPeftModel):
@@ -62,15 +81,10 @@ class MultipleChoice(BayesianPeftModel):
         return {"head.weight": Site((1, self.hidden_size), normal_init(0.02)), "head.bias": Site((1,), zeros_init)}
 
     def flatten_inputs(self, batch):
-        if batch["input_ids"].dim() != 3:
-            raise ValueError(f"multiple-choice input_ids must be (batch, choices, seq), got {tuple(batch['input_ids'].shape)}")
-        return {k: v.flatten(0, 1) for k, v in batch.items() if k != "choice_mask"}
+        return flatten_choices(batch)
 
     def outputs(self, weights, features, batch):
-        batch_size, choices = batch["input_ids"].shape[:2]
-        scores = F.linear(features, weights["head.weight"], weights["head.bias"]).view(batch_size, choices)
-        mask = batch.get("choice_mask")
-        return scores if mask is None else scores.masked_fill(~mask.bool(), float("-inf"))
+        return choice_scores(F.linear(features, weights["head.weight"], weights["head.bias"]), batch)
 
     def likelihood(self, logits, labels):
         pyro.sample("obs", dist.Categorical(logits=logits), obs=labels)
