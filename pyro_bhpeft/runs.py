@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-
+from .data.splits import random_rows
 from .infer import FitResult
 from .io import atomic_dir, write_json
 from .posterior import Posterior, read_config
@@ -50,20 +49,6 @@ class DataSource(dict):
         if "train_size" in self and "subset_seed" not in self:  # written before subsets were random
             return training_subset(data, self["train_size"], seed=None)
         return training_subset(data, self.get("train_size"), seed=self.get("subset_seed", 0))
-
-
-def random_rows(split: Any, n: int, seed: int | None = 0) -> Any:
-    """``n`` rows of a ``datasets.Dataset`` drawn without replacement by ``seed``, kept in their original
-    order (all of it when ``n`` covers it). Random, not the first rows: a split's order may follow its
-    labels (20 Newsgroups is stored class by class). ``seed=None``: the first ``n`` rows."""
-    import numpy as np
-
-    if n >= len(split):
-        return split
-    if seed is None:
-        return split.select(range(n))
-    keep = np.sort(np.random.default_rng(seed).choice(len(split), size=n, replace=False))
-    return split.select(keep.tolist())
 
 
 def training_subset(data: Any, n: int | None, seed: int | None = 0):

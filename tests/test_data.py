@@ -17,7 +17,8 @@ import torch
 from transformers import BertTokenizerFast
 
 from pyro_bhpeft import assets
-from pyro_bhpeft.data import TASKS, DataError, TaskData, TaskSpec, load_files, load_task, make_loader, tokenize
+from pyro_bhpeft.data import (TASKS, DataError, TaskData, TaskSpec, load_files, load_task, make_loader, random_rows,
+                               tokenize)
 from pyro_bhpeft.data import hub, sources
 from pyro_bhpeft.data.tasks import CACHE_VERSION
 from pyro_bhpeft.data.types import features_for
@@ -169,6 +170,42 @@ def test_max_examples_is_a_seeded_subset(fake_registry):
     full = load_task("r52")
     a, b, c = (list(load_task("r52", max_examples=5, seed=s).splits["train"]["text"]) for s in (0, 0, 1))
     assert a == b != c and set(a) <= set(full.splits["train"]["text"])
+    picked = random_rows(full.splits["train"], 5, 1, draw="permutation")["text"]
+    assert c == list(picked)  # max_examples is random_rows' "permutation" draw
+
+
+# The rows each seed picked before the two samplers became one function (runs.random_rows: "choice";
+# data.splits.subset: "permutation"). Committed results depend on them; 20,000 rows also cover numpy's
+# tail-shuffle path of choice(replace=False).
+PINNED_ROWS = [
+    (100, 10, 0, "choice", [1, 3, 7, 17, 25, 29, 47, 58, 77, 81]),
+    (100, 10, 1, "choice", [3, 13, 24, 31, 43, 47, 70, 79, 89, 92]),
+    (100, 10, 7, "choice", [5, 22, 30, 54, 57, 63, 74, 80, 84, 85]),
+    (20_000, 5, 3, "choice", [1712, 3588, 3627, 4735, 16226]),
+    (20_000, 500, 0, "choice", [54, 106, 125, 158, 165, 196, 291, 316]),
+    (100, 10, 0, "permutation", [5, 16, 20, 36, 52, 72, 82, 90, 93, 94]),
+    (100, 10, 1, "permutation", [5, 6, 8, 16, 34, 38, 48, 55, 81, 99]),
+    (20_000, 5, 3, "permutation", [2027, 4641, 9473, 11239, 11608]),
+    (20_000, 500, 0, "permutation", [22, 47, 86, 133, 136, 139, 160, 223]),
+]
+
+
+@pytest.mark.parametrize("size, n, seed, draw, first", PINNED_ROWS)
+def test_random_rows_picks_the_pinned_rows(size, n, seed, draw, first):
+    from pyro_bhpeft import runs
+
+    ds = datasets.Dataset.from_dict({"i": list(range(size))})
+    rows = list(random_rows(ds, n, seed, draw=draw)["i"])
+    assert len(rows) == n and rows[:len(first)] == first and rows == sorted(set(rows))
+    assert runs.random_rows is random_rows  # the comparison harness, demo and --train-size use this one
+
+
+def test_random_rows_edges():
+    ds = datasets.Dataset.from_dict({"i": list(range(10))})
+    assert random_rows(ds, 10, 0) is ds and random_rows(ds, 50, 0, draw="permutation") is ds
+    assert list(random_rows(ds, 3, None)["i"]) == [0, 1, 2]  # runs saved before random subsets
+    with pytest.raises(ValueError, match="choose one of choice, permutation"):
+        random_rows(ds, 3, 0, draw="shuffle")
 
 
 def test_sentiment_dedupes_and_drops_every_sst2_sentence(fake_registry):

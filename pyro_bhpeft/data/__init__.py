@@ -15,7 +15,8 @@ Example::
 
 from .batches import make_loader, tokenize
 from .files import load_files
+from .splits import random_rows
 from .tasks import TASKS, load_task
 from .types import DataError, TaskData, TaskSpec
 
-__all__ = ["TaskSpec", "TaskData", "DataError", "TASKS", "load_task", "load_files", "tokenize", "make_loader"]
+__all__ = ["TaskSpec", "TaskData", "DataError", "TASKS", "load_task", "load_files", "random_rows", "tokenize", "make_loader"]

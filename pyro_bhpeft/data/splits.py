@@ -7,7 +7,7 @@ import numpy as np
 
 from .types import DataError
 
-__all__ = ["carve", "subset"]
+__all__ = ["carve", "random_rows", "subset", "DRAWS"]
 
 
 def carve(ds: datasets.Dataset, fractions: dict[str, float], seed: int, *,
@@ -33,14 +33,38 @@ def carve(ds: datasets.Dataset, fractions: dict[str, float], seed: int, *,
     return datasets.DatasetDict({rest: ds.select(np.sort(order[start:])), **out})
 
 
-def subset(ds: datasets.Dataset, max_rows: int, seed: int) -> datasets.Dataset:
-    """At most ``max_rows`` rows of ``ds``, chosen by ``seed`` (kept in their original order).
+DRAWS = ("choice", "permutation")
+
+
+def random_rows(ds: datasets.Dataset, n: int, seed: int | None = 0, *, draw: str = "choice") -> datasets.Dataset:
+    """``n`` rows of ``ds`` drawn without replacement by ``seed``, kept in their original order (all of
+    ``ds`` when ``n`` covers it). Random, not the first rows: a split's order may follow its labels
+    (20 Newsgroups is stored class by class).
+
+    ``draw`` names how a seed picks its rows; both are kept so that saved results pick the same rows:
+
+    * ``"choice"`` (default): ``Generator(seed).choice(len(ds), n, replace=False)``. The rows of
+      ``--train-size`` (``DataSource.train_size``), the comparison harness, the demo and ``diagnose``.
+    * ``"permutation"``: the first ``n`` entries of ``Generator(seed).permutation(len(ds))``. The rows of
+      ``load_task(max_examples=n)``, kept so runs saved with ``--max-examples`` reload the data they saw.
+
+    ``seed=None``: the first ``n`` rows (runs saved before subsets were random).
 
     Example::
 
-        small = subset(ds, 100, seed=0)
+        small = random_rows(ds, 100, seed=0)
     """
-    if len(ds) <= max_rows:
+    if draw not in DRAWS:
+        raise ValueError(f"unknown draw {draw!r}; choose one of {', '.join(DRAWS)}")
+    if n >= len(ds):
         return ds
-    keep = np.sort(np.random.default_rng(seed).permutation(len(ds))[:max_rows])
-    return ds.select(keep)
+    if seed is None:
+        return ds.select(range(n))
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(ds), size=n, replace=False) if draw == "choice" else rng.permutation(len(ds))[:n]
+    return ds.select(np.sort(picked).tolist())
+
+
+def subset(ds: datasets.Dataset, max_rows: int, seed: int) -> datasets.Dataset:
+    """``load_task``'s ``max_examples`` rows: :func:`random_rows` with ``draw="permutation"``."""
+    return random_rows(ds, max_rows, seed, draw="permutation")
