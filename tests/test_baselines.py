@@ -193,7 +193,7 @@ def test_ggn_matches_a_brute_force_jacobian(kind, make_bert, make_tokens):
 def test_laplace_evidence_maximiser_matches_its_closed_form():
     # with every GGN entry equal to g, d/d(lam) of the evidence is P/lam - P/(g + lam) - |w|^2 = 0,
     # i.e. lam^2 + g lam - P g / |w|^2 = 0
-    from pyro_bhpeft.baselines import _log_marginal_likelihood
+    from pyro_bhpeft.baselines.laplace import _log_marginal_likelihood
 
     count, g, sq_norm = 50, 4.0, 20.0
     ggn = torch.full((count,), g)

@@ -1,0 +1,38 @@
+"""Temperature scaling (Guo et al., 2017): one temperature ``T``, fitted by NLL on a validation split,
+re-tempers a predictive as ``softmax(log p / T)``."""
+
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from ..predict import ClassPrediction, class_prediction
+
+__all__ = ["fit_temperature", "tempered"]
+
+
+def _logits(probs: torch.Tensor) -> torch.Tensor:
+    return probs.clamp_min(1e-12).log()  # log-probabilities: logits up to a per-row constant
+
+
+def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature ``T`` minimising the NLL of ``softmax(log probs / T)`` on held-out examples."""
+    if len(labels) == 0:
+        raise ValueError("temperature scaling needs labelled validation examples; the split is empty")
+    logits, labels = _logits(probs.detach().double()), labels.long()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(log_t.detach().exp())
+
+
+def tempered(pred: ClassPrediction, temperature: float) -> ClassPrediction:
+    """``pred`` with its probabilities re-tempered: ``softmax(log p / T)``."""
+    return class_prediction((_logits(pred.probs) / temperature).softmax(-1)[None], pred.labels, num_samples=0)
