@@ -2,10 +2,10 @@
 
 Each ``name(data, path)`` function draws on its own ``matplotlib.figure.Figure`` (rendered by Agg, no
 pyplot state: the caller's backend is left alone and nothing needs ``show``), writes one PNG atomically
-(a temporary file in the same folder, then ``os.replace``) and returns its ``Path``. Each
-``draw_*(ax, ...)`` function draws the same thing on axes you already have. ``results`` arguments map a
-method name to ``(probs, labels)``; the i-th method gets the i-th tab10 colour in every figure, so pass
-methods in the same order for matching colours.
+(:func:`pyro_bhpeft.io.atomic_file`: a temporary file in the same folder, then a rename) and returns its
+``Path``. Each ``draw_*(ax, ...)`` function draws the same thing on axes you already have. ``results``
+arguments map a method name to ``(probs, labels)``; the i-th method gets the i-th tab10 colour in every
+figure, so pass methods in the same order for matching colours.
 
 Example::
 
@@ -15,8 +15,6 @@ Example::
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -25,6 +23,8 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from pyro_bhpeft.io import atomic_file
 
 from . import metrics
 
@@ -53,18 +53,11 @@ def _write(fig: Figure, path: str | Path, draw: Callable[[], Any]) -> Path:
     if path.suffix.lower() != ".png":
         raise ValueError(f"path {str(path)!r} does not end in .png; expected a PNG file name")
     draw()
-    path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # a crowded figure is still worth writing
         warnings.filterwarnings("ignore", message=".*[Tt]ight.?layout", category=UserWarning)
         fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a figure is for reading
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -8,9 +8,9 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
-__all__ = ["atomic_dir", "write_json", "write_text"]
+__all__ = ["atomic_dir", "atomic_file", "write_json", "write_text", "write_rows"]
 
 
 @contextlib.contextmanager
@@ -40,20 +40,47 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def write_text(path: str | Path, text: str) -> Path:
-    """Write a file atomically (temporary file in the same directory, then rename)."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` to write to; it replaces ``path`` only if the block succeeds.
+
+    Folders are created; the file is made world-readable. An interruption or error leaves the old
+    file (or none) and no temporary file.
+
+    Example::
+
+        with atomic_file("out/figure.png") as tmp:
+            fig.savefig(tmp, format="png")
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        yield Path(tmp)
         os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for reading
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write a file atomically (temporary file in the same directory, then rename)."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_rows(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """Write ``rows`` (dicts with the same keys) atomically as ``.csv`` or JSON Lines (``.jsonl``)."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        return write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    if path.suffix == ".csv":
+        import pandas as pd
+
+        return write_text(path, pd.DataFrame(list(rows)).to_csv(index=False))
+    raise ValueError(f"{path}: use a .csv or .jsonl file name")
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from dataclasses import dataclass
 
 import matplotlib.figure
 import matplotlib.image as mpimg
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 
 from pyro_bhpeft.analysis import plots
 
@@ -51,13 +53,35 @@ def _assert_png(path):
     assert pixels.ndim == 3 and pixels.std() > 0.01  # not a blank canvas
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """(weak reference, size in inches) of every matplotlib Figure made during the test, pyplot's included."""
+    made, init = [], Figure.__init__
+
+    def tracked(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        made.append((weakref.ref(self), tuple(self.get_size_inches())))
+
+    monkeypatch.setattr(Figure, "__init__", tracked)
+    return made
+
+
+def _assert_released(drawn):
+    """No figure outlives the call: nothing (pyplot's figure list, a cache) keeps one alive."""
+    gc.collect()
+    assert [ref() for ref, _ in drawn if ref() is not None] == []
+
+
 @pytest.mark.parametrize("kind", list(CASES))
-def test_plot_is_a_non_blank_png_and_no_temp_files_remain(kind, tmp_path):
+def test_plot_is_a_non_blank_png_and_no_temp_files_remain(kind, tmp_path, drawn):
     out = CASES[kind](tmp_path / f"{kind}.png")
     assert out == tmp_path / f"{kind}.png"
     _assert_png(out)
     assert [p.name for p in tmp_path.iterdir()] == [f"{kind}.png"]
-    assert plt.get_fignums() == []  # every figure closed
+    assert len(drawn) == 1  # one figure of its own per plot
+    width, height = drawn[0][1]
+    assert mpimg.imread(out).shape[:2] == (round(height * plots.DPI), round(width * plots.DPI))  # that figure
+    _assert_released(drawn)
 
 
 def test_folders_are_created_and_an_old_figure_is_replaced(tmp_path):
@@ -70,8 +94,6 @@ def test_folders_are_created_and_an_old_figure_is_replaced(tmp_path):
 
 
 def test_save_writes_a_finished_figure_atomically_and_checks_the_name(tmp_path):
-    from matplotlib.figure import Figure
-
     fig = Figure()
     fig.subplots().plot([0, 1], [1, 0])
     out = plots.save(fig, tmp_path / "line.png")
@@ -81,7 +103,7 @@ def test_save_writes_a_finished_figure_atomically_and_checks_the_name(tmp_path):
         plots.save(fig, tmp_path / "line.jpg")
 
 
-def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch, drawn):
     out = tmp_path / "reliability.png"
     out.write_bytes(b"old")
 
@@ -95,12 +117,14 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypat
         plots.reliability_diagram(_results(), out)
     assert out.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["reliability.png"]
-    assert plt.get_fignums() == []
+    assert len(drawn) == 1
+    _assert_released(drawn)
 
 
 def test_draw_functions_use_the_given_axes(tmp_path):
     results = _results()
-    fig, axes = plt.subplots(2, 4, figsize=(12, 6))
+    fig = Figure(figsize=(12, 6))
+    axes = fig.subplots(2, 4)
     plots.draw_reliability(axes[0, 0], *results["bayes"], title="bayes")
     plots.draw_confidence_histogram(axes[0, 1], results)
     plots.draw_accuracy_coverage(axes[0, 2], results)
@@ -113,17 +137,15 @@ def test_draw_functions_use_the_given_axes(tmp_path):
     assert axes[1, 1].get_xscale() == "log"
     assert all(ax.has_data() for ax in axes.flat[:7])
     fig.savefig(tmp_path / "grid.png")
-    plt.close(fig)
     _assert_png(tmp_path / "grid.png")
 
 
 def test_methods_keep_their_colour_across_figures():
     results = _results()
-    fig, (left, right) = plt.subplots(1, 2)
+    left, right = Figure().subplots(1, 2)
     plots.draw_accuracy_coverage(left, results)
     plots.draw_accuracy_over_rounds(right, {name: [0.5, 0.6] for name in results})
     colours = [[line.get_color() for line in ax.get_lines()] for ax in (left, right)]
-    plt.close(fig)
     assert colours[0] == colours[1] == [plots.COLORS[0], plots.COLORS[1]]
 
 
@@ -139,12 +161,12 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_raises_and_writes_nothing(case, tmp_path):
+def test_bad_input_raises_and_writes_nothing(case, tmp_path, drawn):
     call, message = BAD[case]
     with pytest.raises(ValueError, match=message):
         call(tmp_path / "figure.png")
     assert list(tmp_path.iterdir()) == []
-    assert plt.get_fignums() == []
+    _assert_released(drawn)
 
 
 def test_many_methods_wrap_into_rows_of_four(tmp_path):
