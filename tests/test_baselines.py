@@ -1,5 +1,6 @@
 """Baselines with known answers: the GGN of a linear softmax head, the Laplace evidence maximiser,
-temperature recovery, ensemble/MC-dropout predictive identities, and peft LoRA == our LoRA at B = 0."""
+temperature recovery, ensemble/MC-dropout predictive identities, peft LoRA == our LoRA, and the
+multiple-choice helpers that our model and the peft baseline share."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pyro_bhpeft.baselines import (PeftLoraModel, ensemble_predict, fit_temperat
 from pyro_bhpeft.guides import Delta, MeanField
 from pyro_bhpeft.models import MultipleChoice, SequenceClassifier
 from pyro_bhpeft.models.base import pool
+from pyro_bhpeft.models.classifier import choice_scores, flatten_choices
 from pyro_bhpeft.predict import class_prediction
 
 LORA = PeftConfig(lora=LoraConfig(r=2, targets=("query", "value")))
@@ -246,3 +248,53 @@ def test_linearised_predictive_refuses_a_non_diagonal_posterior(make_bert, make_
     model = SequenceClassifier(make_bert(), LORA, num_labels=3)
     with pytest.raises(ValueError, match="diagonal Gaussian"):
         linearised_predict(point_posterior(model), batches(make_tokens), num_samples=2)
+
+
+# (batch 4, choices 3): every example keeps at least one choice; row 3 keeps all of them
+CHOICE_MASK = torch.tensor([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=torch.bool)
+
+
+def test_multiple_choice_helpers_round_trip_and_hide_masked_choices(make_tokens):
+    inputs = make_tokens(4, seq=6, choices=3, seed=1)
+    flat = flatten_choices({**inputs, "choice_mask": CHOICE_MASK})
+    assert set(flat) == set(inputs)  # the mask is not a backbone input
+    for key, value in inputs.items():  # row b * 3 + c is choice c of example b: unflattening restores it
+        assert flat[key].shape == (12, 6)
+        assert torch.equal(flat[key].view(4, 3, 6), value)
+    scores = torch.arange(12.0).unsqueeze(1)  # (batch * choices, 1), one score per flat row
+    assert torch.equal(choice_scores(scores, inputs), torch.arange(12.0).view(4, 3))
+    # masked choices get the highest raw scores, and still never win
+    scores = torch.where(CHOICE_MASK.flatten(), torch.randn(12), torch.tensor(1e6)).unsqueeze(1)
+    masked = choice_scores(scores, {**inputs, "choice_mask": CHOICE_MASK})
+    assert (masked[~CHOICE_MASK] == float("-inf")).all()
+    assert torch.equal(masked[CHOICE_MASK], scores.view(4, 3)[CHOICE_MASK])
+    assert CHOICE_MASK.gather(1, masked.argmax(-1, keepdim=True)).all()
+    assert (masked.softmax(-1)[~CHOICE_MASK] == 0).all()
+    with pytest.raises(ValueError, match="batch, choices, seq"):
+        flatten_choices(make_tokens(4, seq=6))
+
+
+def test_multiple_choice_scores_each_choice_in_its_place_and_masks_it(make_bert, make_tokens):
+    model, choices, weights = random_model("multiple_choice", make_bert, seed=4)
+    inputs = make_tokens(4, seq=6, choices=choices, seed=1)
+    with torch.no_grad():
+        logits = model.run(weights, inputs)
+        # each (example, choice) scored on its own lands where the batched forward put it
+        alone = torch.tensor([[model.run(weights, {k: v[b:b + 1, c:c + 1] for k, v in inputs.items()}).item()
+                               for c in range(choices)] for b in range(4)])
+        masked = model.run(weights, {**inputs, "choice_mask": CHOICE_MASK})
+    torch.testing.assert_close(alone, logits, rtol=1e-5, atol=1e-6)
+    assert (masked[~CHOICE_MASK] == float("-inf")).all() and torch.equal(masked[CHOICE_MASK], logits[CHOICE_MASK])
+    assert CHOICE_MASK.gather(1, masked.argmax(-1, keepdim=True)).all()
+
+
+def test_peft_lora_masks_choices_like_our_model(make_bert, make_tokens):
+    pytest.importorskip("peft")
+    theirs = PeftLoraModel(make_bert(), LORA.lora, None, "mean")
+    inputs = {**make_tokens(4, seq=6, choices=3, seed=1), "choice_mask": CHOICE_MASK}
+    with torch.no_grad():
+        masked, plain = theirs(inputs), theirs({k: v for k, v in inputs.items() if k != "choice_mask"})
+    assert masked.shape == (4, 3) and (masked[~CHOICE_MASK] == float("-inf")).all()
+    assert torch.equal(masked[CHOICE_MASK], plain[CHOICE_MASK])
+    probs = peft_predict(theirs, [(inputs, torch.zeros(4, dtype=torch.long))]).probs
+    assert (probs[~CHOICE_MASK] == 0).all() and CHOICE_MASK.gather(1, probs.argmax(-1, keepdim=True)).all()
