@@ -131,11 +131,11 @@ def test_another_protocol_in_the_same_directory_is_refused_unless_overwrite(tiny
 
 def test_bad_methods_and_tasks_are_clear_errors(tiny_backbone, task_files, tmp_path, capsys):
     data, _ = task_files
-    with pytest.raises(ConfigError, match="unknown method.*choose from"):
+    with pytest.raises(ConfigError, match="unknown comparison method.*choose from"):
         run_compare(protocol(tiny_backbone), tmp_path / "x", methods=("lora", "dropout"), data=data, progress=False)
     assert main(["compare", "--task", "reviews", "--methods", "lora,nope", "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown method" in err[0]
+    assert len(err) == 1 and "unknown comparison method" in err[0]
     assert main(["compare", "--task", "no-such-task", "--out", str(tmp_path / "z")]) == 2
     assert "no-such-task" in capsys.readouterr().err
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()

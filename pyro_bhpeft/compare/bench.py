@@ -1,0 +1,140 @@
+"""What every method works with: the protocol's data (subset and tokenised once), the shared fit cache
+under ``out/fits``, peak-memory measurement, and :class:`Scored`, what a method returns."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..config import ConfigError
+from ..recipe import Recipe
+from .protocol import Protocol
+
+__all__ = ["Bench", "Scored", "PeakMemory", "fit_dir", "post_hoc_dir", "predict_all"]
+
+
+def fit_dir(out: Path, recipe: Recipe) -> Path:
+    """Where :meth:`Bench.fitted` keeps the fit of ``recipe``: ``fits/{guide}-seed{seed}-{key}``, the key
+    being the first 12 hex digits of the SHA-256 of the recipe's sorted JSON (committed results rely on it)."""
+    key = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(out) / "fits" / f"{recipe.guide}-seed{recipe.seed}-{key}"
+
+
+def post_hoc_dir(out: Path, name: str, seed: int) -> Path:
+    """Where a post-hoc posterior ``name`` built on seed ``seed``'s fit is kept: ``fits/{name}-seed{seed}``."""
+    return Path(out) / "fits" / f"{name}-seed{seed}"
+
+
+class Bench:
+    """The protocol's data, tokenised once, and the fits made so far (saved under ``out/fits``)."""
+
+    def __init__(self, protocol: Protocol, out: Path, data: Any, ood: Any | None, progress: bool) -> None:
+        from ..backbone import load_backbone
+        from ..data import make_loader, tokenize
+
+        self.protocol, self.out, self.progress = protocol, Path(out), progress
+        self.data = subset(data, {"train": protocol.train_size}, protocol.eval_size, protocol.subset_seed)
+        self.spec = data.spec
+        tokenizer = load_backbone(protocol.backbone).tokenizer
+        self.tokenized = tokenize(self.data, tokenizer, protocol.max_length)
+        self.eval_loaders = {s: make_loader(self.tokenized[s], 64) for s in ("validation", "test")
+                             if s in self.tokenized}
+        if ood is not None:
+            ood = subset(ood, {}, protocol.eval_size, protocol.subset_seed, splits=("test",))
+            if ood.spec.kind != data.spec.kind:
+                raise ConfigError(f"the OOD task is {ood.spec.kind} but {protocol.task} is {data.spec.kind}; "
+                                  "pick an OOD task of the same kind (--ood)")
+            self.eval_loaders["ood"] = make_loader(tokenize(ood, tokenizer, protocol.max_length)["test"], 64)
+        self.num_train = len(self.data.splits["train"])
+        self.predict_seconds = 0.0  # prediction time of the current cell
+
+    def train_loader(self, seed: int):
+        from ..data import make_loader
+
+        return make_loader(self.tokenized["train"], self.protocol.batch_size, shuffle=True, seed=seed)
+
+    def backbone(self):
+        from ..backbone import load_backbone
+
+        return load_backbone(self.protocol.backbone).model  # fresh: PEFT injection changes it
+
+    def fitted(self, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
+        """The posterior of ``recipe`` on the training subset (fitted once, then loaded from
+        :func:`fit_dir`) and its facts: ``seconds``, ``steps``, ``peak_mb``, ``trainable``."""
+        from ..backbone import load_backbone
+        from ..data import TASKS
+        from ..posterior import Posterior
+        from ..recipe import train
+        from ..runs import DataSource, run_meta, save_run
+
+        path = fit_dir(self.out, recipe)
+        if (path / "fit.json").exists():
+            return Posterior.load(path, backbone=self.backbone()), json.loads((path / "fit.json").read_text())
+        with PeakMemory() as peak:
+            result = train(recipe, self.data, progress=self.progress, backbone=load_backbone(recipe.backbone))
+        if self.protocol.task in TASKS:  # a registered task: diagnose and evaluate can reload the data
+            source = DataSource(task=self.protocol.task, seed=0, train_size=self.protocol.train_size,
+                                subset_seed=self.protocol.subset_seed)
+            result.posterior.meta.update(run_meta(recipe, source, self.data))
+        facts = {"seconds": result.seconds, "steps": result.steps, "peak_mb": peak.mb,
+                 "trainable": sum(p.numel() for p in result.posterior.guide.parameters() if p.requires_grad)}
+        save_run(path, result, overwrite=True, extra={"fit.json": facts})
+        return result.posterior, facts
+
+
+def subset(data: Any, sizes: dict[str, int], eval_size: int, seed: int, splits: Sequence[str] | None = None):
+    """Random rows of each split (``sizes`` per split name, ``eval_size`` for the others)."""
+    import datasets
+
+    from ..runs import random_rows
+
+    keep = {name: random_rows(split, sizes.get(name, eval_size), seed) for name, split in data.splits.items()
+            if splits is None or name in splits}
+    return type(data)(data.spec, datasets.DatasetDict(keep))
+
+
+class PeakMemory:
+    """Peak resident memory (MB) of this process inside the block. Linux resets the high-water mark
+    through ``/proc/self/clear_refs``; elsewhere the process-wide peak so far is reported."""
+
+    def __enter__(self) -> "PeakMemory":
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+        self.mb = float("nan")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.mb = int(line.split()[1]) / 1024
+        except OSError:
+            import resource
+
+            self.mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class Scored:
+    """What one method produced for one seed: predictions per split (``test``, and ``ood`` when the bench
+    has OOD examples), its training cost, and notes saved with the cell's metrics."""
+
+    predictions: dict[str, Any]
+    train_seconds: float
+    peak_mb: float
+    trainable: int
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def predict_all(bench: Bench, fn: Callable[[Any], Any], splits: Sequence[str] = ("test", "ood")) -> dict[str, Any]:
+    """``fn(loader)`` on the test and OOD examples, its time added to the cell's prediction time."""
+    tick = time.perf_counter()
+    preds = {s: fn(bench.eval_loaders[s]) for s in splits if s in bench.eval_loaders}
+    bench.predict_seconds += time.perf_counter() - tick
+    return preds

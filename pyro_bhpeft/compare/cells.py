@@ -1,0 +1,105 @@
+"""One (method, seed) cell: run it once, save it under ``cells/{method}-seed{seed}``, read it back.
+
+A cell holds ``metrics.json`` (the metrics of its test predictions and its costs), ``predictions.npz``
+(probabilities, entropies, mutual information and labels per split) and, for a method whose posterior
+has per-site scales, ``scales.json`` (so the scale figure outlives the uncommitted fit).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..io import atomic_dir, write_json
+from .bench import Bench, Scored
+from .methods import METHODS
+from .protocol import Protocol
+
+__all__ = ["cell_dir", "is_done", "run_cell", "cell_metrics", "load_metrics", "load_arrays", "scale_rows"]
+
+
+def cell_dir(out: Path, method: str, seed: int) -> Path:
+    return Path(out) / "cells" / f"{method}-seed{seed}"
+
+
+def is_done(out: Path, method: str, seed: int) -> bool:
+    """Whether the (method, seed) cell was saved (its metrics are written last, atomically with the rest)."""
+    return (cell_dir(out, method, seed) / "metrics.json").exists()
+
+
+def run_cell(bench: Bench, method: str, seed: int) -> dict[str, Any]:
+    """The metrics of the (method, seed) cell: read back if saved, else run, scored and saved."""
+    path = cell_dir(bench.out, method, seed)
+    if is_done(bench.out, method, seed):
+        return load_metrics(bench.out, method, seed)
+    print(f"\n== {method}, seed {seed}: {METHODS[method].description} ==", flush=True)
+    torch.manual_seed(seed)
+    bench.predict_seconds = 0.0
+    scored = METHODS[method].run(bench, seed)
+    result = cell_metrics(scored, predict_seconds=bench.predict_seconds)
+    scales = scale_rows(bench.out, method, seed, bench.protocol)
+    with atomic_dir(path, overwrite=True) as stage:
+        np.savez_compressed(stage / "predictions.npz", **_arrays(scored))
+        write_json(stage / "metrics.json", result)
+        if scales:
+            write_json(stage / "scales.json", scales)
+    print(f"   accuracy {100 * result['accuracy']:.2f}%  NLL {result['nll']:.3f}  ECE {result['ece']:.2f}%", flush=True)
+    return result
+
+
+def cell_metrics(scored: Scored, predict_seconds: float) -> dict[str, Any]:
+    """Costs, notes and test metrics of one cell (classification metrics, selective AUC, mean mutual
+    information, and the OOD AUROC of predictive entropy when there are OOD predictions)."""
+    from pyro_bhpeft.analysis import metrics
+
+    out: dict[str, Any] = {"train_seconds": scored.train_seconds, "predict_seconds": predict_seconds,
+                           "peak_mb": scored.peak_mb, "trainable": scored.trainable, **scored.notes}
+    test = scored.predictions["test"]
+    probs, labels = test.probs.numpy(), test.labels.numpy()
+    out.update(metrics.classification_metrics(probs, labels))
+    out["selective_auc"] = metrics.selective_auc(probs, labels, test.predictive_entropy.numpy())
+    out["mutual_information"] = float(test.mutual_information.mean())
+    if "ood" in scored.predictions:
+        out["ood_auroc"] = metrics.ood_auroc(test.predictive_entropy.numpy(),
+                                             scored.predictions["ood"].predictive_entropy.numpy())
+    return out
+
+
+def _arrays(scored: Scored) -> dict[str, np.ndarray]:
+    arrays = {}
+    for split, pred in scored.predictions.items():
+        arrays[f"{split}_probs"] = pred.probs.numpy()
+        arrays[f"{split}_entropy"] = pred.predictive_entropy.numpy()
+        arrays[f"{split}_mi"] = pred.mutual_information.numpy()
+        if pred.labels is not None and split != "ood":
+            arrays[f"{split}_labels"] = pred.labels.numpy()
+    return arrays
+
+
+def load_metrics(out: Path, method: str, seed: int) -> dict[str, Any]:
+    return json.loads((cell_dir(out, method, seed) / "metrics.json").read_text())
+
+
+def load_arrays(out: Path, method: str, seed: int) -> dict[str, np.ndarray]:
+    with np.load(cell_dir(out, method, seed) / "predictions.npz") as f:
+        return {k: f[k] for k in f.files}
+
+
+def scale_rows(out: Path, method: str, seed: int, protocol: Protocol) -> list[dict[str, Any]] | None:
+    """Per-site posterior vs prior scales of a (method, seed) cell: from the cell, else from its saved
+    posterior (:meth:`Method.posterior_dir`); None for a method without ``has_scales`` or no posterior."""
+    from pyro_bhpeft.analysis import scale_table
+
+    from ..posterior import Posterior
+
+    saved = cell_dir(out, method, seed) / "scales.json"
+    if saved.exists():
+        return json.loads(saved.read_text())
+    entry = METHODS[method]
+    run = entry.posterior_dir(Path(out), protocol, seed) if entry.has_scales else None
+    return None if run is None else [asdict(row) for row in scale_table(Posterior.load(run))]

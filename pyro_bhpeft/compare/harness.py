@@ -1,0 +1,65 @@
+"""``run_compare``: check the protocol, run every missing (method, seed) cell, write the summary."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import ConfigError
+from ..io import write_json
+from .bench import Bench
+from .cells import run_cell
+from .methods import DEFAULT_METHODS, METHODS
+from .protocol import Protocol
+from .report import summarize
+
+__all__ = ["run_compare"]
+
+
+def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS,
+                seeds: Sequence[int] = (0, 1, 2), data: Any = None, ood: Any = None, overwrite: bool = False,
+                progress: bool = True) -> Path:
+    """Fit and score every (method, seed) cell not already in ``out``, then write the summary.
+
+    ``methods`` are names in :data:`METHODS`. ``data``/``ood`` default to the protocol's registered
+    tasks; pass :class:`TaskData` to compare on your own. Returns the path of ``comparison.md``.
+
+    Example::
+
+        >>> run_compare(Protocol(task="sentiment", train_size=200), "runs/cmp", methods=("lora", "mean-field"))
+        PosixPath('runs/cmp/comparison.md')
+    """
+    from ..data import load_task
+
+    methods = METHODS.check(methods)
+    if not seeds:
+        raise ConfigError("give at least one seed")
+    out = Path(out)
+    data = data if data is not None else load_task(protocol.task)
+    if data.spec.kind not in ("classification", "multiple_choice"):
+        raise ConfigError(f"compare scores classifiers; {data.spec.name} is {data.spec.kind}")
+    if ood is None and protocol.ood_task:
+        ood = load_task(protocol.ood_task)
+    _check_protocol(out, protocol, overwrite)
+    bench = Bench(protocol, out, data, ood, progress)
+    for method in methods:
+        for seed in seeds:
+            run_cell(bench, method, seed)
+    return summarize(out, methods, seeds)
+
+
+def _check_protocol(out: Path, protocol: Protocol, overwrite: bool) -> None:
+    """Refuse (or, with ``overwrite``, discard) a directory holding another protocol; record this one."""
+    saved = out / "protocol.json"
+    if saved.exists():
+        if json.loads(saved.read_text()) != asdict(protocol):
+            if not overwrite:
+                raise FileExistsError(f"{out} holds a comparison with a different protocol; choose another --out "
+                                      "or pass --overwrite to discard it")
+            shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not saved.exists():
+        write_json(saved, asdict(protocol))

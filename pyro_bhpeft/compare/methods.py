@@ -1,0 +1,215 @@
+"""The comparison methods: the :class:`Method` record, the :data:`METHODS` registry and the built-ins.
+
+A method is a ``run(bench, seed) -> Scored`` function plus the facts the harness reads about it (its
+description, whether it is a point estimate, whether its posterior has per-site scales worth a figure,
+which shared fit it builds on). Adding one is one line::
+
+    register_method("mean-field-adapter",
+                    Method.sampled("Bayesian adapter only, mean-field",
+                                   {"guide": "mean-field", "peft": PeftConfig(lora=None, adapter=AdapterConfig())},
+                                   has_scales=True))
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..config import ConfigError, PeftConfig
+from ..io import atomic_dir, write_json
+from ..registry import Registry
+from .bench import Bench, PeakMemory, Scored, fit_dir, post_hoc_dir, predict_all
+from .protocol import Protocol
+
+__all__ = ["Method", "METHODS", "DEFAULT_METHODS", "register_method"]
+
+LAPLACE = "laplace"  # the post-hoc Laplace posterior, saved as fits/laplace-seed{seed}
+_DROPOUT = {"dropout": True}
+_HYBRID = {"peft": PeftConfig.hybrid()}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A comparison method and the facts the harness reads about it.
+
+    ``run(bench, seed)`` fits (or loads the shared fits it needs from ``bench``) and predicts the test
+    and OOD examples. ``point_mass``: it predicts with a point estimate, no posterior samples.
+    ``has_scales``: its posterior has per-site scales worth a scale-forest figure (read from
+    :meth:`posterior_dir`). ``base_fit``: the recipe changes (to :meth:`Protocol.recipe`) of the
+    :meth:`Bench.fitted` fit it predicts from or builds on, ``{}`` for the deterministic LoRA, None when it
+    fits outside the cache. ``post_hoc``: the name of the posterior it builds on ``base_fit`` and keeps
+    at :func:`post_hoc_dir` (the Laplace approximation), or None.
+    """
+
+    description: str
+    run: Callable[[Bench, int], Scored]
+    point_mass: bool = False
+    has_scales: bool = False
+    base_fit: Mapping[str, Any] | None = None
+    post_hoc: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.description, str) or not self.description:
+            raise ConfigError("a comparison method needs a one-line description")
+        if not callable(self.run):
+            raise ConfigError(f"a comparison method's run must be callable (bench, seed) -> Scored, got {self.run!r}")
+        if self.post_hoc is not None and self.base_fit is None:
+            raise ConfigError(f"post-hoc posterior {self.post_hoc!r} needs the base_fit it is built on")
+        if self.has_scales and self.base_fit is None:
+            raise ConfigError("has_scales needs a saved posterior: give base_fit (and post_hoc if it is post-hoc)")
+
+    @classmethod
+    def sampled(cls, description: str, changes: Mapping[str, Any] | None = None, *, point_mass: bool = False,
+                has_scales: bool = False) -> "Method":
+        """The fit of ``Protocol.recipe(seed, **changes)``, predicting with ``protocol.samples`` posterior
+        samples (none when ``point_mass``)."""
+        changes = dict(changes or {})
+
+        def run(bench: Bench, seed: int) -> Scored:
+            from ..predict import predict
+
+            posterior, facts = bench.fitted(bench.protocol.recipe(seed, **changes))
+            k = 0 if point_mass else bench.protocol.samples
+            preds = predict_all(bench, lambda loader: predict(posterior, loader, num_samples=k, seed=seed))
+            return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"])
+
+        return cls(description, run, point_mass=point_mass, has_scales=has_scales, base_fit=changes)
+
+    def posterior_dir(self, out: Path, protocol: Protocol, seed: int) -> Path | None:
+        """The saved posterior this method predicts with for ``seed``, or None when none is on disk."""
+        if self.base_fit is None:
+            return None
+        path = (post_hoc_dir(out, self.post_hoc, seed) if self.post_hoc is not None
+                else fit_dir(out, protocol.recipe(seed, **self.base_fit)))
+        return path if path.exists() else None
+
+
+METHODS: Registry[Method] = Registry("comparison method")
+
+
+def register_method(name: str, method: Method, *, replace: bool = False) -> Method:
+    """Make ``method`` available to :func:`run_compare` and ``pyro-bhpeft compare --methods`` as ``name``;
+    ``METHODS.unregister(name)`` removes it."""
+    if not isinstance(method, Method):
+        raise ConfigError(f"register a Method record, got {type(method).__name__}")
+    return METHODS.register(name, method, replace=replace)
+
+
+def _mc_dropout(bench: Bench, seed: int) -> Scored:
+    from ..baselines import mc_dropout_predict
+
+    posterior, facts = bench.fitted(bench.protocol.recipe(seed, **_DROPOUT))
+    preds = predict_all(bench, lambda loader: mc_dropout_predict(posterior, loader, num_samples=bench.protocol.samples,
+                                                                  seed=seed))
+    return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"])
+
+
+def _ensemble(bench: Bench, seed: int) -> Scored:
+    from ..baselines import ensemble_predict
+
+    members = [bench.fitted(bench.protocol.recipe(seed + 1000 * m)) for m in range(bench.protocol.ensemble_size)]
+    preds = predict_all(bench, lambda loader: ensemble_predict([p for p, _ in members], loader))
+    return Scored(preds, sum(f["seconds"] for _, f in members), max(f["peak_mb"] for _, f in members),
+                  sum(f["trainable"] for _, f in members))
+
+
+def _laplace_fit(bench: Bench, seed: int) -> tuple[Any, float, float, int, dict[str, Any]]:
+    """The Laplace posterior around seed ``seed``'s LoRA (computed once, saved under ``fits/``), with
+    its train seconds (LoRA fit + GGN), peak MB, trainable count and notes."""
+    from ..baselines import laplace_posterior
+    from ..posterior import Posterior
+
+    point, facts = bench.fitted(bench.protocol.recipe(seed))
+    path = post_hoc_dir(bench.out, LAPLACE, seed)
+    if (path / "laplace.json").exists():
+        saved = json.loads((path / "laplace.json").read_text())
+        posterior = Posterior.load(path, backbone=bench.backbone())
+    else:
+        with PeakMemory() as peak:
+            fit = laplace_posterior(point, bench.train_loader(seed), num_data=bench.num_train,
+                                    max_examples=bench.protocol.laplace_examples, progress=bench.progress)
+        saved = {"seconds": fit.seconds, "peak_mb": peak.mb, "prior_precision": fit.prior_precision,
+                 "ggn_examples": fit.examples}
+        with atomic_dir(path, overwrite=True) as stage:
+            fit.posterior.write_to(stage)
+            write_json(stage / "laplace.json", saved)
+        posterior = fit.posterior
+    notes = {"prior_precision": saved["prior_precision"], "ggn_examples": saved["ggn_examples"]}
+    return (posterior, facts["seconds"] + saved["seconds"], max(facts["peak_mb"], saved["peak_mb"]),
+            facts["trainable"], notes)
+
+
+def _laplace(bench: Bench, seed: int) -> Scored:
+    from ..predict import predict
+
+    posterior, seconds, peak_mb, trainable, notes = _laplace_fit(bench, seed)
+    preds = predict_all(bench, lambda loader: predict(posterior, loader, num_samples=bench.protocol.samples,
+                                                      seed=seed))
+    return Scored(preds, seconds, peak_mb, trainable, notes)
+
+
+def _laplace_glm(bench: Bench, seed: int) -> Scored:
+    from ..baselines import linearised_predict
+
+    posterior, seconds, peak_mb, trainable, notes = _laplace_fit(bench, seed)
+    preds = predict_all(bench, lambda loader: linearised_predict(posterior, loader, num_samples=bench.protocol.samples,
+                                                                 seed=seed))
+    return Scored(preds, seconds, peak_mb, trainable, notes)
+
+
+def _temperature(bench: Bench, seed: int) -> Scored:
+    from ..baselines import fit_temperature, tempered
+    from ..predict import predict
+
+    if "validation" not in bench.eval_loaders:
+        raise ConfigError(f"temperature scaling needs a validation split; {bench.spec.name} has none")
+    point, facts = bench.fitted(bench.protocol.recipe(seed))
+    tick = time.perf_counter()
+    val = predict(point, bench.eval_loaders["validation"], num_samples=0)
+    temperature = fit_temperature(val.probs, val.labels)
+    seconds = time.perf_counter() - tick
+    preds = predict_all(bench, lambda loader: tempered(predict(point, loader, num_samples=0), temperature))
+    return Scored(preds, facts["seconds"] + seconds, facts["peak_mb"], facts["trainable"] + 1,
+                  {"temperature": temperature})
+
+
+def _peft_lora(bench: Bench, seed: int) -> Scored:
+    from ..baselines import PeftLoraModel, peft_predict, train_peft_lora
+    from ..models.base import default_pooling
+
+    recipe = bench.protocol.recipe(seed)
+    backbone = bench.backbone()
+    num_labels = None if bench.spec.kind == "multiple_choice" else len(bench.spec.label_names)
+    torch.manual_seed(seed)  # LoRA and head initialisation
+    with PeakMemory() as peak:
+        model = PeftLoraModel(backbone, recipe.peft.lora, num_labels, default_pooling(backbone))
+        fit = train_peft_lora(model, bench.train_loader(seed), epochs=recipe.epochs, lr=recipe.lr,
+                              max_steps=recipe.max_steps, progress=bench.progress)
+    preds = predict_all(bench, lambda loader: peft_predict(model, loader))
+    return Scored(preds, fit.seconds, peak.mb, sum(p.numel() for p in model.trainable()))
+
+
+register_method("lora", Method.sampled("deterministic LoRA (maximum likelihood, our fit)", point_mass=True))
+register_method("map", Method.sampled("LoRA, MAP with the N(0,1) prior", {"guide": "map"}, point_mass=True))
+register_method("peft-lora", Method("LoRA trained through the peft library", _peft_lora, point_mass=True))
+register_method("mc-dropout", Method("MC dropout on LoRA (backbone dropout in training and K test passes)",
+                                     _mc_dropout, base_fit=_DROPOUT))
+register_method("ensemble", Method("deep ensemble of deterministic LoRAs", _ensemble, base_fit={}))
+register_method("laplace", Method("post-hoc diagonal-GGN Laplace around the LoRA fit, sampled predictive", _laplace,
+                                  has_scales=True, base_fit={}, post_hoc=LAPLACE))
+register_method("laplace-glm", Method("the same Laplace posterior, linearised (GLM) predictive", _laplace_glm,
+                                      base_fit={}, post_hoc=LAPLACE))
+register_method("temperature", Method("deterministic LoRA + temperature scaling on validation", _temperature,
+                                      point_mass=True, base_fit={}))
+register_method("mean-field", Method.sampled("BH-PEFT hybrid (LoRA+adapter+prefix), mean-field",
+                                             {"guide": "mean-field", **_HYBRID}, has_scales=True))
+register_method("low-rank", Method.sampled("BH-PEFT hybrid, low-rank (rank 8)", {"guide": "low-rank", **_HYBRID},
+                                           has_scales=True))
+register_method("mean-field-lora", Method.sampled("Bayesian LoRA only, mean-field", {"guide": "mean-field"},
+                                                  has_scales=True))
+DEFAULT_METHODS = tuple(METHODS)

@@ -1,0 +1,61 @@
+"""The comparison protocol: everything every method shares, fixed before anything is fitted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import ConfigError
+from ..recipe import Recipe
+
+__all__ = ["Protocol", "OOD_DEFAULTS"]
+
+OOD_DEFAULTS = {"sentiment": "r8", "r8": "sentiment", "r52": "sentiment", "20ng": "sentiment", "piqa": "winogrande",
+                "winogrande": "piqa", "arc-easy": "openbookqa", "arc-challenge": "openbookqa",
+                "openbookqa": "arc-easy", "commonsenseqa": "openbookqa"}
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Everything every method shares. ``train_size``/``eval_size``: rows drawn at random (``subset_seed``)
+    from the task's train split / from its test and validation splits and the OOD task's test split.
+    ``max_steps`` caps steps (quick runs). ``ood_task`` defaults to :data:`OOD_DEFAULTS` of the task;
+    ``""`` means none.
+
+    Example::
+
+        >>> Protocol(task="sentiment", train_size=200).ood_task
+        'r8'
+    """
+
+    task: str = "sentiment"
+    backbone: str = "minilm"
+    train_size: int = 1000
+    eval_size: int = 500
+    epochs: int = 2
+    batch_size: int = 16
+    lr: float = 2e-3
+    max_length: int = 64
+    samples: int = 8
+    ensemble_size: int = 3
+    laplace_examples: int = 256
+    ood_task: str | None = None
+    max_steps: int | None = None
+    subset_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "eval_size", "epochs", "batch_size", "samples", "ensemble_size", "laplace_examples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ConfigError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
+        if self.ood_task is None and self.task in OOD_DEFAULTS:
+            object.__setattr__(self, "ood_task", OOD_DEFAULTS[self.task])
+
+    def recipe(self, seed: int, **changes: Any) -> Recipe:
+        """Deterministic LoRA under this protocol; methods change only what makes them different."""
+        base = Recipe(backbone=self.backbone, guide="mle", epochs=self.epochs, max_steps=self.max_steps,
+                      batch_size=self.batch_size, lr=self.lr, max_length=self.max_length, seed=seed)
+        return base.with_(**changes)

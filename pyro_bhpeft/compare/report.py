@@ -1,0 +1,212 @@
+"""The summary of saved cells: the table (mean and sd over seeds), paired tests against deterministic
+LoRA, figures, and ``comparison.md`` / ``comparison.csv`` / ``significance.csv``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from pyro_bhpeft.analysis.tables import markdown_table
+
+from ..io import write_text
+from .cells import is_done, load_arrays, load_metrics, scale_rows
+from .methods import METHODS
+from .protocol import Protocol
+
+__all__ = ["summarize"]
+
+# (column, metrics key, multiplier, digits, with "± sd")
+COLUMNS = (("accuracy %", "accuracy", 100.0, 2, True), ("NLL", "nll", 1.0, 3, True), ("Brier", "brier", 1.0, 3, True),
+           ("ECE %", "ece", 1.0, 2, True), ("ECE floor %", "ece_floor", 1.0, 2, True),
+           ("sel. AUC", "selective_auc", 1.0, 3, True), ("OOD AUROC", "ood_auroc", 1.0, 3, True),
+           ("train s", "train_seconds", 1.0, 0, True), ("predict s", "predict_seconds", 1.0, 1, True),
+           ("peak MB", "peak_mb", 1.0, 0, True), ("params", "trainable", 1.0, 0, False))
+TESTED = (("accuracy", 2), ("nll", 3), ("ece", 2))  # paired-tested metrics and their digits
+NOTES = ("ECE: 15 equal-width bins, in %. ECE floor: the ECE a perfectly calibrated model with the same "
+         "confidences would show on these examples (finite-sample noise). sel. AUC: area under accuracy vs coverage "
+         "(most certain first, by predictive entropy). OOD AUROC: predictive entropy separating OOD from test "
+         "examples. train s includes post-hoc steps (Laplace GGN, temperature fit) and every ensemble member; peak MB "
+         "is the process's peak resident memory during training.")
+TESTS_NOTE = ("Method minus `lora` on the same test examples, averaged over the shared seeds. Accuracy and NLL: "
+              "sign-flip test of the mean per-example difference; ECE: paired bootstrap over examples (2,000 draws); "
+              "95% bootstrap intervals; p-values Holm-corrected across the methods, per metric. The tests are "
+              "conditional on the fitted models (test-sample noise only); the ± over seeds above shows the "
+              "training-seed spread.")
+
+
+def summarize(out: str | Path, methods: Sequence[str], seeds: Sequence[int]) -> Path:
+    """Write ``comparison.md``, ``comparison.csv``, ``significance.csv`` and ``figures/`` from the saved
+    cells of ``methods`` x ``seeds`` in ``out`` (missing cells are left out). Returns ``comparison.md``."""
+    out = Path(out)
+    saved = json.loads((out / "protocol.json").read_text())
+    cells = load_cells(out, methods, seeds)
+    table, rows = cell_table(cells)
+    sig_md, sig_rows = significance(out, cells, seeds)
+    figures = draw_figures(out, list(cells), seeds[0], Protocol(**saved))
+    _write_csv(out / "comparison.csv", rows)
+    _write_csv(out / "significance.csv", sig_rows)
+    lines = [f"# Comparison of inference schemes on `{saved['task']}`", "", _setup(saved, seeds), "",
+             table, "", NOTES, "",
+             "## Paired tests against deterministic LoRA (`lora`)", "", TESTS_NOTE, "", sig_md, "",
+             "## Methods", ""]
+    lines += [f"- `{m}`: {METHODS[m].description}" for m in cells]
+    lines += ["", f"## Figures (seed {seeds[0]})", ""] + [f"![{f}]({f})" for f in figures]
+    return write_text(out / "comparison.md", "\n".join(lines) + "\n")
+
+
+def _setup(p: dict[str, Any], seeds: Sequence[int]) -> str:
+    epochs = f"{p['epochs']} epoch{'s' if p['epochs'] != 1 else ''}"
+    steps = f" (at most {p['max_steps']} steps)" if p["max_steps"] else ""
+    ood = f"`{p['ood_task']}` test" if p["ood_task"] else "none"
+    return (f"Backbone `{p['backbone']}`; {p['train_size']} training examples drawn at random (subset seed "
+            f"{p.get('subset_seed', 0)}), {epochs}{steps}, batch {p['batch_size']}, Adam lr {p['lr']}, "
+            f"{p['max_length']} tokens; {p['samples']} posterior samples; test: {p['eval_size']} random test "
+            f"examples; OOD: {ood}. Seeds {', '.join(map(str, seeds))}; mean ± sd over seeds.")
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def load_cells(out: Path, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
+    """Each method's finished cells (methods with none are left out), with the ECE floor of its test
+    predictions added."""
+    from pyro_bhpeft.analysis import metrics
+
+    cells = {}
+    for m in methods:
+        found = []
+        for s in seeds:
+            if is_done(out, m, s):
+                cell = load_metrics(out, m, s)
+                cell["ece_floor"] = metrics.ece_floor(load_arrays(out, m, s)["test_probs"]).mean
+                found.append(cell)
+        if found:
+            cells[m] = found
+    return cells
+
+
+def mean_sd(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the values that are not None or NaN (sd 0 for one value,
+    both NaN for none)."""
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def cell_table(cells: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
+    """The markdown table (mean ± sd over seeds per column) and its CSV rows (``{key}_mean``, ``{key}_sd``)."""
+    md_rows, rows = [], []
+    for method, found in cells.items():
+        row: dict[str, Any] = {"method": method, "seeds": len(found)}
+        md_row = [method, len(found)]
+        for _, key, mult, digits, spread in COLUMNS:
+            mean, sd = mean_sd([c.get(key) for c in found])
+            row[f"{key}_mean"], row[f"{key}_sd"] = mean * mult, sd * mult
+            md_row.append("–" if math.isnan(mean) else f"{mean * mult:.{digits}f} ± {sd * mult:.{digits}f}" if spread
+                          else f"{mean * mult:,.{digits}f}")
+        md_rows.append(md_row)
+        rows.append(row)
+    return markdown_table(["method", "seeds", *(c[0] for c in COLUMNS)], md_rows), rows
+
+
+def significance(out: Path, cells: dict[str, list[dict[str, Any]]], seeds: Sequence[int],
+                 baseline: str = "lora") -> tuple[str, list[dict[str, Any]]]:
+    """Paired tests of each method against ``baseline`` on the same test examples and seeds.
+
+    Accuracy and NLL: per-example differences averaged over the seeds both methods have, sign-flip test
+    of their mean. ECE: paired bootstrap over examples of the seed-averaged ECE difference. Holm's
+    correction across the methods, per metric. Conditional on the fitted models (see ``analysis.stats``).
+    """
+    from pyro_bhpeft.analysis import stats
+
+    if baseline not in cells:
+        return f"(no {baseline} cells: no paired tests)", []
+    rows = []
+    for method in cells:
+        shared = [s for s in seeds if is_done(out, method, s) and is_done(out, baseline, s)]
+        if method != baseline and shared:
+            rows.append(_paired_row(out, method, baseline, shared))
+    for name, _ in TESTED:
+        for row, adjusted in zip(rows, stats.holm([r[f"p_{name}"] for r in rows])):
+            row[f"p_{name}_holm"] = adjusted
+    headers = ["method", "seeds"]
+    for label in ("Δ accuracy (pts)", "Δ NLL", "Δ ECE (pts)"):
+        headers += [f"{label} [95% CI]", "p (Holm)"]
+    md_rows = []
+    for r in rows:
+        md_row = [r["method"], r["seeds"]]
+        for n, d in TESTED:
+            md_row += [f"{r[f'delta_{n}']:+.{d}f} [{r[f'{n}_low']:+.{d}f}, {r[f'{n}_high']:+.{d}f}]",
+                       _p(r[f"p_{n}_holm"])]
+        md_rows.append(md_row)
+    return markdown_table(headers, md_rows), rows
+
+
+def _paired_row(out: Path, method: str, baseline: str, shared: Sequence[int]) -> dict[str, Any]:
+    from pyro_bhpeft.analysis import stats
+
+    correct, nll, probs_a, probs_b = [], [], [], []
+    for s in shared:
+        a, b = load_arrays(out, method, s), load_arrays(out, baseline, s)
+        y = a["test_labels"].astype(int)
+        pa, pb = a["test_probs"], b["test_probs"]
+        idx = np.arange(len(y))
+        correct.append((pa.argmax(1) == y).astype(float) - (pb.argmax(1) == y).astype(float))
+        nll.append(-np.log(np.clip(pa[idx, y], 1e-12, None)) + np.log(np.clip(pb[idx, y], 1e-12, None)))
+        probs_a.append(pa)
+        probs_b.append(pb)
+    tests = {"accuracy": stats.sign_flip_test(100 * np.mean(correct, axis=0)),
+             "nll": stats.sign_flip_test(np.mean(nll, axis=0)),
+             "ece": stats.paired_bootstrap_ece(probs_a, probs_b, y)}
+    row: dict[str, Any] = {"method": method, "seeds": len(shared)}
+    for name, t in tests.items():
+        row.update({f"delta_{name}": t.difference, f"{name}_low": t.low, f"{name}_high": t.high, f"p_{name}": t.p})
+    return row
+
+
+def _p(p: float) -> str:
+    return "–" if math.isnan(p) else f"{p:.2g}"
+
+
+def draw_figures(out: Path, methods: Sequence[str], seed: int, protocol: Protocol) -> list[str]:
+    """Reliability, accuracy-coverage, confidence, OOD-uncertainty and per-site scale figures of seed
+    ``seed``, as paths relative to ``out``. Scale figures: methods with ``has_scales``, learned
+    posteriors first, then post-hoc ones, each in registry order."""
+    from pyro_bhpeft.analysis import ScaleRow, plots
+
+    figdir = out / "figures"
+    figdir.mkdir(exist_ok=True)
+    arrays = {m: load_arrays(out, m, seed) for m in methods if is_done(out, m, seed)}
+    if not arrays:
+        return []
+    test = {m: (a["test_probs"], a["test_labels"]) for m, a in arrays.items()}
+    written = [plots.reliability_diagram(test, figdir / "reliability.png"),
+               plots.accuracy_coverage(test, figdir / "accuracy-coverage.png"),
+               plots.confidence_histogram(test, figdir / "confidence.png")]
+    with_ood = {m: a for m, a in arrays.items() if "ood_entropy" in a}
+    if with_ood:
+        written.append(plots.uncertainty_histogram({m: a["test_entropy"] for m, a in with_ood.items()},
+                                                   {m: a["ood_entropy"] for m, a in with_ood.items()},
+                                                   figdir / "ood-uncertainty.png"))
+    scaled = [m for m, entry in METHODS.items() if entry.has_scales and m in arrays]
+    for method in sorted(scaled, key=lambda m: METHODS[m].post_hoc is not None):
+        rows, figure = scale_rows(out, method, seed, protocol), figdir / f"scales-{method}.png"
+        if rows:
+            written.append(plots.scale_forest([ScaleRow(**row) for row in rows], figure))
+        elif figure.exists():  # a cell saved before scales.json: its figure was drawn from a fit since removed
+            written.append(figure)
+    return [str(Path(p).relative_to(out)) for p in written]
