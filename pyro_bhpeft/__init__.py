@@ -16,8 +16,7 @@ Example::
     prediction = predict(result.posterior, test_loader, num_samples=16)
 """
 
-import pyro
-
+from . import peft as _peft  # noqa: F401  (registers the built-in PEFT kinds before any config is built)
 from . import priors
 from .backbone import load_backbone
 from .continual import PosteriorPrior, posterior_prior
@@ -25,9 +24,6 @@ from .config import AdapterConfig, ConfigError, LoraConfig, PeftConfig, PrefixCo
 from .infer import FitResult, fit
 from .posterior import Posterior, SiteMarginal
 from .predict import ClassPrediction, RegressionPrediction, predict
-
-# Guide parameters live in their modules, not in Pyro's global store: two guides never share state.
-pyro.settings.set(module_local_params=True)
 
 __version__ = "0.1.0"
 

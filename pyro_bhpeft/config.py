@@ -9,14 +9,16 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["ConfigError", "LoraConfig", "AdapterConfig", "PrefixConfig", "PeftConfig"]
+from .errors import ConfigError
+from .registry import Registry
 
+__all__ = ["ConfigError", "LoraConfig", "AdapterConfig", "PrefixConfig", "PeftConfig", "PEFT_CONFIGS"]
 
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the value and the fix."""
+# PEFT kind name -> its config dataclass; filled by ``pyro_bhpeft.peft.register_peft_kind``.
+PEFT_CONFIGS: Registry[type] = Registry("PEFT kind")
 
 
 def _positive_int(value: object, what: str, example: str) -> int:
@@ -40,12 +42,13 @@ class LoraConfig:
     """LoRA: ``y = W x + (alpha / r) * B A x`` on every linear layer whose name ends with a target.
 
     ``targets`` follow Hugging Face module names (``query``, ``value`` for BERT; ``q_proj``,
-    ``v_proj`` for Llama). ``layers`` restricts to transformer blocks by index (None = all).
+    ``v_proj`` for Llama); ``None`` takes the model family's default (query and value projections,
+    from :mod:`pyro_bhpeft.peft.arch`). ``layers`` restricts to transformer blocks by index (None = all).
     """
 
     r: int = 8
     alpha: float = 16.0
-    targets: tuple[str, ...] = ("query", "value")
+    targets: tuple[str, ...] | None = None
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -54,9 +57,11 @@ class LoraConfig:
             raise ConfigError(f"LoRA alpha must be positive, got {self.alpha}")
         if isinstance(self.targets, str):
             object.__setattr__(self, "targets", (self.targets,))
-        if not self.targets:
-            raise ConfigError("LoRA targets is empty; name the linear layers, e.g. ('query', 'value')")
-        object.__setattr__(self, "targets", tuple(self.targets))
+        if self.targets is not None:
+            if not self.targets:
+                raise ConfigError("LoRA targets is empty; name the linear layers, e.g. ('query', 'value'), "
+                                  "or pass None for the model family's default")
+            object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "layers", _check_layers(self.layers, "LoraConfig"))
 
     @property
@@ -91,42 +96,95 @@ class PrefixConfig:
         object.__setattr__(self, "layers", _check_layers(self.layers, "PrefixConfig"))
 
 
-@dataclass(frozen=True)
+_DEFAULT: Any = object()
+
+
 class PeftConfig:
-    """Which PEFT parts to add; any subset (a hybrid when several are given)."""
+    """Which PEFT parts to add: any subset of the registered kinds (a hybrid when several are given).
 
-    lora: LoraConfig | None = field(default_factory=LoraConfig)
-    adapter: AdapterConfig | None = None
-    prefix: PrefixConfig | None = None
+    ``PeftConfig()`` is LoRA alone; ``PeftConfig(lora=None, adapter=AdapterConfig())`` an adapter
+    alone; a kind registered with :func:`pyro_bhpeft.peft.register_peft_kind` is passed by its name,
+    ``PeftConfig(my_kind=MyConfig())``. Parts are applied in registration order. Immutable.
+    """
 
-    def __post_init__(self) -> None:
-        for name, kind in (("lora", LoraConfig), ("adapter", AdapterConfig), ("prefix", PrefixConfig)):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, kind):
+    __slots__ = ("_parts",)
+
+    def __init__(self, lora: LoraConfig | None = _DEFAULT, adapter: AdapterConfig | None = None,
+                 prefix: PrefixConfig | None = None, **parts: Any) -> None:
+        given = {"lora": LoraConfig() if lora is _DEFAULT else lora, "adapter": adapter, "prefix": prefix, **parts}
+        for name, value in given.items():
+            kind = PEFT_CONFIGS[name] if value is not None else None
+            if kind is not None and not isinstance(value, kind):
                 raise ConfigError(f"PeftConfig.{name} must be a {kind.__name__} or None, got {type(value).__name__}")
+        object.__setattr__(self, "_parts", {n: given[n] for n in PEFT_CONFIGS if given.get(n) is not None})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("PeftConfig is immutable; build a new one")
+
+    def __deepcopy__(self, memo: dict) -> "PeftConfig":
+        return self
+
+    def __copy__(self) -> "PeftConfig":
+        return self
+
+    def __reduce__(self):
+        return (_rebuild, (self.to_dict(),))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PeftConfig) and self._parts == other._parts
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._parts.items()))
+
+    def __repr__(self) -> str:
+        return f"PeftConfig({', '.join(f'{k}={v!r}' for k, v in self._parts.items())})"
+
+    def get(self, kind: str) -> Any:
+        """The config of ``kind``, or None when that part is absent."""
+        return self._parts.get(kind)
+
+    @property
+    def lora(self) -> LoraConfig | None:
+        return self._parts.get("lora")
+
+    @property
+    def adapter(self) -> AdapterConfig | None:
+        return self._parts.get("adapter")
+
+    @property
+    def prefix(self) -> PrefixConfig | None:
+        return self._parts.get("prefix")
+
+    @property
+    def parts(self) -> dict[str, Any]:
+        """Kind name -> config of every part present, in application order."""
+        return dict(self._parts)
 
     @classmethod
     def hybrid(cls, r: int = 8, bottleneck: int = 16, prefix_length: int = 8) -> "PeftConfig":
-        """LoRA + Adapter + prefix, the BH-PEFT hybrid."""
+        """LoRA + Adapter + prefix, the BH-PEFT hybrid (LoRA on the model family's default targets)."""
         return cls(LoraConfig(r=r), AdapterConfig(bottleneck=bottleneck), PrefixConfig(length=prefix_length))
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return tuple(k for k in ("lora", "adapter", "prefix") if getattr(self, k) is not None)
+        return tuple(self._parts)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON form: every built-in kind's key (None when absent), plus any other part present."""
+        out: dict[str, Any] = {"lora": None, "adapter": None, "prefix": None}
+        out.update({name: asdict(value) for name, value in self._parts.items()})
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PeftConfig":
-        def build(kind, value):
-            if value is None:
-                return None
-            value = dict(value)
-            for key in ("targets", "layers"):
-                if value.get(key) is not None:
-                    value[key] = tuple(value[key])
-            return kind(**value)
+        def build(name: str, value: dict[str, Any]) -> Any:
+            value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+            return PEFT_CONFIGS[name](**value)
 
-        return cls(build(LoraConfig, d.get("lora")), build(AdapterConfig, d.get("adapter")),
-                   build(PrefixConfig, d.get("prefix")))
+        parts = {name: build(name, value) for name, value in d.items() if value is not None}
+        parts.setdefault("lora", None)
+        return cls(**parts)
+
+
+def _rebuild(d: dict[str, Any]) -> PeftConfig:
+    return PeftConfig.from_dict(d)

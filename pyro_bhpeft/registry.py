@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, Iterator, TypeVar
 
-from .config import ConfigError
+from .errors import ConfigError
 
 __all__ = ["Registry"]
 

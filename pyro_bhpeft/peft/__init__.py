@@ -1,9 +1,17 @@
-"""Bayesian PEFT layers: LoRA, bottleneck Adapter and prefix-tuning, one contract for all."""
+"""Bayesian PEFT layers: LoRA, bottleneck Adapter and prefix-tuning, one contract for all.
 
-from .adapter import AdapterLayer
+Each kind is one module (config in :mod:`pyro_bhpeft.config`, layer and add-function here) ending
+with its registration line, ``register_peft_kind(name, ConfigClass, add_function)``.
+"""
+
+from .arch import ARCHITECTURES, Architecture, architecture, find_blocks
 from .base import PeftLayer, Site
-from .inject import find_blocks, inject, peft_layers
-from .lora import LoraLinear
-from .prefix import PrefixLayer
+from .kinds import PEFT_KINDS, PeftKind, Target, register_peft_kind, unregister_peft_kind
+from .lora import LoraLinear  # noqa: F401  (registers "lora")
+from .adapter import AdapterLayer  # noqa: F401  (registers "adapter"; after lora: it may wrap a LoRA layer)
+from .prefix import PrefixLayer  # noqa: F401  (registers "prefix")
+from .inject import inject, peft_layers
 
-__all__ = ["PeftLayer", "Site", "LoraLinear", "AdapterLayer", "PrefixLayer", "inject", "find_blocks", "peft_layers"]
+__all__ = ["PeftLayer", "Site", "LoraLinear", "AdapterLayer", "PrefixLayer", "inject", "find_blocks", "peft_layers",
+           "PEFT_KINDS", "PeftKind", "Target", "register_peft_kind", "unregister_peft_kind", "ARCHITECTURES",
+           "Architecture", "architecture"]

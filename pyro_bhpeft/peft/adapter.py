@@ -8,10 +8,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..config import AdapterConfig
-from .base import PeftLayer, Site, uniform_init, zeros_init
+from ..config import AdapterConfig, ConfigError
+from .base import PeftLayer, Site, uniform_init, unwrap, zeros_init
+from .kinds import Target, register_peft_kind
 
-__all__ = ["AdapterLayer"]
+__all__ = ["AdapterLayer", "add_adapters"]
 
 _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "tanh": torch.tanh, "silu": F.silu}
 
@@ -47,3 +48,22 @@ class AdapterLayer(PeftLayer):
             return h
         z = self.activation(F.linear(h, w["adapter_down"], w["adapter_down_bias"]))  # (..., bottleneck)
         return h + F.linear(z, w["adapter_up"], w["adapter_up_bias"])
+
+
+def add_adapters(target: Target, cfg: AdapterConfig) -> list[PeftLayer]:
+    """One adapter on the feed-forward output projection of each chosen block."""
+    rel = target.arch.ffn_output
+    added: list[PeftLayer] = []
+    for i in target.chosen(cfg.layers, "adapter"):
+        module = dict(target.blocks[i].named_modules()).get(rel) if rel else None
+        if not isinstance(unwrap(module), nn.Linear):
+            raise ConfigError(f"{type(target.model).__name__} has no linear feed-forward output "
+                              f"({rel or 'none in its architecture entry'}) in block {i}; drop 'adapter' "
+                              "from the PEFT parts or fix its entry in pyro_bhpeft.peft.arch.ARCHITECTURES")
+        layer = AdapterLayer(module, unwrap(module).out_features, f"{target.path}.{i}.{rel}", i, cfg)
+        target.replace(layer.path, layer)
+        added.append(layer)
+    return added
+
+
+register_peft_kind("adapter", AdapterConfig, add_adapters)

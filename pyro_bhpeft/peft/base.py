@@ -14,7 +14,7 @@ from typing import Callable, ClassVar, Mapping
 import torch
 from torch import nn
 
-__all__ = ["Site", "PeftLayer", "zeros_init", "uniform_init", "normal_init"]
+__all__ = ["Site", "PeftLayer", "unwrap", "zeros_init", "uniform_init", "normal_init"]
 
 Init = Callable[[tuple[int, ...]], torch.Tensor]
 
@@ -62,3 +62,15 @@ class PeftLayer(nn.Module):
     def bind(self, weights: Mapping[str, torch.Tensor] | None) -> None:
         """Set (or clear, with None) the sampled tensors used by the next forward passes."""
         self._weights = weights
+
+    def remove(self, model: nn.Module) -> None:
+        """Take this layer out of ``model`` again: put the wrapped module ``base`` back at ``path``."""
+        parent, _, child = self.path.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, self.base)
+
+
+def unwrap(module: nn.Module | None) -> nn.Module | None:
+    """The frozen module itself, also when another PEFT layer already wraps it."""
+    while isinstance(module, PeftLayer) and hasattr(module, "base"):
+        module = module.base
+    return module

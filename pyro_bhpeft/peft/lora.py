@@ -7,10 +7,11 @@ import math
 import torch
 from torch import nn
 
-from ..config import LoraConfig
+from ..config import ConfigError, LoraConfig
 from .base import PeftLayer, Site, uniform_init, zeros_init
+from .kinds import Target, register_peft_kind
 
-__all__ = ["LoraLinear"]
+__all__ = ["LoraLinear", "add_lora", "flipout_lora"]
 
 
 class LoraLinear(PeftLayer):
@@ -39,4 +40,45 @@ class LoraLinear(PeftLayer):
         if self._weights is None:
             return y
         a, b = self._weights["lora_A"], self._weights["lora_B"]
+        loc = self._weights.get("lora_A:loc")
+        if loc is not None:
+            return y + flipout_lora(x, loc, a - loc, b, self.scaling)
         return y + (x @ a.T) @ (b.T * self.scaling)  # (..., in) -> (..., r) -> (..., out)
+
+
+def flipout_lora(x: torch.Tensor, loc: torch.Tensor, noise: torch.Tensor, b: torch.Tensor, scaling: float
+                 ) -> torch.Tensor:
+    """The LoRA delta with flipout on ``A`` (Wen et al. 2018, as BLoB uses it).
+
+    One Gaussian draw ``noise = A - loc`` serves the whole batch; each token gets its own random signs on
+    the input and rank dimensions, ``((x * r) noise^T) * s``, so examples see decorrelated perturbations
+    with the same marginal distribution as an independent draw of ``A`` each (``noise`` is symmetric).
+    ``B`` is never flipped.
+    """
+    r = torch.empty_like(x).bernoulli_(0.5).mul_(2).sub_(1)  # (..., in) random signs
+    s = torch.empty((*x.shape[:-1], loc.shape[0]), dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+    low = x @ loc.T + ((x * r) @ noise.T) * s  # (..., r)
+    return low @ (b.T * scaling)
+
+
+def add_lora(target: Target, cfg: LoraConfig) -> list[PeftLayer]:
+    """Wrap every ``nn.Linear`` of the chosen blocks whose name ends with one of the targets."""
+    targets = cfg.targets if cfg.targets is not None else target.arch.lora_targets
+    if not targets:
+        raise ConfigError(f"LoRA has no default targets for {type(target.model).__name__}; "
+                          "name them, e.g. LoraConfig(targets=('q_proj', 'v_proj'))")
+    added: list[PeftLayer] = []
+    for i in target.chosen(cfg.layers, "LoRA"):
+        for rel, module in list(target.blocks[i].named_modules()):
+            if isinstance(module, nn.Linear) and any(rel == t or rel.endswith("." + t) for t in targets):
+                layer = LoraLinear(module, f"{target.path}.{i}.{rel}", i, cfg)
+                target.replace(layer.path, layer)
+                added.append(layer)
+    if not added:
+        names = sorted({n.rpartition(".")[2] for n, m in target.blocks[0].named_modules() if isinstance(m, nn.Linear)})
+        raise ConfigError(f"LoRA targets {list(targets)} match no linear layer of {type(target.model).__name__}; "
+                          f"its linear layers are named {names}")
+    return added
+
+
+register_peft_kind("lora", LoraConfig, add_lora)

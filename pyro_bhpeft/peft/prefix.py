@@ -14,8 +14,10 @@ from torch import nn
 
 from ..config import ConfigError, PrefixConfig
 from .base import PeftLayer, Site, normal_init
+from .kinds import Target, register_peft_kind
 
-__all__ = ["ATTN_NAME", "PrefixLayer", "enable_prefix_attention", "require_attention_interface", "attach_prefix"]
+__all__ = ["ATTN_NAME", "PrefixLayer", "enable_prefix_attention", "require_attention_interface", "attach_prefix",
+           "add_prefixes"]
 
 ATTN_NAME = "bhpeft_prefix"
 _PREFIX_ATTR = "bhpeft_prefix"
@@ -42,6 +44,11 @@ class PrefixLayer(PeftLayer):
 
     def forward(self, *args, **kwargs):  # pragma: no cover - the attention function drives this layer
         raise RuntimeError("PrefixLayer is applied inside attention, not called directly")
+
+    def remove(self, model: nn.Module) -> None:
+        for module in model.modules():
+            if getattr(module, _PREFIX_ATTR, None) is self:
+                object.__delattr__(module, _PREFIX_ATTR)
 
 
 def _visible_mask(attention_mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor,
@@ -103,3 +110,28 @@ def enable_prefix_attention(backbone: nn.Module) -> None:
 def attach_prefix(attention: nn.Module, layer: PrefixLayer) -> None:
     # Stored outside nn.Module's registry: the layer holds no parameters and must not become a child.
     object.__setattr__(attention, _PREFIX_ATTR, layer)
+
+
+def add_prefixes(target: Target, cfg: PrefixConfig) -> list[PeftLayer]:
+    """A prefix on the self-attention of each chosen block, through the attention registry."""
+    model = target.model
+    require_attention_interface(model)
+    chosen = target.chosen(cfg.layers, "prefix")
+    rel = target.arch.attention
+    found = [dict(target.blocks[i].named_modules()).get(rel) if rel else None for i in chosen]
+    if any(f is None for f in found):
+        raise ConfigError(f"prefix-tuning needs self-attention, but {type(model).__name__} has none at "
+                          f"{rel!r} in its blocks; drop 'prefix' from the PEFT parts")
+    enable_prefix_attention(model)
+    c = model.config
+    kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    added: list[PeftLayer] = []
+    for i, attention in zip(chosen, found):
+        layer = PrefixLayer(f"{target.path}.{i}.{rel}", i, cfg, kv_heads, head_dim)
+        attach_prefix(attention, layer)
+        added.append(layer)
+    return added
+
+
+register_peft_kind("prefix", PrefixConfig, add_prefixes)
