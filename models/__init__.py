@@ -1,9 +1,28 @@
-"""Pyro models: a frozen transformer with Bayesian PEFT layers, a random head and a likelihood."""
+"""Pyro models: a frozen transformer with Bayesian PEFT layers, a random head and a likelihood.
+
+``TASK_KINDS`` maps a task kind to the model class that serves it; a new kind is a model class
+(a :class:`BayesianPeftModel` subclass with ``task`` and ``for_task``) plus one line,
+``TASK_KINDS.register("my-kind", MyModel)``.
+"""
+
+from pyro_bhpeft.registry import Registry
 
 from .base import BayesianPeftModel
 from .classifier import MultipleChoice, SequenceClassifier
 from .regressor import Regressor
 
-MODELS = {cls.__name__: cls for cls in (SequenceClassifier, MultipleChoice, Regressor)}
+TASK_KINDS: Registry[type[BayesianPeftModel]] = Registry("task kind")
+for _model in (SequenceClassifier, MultipleChoice, Regressor):
+    TASK_KINDS.register(_model.task, _model)
 
-__all__ = ["BayesianPeftModel", "SequenceClassifier", "MultipleChoice", "Regressor", "MODELS"]
+
+
+def model_class(name: str) -> type[BayesianPeftModel]:
+    """The registered model class called ``name`` (as saved in a run's config.json)."""
+    classes = {cls.__name__: cls for cls in TASK_KINDS.values()}
+    if name not in classes:
+        raise ValueError(f"unknown model class {name!r} in the saved run; known: {', '.join(classes)}")
+    return classes[name]
+
+
+__all__ = ["BayesianPeftModel", "SequenceClassifier", "MultipleChoice", "Regressor", "TASK_KINDS", "model_class"]

@@ -21,8 +21,9 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from pyro_bhpeft.backbone import freeze
+from pyro_bhpeft.guides.common import scoped_guide
 from pyro_bhpeft.config import ConfigError, PeftConfig
-from pyro_bhpeft.peft import PeftLayer, Site, inject
+from pyro_bhpeft.peft import PeftLayer, Site, architecture, inject
 from pyro_bhpeft.priors import Normal, Prior
 
 __all__ = ["BayesianPeftModel", "POOLINGS", "kl_scaled", "pool", "default_pooling"]
@@ -54,13 +55,12 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Ten
 
 
 def default_pooling(backbone: nn.Module) -> str:
-    """``last`` (the last visible token) for decoders, ``mean`` over visible tokens for encoders."""
-    decoder = bool(getattr(backbone.config, "is_decoder", False)) or "CausalLM" in str(
-        getattr(backbone.config, "architectures", "")) or type(backbone).__name__.startswith(
-        ("Llama", "GPT", "Mistral", "Qwen", "Gemma", "Phi"))
-    return "last" if decoder else "mean"
+    """The family's pooling from the architecture table: ``last`` visible token for decoders, ``mean`` for
+    encoders."""
+    return architecture(backbone).pooling
 
 
+@scoped_guide
 class BayesianPeftModel(PyroModule):
     """Base class of :class:`SequenceClassifier`, :class:`MultipleChoice` and :class:`Regressor`.
 
@@ -68,7 +68,7 @@ class BayesianPeftModel(PyroModule):
     head tensors are random, each a ``pyro.sample`` site named by its module path.
     """
 
-    task: ClassVar[str] = ""
+    task: ClassVar[str] = ""  # the task kind this model serves (a key of TASK_KINDS)
 
     def __init__(self, backbone: nn.Module, peft: PeftConfig | None = None, prior: Prior | None = None,
                  *, pooling: str = "auto") -> None:
@@ -83,10 +83,18 @@ class BayesianPeftModel(PyroModule):
         self.peft_layers: list[PeftLayer] = inject(backbone, self.peft_config)  # plain list: not submodules
         self.num_data: int | None = None  # full data size, for minibatch scaling (set by fit)
         self.kl_weight: float = 1.0  # weight of log p(w) - log q(w); fit anneals it
+        self.prior_only: bool = False  # True: sample the weights and stop (a KL-only pass, no forward)
+        self.flipout_locs: Any = None  # name -> posterior mean, while fit trains with flipout (BLoB)
         self._layer_sites = [(layer, [(local, f"{layer.path}.{local}") for local in layer.site_specs()])
                              for layer in self.peft_layers]
         self._site_specs = {name: site for layer in self.peft_layers for name, site in layer.sites().items()}
         self._site_specs.update(self.head_sites())
+
+    @classmethod
+    def for_task(cls, backbone: nn.Module, peft: PeftConfig | None, prior: Prior | None, spec: Any,
+                 targets: torch.Tensor | None = None) -> "BayesianPeftModel":
+        """The model for a task ``spec`` (a :class:`~pyro_bhpeft.data.TaskSpec`); regression uses ``targets``."""
+        return cls(backbone, peft, prior)
 
     # ---- what subclasses provide -------------------------------------------------------------
     def head_sites(self) -> dict[str, Site]:
@@ -141,6 +149,8 @@ class BayesianPeftModel(PyroModule):
 
     def forward(self, batch: Batch, labels: torch.Tensor | None = None) -> Any:
         weights = self.sample_weights()
+        if self.prior_only:
+            return None
         out = self.run(weights, batch)
         size = next(iter(batch.values())).shape[0]
         full = self.num_data if self.num_data is not None else size
@@ -163,6 +173,9 @@ class BayesianPeftModel(PyroModule):
         try:
             for layer, names in self._layer_sites:
                 mine = {local: weights[full] for local, full in names if full in weights}
+                if mine and self.flipout_locs is not None:  # the means too: flipout perturbs around them
+                    locs = {f"{local}:loc": self.flipout_locs(full) for local, full in names if full in weights}
+                    mine.update({k: v for k, v in locs.items() if v is not None})
                 layer.bind(mine or None)  # a layer with no weights given stays inactive
             yield
         finally:

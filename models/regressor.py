@@ -39,6 +39,13 @@ class Regressor(BayesianPeftModel):
         self.noise_prior_scale = float(noise_prior_scale)
         super().__init__(backbone, peft, prior, pooling=pooling)
 
+    @classmethod
+    def for_task(cls, backbone, peft, prior, spec, targets=None):
+        """Targets standardised by the training split's mean and standard deviation."""
+        loc = float(targets.mean()) if targets is not None else 0.0
+        scale = float(targets.std()) if targets is not None and len(targets) > 1 else 1.0
+        return cls(backbone, peft, prior, target_loc=loc, target_scale=scale)
+
     def head_sites(self) -> dict[str, Site]:
         return {"head.weight": Site((1, self.hidden_size), normal_init(0.02)), "head.bias": Site((1,), zeros_init)}
 

@@ -120,8 +120,8 @@ class Posterior:
     def load(cls, path: str | Path, *, backbone: torch.nn.Module | None = None) -> "Posterior":
         """Rebuild model and guide from ``path``; ``backbone`` overrides the recorded one."""
         from pyro_bhpeft.backbone import load_backbone
-        from pyro_bhpeft.guides import GUIDES
-        from pyro_bhpeft.models import MODELS
+        from pyro_bhpeft.guides import guide_class
+        from pyro_bhpeft.models import model_class
 
         config = read_config(path)
         path = Path(path)
@@ -131,9 +131,9 @@ class Posterior:
             if not config.get("backbone"):
                 raise PosteriorError(f"{path} does not record its backbone; pass backbone= to Posterior.load")
             backbone = load_backbone(config["backbone"]).model
-        model = MODELS[config["model"]["class"]](backbone, PeftConfig.from_dict(config["peft"]), prior,
-                                                  **config["model"]["kwargs"])
-        guide = GUIDES[config["guide"]["class"]](model, **config["guide"]["kwargs"])
+        model = model_class(config["model"]["class"])(backbone, PeftConfig.from_dict(config["peft"]), prior,
+                                                       **config["model"]["kwargs"])
+        guide = guide_class(config["guide"]["class"]).from_config(model, config["guide"]["kwargs"])
         with torch.no_grad(), poutine.block():
             guide(*model.dummy_data())
         try:

@@ -17,12 +17,14 @@ from __future__ import annotations
 import fnmatch
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import pyro.distributions as dist
 import torch
 
-__all__ = ["Prior", "Normal", "Laplace", "StudentT", "PerSite", "prior_from_dict", "register_prior"]
+from .registry import Registry
+
+__all__ = ["Prior", "Normal", "Laplace", "StudentT", "PerSite", "prior_from_dict", "register_prior", "PRIORS"]
 
 _REGISTRY: dict[str, type["Prior"]] = {}
 
@@ -163,3 +165,10 @@ def prior_from_dict(d: dict[str, Any], tensors: dict[str, torch.Tensor] | None =
     if kind is None:
         raise ValueError(f"unknown prior type {d.get('type')!r}; known: {', '.join(sorted(_REGISTRY))}")
     return kind.from_dict(d, tensors or {})
+
+
+# The priors a recipe and the CLI name (``--prior NAME --prior-scale S``): name -> factory of one scale.
+PRIORS: Registry[Callable[[float], Prior]] = Registry("prior")
+PRIORS.register("normal", lambda scale: Normal(scale=scale))
+PRIORS.register("laplace", lambda scale: Laplace(scale=scale))
+PRIORS.register("student-t", lambda scale: StudentT(scale=scale))

@@ -20,18 +20,19 @@ import torch
 from .backbone import dropout_active, load_backbone
 from .config import ConfigError, PeftConfig
 from .infer import FitResult, fit
-from .priors import Laplace, Normal, Prior, StudentT
+from .priors import PRIORS, Prior
 
-__all__ = ["Recipe", "GUIDE_NAMES", "PRIOR_NAMES", "build_model", "build_guide", "train", "loaders"]
+__all__ = ["Recipe", "build_model", "build_guide", "train", "loaders", "EVAL_BATCH_SIZE"]
 
-GUIDE_NAMES = ("mean-field", "low-rank", "map", "mle")
-PRIOR_NAMES = ("normal", "laplace", "student-t")
+EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """One fit. ``guide``: ``mean-field``, ``low-rank`` (with ``rank``), ``map`` (point mass with the
-    prior) or ``mle`` (point mass, no prior: plain deterministic LoRA training)."""
+    """One fit. ``guide``: a name in :data:`pyro_bhpeft.guides.GUIDES` (``mean-field``, ``low-rank`` with
+    ``rank``, ``map``: point mass with the prior, ``mle``: point mass without it, plain deterministic
+    LoRA); ``prior``: a name in :data:`pyro_bhpeft.priors.PRIORS`, of scale ``prior_scale``.
+    ``scale_param`` and ``scale_lr`` set how the mean-field scales are parameterised and learned."""
 
     backbone: str = "minilm"
     peft: PeftConfig = field(default_factory=PeftConfig)
@@ -41,6 +42,7 @@ class Recipe:
     rank: int = 8
     init_scale: float = 1e-2
     deterministic: tuple[str, ...] = ()
+    scale_param: str = "softplus"
     epochs: int = 1
     max_steps: int | None = None
     batch_size: int = 16
@@ -53,10 +55,11 @@ class Recipe:
     dropout: bool = False  # train with the backbone's own dropout on (MC dropout)
 
     def __post_init__(self) -> None:
-        if self.guide not in GUIDE_NAMES:
-            raise ConfigError(f"unknown guide {self.guide!r}; choose one of {', '.join(GUIDE_NAMES)}")
-        if self.prior not in PRIOR_NAMES:
-            raise ConfigError(f"unknown prior {self.prior!r}; choose one of {', '.join(PRIOR_NAMES)}")
+        from .guides import GUIDES, SCALE_PARAMS
+
+        GUIDES[self.guide], PRIORS[self.prior]  # unknown names: one line listing the choices
+        if self.scale_param not in SCALE_PARAMS:
+            raise ConfigError(f"unknown scale_param {self.scale_param!r}; choose one of {', '.join(SCALE_PARAMS)}")
         for name in ("epochs", "batch_size", "max_length", "rank"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -79,34 +82,22 @@ class Recipe:
         return cls(**d)
 
     def make_prior(self) -> Prior:
-        return {"normal": Normal, "laplace": Laplace, "student-t": StudentT}[self.prior](scale=self.prior_scale)
+        return PRIORS[self.prior](self.prior_scale)
 
 
 def build_model(recipe: Recipe, spec: Any, backbone: torch.nn.Module, prior: Prior | None = None,
                 targets: torch.Tensor | None = None):
     """The model for a task ``spec`` (its ``kind``, ``label_names``); regression targets set the scaling."""
-    from pyro_bhpeft.models import MultipleChoice, Regressor, SequenceClassifier
+    from pyro_bhpeft.models import TASK_KINDS
 
-    prior = prior or recipe.make_prior()
-    if spec.kind == "classification":
-        return SequenceClassifier(backbone, recipe.peft, prior, num_labels=len(spec.label_names))
-    if spec.kind == "multiple_choice":
-        return MultipleChoice(backbone, recipe.peft, prior)
-    if spec.kind == "regression":
-        loc = float(targets.mean()) if targets is not None else 0.0
-        scale = float(targets.std()) if targets is not None and len(targets) > 1 else 1.0
-        return Regressor(backbone, recipe.peft, prior, target_loc=loc, target_scale=scale)
-    raise ConfigError(f"unknown task kind {spec.kind!r}")
+    return TASK_KINDS[spec.kind].for_task(backbone, recipe.peft, prior or recipe.make_prior(), spec, targets)
 
 
 def build_guide(recipe: Recipe, model: Any):
-    from pyro_bhpeft.guides import Delta, LowRank, MeanField
+    """The recipe's guide on ``model``, from the guide registry."""
+    from pyro_bhpeft.guides import GUIDES
 
-    if recipe.guide == "mean-field":
-        return MeanField(model, init_scale=recipe.init_scale, deterministic=recipe.deterministic)
-    if recipe.guide == "low-rank":
-        return LowRank(model, rank=recipe.rank, init_scale=recipe.init_scale)
-    return Delta(model)
+    return GUIDES[recipe.guide].build(model, recipe)
 
 
 def loaders(recipe: Recipe, data: Any, tokenizer: Any, splits: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -116,22 +107,23 @@ def loaders(recipe: Recipe, data: Any, tokenizer: Any, splits: tuple[str, ...] =
     tokenized = tokenize(data, tokenizer, max_length=recipe.max_length)
     out = {"train": make_loader(tokenized["train"], recipe.batch_size, shuffle=True, seed=recipe.seed)}
     for split in splits:
-        out[split] = make_loader(tokenized[split], 64)
+        out[split] = make_loader(tokenized[split], EVAL_BATCH_SIZE)
     return out
 
 
 def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bool = True,
           meta: dict | None = None, backbone: Any = None) -> FitResult:
     """Fit ``recipe`` on ``data`` (a :class:`pyro_bhpeft.data.TaskData`); returns the FitResult."""
+    from pyro_bhpeft.guides import GUIDES
+
     bb = backbone or load_backbone(recipe.backbone)
-    targets = torch.tensor(data.splits["train"]["label"], dtype=torch.float32) \
-        if data.spec.kind == "regression" else None
+    targets = torch.tensor(data.splits["train"]["label"], dtype=torch.float32)  # regression standardises by them
     model = build_model(recipe, data.spec, bb.model, prior, targets)
     guide = build_guide(recipe, model)
     train_loader = loaders(recipe, data, bb.tokenizer)["train"]
-    kl_weight = 0.0 if recipe.guide == "mle" else recipe.kl_weight
+    kl_weight = recipe.kl_weight if GUIDES[recipe.guide].uses_prior else 0.0
     with dropout_active(model) if recipe.dropout else contextlib.nullcontext():
-            return fit(model, guide, train_loader, epochs=recipe.epochs, max_steps=recipe.max_steps, lr=recipe.lr,
+        return fit(model, guide, train_loader, epochs=recipe.epochs, max_steps=recipe.max_steps, lr=recipe.lr,
                    scale_lr=recipe.scale_lr, kl_weight=kl_weight, kl_anneal_steps=recipe.kl_anneal_steps,
                    seed=recipe.seed, progress=progress, backbone_name=recipe.backbone,
                    meta={"recipe": recipe.to_dict(), **(meta or {})})
