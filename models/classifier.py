@@ -54,6 +54,10 @@ class SequenceClassifier(BayesianPeftModel):
         self.num_labels = int(num_labels)
         super().__init__(backbone, peft, prior, pooling=pooling)
 
+    @classmethod
+    def for_task(cls, backbone, peft, prior, spec, targets=None):
+        return cls(backbone, peft, prior, num_labels=len(spec.label_names))
+
     def head_sites(self) -> dict[str, Site]:
         return {"head.weight": Site((self.num_labels, self.hidden_size), normal_init(0.02)),
                 "head.bias": Site((self.num_labels,), zeros_init)}
