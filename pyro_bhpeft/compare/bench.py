@@ -14,7 +14,7 @@ from ..config import ConfigError
 from ..recipe import Recipe
 from .protocol import Protocol
 
-__all__ = ["Bench", "Scored", "PeakMemory", "fit_dir", "post_hoc_dir", "predict_all"]
+__all__ = ["Bench", "Scored", "PeakMemory", "fit_dir", "post_hoc_dir"]
 
 
 def fit_dir(out: Path, recipe: Recipe) -> Path:
@@ -61,6 +61,13 @@ class Bench:
         from ..backbone import load_backbone
 
         return load_backbone(self.protocol.backbone).model  # fresh: PEFT injection changes it
+
+    def predict_all(self, fn: Callable[[Any], Any], splits: Sequence[str] = ("test", "ood")) -> dict[str, Any]:
+        """``fn(loader)`` on the test and OOD examples, its time added to the cell's prediction time."""
+        tick = time.perf_counter()
+        preds = {s: fn(self.eval_loaders[s]) for s in splits if s in self.eval_loaders}
+        self.predict_seconds += time.perf_counter() - tick
+        return preds
 
     def fitted(self, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
         """The posterior of ``recipe`` on the training subset (fitted once, then loaded from
@@ -130,11 +137,3 @@ class Scored:
     peak_mb: float
     trainable: int
     notes: dict[str, Any] = field(default_factory=dict)
-
-
-def predict_all(bench: Bench, fn: Callable[[Any], Any], splits: Sequence[str] = ("test", "ood")) -> dict[str, Any]:
-    """``fn(loader)`` on the test and OOD examples, its time added to the cell's prediction time."""
-    tick = time.perf_counter()
-    preds = {s: fn(bench.eval_loaders[s]) for s in splits if s in bench.eval_loaders}
-    bench.predict_seconds += time.perf_counter() - tick
-    return preds

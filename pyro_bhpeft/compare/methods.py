@@ -23,7 +23,7 @@ import torch
 from ..config import ConfigError, PeftConfig
 from ..io import atomic_dir, write_json
 from ..registry import Registry
-from .bench import Bench, PeakMemory, Scored, fit_dir, post_hoc_dir, predict_all
+from .bench import Bench, PeakMemory, Scored, fit_dir, post_hoc_dir
 from .protocol import Protocol
 
 __all__ = ["Method", "METHODS", "DEFAULT_METHODS", "register_method"]
@@ -75,7 +75,7 @@ class Method:
 
             posterior, facts = bench.fitted(bench.protocol.recipe(seed, **changes))
             k = 0 if point_mass else bench.protocol.samples
-            preds = predict_all(bench, lambda loader: predict(posterior, loader, num_samples=k, seed=seed))
+            preds = bench.predict_all(lambda loader: predict(posterior, loader, num_samples=k, seed=seed))
             return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"])
 
         return cls(description, run, point_mass=point_mass, has_scales=has_scales, base_fit=changes)
@@ -104,8 +104,8 @@ def _mc_dropout(bench: Bench, seed: int) -> Scored:
     from ..baselines import mc_dropout_predict
 
     posterior, facts = bench.fitted(bench.protocol.recipe(seed, **_DROPOUT))
-    preds = predict_all(bench, lambda loader: mc_dropout_predict(posterior, loader, num_samples=bench.protocol.samples,
-                                                                  seed=seed))
+    k = bench.protocol.samples
+    preds = bench.predict_all(lambda loader: mc_dropout_predict(posterior, loader, num_samples=k, seed=seed))
     return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"])
 
 
@@ -113,7 +113,7 @@ def _ensemble(bench: Bench, seed: int) -> Scored:
     from ..baselines import ensemble_predict
 
     members = [bench.fitted(bench.protocol.recipe(seed + 1000 * m)) for m in range(bench.protocol.ensemble_size)]
-    preds = predict_all(bench, lambda loader: ensemble_predict([p for p, _ in members], loader))
+    preds = bench.predict_all(lambda loader: ensemble_predict([p for p, _ in members], loader))
     return Scored(preds, sum(f["seconds"] for _, f in members), max(f["peak_mb"] for _, f in members),
                   sum(f["trainable"] for _, f in members))
 
@@ -148,8 +148,8 @@ def _laplace(bench: Bench, seed: int) -> Scored:
     from ..predict import predict
 
     posterior, seconds, peak_mb, trainable, notes = _laplace_fit(bench, seed)
-    preds = predict_all(bench, lambda loader: predict(posterior, loader, num_samples=bench.protocol.samples,
-                                                      seed=seed))
+    k = bench.protocol.samples
+    preds = bench.predict_all(lambda loader: predict(posterior, loader, num_samples=k, seed=seed))
     return Scored(preds, seconds, peak_mb, trainable, notes)
 
 
@@ -157,8 +157,8 @@ def _laplace_glm(bench: Bench, seed: int) -> Scored:
     from ..baselines import linearised_predict
 
     posterior, seconds, peak_mb, trainable, notes = _laplace_fit(bench, seed)
-    preds = predict_all(bench, lambda loader: linearised_predict(posterior, loader, num_samples=bench.protocol.samples,
-                                                                 seed=seed))
+    k = bench.protocol.samples
+    preds = bench.predict_all(lambda loader: linearised_predict(posterior, loader, num_samples=k, seed=seed))
     return Scored(preds, seconds, peak_mb, trainable, notes)
 
 
@@ -173,7 +173,7 @@ def _temperature(bench: Bench, seed: int) -> Scored:
     val = predict(point, bench.eval_loaders["validation"], num_samples=0)
     temperature = fit_temperature(val.probs, val.labels)
     seconds = time.perf_counter() - tick
-    preds = predict_all(bench, lambda loader: tempered(predict(point, loader, num_samples=0), temperature))
+    preds = bench.predict_all(lambda loader: tempered(predict(point, loader, num_samples=0), temperature))
     return Scored(preds, facts["seconds"] + seconds, facts["peak_mb"], facts["trainable"] + 1,
                   {"temperature": temperature})
 
@@ -190,7 +190,7 @@ def _peft_lora(bench: Bench, seed: int) -> Scored:
         model = PeftLoraModel(backbone, recipe.peft.lora, num_labels, default_pooling(backbone))
         fit = train_peft_lora(model, bench.train_loader(seed), epochs=recipe.epochs, lr=recipe.lr,
                               max_steps=recipe.max_steps, progress=bench.progress)
-    preds = predict_all(bench, lambda loader: peft_predict(model, loader))
+    preds = bench.predict_all(lambda loader: peft_predict(model, loader))
     return Scored(preds, fit.seconds, peak.mb, sum(p.numel() for p in model.trainable()))
 
 
