@@ -1,23 +1,34 @@
 """The comparison harness on a tiny saved model and the user's own files: every method runs, shared fits
-are fitted once, finished cells are never recomputed, and the summary's numbers follow from the cells."""
+are fitted once under their recipe's key, finished cells are never recomputed, the summary's numbers
+follow from the cells, and a method registered from outside the package runs like a built-in."""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import json
+import math
 import shutil
+import statistics
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import pyro_bhpeft.baselines
 import pyro_bhpeft.recipe
+from pyro_bhpeft.analysis import metrics
+from pyro_bhpeft.analysis.tables import markdown_table
 from pyro_bhpeft.cli import main
-from pyro_bhpeft.compare import METHODS, Protocol, run_compare, summarize
-from pyro_bhpeft.config import ConfigError
+from pyro_bhpeft.compare import METHODS, Method, Protocol, Scored, register_method, run_compare, summarize
+from pyro_bhpeft.config import ConfigError, PeftConfig
 from pyro_bhpeft.data import load_files
 from tiny import reviews
+
+SEEDS = (0, 1)
+SCALED = [m for m in METHODS if METHODS[m].has_scales]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +52,28 @@ def protocol(tiny_backbone, **changes) -> Protocol:
     return base if not changes else Protocol(**{**base.__dict__, **changes})
 
 
+@pytest.fixture(scope="module")
+def compared(tiny_backbone, task_files, tmp_path_factory):
+    """Every built-in method at seeds 0 and 1 with OOD examples, run once for the tests that only read it."""
+    data, ood = task_files
+    out = tmp_path_factory.mktemp("compared") / "cmp"
+    run_compare(protocol(tiny_backbone), out, seeds=SEEDS, data=data, ood=ood, progress=False)
+    return out
+
+
+@pytest.fixture
+def compared_copy(compared, tmp_path):
+    """A copy of the module's comparison that a test may change."""
+    return shutil.copytree(compared, tmp_path / "cmp")
+
+
 def cells_csv(path):
     with open(path) as f:
         return {row["method"]: row for row in csv.DictReader(f)}
+
+
+def cell(out, method, seed):
+    return json.loads((out / "cells" / f"{method}-seed{seed}" / "metrics.json").read_text())
 
 
 def predictions(out, method, seed):
@@ -51,65 +81,254 @@ def predictions(out, method, seed):
         return {k: f[k] for k in f.files}
 
 
-def test_every_method_runs_shares_fits_and_resumes_without_refitting(tiny_backbone, task_files, tmp_path, monkeypatch):
+def md_rows(text, first_header="method"):
+    """The rows of the first markdown table in ``text`` whose first header is ``first_header``, by first cell."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split(" | ")]
+        rows[cells[0]] = cells
+    return rows
+
+
+def assert_metrics_follow_from_predictions(out, method, seed):
+    c, p = cell(out, method, seed), predictions(out, method, seed)
+    probs, y = p["test_probs"], p["test_labels"].astype(int)
+    assert c["accuracy"] == float(np.mean(probs.argmax(1) == y))
+    assert c["nll"] == pytest.approx(float(-np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)).mean()), rel=1e-5)
+    assert c["mutual_information"] == pytest.approx(float(p["test_mi"].mean()), rel=1e-5, abs=1e-9)
+    if "ood_entropy" in p:
+        assert c["ood_auroc"] == metrics.ood_auroc(p["test_entropy"], p["ood_entropy"])
+
+
+def fit_name(recipe) -> str:
+    """The fit-cache directory name, written out independently of the package (committed results use it)."""
+    key = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{recipe.guide}-seed{recipe.seed}-{key}"
+
+
+# ---- one run of every method ------------------------------------------------------------------------
+def test_every_method_has_one_table_row_over_both_seeds(compared):
+    rows = cells_csv(compared / "comparison.csv")
+    assert list(rows) == list(METHODS) and all(int(r["seeds"]) == len(SEEDS) for r in rows.values())
+    table = md_rows((compared / "comparison.md").read_text())
+    assert list(table) == list(METHODS) and all(table[m][1] == str(len(SEEDS)) for m in METHODS)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_cells_metrics_are_those_of_its_saved_predictions(compared, method):
+    for seed in SEEDS:
+        assert_metrics_follow_from_predictions(compared, method, seed)
+        assert cell(compared, method, seed)["predict_seconds"] > 0
+
+
+def test_trainable_counts_follow_from_what_each_method_fits(compared):
+    lora = cell(compared, "lora", 0)["trainable"]
+    assert lora > 0
+    counts = {m: cell(compared, m, 0)["trainable"] for m in METHODS}
+    for same in ("map", "mc-dropout", "laplace", "laplace-glm"):
+        assert counts[same] == lora, same
+    assert counts["ensemble"] == 2 * lora  # ensemble_size 2
+    assert counts["temperature"] == lora + 1  # the temperature
+    assert counts["mean-field-lora"] > lora and counts["mean-field"] > counts["mean-field-lora"]
+
+
+def test_shared_fits_are_fitted_once_each_under_their_recipes_key(compared, tiny_backbone):
+    p = protocol(tiny_backbone)
+    hybrid = PeftConfig.hybrid()
+    expected = {fit_name(p.recipe(s)) for s in (0, 1, 1000, 1001)}  # lora, temperature, laplace, ensemble
+    for s in SEEDS:
+        expected |= {fit_name(p.recipe(s, dropout=True)), fit_name(p.recipe(s, guide="map")),
+                     fit_name(p.recipe(s, guide="mean-field", peft=hybrid)),
+                     fit_name(p.recipe(s, guide="low-rank", peft=hybrid)),
+                     fit_name(p.recipe(s, guide="mean-field")), f"laplace-seed{s}"}
+    assert {f.name for f in (compared / "fits").iterdir()} == expected
+
+
+def test_cells_are_saved_as_method_and_seed(compared):
+    assert {c.name for c in (compared / "cells").iterdir()} == {f"{m}-seed{s}" for m in METHODS for s in SEEDS}
+
+
+def test_both_laplace_predictives_share_one_laplace_fit_per_seed(compared):
+    for seed in SEEDS:
+        saved = json.loads((compared / "fits" / f"laplace-seed{seed}" / "laplace.json").read_text())
+        sampled, glm = cell(compared, "laplace", seed), cell(compared, "laplace-glm", seed)
+        assert sampled["prior_precision"] == glm["prior_precision"] == saved["prior_precision"]
+        assert sampled["train_seconds"] == glm["train_seconds"]
+
+
+def test_temperature_keeps_every_argmax_so_its_paired_accuracy_difference_is_zero(compared):
+    for seed in SEEDS:
+        lora, temp = predictions(compared, "lora", seed), predictions(compared, "temperature", seed)
+        np.testing.assert_array_equal(lora["test_probs"].argmax(1), temp["test_probs"].argmax(1))
+        assert cell(compared, "temperature", seed)["accuracy"] == cell(compared, "lora", seed)["accuracy"]
+    sig = cells_csv(compared / "significance.csv")
+    assert float(sig["temperature"]["delta_accuracy"]) == 0.0 and float(sig["temperature"]["p_accuracy_holm"]) == 1.0
+
+
+def test_every_method_but_the_baseline_is_tested_against_it(compared):
+    sig = cells_csv(compared / "significance.csv")
+    assert list(sig) == [m for m in METHODS if m != "lora"]
+    assert all(int(r["seeds"]) == len(SEEDS) for r in sig.values())
+    tests = md_rows((compared / "comparison.md").read_text().split("## Paired tests")[1])
+    assert list(tests) == list(sig)
+
+
+def test_the_table_shows_mean_and_sd_over_the_seeds_cells(compared):
+    rows, table = cells_csv(compared / "comparison.csv"), md_rows((compared / "comparison.md").read_text())
+    nlls = [cell(compared, "map", s)["nll"] for s in SEEDS]
+    assert nlls[0] != nlls[1]  # so the sample sd is not zero and tells n - 1 from n
+    assert float(rows["map"]["nll_mean"]) == pytest.approx(statistics.fmean(nlls))
+    assert float(rows["map"]["nll_sd"]) == pytest.approx(statistics.stdev(nlls))
+    assert table["map"][3] == f"{statistics.fmean(nlls):.3f} ± {statistics.stdev(nlls):.3f}"
+    accs = [100 * cell(compared, "map", s)["accuracy"] for s in SEEDS]
+    assert float(rows["map"]["accuracy_mean"]) == pytest.approx(statistics.fmean(accs))
+    assert table["ensemble"][-1] == f"{cell(compared, 'ensemble', 0)['trainable']:,}"  # params: no ± sd
+
+
+def test_figures_are_the_four_plots_and_one_scale_figure_per_method_with_scales(compared):
+    assert SCALED == ["laplace", "mean-field", "low-rank", "mean-field-lora"]
+    figures = ["reliability", "accuracy-coverage", "confidence", "ood-uncertainty", "scales-mean-field",
+               "scales-low-rank", "scales-mean-field-lora", "scales-laplace"]  # the committed reports' order
+    assert {f.stem for f in (compared / "figures").iterdir()} == set(figures)
+    listed = [line for line in (compared / "comparison.md").read_text().splitlines() if line.startswith("![")]
+    assert listed == [f"![figures/{f}.png](figures/{f}.png)" for f in figures]
+
+
+def test_only_methods_with_scales_keep_them_with_their_cells(compared):
+    for m in METHODS:
+        path = compared / "cells" / f"{m}-seed0" / "scales.json"
+        assert path.exists() == (m in SCALED), m
+    scales = json.loads((compared / "cells" / "mean-field-seed0" / "scales.json").read_text())
+    assert scales and all(row["posterior_scale"] > 0 and row["prior_scale"] == 1.0 for row in scales)
+
+
+def test_scale_figures_are_redrawn_from_the_cells_once_the_fits_are_gone(compared_copy):
+    out = compared_copy
+    shutil.rmtree(out / "fits")
+    for m in SCALED:
+        (out / "figures" / f"scales-{m}.png").unlink()
+    text = summarize(out, list(METHODS), SEEDS).read_text()
+    for m in SCALED:
+        assert f"figures/scales-{m}.png" in text and (out / "figures" / f"scales-{m}.png").stat().st_size > 1000
+
+
+def test_scale_rows_come_from_the_methods_saved_posterior_when_the_cell_has_none(compared_copy):
+    out = compared_copy
+    for m in SCALED:
+        (out / "cells" / f"{m}-seed0" / "scales.json").unlink()
+        (out / "figures" / f"scales-{m}.png").unlink()
+    text = summarize(out, list(METHODS), SEEDS).read_text()
+    for m in SCALED:
+        assert f"figures/scales-{m}.png" in text and (out / "figures" / f"scales-{m}.png").stat().st_size > 1000
+
+
+# ---- resuming -----------------------------------------------------------------------------------------
+def refuse(*args, **kwargs):
+    raise AssertionError("something was fitted or run again")
+
+
+@pytest.fixture
+def refusing_methods():
+    """Every registered method replaced by one whose run raises; the originals are put back afterwards."""
+    originals = METHODS.items()
+    for name, method in originals:
+        METHODS.register(name, dataclasses.replace(method, run=refuse), replace=True)
+    yield dict(originals)
+    for name, method in originals:
+        METHODS.register(name, method, replace=True)
+    assert METHODS.items() == originals
+
+
+def test_resuming_a_finished_comparison_runs_no_method(compared_copy, tiny_backbone, task_files, refusing_methods):
+    data, ood = task_files
+    out = compared_copy
+    before = {p: p.read_bytes() for p in (out / "cells").rglob("*") if p.is_file()}
+    report = (out / "comparison.md").read_text()
+    run_compare(protocol(tiny_backbone), out, seeds=SEEDS, data=data, ood=ood, progress=False)
+    assert before == {p: p.read_bytes() for p in (out / "cells").rglob("*") if p.is_file()}
+    assert (out / "comparison.md").read_text() == report
+
+
+def test_a_missing_cell_is_rerun_from_the_saved_shared_fits(compared_copy, tiny_backbone, task_files,
+                                                            refusing_methods, monkeypatch):
+    data, ood = task_files
+    out = compared_copy
+    again = ("temperature", "laplace-glm")
+    old = {m: cell(out, m, 1) for m in again}
+    for m in again:
+        shutil.rmtree(out / "cells" / f"{m}-seed1")
+        METHODS.register(m, refusing_methods[m], replace=True)
+    monkeypatch.setattr(pyro_bhpeft.recipe, "train", refuse)
+    monkeypatch.setattr(pyro_bhpeft.baselines, "laplace_posterior", refuse)
+    run_compare(protocol(tiny_backbone), out, seeds=SEEDS, data=data, ood=ood, progress=False)
+    for m in again:
+        new = cell(out, m, 1)
+        assert new["accuracy"] == old[m]["accuracy"] and new["nll"] == pytest.approx(old[m]["nll"], rel=1e-6)
+    assert cell(out, "temperature", 1)["temperature"] == pytest.approx(old["temperature"]["temperature"], rel=1e-6)
+    assert cell(out, "laplace-glm", 1)["prior_precision"] == old["laplace-glm"]["prior_precision"]
+
+
+# ---- a method from outside the package ------------------------------------------------------------------
+def _uniform(bench, seed: int) -> Scored:
+    """Every class equally likely: accuracy is the share of label 0 (argmax of a tie), NLL is log C."""
+    from pyro_bhpeft.predict import class_prediction
+
+    classes = len(bench.spec.label_names)
+
+    def predict(loader):
+        labels = torch.cat([labels for _, labels in loader])
+        return class_prediction(torch.full((1, len(labels), classes), 1.0 / classes), labels)
+
+    return Scored(bench.predict_all(predict), train_seconds=0.0, peak_mb=0.0, trainable=0)
+
+
+def test_a_method_registered_outside_the_package_runs_to_a_table_row(tiny_backbone, task_files, tmp_path):
     data, ood = task_files
     out = tmp_path / "cmp"
-    report = run_compare(protocol(tiny_backbone), out, seeds=(0, 1), data=data, ood=ood, progress=False)
-    text = report.read_text()
-    rows = cells_csv(out / "comparison.csv")
-    assert set(rows) == set(METHODS) and all(int(r["seeds"]) == 2 for r in rows.values())
-    assert all(f"| {m} | 2 |" in text for m in METHODS)
-    for m in METHODS:
-        cell = json.loads((out / "cells" / f"{m}-seed0" / "metrics.json").read_text())
-        assert 0 <= cell["accuracy"] <= 1 and cell["nll"] > 0 and 0 <= cell["ood_auroc"] <= 1
-        assert cell["trainable"] > 0 and cell["predict_seconds"] > 0
-
-    # the deterministic LoRA fit is made once per seed and reused by temperature, laplace and the ensemble
-    fits = sorted(p.name for p in (out / "fits").iterdir())
-    plain = [f for f in fits if f.startswith("mle-") and json.loads(
-        (out / "fits" / f / "config.json").read_text())["meta"]["recipe"]["dropout"] is False]
-    assert sorted(f.split("-")[1] for f in plain) == ["seed0", "seed1", "seed1000", "seed1001"]
-
-    # the sampled and the linearised Laplace predictives share one Laplace fit per seed
-    for seed in (0, 1):
-        sampled, glm = (json.loads((out / "cells" / f"{m}-seed{seed}" / "metrics.json").read_text())
-                        for m in ("laplace", "laplace-glm"))
-        assert sampled["prior_precision"] == glm["prior_precision"] and sampled["train_seconds"] == glm["train_seconds"]
-    # known answers: temperature keeps every argmax, so its accuracy and per-example correctness equal lora's
-    lora, temp = predictions(out, "lora", 0), predictions(out, "temperature", 0)
-    np.testing.assert_array_equal(lora["test_probs"].argmax(1), temp["test_probs"].argmax(1))
-    sig = cells_csv(out / "significance.csv")
-    assert float(sig["temperature"]["delta_accuracy"]) == 0.0 and float(sig["temperature"]["p_accuracy_holm"]) == 1.0
-    assert "lora" not in sig and set(sig) == set(METHODS) - {"lora"}
-    # the table's mean is the mean of the cells
-    accs = [json.loads((out / "cells" / f"map-seed{s}" / "metrics.json").read_text())["accuracy"] for s in (0, 1)]
-    assert float(rows["map"]["accuracy_mean"]) == pytest.approx(100 * np.mean(accs))
-    for figure in ("reliability", "accuracy-coverage", "confidence", "ood-uncertainty", "scales-mean-field",
-                   "scales-low-rank", "scales-mean-field-lora", "scales-laplace"):
-        assert (out / "figures" / f"{figure}.png").stat().st_size > 1000
-    # each Bayesian cell keeps its per-site scales, so the figures are redrawn without the fits on disk
-    scales = json.loads((out / "cells" / "mean-field-seed0" / "scales.json").read_text())
-    assert scales and all(0 < row["posterior_scale"] and row["prior_scale"] == 1.0 for row in scales)
-    shutil.rmtree(out / "fits")
-    for figure in ("scales-mean-field", "scales-low-rank", "scales-mean-field-lora", "scales-laplace"):
-        (out / "figures" / f"{figure}.png").unlink()
-    text = summarize(out, list(METHODS), (0, 1)).read_text()
-    for figure in ("scales-mean-field", "scales-low-rank", "scales-mean-field-lora", "scales-laplace"):
-        assert f"figures/{figure}.png" in text and (out / "figures" / f"{figure}.png").stat().st_size > 1000
-
-    # resuming fits and trains nothing, and leaves the cells as they were
-    before = {p: p.read_bytes() for p in (out / "cells").rglob("metrics.json")}
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a finished cell was recomputed")
-
-    monkeypatch.setattr(pyro_bhpeft.recipe, "train", refuse)
-    monkeypatch.setattr(pyro_bhpeft.baselines, "train_peft_lora", refuse)
-    monkeypatch.setattr(pyro_bhpeft.baselines, "laplace_posterior", refuse)
-    run_compare(protocol(tiny_backbone), out, seeds=(0, 1), data=data, ood=ood, progress=False)
-    assert before == {p: p.read_bytes() for p in (out / "cells").rglob("metrics.json")}
+    register_method("uniform", Method("every class equally likely", _uniform, point_mass=True))
+    try:
+        assert "uniform" in METHODS
+        run_compare(protocol(tiny_backbone), out, methods=("lora", "uniform"), seeds=(0,), data=data, ood=ood,
+                    progress=False)
+    finally:
+        METHODS.unregister("uniform")
+    assert "uniform" not in METHODS
+    labels = predictions(out, "uniform", 0)["test_labels"]
+    row = cells_csv(out / "comparison.csv")["uniform"]
+    assert float(row["accuracy_mean"]) == pytest.approx(100 * np.mean(labels == 0))
+    assert float(row["nll_mean"]) == pytest.approx(math.log(2), rel=1e-6)
+    assert float(row["ood_auroc_mean"]) == 0.5  # every entropy tied
+    text = (out / "comparison.md").read_text()
+    assert md_rows(text)["uniform"][:3] == ["uniform", "1", f"{100 * np.mean(labels == 0):.2f} ± 0.00"]
+    assert "- `uniform`: every class equally likely" in text
+    assert list(cells_csv(out / "significance.csv")) == ["uniform"]
 
 
+def test_method_records_are_checked_when_made_and_registered():
+    with pytest.raises(ConfigError, match="has_scales needs"):
+        Method("scales from nowhere", _uniform, has_scales=True)
+    with pytest.raises(ConfigError, match="post-hoc"):
+        Method("post-hoc on nothing", _uniform, post_hoc="laplace")
+    with pytest.raises(ConfigError, match="already registered"):
+        register_method("lora", Method("another lora", _uniform))
+    with pytest.raises(ConfigError, match="Method record"):
+        register_method("plain-function", _uniform)
+    assert "plain-function" not in METHODS and METHODS["lora"].description.startswith("deterministic LoRA")
+
+
+def test_markdown_table_writes_a_header_a_rule_and_one_line_per_row():
+    assert markdown_table(["method", "seeds"], [["lora", 3], ["map", 2]]) == (
+        "| method | seeds |\n|---|---|\n| lora | 3 |\n| map | 2 |")
+    assert markdown_table(["a"], []) == "| a |\n|---|"
+    with pytest.raises(ValueError, match="row 1 has 1 cells for 2 columns"):
+        markdown_table(["a", "b"], [[1, 2], [3]])
+
+
+# ---- other protocols and data -----------------------------------------------------------------------------
 def test_a_one_member_ensemble_is_deterministic_lora(tiny_backbone, task_files, tmp_path):
     data, _ = task_files
     out = tmp_path / "cmp"
@@ -131,11 +350,11 @@ def test_another_protocol_in_the_same_directory_is_refused_unless_overwrite(tiny
 
 def test_bad_methods_and_tasks_are_clear_errors(tiny_backbone, task_files, tmp_path, capsys):
     data, _ = task_files
-    with pytest.raises(ConfigError, match="unknown comparison method.*choose from"):
+    with pytest.raises(ConfigError, match="unknown comparison method 'dropout'; choose from lora, map"):
         run_compare(protocol(tiny_backbone), tmp_path / "x", methods=("lora", "dropout"), data=data, progress=False)
     assert main(["compare", "--task", "reviews", "--methods", "lora,nope", "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown comparison method" in err[0]
+    assert len(err) == 1 and "unknown comparison method 'nope'" in err[0]
     assert main(["compare", "--task", "no-such-task", "--out", str(tmp_path / "z")]) == 2
     assert "no-such-task" in capsys.readouterr().err
     assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
@@ -152,9 +371,12 @@ def test_compare_on_the_real_packaged_model_and_task(tmp_path):
                  "--out", str(out)])
     assert code == 0
     rows = cells_csv(out / "comparison.csv")
-    assert set(rows) == {"lora", "laplace", "mean-field"}
-    cell = json.loads((out / "cells" / "laplace-seed0" / "metrics.json").read_text())
-    assert cell["prior_precision"] > 0 and 0 <= cell["ood_auroc"] <= 1  # OOD: the r8 news task
+    assert list(rows) == ["lora", "laplace", "mean-field"]
+    saved = json.loads((out / "fits" / "laplace-seed0" / "laplace.json").read_text())
+    assert cell(out, "laplace", 0)["prior_precision"] == saved["prior_precision"]
+    for m in rows:
+        assert "ood_entropy" in predictions(out, m, 0)  # OOD: the r8 news task
+        assert_metrics_follow_from_predictions(out, m, 0)
     assert (out / "figures" / "scales-laplace.png").exists()
     # a comparison's fits are ordinary runs: they can be diagnosed
     fit = next((out / "fits").glob("mean-field-seed0-*"))
@@ -194,10 +416,11 @@ def test_every_method_runs_on_more_classes_and_on_multiple_choice(kind, tiny_bac
     out = tmp_path / "cmp"
     run_compare(protocol(tiny_backbone, eval_size=18), out, seeds=(0,), data=data, progress=False)
     rows = cells_csv(out / "comparison.csv")
-    assert set(rows) == set(METHODS)
-    classes = 3
+    assert list(rows) == list(METHODS)
     for m in METHODS:
-        probs = predictions(out, m, 0)["test_probs"]
-        assert probs.shape == (18, classes)
-        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
-        assert 0 <= float(rows[m]["accuracy_mean"]) <= 100
+        p = predictions(out, m, 0)
+        assert p["test_probs"].shape == (18, 3)
+        np.testing.assert_allclose(p["test_probs"].sum(1), 1.0, atol=1e-5)
+        accuracy = 100 * np.mean(p["test_probs"].argmax(1) == p["test_labels"])
+        assert float(rows[m]["accuracy_mean"]) == pytest.approx(accuracy)
+        assert_metrics_follow_from_predictions(out, m, 0)
