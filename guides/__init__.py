@@ -47,7 +47,7 @@ class GuideKind:
 
 GUIDES: Registry[GuideKind] = Registry("guide")
 GUIDES.register("mean-field", GuideKind(
-    MeanField, lambda model, r: MeanField(model, init_scale=r.init_scale, deterministic=r.deterministic,
+    MeanField, lambda model, r: MeanField(model, init_scale=r.initial_scale, deterministic=r.deterministic,
                                           scale_param=r.scale_param),
     TraceMeanField_ELBO, description="independent Normals per weight (analytic KL)"))
 GUIDES.register("low-rank", GuideKind(

@@ -1,17 +1,31 @@
 """Fit the PEFT posterior by stochastic variational inference.
 
-The loss is the negative ELBO, ``-E_q[log p(y | w)] + kl_weight * KL(q(w) || p(w))``, with the
-likelihood scaled to the full data size; it is built as an ``nn.Module`` (Pyro's ``ELBO(model,
-guide)``) and minimised with a plain torch optimizer over the guide's parameters only.
+The loss is the negative ELBO per example, ``-E_q[log p(y | w)] / N + kl_weight * KL(q(w) || p(w)) / N``,
+with the likelihood scaled to the full data size ``N``; it is Pyro's ``ELBO(model, guide)`` as an
+``nn.Module``, minimised with a plain torch optimizer over the guide's parameters only. The two
+terms are recorded separately (``FitResult.nll``, ``FitResult.kl``), and so is every site's mean
+posterior scale over the steps, so a user sees whether the data was fitted and the posterior moved.
+
+Two ways to take a step:
+
+* **joint** (default): one Adam step on the whole loss; posterior scales may have their own
+  learning rate ``scale_lr``.
+* **split** (``kl_step=KLStep(...)``, BLoB's scheme, Wang et al. 2024): an Adam step on the
+  likelihood term, then a plain SGD step of rate ``kl_step.lr`` on ``pi_t * KL``, with BLoB's
+  re-weighting ``pi_i = 2^i / (2^(M+1) - 1)`` over the ``M`` steps of an epoch (or ``1 / M``).
 
 Example::
 
-    result = fit(model, MeanField(model), loader, epochs=1, lr=2e-3)
-    result.history[-1]          # final loss per example
+    result = fit(model, MeanField(model), loader, epochs=1, lr=2e-3, scale_lr=0.05)
+    result.nll[-1], result.kl[-1]       # the two terms of the final loss, per example
+    result.warnings                     # e.g. "posterior scales never left their start ..."
 """
 
 from __future__ import annotations
 
+import math
+import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -19,29 +33,65 @@ from typing import Any, Iterable
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO
+from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 from .posterior import Posterior
 
-__all__ = ["fit", "FitResult", "kl_schedule"]
+__all__ = ["fit", "FitResult", "KLStep", "kl_schedule", "blob_kl_weight", "scale_warnings"]
+
+
+@dataclass(frozen=True)
+class KLStep:
+    """BLoB's separate KL step: SGD at rate ``lr`` on ``pi_t * KL``; ``schedule`` ``blob`` re-weights the
+    steps of each epoch by ``2^i / (2^(M+1) - 1)``, ``uniform`` gives each ``1 / M``."""
+
+    lr: float = 0.02
+    schedule: str = "blob"
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or self.schedule not in ("blob", "uniform"):
+            raise ValueError(f"KLStep needs lr > 0 and schedule 'blob' or 'uniform', got {self.lr}, {self.schedule!r}")
 
 
 @dataclass(frozen=True)
 class FitResult:
-    """What a fit produced: the posterior and its training curve (loss = -ELBO per example)."""
+    """What a fit produced: the posterior and its training curves (per example, one entry per step)."""
 
     posterior: Posterior
-    history: list[float] = field(repr=False)
+    history: list[float] = field(repr=False)  # loss = NLL + kl_weight * KL
     kl_weights: list[float] = field(repr=False)
     step_seconds: list[float] = field(repr=False)  # wall time of each optimisation step
     steps: int
     seconds: float
+    nll: list[float] = field(default_factory=list, repr=False)  # -log p(y | w) / N, one weight draw
+    kl: list[float] = field(default_factory=list, repr=False)  # KL(q || p) / N (nan where it was not computed)
+    scale_steps: list[int] = field(default_factory=list, repr=False)  # steps at which scales were recorded
+    scale_trace: dict[str, list[float]] = field(default_factory=dict, repr=False)  # site -> mean scale
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def final_loss(self) -> float:
-        tail = self.history[-max(1, len(self.history) // 10):]
-        return sum(tail) / len(tail)
+        return _tail_mean(self.history)
+
+    @property
+    def final_nll(self) -> float:
+        return _tail_mean(self.nll)
+
+    @property
+    def final_kl(self) -> float:
+        return _tail_mean(self.kl)
+
+    def summary(self) -> str:
+        """One line: steps, time, and the final NLL and KL per example."""
+        kl = "" if math.isnan(self.final_kl) else f", KL/N {self.final_kl:.4f}"
+        return f"{self.steps} steps in {self.seconds:.0f} s: NLL {self.final_nll:.4f}{kl} per example"
+
+
+def _tail_mean(values: list[float]) -> float:
+    tail = values[-max(1, len(values) // 10):]
+    return sum(tail) / len(tail) if tail else float("nan")
 
 
 def kl_schedule(step: int, weight: float, anneal_steps: int) -> float:
@@ -51,20 +101,34 @@ def kl_schedule(step: int, weight: float, anneal_steps: int) -> float:
     return weight * min(1.0, (step + 1) / anneal_steps)
 
 
-def _elbo_for(guide: Any, num_particles: int):
-    from pyro_bhpeft.guides import Delta, MeanField
+def blob_kl_weight(step: int, steps_per_epoch: int) -> float:
+    """BLoB's ``pi_i = 2^i / (2^(M+1) - 1)``, ``i = 1..M`` cycling over each epoch's ``M`` steps (0-based
+    ``step``); the weights of one epoch sum to ``1 - 1 / (2^(M+1) - 1)``. Computed in log space."""
+    m = steps_per_epoch
+    i = (step % m) + 1
+    return math.exp((i - m - 1) * math.log(2.0)) / (1.0 - 2.0 ** -(m + 1))
 
-    # Analytic KL where every guide site is a Normal or a point mass; Monte Carlo otherwise.
-    kind = TraceMeanField_ELBO if isinstance(guide, (MeanField, Delta)) else Trace_ELBO
-    return kind(num_particles=num_particles, vectorize_particles=False)
+
+class _Likelihood(Messenger):
+    """Records the (plate-scaled) log-likelihood of the observed sites inside the data plate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 0.0
+
+    def _postprocess_message(self, msg: dict) -> None:
+        if msg["type"] == "sample" and msg["is_observed"] and any(f.name == "data" for f in msg["cond_indep_stack"]):
+            self.value += float(msg["fn"].log_prob(msg["value"]).detach().sum()) * float(msg["scale"])
 
 
 def _param_groups(guide: torch.nn.Module, lr: float, scale_lr: float, weight_decay: float) -> list[dict]:
     """Posterior scales (and low-rank factors) may learn at their own rate."""
-    scales, locs = [], []
-    for name, p in guide.named_parameters():
-        if p.requires_grad:
-            (scales if ("scale" in name or "cov_factor" in name) else locs).append(p)
+    params = [p for p in guide.parameters() if p.requires_grad]
+    if hasattr(guide, "variance_parameters"):
+        ids = {id(p) for p in guide.variance_parameters()}
+    else:  # a user's guide: go by Pyro's parameter names
+        ids = {id(p) for n, p in guide.named_parameters() if "scale" in n or "cov_factor" in n}
+    locs, scales = [p for p in params if id(p) not in ids], [p for p in params if id(p) in ids]
     groups = [{"params": locs, "lr": lr, "weight_decay": weight_decay}]
     if scales:
         groups.append({"params": scales, "lr": scale_lr, "weight_decay": 0.0})
@@ -80,62 +144,28 @@ def _num_data(data: Iterable, num_data: int | None) -> int:
     return len(dataset)
 
 
-def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, num_data: int | None = None,
-        epochs: int = 1, max_steps: int | None = None, lr: float = 2e-3, scale_lr: float | None = None,
-        final_lr_factor: float = 1.0,
-        weight_decay: float = 0.0, kl_weight: float = 1.0, kl_anneal_steps: int = 0, clip_norm: float | None = 1.0,
-        num_particles: int = 1, seed: int = 0, progress: bool = True, backbone_name: str | None = None,
-        meta: dict | None = None) -> FitResult:
-    """Run SVI over ``epochs`` passes of ``data`` (batches of ``(inputs, labels)``).
+def _mean_scales(guide: Any) -> dict[str, float] | None:
+    if not hasattr(guide, "marginals"):
+        return None
+    return {name: float(scale.mean()) for name, (_, scale) in guide.marginals().items() if scale is not None}
 
-    ``scale_lr`` is the learning rate of the posterior scales (default: ``lr``); every learning rate
-    decays exponentially to ``final_lr_factor`` times its start by the last step; ``kl_weight``
-    multiplies the KL term (1 = the true ELBO) and can be annealed in over ``kl_anneal_steps``.
-    The same ``seed`` gives the same posterior.
-    """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs} (max_steps only caps the steps of those epochs)")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1 when given, got {max_steps}")
-    pyro.set_rng_seed(seed)
-    model.num_data = _num_data(data, num_data)
-    batches = list(data) if not hasattr(data, "__len__") else data
-    first = next(iter(batches))
-    with torch.no_grad(), poutine.block():
-        guide(*first)  # set the guide's parameters up
-    optimizer = torch.optim.Adam(_param_groups(guide, lr, scale_lr or lr, weight_decay))
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    total = epochs * len(batches) if max_steps is None else min(max_steps, epochs * len(batches))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: final_lr_factor ** (s / max(1, total - 1)))
-    history, weights, times, start, step = [], [], [], time.perf_counter(), 0
-    bar = tqdm(total=total, desc="fit", disable=not progress, unit="step", dynamic_ncols=True)
-    scaled_guide = _KLScaledGuide(guide)
-    loss_fn = _elbo_for(guide, num_particles)(model, scaled_guide)
-    while step < total:
-        for inputs, labels in batches:
-            tick = time.perf_counter()
-            beta = kl_schedule(step, kl_weight, kl_anneal_steps)
-            model.kl_weight = scaled_guide.weight = beta
-            loss = loss_fn(inputs, labels) / model.num_data
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_norm:
-                torch.nn.utils.clip_grad_norm_(params, clip_norm)
-            optimizer.step()
-            schedule.step()
-            times.append(time.perf_counter() - tick)
-            history.append(float(loss.detach()))
-            weights.append(beta)
-            step += 1
-            bar.update(1)
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{sum(history[-10:]) / 10:.4f}", kl_w=f"{beta:.2f}")
-            if step >= total:
-                break
-    bar.close()
-    model.kl_weight = 1.0
-    posterior = Posterior(model, guide, backbone_name=backbone_name, meta=meta)
-    return FitResult(posterior, history, weights, times, step, time.perf_counter() - start)
+
+def scale_warnings(steps: list[int], trace: dict[str, list[float]]) -> list[str]:
+    """One line per problem with the posterior scales: they never left their start (median change
+    under 25 %), or they were still moving at the end (median change over 10 % in the last fifth)."""
+    if not trace or len(steps) < 3:
+        return []
+    late = next(i for i, s in enumerate(steps) if s >= 0.8 * steps[-1])
+    total = statistics.median(abs(math.log(v[-1] / v[0])) for v in trace.values())
+    recent = statistics.median(abs(math.log(v[-1] / v[late])) for v in trace.values())
+    out = []
+    if total < math.log(1.25):
+        out.append(f"posterior scales never left their start (median change {math.exp(total) - 1:.0%} over "
+                   f"{steps[-1]} steps): the fit did not reach the posterior; raise scale_lr or the steps")
+    elif recent > math.log(1.10):
+        out.append(f"posterior scales were still moving at the end ({math.exp(recent) - 1:.0%} in the last "
+                   "fifth of the steps): give the fit more steps or a larger scale_lr")
+    return out
 
 
 class _KLScaledGuide(torch.nn.Module):
@@ -151,3 +181,164 @@ class _KLScaledGuide(torch.nn.Module):
 
         with kl_scaled(self.weight):
             return self.guide(*args, **kwargs)
+
+
+@dataclass
+class _Steps:
+    """The optimisers and losses of one fit, and its curves."""
+
+    model: Any
+    guide: Any
+    loss_fn: Any
+    scaled_guide: _KLScaledGuide
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    params: list
+    clip_norm: float | None
+    kl_step: KLStep | None = None
+    kl_loss: Any = None
+    kl_optimizer: torch.optim.Optimizer | None = None
+    kl_schedule: Any = None
+    flipout: bool = False
+    num_particles: int = 1
+
+    def _nll_loss(self, inputs, labels, beta: float) -> tuple[torch.Tensor, float]:
+        recorder = _Likelihood()
+        self.model.kl_weight = self.scaled_guide.weight = beta
+        if self.flipout:
+            self.model.flipout_locs = lambda name: self.guide.loc(name) if self.guide.scale(name) is not None else None
+        try:
+            with recorder:
+                loss = self.loss_fn(inputs, labels) / self.model.num_data
+        finally:
+            self.model.flipout_locs = None
+        return loss, -recorder.value / self.num_particles / self.model.num_data
+
+    def take(self, inputs, labels, beta: float, pi: float) -> tuple[float, float, float]:
+        """One step; returns (loss, nll, kl) per example."""
+        if self.kl_step is None:
+            loss, nll = self._nll_loss(inputs, labels, beta)
+            self._step(loss, self.optimizer, self.schedule)
+            kl = (float(loss.detach()) - nll) / beta if beta > 0 else float("nan")
+            return float(loss.detach()), nll, kl
+        loss, nll = self._nll_loss(inputs, labels, 0.0)
+        self._step(loss, self.optimizer, self.schedule)
+        self.model.kl_weight = self.scaled_guide.weight = 1.0
+        self.model.prior_only = True
+        try:
+            kl_total = self.kl_loss(inputs, labels)
+        finally:
+            self.model.prior_only = False
+        self._step(beta * pi * kl_total, self.kl_optimizer, self.kl_schedule)
+        kl = float(kl_total.detach()) / self.model.num_data
+        return nll + beta * kl, nll, kl
+
+    def _step(self, loss: torch.Tensor, optimizer, schedule) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        optimizer.step()
+        schedule.step()
+
+
+def _elbo_for(guide: Any, num_particles: int):
+    from pyro_bhpeft.guides import guide_kind
+
+    kind = guide_kind(guide)  # analytic KL where the guide's sites allow it; Monte Carlo otherwise
+    elbo = kind.elbo if kind is not None else Trace_ELBO
+    return elbo(num_particles=num_particles, vectorize_particles=False)
+
+
+def _decay(optimizer: torch.optim.Optimizer, factor: float, total: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: factor ** (s / max(1, total - 1)))
+
+
+def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, num_data: int | None = None,
+        epochs: int = 1, max_steps: int | None = None, lr: float = 2e-3, scale_lr: float | None = None,
+        final_lr_factor: float = 1.0, weight_decay: float = 0.0, kl_weight: float = 1.0, kl_anneal_steps: int = 0,
+        kl_step: KLStep | None = None, flipout: bool = False, clip_norm: float | None = 1.0,
+        num_particles: int = 1, seed: int = 0, progress: bool = True, backbone_name: str | None = None,
+        meta: dict | None = None) -> FitResult:
+    """Run SVI over ``epochs`` passes of ``data`` (batches of ``(inputs, labels)``).
+
+    ``scale_lr`` is the learning rate of the posterior scales (default: ``lr``); every learning rate
+    decays exponentially to ``final_lr_factor`` times its start by the last step; ``kl_weight``
+    multiplies the KL term (1 = the true ELBO) and can be annealed in over ``kl_anneal_steps``;
+    ``kl_step`` switches to BLoB's split step; ``flipout`` (mean-field guides) decorrelates the
+    LoRA ``A`` noise across the tokens of a batch. The same ``seed`` gives the same posterior.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs} (max_steps only caps the steps of those epochs)")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 when given, got {max_steps}")
+    if flipout and not (hasattr(guide, "loc") and hasattr(guide, "scale")):
+        raise ValueError(f"flipout needs a mean-field guide (per-site loc and scale), not {type(guide).__name__}")
+    pyro.set_rng_seed(seed)
+    model.num_data = _num_data(data, num_data)
+    batches = list(data) if not hasattr(data, "__len__") else data
+    with torch.no_grad(), poutine.block():
+        guide(*next(iter(batches)))  # set the guide's parameters up
+    total = epochs * len(batches) if max_steps is None else min(max_steps, epochs * len(batches))
+    steps = _make_steps(model, guide, lr, scale_lr, weight_decay, final_lr_factor, total, clip_norm, num_particles,
+                        kl_step, flipout)
+    record_every = max(1, total // 50)
+    curves: dict[str, list] = {"loss": [], "nll": [], "kl": [], "beta": [], "time": [], "scale_steps": []}
+    trace: dict[str, list[float]] = {}
+    _record_scales(guide, 0, curves, trace)
+    bar = tqdm(total=total, desc="fit", disable=not progress, unit="step", dynamic_ncols=True)
+    start, step = time.perf_counter(), 0
+    while step < total:
+        for inputs, labels in batches:
+            tick = time.perf_counter()
+            beta = kl_schedule(step, kl_weight, kl_anneal_steps)
+            pi = blob_kl_weight(step, len(batches)) if kl_step and kl_step.schedule == "blob" else 1.0 / len(batches)
+            loss, nll, kl = steps.take(inputs, labels, beta, pi)
+            for key, value in (("loss", loss), ("nll", nll), ("kl", kl), ("beta", beta),
+                               ("time", time.perf_counter() - tick)):
+                curves[key].append(value)
+            step += 1
+            bar.update(1)
+            if step % record_every == 0 or step == total:
+                _record_scales(guide, step, curves, trace)
+            if step % 10 == 0:
+                bar.set_postfix(nll=f"{sum(curves['nll'][-10:]) / 10:.4f}", kl=f"{sum(curves['kl'][-10:]) / 10:.4f}",
+                                kl_w=f"{beta:.2f}")
+            if step >= total:
+                break
+    bar.close()
+    model.kl_weight = 1.0
+    warnings = scale_warnings(curves["scale_steps"], trace)
+    for line in warnings if progress else ():
+        print(f"fit: warning: {line}", file=sys.stderr)
+    posterior = Posterior(model, guide, backbone_name=backbone_name, meta=meta)
+    return FitResult(posterior, curves["loss"], curves["beta"], curves["time"], step, time.perf_counter() - start,
+                     curves["nll"], curves["kl"], curves["scale_steps"], trace, warnings)
+
+
+def _record_scales(guide: Any, step: int, curves: dict[str, list], trace: dict[str, list[float]]) -> None:
+    scales = _mean_scales(guide)
+    if scales:
+        curves["scale_steps"].append(step)
+        for name, value in scales.items():
+            trace.setdefault(name, []).append(value)
+
+
+def _make_steps(model, guide, lr, scale_lr, weight_decay, final_lr_factor, total, clip_norm, num_particles,
+                kl_step, flipout) -> _Steps:
+    groups = _param_groups(guide, lr, scale_lr or lr, weight_decay)
+    hyper = list(getattr(getattr(model, "prior", None), "parameters", lambda: [])())
+    if hyper:  # empirical Bayes: prior scales learn with the posterior scales
+        groups.append({"params": hyper, "lr": scale_lr or lr, "weight_decay": 0.0})
+    optimizer = torch.optim.Adam(groups)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    scaled_guide = _KLScaledGuide(guide)
+    steps = _Steps(model, guide, _elbo_for(guide, num_particles)(model, scaled_guide), scaled_guide, optimizer,
+                   _decay(optimizer, final_lr_factor, total), params, clip_norm, flipout=flipout,
+                   num_particles=num_particles)
+    if kl_step is not None:
+        steps.kl_step = kl_step
+        steps.kl_loss = _elbo_for(guide, 1)(model, scaled_guide)
+        steps.kl_optimizer = torch.optim.SGD(params, lr=kl_step.lr)
+        steps.kl_schedule = _decay(steps.kl_optimizer, final_lr_factor, total)
+    return steps

@@ -24,7 +24,8 @@ import torch
 
 from .registry import Registry
 
-__all__ = ["Prior", "Normal", "Laplace", "StudentT", "PerSite", "prior_from_dict", "register_prior", "PRIORS"]
+__all__ = ["Prior", "Normal", "Laplace", "StudentT", "PerSite", "Flat", "FanIn", "Learned", "prior_from_dict",
+           "register_prior", "PRIORS"]
 
 _REGISTRY: dict[str, type["Prior"]] = {}
 
@@ -52,6 +53,10 @@ class Prior(ABC):
     def tensors(self) -> dict[str, torch.Tensor]:
         """Tensors that do not fit in JSON (posterior-derived priors); empty for simple priors."""
         return {}
+
+    def parameters(self) -> list[torch.Tensor]:
+        """Hyperparameters a fit learns (empirical Bayes); empty for fixed priors."""
+        return []
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], tensors: dict[str, torch.Tensor]) -> "Prior":
@@ -144,6 +149,9 @@ class PerSite(Prior):
         return {"type": self.type_name, "default": self.default.to_dict(),
                 "overrides": {k: v.to_dict() for k, v in self.overrides.items()}}
 
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for prior in (self.default, *self.overrides.values()) for p in prior.parameters()]
+
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {f"default/{k}": v for k, v in self.default.tensors().items()}
         for i, prior in enumerate(self.overrides.values()):
@@ -159,6 +167,91 @@ class PerSite(Prior):
         return cls(prior_from_dict(d["default"], sub("default/")), overrides)
 
 
+@register_prior
+@dataclass(frozen=True)
+class Flat(Prior):
+    """No prior: an improper flat density (log-density 0). For point-mass sites only, e.g. BLoB's LoRA ``B``
+    and head, which are fitted by maximum likelihood."""
+
+    type_name: ClassVar[str] = "flat"
+
+    def distribution(self, name, shape, device=None):
+        return dist.ImproperUniform(dist.constraints.real, (), torch.Size(shape))
+
+
+@register_prior
+@dataclass(frozen=True)
+class FanIn(Prior):
+    """``Normal(0, gain^2 / fan_in)`` per site, ``fan_in`` its last dimension (1 for a vector such as a bias).
+
+    A prior in the weights' own scale (Neal 1996; the scale of Kaiming initialisation): every layer's
+    pre-activations keep unit variance a priori, so a LoRA ``A`` of 384 inputs gets a standard deviation
+    of ``0.051 * gain``, not ``N(0, 1)``'s 20 times its initial size.
+    """
+
+    gain: float = 1.0
+    type_name: ClassVar[str] = "fan-in"
+
+    def __post_init__(self) -> None:
+        _positive(self.gain, "FanIn prior gain")
+
+    def distribution(self, name, shape, device=None):
+        fan_in = shape[-1] if len(shape) > 1 else 1
+        return _expand(dist.Normal(_scalar(0.0, device), _scalar(self.gain / fan_in ** 0.5, device)), shape)
+
+
+@register_prior
+@dataclass(frozen=True, eq=False)
+class Learned(Prior):
+    """Empirical Bayes: ``Normal(0, s_site^2)`` with one scale per site, learned inside the ELBO (type-II
+    maximum likelihood), starting at ``init`` (or at ``FanIn`` scales with ``init=None``).
+
+    At the optimum of the ELBO, ``s_site^2 = mean over the site's entries of (loc^2 + scale^2)``.
+    :meth:`parameters` are added to the fit's optimiser; the learned values are saved with the run.
+    """
+
+    init: float | None = None
+    log_scales: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    type_name: ClassVar[str] = "learned"
+
+    def _log_scale(self, name: str, shape: tuple[int, ...], device) -> torch.Tensor:
+        if name not in self.log_scales:
+            fan_in = shape[-1] if len(shape) > 1 else 1
+            start = self.init if self.init is not None else fan_in ** -0.5
+            self.log_scales[name] = torch.nn.Parameter(torch.tensor(float(start), device=device).log())
+        return self.log_scales[name]
+
+    def distribution(self, name, shape, device=None):
+        scale = self._log_scale(name, shape, device).exp()
+        return _expand(dist.Normal(torch.zeros((), device=device), scale), shape)
+
+    def scales(self) -> dict[str, float]:
+        return {n: float(v.detach().exp()) for n, v in self.log_scales.items()}
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.log_scales.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type_name, "init": self.init, "sites": list(self.log_scales)}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"log_scale/{n}": v.detach() for n, v in self.log_scales.items()}
+
+    @classmethod
+    def from_dict(cls, d, tensors):
+        return cls(d.get("init"), {n: torch.nn.Parameter(tensors[f"log_scale/{n}"].clone()) for n in d.get("sites", [])})
+
+
+def _blob_prior(scale: float) -> Prior:
+    return PerSite(Flat(), {"*.lora_A": Normal(scale=scale)})
+
+
+def _function_space_prior(scale: float) -> Prior:
+    """``FanIn(scale)`` on the weights the hybrid keeps random (LoRA A, adapter down-projection), flat on the
+    rest (their point masses are fitted by maximum likelihood)."""
+    return PerSite(Flat(), {"*.lora_A": FanIn(scale), "*.adapter_down": FanIn(scale)})
+
+
 def prior_from_dict(d: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> Prior:
     """Rebuild a prior saved with ``to_dict()`` (and ``tensors()``)."""
     kind = _REGISTRY.get(d.get("type", ""))
@@ -172,3 +265,8 @@ PRIORS: Registry[Callable[[float], Prior]] = Registry("prior")
 PRIORS.register("normal", lambda scale: Normal(scale=scale))
 PRIORS.register("laplace", lambda scale: Laplace(scale=scale))
 PRIORS.register("student-t", lambda scale: StudentT(scale=scale))
+PRIORS.register("fan-in", lambda scale: FanIn(gain=scale))
+PRIORS.register("learned", lambda scale: Learned(init=scale))
+PRIORS.register("flat", lambda scale: Flat())
+PRIORS.register("blob", _blob_prior)  # BLoB: N(0, scale^2) on LoRA A (scale 0.2), nothing on B and the head
+PRIORS.register("function-space", _function_space_prior)

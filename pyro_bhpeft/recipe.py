@@ -19,10 +19,11 @@ import torch
 
 from .backbone import dropout_active, load_backbone
 from .config import ConfigError, PeftConfig
-from .infer import FitResult, fit
+from .infer import FitResult, KLStep, fit
 from .priors import PRIORS, Prior
+from .registry import Registry
 
-__all__ = ["Recipe", "build_model", "build_guide", "train", "loaders", "EVAL_BATCH_SIZE"]
+__all__ = ["Recipe", "PRESETS", "build_model", "build_guide", "train", "loaders", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
 
@@ -41,6 +42,7 @@ class Recipe:
     guide: str = "mean-field"
     rank: int = 8
     init_scale: float = 1e-2
+    init_scale_high: float | None = None  # with it, initial scales are drawn between the two (BLoB)
     deterministic: tuple[str, ...] = ()
     scale_param: str = "softplus"
     epochs: int = 1
@@ -50,6 +52,9 @@ class Recipe:
     scale_lr: float | None = None
     kl_weight: float = 1.0
     kl_anneal_steps: int = 0
+    kl_step_lr: float | None = None  # BLoB's separate SGD step on the KL term (None: one joint step)
+    kl_reweighting: str = "blob"  # with kl_step_lr: "blob" (2^i / (2^(M+1) - 1)) or "uniform" (1 / M)
+    flipout: bool = False  # decorrelate LoRA A's noise across tokens (BLoB)
     max_length: int = 64
     seed: int = 0
     dropout: bool = False  # train with the backbone's own dropout on (MC dropout)
@@ -66,6 +71,10 @@ class Recipe:
         if not self.lr > 0 or not self.prior_scale > 0 or not self.init_scale > 0 or self.kl_weight < 0:
             raise ConfigError("lr, prior_scale and init_scale must be positive and kl_weight >= 0")
         object.__setattr__(self, "deterministic", tuple(self.deterministic))
+
+    @property
+    def initial_scale(self) -> float | tuple[float, float]:
+        return self.init_scale if self.init_scale_high is None else (self.init_scale, self.init_scale_high)
 
     def with_(self, **changes: Any) -> "Recipe":
         return replace(self, **changes)
@@ -123,7 +132,23 @@ def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bo
     train_loader = loaders(recipe, data, bb.tokenizer)["train"]
     kl_weight = recipe.kl_weight if GUIDES[recipe.guide].uses_prior else 0.0
     with dropout_active(model) if recipe.dropout else contextlib.nullcontext():
+        kl_step = KLStep(recipe.kl_step_lr, recipe.kl_reweighting) if recipe.kl_step_lr else None
         return fit(model, guide, train_loader, epochs=recipe.epochs, max_steps=recipe.max_steps, lr=recipe.lr,
                    scale_lr=recipe.scale_lr, kl_weight=kl_weight, kl_anneal_steps=recipe.kl_anneal_steps,
+                   kl_step=kl_step, flipout=recipe.flipout,
                    seed=recipe.seed, progress=progress, backbone_name=recipe.backbone,
                    meta={"recipe": recipe.to_dict(), **(meta or {})})
+
+
+# Named recipes: the changes each makes to a :class:`Recipe` (``Recipe().with_(**PRESETS[name])``).
+PRESETS: Registry[dict[str, Any]] = Registry("recipe preset")
+PRESETS.register("bh-peft-0.1", {"peft": PeftConfig.hybrid()})  # the 0.1 demo recipe: N(0, 1) on every weight
+PRESETS.register("blob", {  # BLoB as its authors run it (Wang et al. 2024)
+    "peft": PeftConfig(), "guide": "mean-field", "prior": "blob", "prior_scale": 0.2,
+    "deterministic": ("*.lora_B", "head.*"), "scale_param": "rho2",
+    "init_scale": (0.05 / 2 ** 0.5) ** 2, "init_scale_high": 0.05 ** 2,  # rho ~ U(0.0354, 0.05)
+    "flipout": True, "kl_step_lr": 0.02, "kl_reweighting": "blob"})
+PRESETS.register("bh-peft-fs", {  # the hybrid with variance where it matters, under a function-space prior
+    "peft": PeftConfig.hybrid(), "guide": "mean-field", "prior": "function-space", "prior_scale": 1.0,
+    "deterministic": ("*.lora_B", "*.adapter_up", "*.adapter_up_bias", "*.adapter_down_bias", "*.prefix", "head.*"),
+    "scale_param": "log", "scale_lr": 0.05, "flipout": True})

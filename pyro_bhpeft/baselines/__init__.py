@@ -9,6 +9,7 @@ values, so every method is measured with the same metrics:
   evidence-maximising prior precision (MacKay 1992; Immer et al. 2021; Laplace-LoRA, Yang et al. 2024).
 * :func:`linearised_predict` (:mod:`.linearised`) -- the linearised (GLM) predictive of a Laplace fit.
 * :func:`fit_temperature` / :func:`tempered` (:mod:`.temperature`) -- temperature scaling (Guo et al., 2017).
+* :func:`tfb_posterior` (:mod:`.tfb`) -- TFB, training-free Bayesianization of a trained LoRA (Shi et al. 2025).
 * :class:`PeftLoraModel` / :func:`train_peft_lora` (:mod:`.peft_lora`) -- LoRA through the ``peft`` library:
   the external reference that our maximum-likelihood LoRA must match.
 
@@ -26,7 +27,9 @@ from .linearised import linearised_predict
 from .mc_dropout import mc_dropout_predict
 from .peft_lora import PeftLoraModel, peft_predict, train_peft_lora
 from .temperature import fit_temperature, tempered
+from .tfb import TFBFit, rotate_lora, tfb_posterior
 
 __all__ = ["mc_dropout_predict", "ensemble_predict", "laplace_posterior", "LaplaceFit", "ggn_diagonal",
            "linearised_predict",
-           "fit_temperature", "tempered", "PeftLoraModel", "train_peft_lora", "peft_predict"]
+           "fit_temperature", "tempered", "PeftLoraModel", "train_peft_lora", "peft_predict", "tfb_posterior",
+           "TFBFit", "rotate_lora"]
