@@ -1,0 +1,63 @@
+"""Choose the new Bayesian recipes on the *validation* split, before any test number is seen.
+
+The sentiment comparison's protocol (``docs/compare/sentiment/protocol.json``: 1,000 random training
+snippets, 2 epochs, batch 16, Adam lr 2e-3, 64 tokens) with the validation split standing in for the
+test split (500 random validation snippets; no OOD task), seed 0. Candidates: BLoB as its authors run
+it (fixed, for reference), the BH-PEFT function-space hybrid at two posterior-scale learning rates and
+two prior gains, a LoRA-only variant of it, and TFB at four thresholds around the deterministic LoRA.
+The winners (lowest validation NLL among accuracy within 1 point of LoRA's) become the ``bh-peft-fs``
+preset and ``TFB_THRESHOLD`` of the comparison.
+
+    python benchmarks/select_recipes.py --out docs/selection      # ~30 min on one core; resumable
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import datasets
+
+from pyro_bhpeft.compare import METHODS, Method, Protocol, register_method, run_compare
+from pyro_bhpeft.compare.methods import tfb_method
+from pyro_bhpeft.config import PeftConfig
+from pyro_bhpeft.data import load_task
+from pyro_bhpeft.recipe import PRESETS
+
+FS = dict(PRESETS["bh-peft-fs"])
+CANDIDATES = {
+    "fs-lr0.05": Method.sampled("hybrid, function-space prior gain 1, scale lr 0.05", FS, has_scales=True),
+    "fs-lr0.1": Method.sampled("hybrid, function-space prior gain 1, scale lr 0.1", {**FS, "scale_lr": 0.1},
+                               has_scales=True),
+    "fs-gain0.5": Method.sampled("hybrid, function-space prior gain 0.5, scale lr 0.05", {**FS, "prior_scale": 0.5},
+                                 has_scales=True),
+    "fs-lora": Method.sampled("LoRA only, function-space prior gain 1, scale lr 0.05",
+                              {**FS, "peft": PeftConfig()}, has_scales=True),
+    **{f"tfb-{t:g}": tfb_method(t) for t in (0.01, 0.03, 0.1, 0.3)},
+}
+
+
+def validation_as_test(task: str):
+    data = load_task(task)
+    splits = datasets.DatasetDict(train=data.splits["train"], test=data.splits["validation"])
+    return type(data)(data.spec, splits)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/selection"))
+    parser.add_argument("--methods", default="lora,blob," + ",".join(CANDIDATES))
+    args = parser.parse_args()
+    saved = json.loads(Path("docs/compare/sentiment/protocol.json").read_text())
+    protocol = Protocol(**{**saved, "ood_task": ""})
+    for name, method in CANDIDATES.items():
+        if name not in METHODS:
+            register_method(name, method)
+    report = run_compare(protocol, args.out, methods=args.methods.split(","), seeds=(0,),
+                         data=validation_as_test("sentiment"))
+    print(f"selection written to {report}")
+
+
+if __name__ == "__main__":
+    main()
