@@ -52,8 +52,11 @@ class PosteriorPrior(Prior):
     def covers(self, name: str) -> bool:
         return name in self.locs
 
+    def _joint_fits(self, name: str, shape) -> bool:
+        return name in self.joint and tuple(self.locs[name].shape) == tuple(shape)
+
     def distribution(self, name, shape, device=None):
-        if name in self.joint:
+        if self._joint_fits(name, shape):
             return dist.ImproperUniform(dist.constraints.real, (), torch.Size(shape))
         if name not in self.locs:
             return self.base.distribution(name, shape, device)
@@ -63,12 +66,28 @@ class PosteriorPrior(Prior):
         return dist.Normal(loc, scale).to_event(len(shape))
 
     def joint_log_prob(self, weights: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
-        """log N(w_joint | loc, F F^T + diag(d)) over the jointly modelled sites, or None."""
+        """log N(w_joint | loc, F F^T + diag(d)) over the jointly modelled sites, or None.
+
+        A joint site whose shape changed (a head for another label set) takes its base prior instead, and
+        the joint density is the exact marginal over the sites that kept their shape (the matching rows of
+        ``loc``, ``F`` and ``d``).
+        """
         if not self.joint:
             return None
-        w = torch.cat([weights[n].reshape(-1) for n in self.joint])
-        loc = torch.cat([self.locs[n].reshape(-1) for n in self.joint]).to(w.device)
-        return dist.LowRankMultivariateNormal(loc, self.cov_factor.to(w.device), self.cov_diag.to(w.device)).log_prob(w)
+        keep, index, start = [], [], 0
+        for name in self.joint:
+            size = self.locs[name].numel()
+            if name in weights and self._joint_fits(name, weights[name].shape):
+                keep.append(name)
+                index.append(torch.arange(start, start + size))
+            start += size
+        if not keep:
+            return None
+        w = torch.cat([weights[n].reshape(-1) for n in keep])
+        rows = torch.cat(index).to(w.device)
+        loc = torch.cat([self.locs[n].reshape(-1) for n in keep]).to(w.device)
+        factor, diag = self.cov_factor.to(w.device)[rows], self.cov_diag.to(w.device)[rows]
+        return dist.LowRankMultivariateNormal(loc, factor, diag).log_prob(w)
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type_name, "sites": list(self.locs), "joint": list(self.joint),

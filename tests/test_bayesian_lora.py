@@ -194,3 +194,28 @@ def test_tfb_picks_the_largest_sigma_within_the_threshold():
     for a, d in singular.items():
         assert torch.allclose(marginals[a].scale[:, 0], fit_.sigma / (d + 1e-6), rtol=1e-5)
         assert marginals[a[: -len("lora_A")] + "lora_B"].scale is None
+
+
+# ---- posterior-as-prior onto a reshaped head ---------------------------------------------------------------
+def test_a_low_rank_posterior_is_the_prior_of_a_round_with_more_classes():
+    from pyro_bhpeft.guides import LowRank
+
+    peft = PeftConfig(lora=LoraConfig(r=2))
+    model = SequenceClassifier(tiny_bert(), peft, priors.Normal(1.0), num_labels=2)
+    first = fit(model, LowRank(model, rank=2), _data(), num_data=8, epochs=2, lr=0.01, progress=False).posterior
+    prior = posterior_prior(first)
+    three = SequenceClassifier(tiny_bert(), peft, prior, num_labels=3)
+    batches = [(inputs, labels % 3) for inputs, labels in _data()]
+    result = fit(three, LowRank(three, rank=2), batches, num_data=8, epochs=1, lr=0.01, progress=False)
+    assert math.isfinite(result.history[-1])
+    # the joint density left is the exact marginal of the sites that kept their shape
+    weights = {n: m.loc + 0.01 for n, m in first.marginals().items()}
+    weights["head.weight"], weights["head.bias"] = torch.zeros(3, 32), torch.zeros(3)
+    kept = [n for n in prior.joint if not n.startswith("head.")]
+    full = torch.distributions.LowRankMultivariateNormal(
+        torch.cat([prior.locs[n].reshape(-1) for n in prior.joint]), prior.cov_factor, prior.cov_diag)
+    size = sum(prior.locs[n].numel() for n in kept)
+    assert list(prior.joint[:len(kept)]) == kept  # the head comes last in packing order
+    marginal = torch.distributions.MultivariateNormal(full.loc[:size], full.covariance_matrix[:size, :size])
+    w = torch.cat([weights[n].reshape(-1) for n in kept])
+    assert torch.allclose(prior.joint_log_prob(weights), marginal.log_prob(w), rtol=1e-4)
