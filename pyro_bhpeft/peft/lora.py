@@ -50,13 +50,16 @@ def flipout_lora(x: torch.Tensor, loc: torch.Tensor, noise: torch.Tensor, b: tor
                  ) -> torch.Tensor:
     """The LoRA delta with flipout on ``A`` (Wen et al. 2018, as BLoB uses it).
 
-    One Gaussian draw ``noise = A - loc`` serves the whole batch; each token gets its own random signs on
-    the input and rank dimensions, ``((x * r) noise^T) * s``, so examples see decorrelated perturbations
-    with the same marginal distribution as an independent draw of ``A`` each (``noise`` is symmetric).
-    ``B`` is never flipped.
+    One Gaussian draw ``noise = A - loc`` serves the whole batch; each example (the first dimension of
+    ``x``) gets its own random signs on the input and rank dimensions, ``((x * r) noise^T) * s``, so
+    examples see decorrelated perturbations with the marginal distribution of an independent draw of
+    ``A`` each (``noise`` is symmetric), and all tokens of one example share theirs, as one weight draw
+    per example would. (BLoB's code draws signs per token; per example costs ``seq`` times fewer random
+    numbers and keeps one effective weight per sequence.) ``B`` is never flipped.
     """
-    r = torch.empty_like(x).bernoulli_(0.5).mul_(2).sub_(1)  # (..., in) random signs
-    s = torch.empty((*x.shape[:-1], loc.shape[0]), dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+    shape = (x.shape[0], *([1] * (x.dim() - 2)))  # (batch, 1, ..., 1): broadcast over tokens
+    r = torch.empty(*shape, x.shape[-1], dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+    s = torch.empty(*shape, loc.shape[0], dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
     low = x @ loc.T + ((x * r) @ noise.T) * s  # (..., r)
     return low @ (b.T * scaling)
 
