@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import arviz as az
 
+from helpers import D, N, make_model, regression_data
 from pyro_bhpeft import fit, priors
 from pyro_bhpeft.analysis import pareto_khat, scale_table, to_inference_data
 from pyro_bhpeft.guides import LowRank, MeanField
-from test_continual import D, N, make_model, regression_data
 
 
 def _fit(guide_factory, steps):

@@ -14,32 +14,16 @@ and whose maximum-likelihood point (kl_weight = 0) is least squares, (X~' X~)^-1
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
-from torch import nn
 
+from helpers import FeatureBackbone
 from pyro_bhpeft import PeftConfig, fit, priors
 from pyro_bhpeft.guides import Delta, LowRank, MeanField
 from pyro_bhpeft.models import Regressor
 
 D, N, SIGMA, PRIOR_SCALE, PRIOR_LOC = 3, 40, 1.0, 1.0, -1.0
 THETA = torch.tensor([8.0, -6.0, 14.0, 3.0], dtype=torch.float64)  # weights, then bias
-
-
-class FeatureBackbone(nn.Module):
-    """Hidden state = the float features passed as ``input_ids``, shape (N, 1, D)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.config = SimpleNamespace(hidden_size=D)
-        self.unused = nn.Parameter(torch.zeros(1))  # a frozen weight, so the model knows its device
-
-    def forward(self, input_ids, attention_mask=None):
-        if not input_ids.is_floating_point():  # the models' integer dummy batch, used only to set guides up
-            input_ids = torch.zeros(input_ids.shape[0], 1, D)
-        return SimpleNamespace(last_hidden_state=input_ids)
 
 
 def augmented(x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +57,7 @@ def targets(x: torch.Tensor) -> torch.Tensor:
 
 
 def regressor() -> Regressor:
-    return Regressor(FeatureBackbone(), PeftConfig(lora=None), priors.Normal(PRIOR_SCALE, loc=PRIOR_LOC),
+    return Regressor(FeatureBackbone(D), PeftConfig(lora=None), priors.Normal(PRIOR_SCALE, loc=PRIOR_LOC),
                      noise_scale=SIGMA, pooling="cls")
 
 

@@ -3,41 +3,18 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
+import pyro.distributions as dist
 import pytest
 import torch
-from torch import nn
 
-from pyro_bhpeft import PeftConfig, Posterior, fit, posterior_prior, priors
+from helpers import D, N, NOISE, FeatureBackbone, make_model, regression_data
+from pyro_bhpeft import Posterior, fit, posterior_prior, priors
 from pyro_bhpeft.continual import PosteriorPrior
 from pyro_bhpeft.guides import Delta, LowRank, MeanField
-from pyro_bhpeft.models import Regressor
 from pyro_bhpeft.posterior import PosteriorError
 
-D, N, NOISE, PRIOR_SCALE = 3, 40, 0.5, 2.0
-
-
-class FeatureBackbone(nn.Module):
-    """A 'backbone' whose hidden state is the given features: the head is then Bayesian linear regression."""
-
-    def __init__(self, dim: int = D) -> None:
-        super().__init__()
-        self.config = SimpleNamespace(hidden_size=dim, is_decoder=False, architectures=None)
-        self.anchor = nn.Parameter(torch.zeros(1))
-
-    def forward(self, input_ids, attention_mask=None):
-        if not input_ids.is_floating_point():  # the models' dummy batch of token ids
-            input_ids = torch.zeros(input_ids.shape[0], 1, self.config.hidden_size)
-        return SimpleNamespace(last_hidden_state=input_ids)  # (batch, 1, dim)
-
-
-def regression_data(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2 * N, D, generator=g)
-    w = torch.tensor([1.5, -2.0, 0.7])
-    y = x @ w + 0.8 + NOISE * torch.randn(2 * N, generator=g)
-    return x, y
+PRIOR_SCALE = 2.0
 
 
 def exact_posterior(x, y, prior_mean, prior_precision):
@@ -46,10 +23,6 @@ def exact_posterior(x, y, prior_mean, prior_precision):
     precision = prior_precision.double() + xa.T @ xa / NOISE**2
     cov = torch.linalg.inv(precision)
     return cov @ (prior_precision.double() @ prior_mean.double() + xa.T @ y.double() / NOISE**2), cov
-
-
-def make_model(prior):
-    return Regressor(FeatureBackbone(), PeftConfig(lora=None), prior, noise_scale=NOISE, pooling="cls")
 
 
 def fit_round(prior, x, y, guide_factory, seed=0):
@@ -123,19 +96,24 @@ def test_prior_is_the_posterior_site_by_site_and_tempering_scales_variances(guid
     posterior.save(tmp_path / "round1")
     reloaded = Posterior.load(tmp_path / "round1", backbone=FeatureBackbone())
     prior = posterior_prior(reloaded, temper=temper, point_scale=0.3)
-    for name, marginal in posterior.marginals().items():
-        d = prior.distribution(name, tuple(marginal.loc.shape))
-        assert torch.equal(d.base_dist.loc, marginal.loc) if guide != "low-rank" else True
-        expected_var = (marginal.scale**2 if marginal.scale is not None else torch.full_like(marginal.loc, 0.09))
-        if guide == "low-rank":  # joint density: marginal variances from the tempered covariance
-            continue
-        assert torch.allclose(d.base_dist.scale**2, temper * expected_var, rtol=1e-5)
-    if guide == "low-rank":
+    marginals = posterior.marginals()
+    if guide == "low-rank":  # one joint density over the sites: its tempered covariance and its mean
         q = posterior.guide.get_posterior()
         cov = prior.cov_factor @ prior.cov_factor.T + torch.diag(prior.cov_diag)
         assert torch.allclose(cov, temper * q.covariance_matrix, rtol=1e-4, atol=1e-7)
-        loc = torch.cat([prior.locs[n].reshape(-1) for n in prior.joint])
-        assert torch.allclose(loc, q.loc, atol=1e-6)
+        assert set(prior.joint) == set(marginals)
+    for name, marginal in marginals.items():
+        shape = tuple(marginal.loc.shape)
+        expected_var = (marginal.scale**2 if marginal.scale is not None else torch.full_like(marginal.loc, 0.09))
+        d = prior.distribution(name, shape)
+        if guide == "low-rank":  # flat per site (the joint density is added once) ...
+            assert isinstance(d, dist.ImproperUniform) and tuple(d.event_shape) == shape
+            where, _ = posterior.guide.site_slices()[name]  # ... whose marginals are the site's
+            assert torch.equal(prior.locs[name].reshape(-1), q.loc[where].detach())
+            assert torch.allclose(cov.diagonal()[where], temper * expected_var.reshape(-1), rtol=1e-4)
+        else:
+            assert torch.equal(d.base_dist.loc, marginal.loc)
+            assert torch.allclose(d.base_dist.scale**2, temper * expected_var, rtol=1e-5)
 
 
 def test_posterior_prior_saves_and_reloads_inside_the_next_round(tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers import MPNetConfig, MPNetModel
 
-from conftest import VOCAB
+from helpers import VOCAB
 from pyro_bhpeft import AdapterConfig, ConfigError, LoraConfig, PeftConfig, PrefixConfig, priors
 from pyro_bhpeft.guides import LowRank
 from pyro_bhpeft.models import MultipleChoice, Regressor, SequenceClassifier
