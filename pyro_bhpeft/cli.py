@@ -6,6 +6,8 @@ Every user error is one line on stderr naming the problem and the fix, with exit
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
 import os
 import sys
@@ -25,58 +27,74 @@ def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
+def _default(fn: Any, name: str) -> Any:
+    """The default of keyword ``name`` of ``fn``: the library, not the parser, holds it."""
+    return inspect.signature(fn).parameters[name].default
+
+
 def _add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
+    from .data import load_files
+    from .runs import COLUMNS
+
     g = p.add_argument_group("data (a registered task, or your own files)")
     if for_fit:
         g.add_argument("--task", help="registered task name (see `pyro-bhpeft tasks`)")
         g.add_argument("--train", help="your training file: .csv, .jsonl or .parquet")
         g.add_argument("--eval", dest="eval_file", help="your evaluation file (default: split off the train file)")
-        g.add_argument("--kind", default="classification", choices=("classification", "multiple_choice", "regression"))
+        g.add_argument("--kind", default=_default(load_files, "kind"),
+                       choices=("classification", "multiple_choice", "regression"))
         g.add_argument("--max-examples", type=int, help="cap every split at N rows (quick runs)")
         g.add_argument("--train-size", type=int, help="train on N training rows drawn at random (seed 0)")
     else:
         g.add_argument("--split", default="test", help="split of the run's own data (default: test)")
-        g.add_argument("--data", help="a file to use instead, with the run's column names")
-    g.add_argument("--text-column", default="text")
-    g.add_argument("--label-column", default="label")
-    g.add_argument("--question-column", default="question")
-    g.add_argument("--choices-column", default="choices")
+        g.add_argument("--data", help="a file to use instead, read with the run's column names")
+    for name, default in COLUMNS.items():  # None: not given (evaluate/predict then use the run's own)
+        flag, what = "--" + name.replace("_", "-"), name.removesuffix("_column")
+        g.add_argument(flag, help=f"column holding the {what} (default: " + (
+            f"{default})" if for_fit else f"the run's own, else {default}; with --data only)"))
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    from .config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
+    from .recipe import Recipe
+
     g = p.add_argument_group("model and inference")
-    g.add_argument("--backbone", default="minilm", help="packaged alias, local folder or hub id (default: minilm)")
-    g.add_argument("--peft", default="lora", type=_csv, help="PEFT parts, any of lora,adapter,prefix (default: lora)")
-    g.add_argument("--lora-r", type=int, default=8)
-    g.add_argument("--lora-alpha", type=float, default=16.0)
-    g.add_argument("--lora-targets", type=_csv, default=("query", "value"))
-    g.add_argument("--adapter-size", type=int, default=16, help="adapter bottleneck width")
-    g.add_argument("--prefix-length", type=int, default=8)
-    g.add_argument("--prior", default="normal", choices=("normal", "laplace", "student-t"))
-    g.add_argument("--prior-scale", type=float, default=1.0)
-    g.add_argument("--guide", default="mean-field", choices=("mean-field", "low-rank", "map", "mle"),
+    g.add_argument("--backbone", default=Recipe.backbone, help="packaged alias, local folder or hub id "
+                                                               f"(default: {Recipe.backbone})")
+    peft = ",".join(_peft_names(PeftConfig()))
+    g.add_argument("--peft", default=peft, type=_csv, help=f"PEFT parts, any of lora,adapter,prefix (default: {peft})")
+    g.add_argument("--lora-r", type=int, default=LoraConfig.r)
+    g.add_argument("--lora-alpha", type=float, default=LoraConfig.alpha)
+    g.add_argument("--lora-targets", type=_csv, default=LoraConfig.targets)
+    g.add_argument("--adapter-size", type=int, default=AdapterConfig.bottleneck, help="adapter bottleneck width")
+    g.add_argument("--prefix-length", type=int, default=PrefixConfig.length)
+    g.add_argument("--prior", default=Recipe.prior, choices=("normal", "laplace", "student-t"))
+    g.add_argument("--prior-scale", type=float, default=Recipe.prior_scale)
+    g.add_argument("--guide", default=Recipe.guide, choices=("mean-field", "low-rank", "map", "mle"),
                    help="posterior family; map/mle are the deterministic baselines")
-    g.add_argument("--rank", type=int, default=8, help="rank of the low-rank guide")
-    g.add_argument("--init-scale", type=float, default=1e-2, help="initial posterior standard deviation")
-    g.add_argument("--kl-weight", type=float, default=1.0)
-    g.add_argument("--kl-anneal-steps", type=int, default=0)
+    g.add_argument("--rank", type=int, default=Recipe.rank, help="rank of the low-rank guide")
+    g.add_argument("--init-scale", type=float, default=Recipe.init_scale, help="initial posterior standard deviation")
+    g.add_argument("--kl-weight", type=float, default=Recipe.kl_weight)
+    g.add_argument("--kl-anneal-steps", type=int, default=Recipe.kl_anneal_steps)
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=1)
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=2e-3)
-    t.add_argument("--scale-lr", type=float, help="learning rate of posterior scales (default: --lr)")
-    t.add_argument("--max-length", type=int, default=64)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=Recipe.epochs)
+    t.add_argument("--max-steps", type=int, default=Recipe.max_steps)
+    t.add_argument("--batch-size", type=int, default=Recipe.batch_size)
+    t.add_argument("--lr", type=float, default=Recipe.lr)
+    t.add_argument("--scale-lr", type=float, default=Recipe.scale_lr,
+                   help="learning rate of posterior scales (default: --lr)")
+    t.add_argument("--max-length", type=int, default=Recipe.max_length)
+    t.add_argument("--seed", type=int, default=Recipe.seed)
 
 
 def _add_compare_args(p: argparse.ArgumentParser) -> None:
-    from .compare import DEFAULT_METHODS, METHODS, Protocol
+    from .compare import DEFAULT_METHODS, METHODS, Protocol, run_compare
 
     p.add_argument("--task", default=Protocol.task, help=f"registered task (default: {Protocol.task})")
     p.add_argument("--methods", type=_csv, default=DEFAULT_METHODS,
                    help=f"comma list of {', '.join(METHODS)} (default: all)")
-    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1 (default: 3)")
+    seeds = len(_default(run_compare, "seeds"))
+    p.add_argument("--seeds", type=int, default=seeds, help=f"number of seeds, 0..N-1 (default: {seeds})")
     p.add_argument("--out", help="comparison directory (default: runs/compare-TASK); finished cells are reused")
     p.add_argument("--overwrite", action="store_true", help="discard a comparison made under another protocol")
     g = p.add_argument_group("protocol (the same for every method)")
@@ -85,7 +103,7 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-size", type=int, default=Protocol.eval_size,
                    help="N test / validation / OOD examples drawn at random (seed 0)")
     g.add_argument("--epochs", type=int, default=Protocol.epochs)
-    g.add_argument("--max-steps", type=int, help="cap on training steps (quick runs)")
+    g.add_argument("--max-steps", type=int, default=Protocol.max_steps, help="cap on training steps (quick runs)")
     g.add_argument("--batch-size", type=int, default=Protocol.batch_size)
     g.add_argument("--lr", type=float, default=Protocol.lr)
     g.add_argument("--max-length", type=int, default=Protocol.max_length)
@@ -97,6 +115,11 @@ def _add_compare_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .continual import posterior_prior
+    from .diagnose import diagnose
+    from .predict import DEFAULT_SAMPLES
+    from .recipe import Recipe
+
     parser = argparse.ArgumentParser(
         prog="pyro-bhpeft", description="Bayesian hybrid PEFT (LoRA, Adapter, prefix) of pretrained transformers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -110,13 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy/NLL/Brier/ECE (or MSE) of a saved run")
     p.add_argument("run", help="run directory written by fit")
     _add_data_args(p, for_fit=False)
-    p.add_argument("--samples", type=int, default=16, help="posterior samples K (also reports K=0, the mean)")
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                   help=f"posterior samples K (default: {DEFAULT_SAMPLES}; also reports K=0, the mean)")
     p.add_argument("--out", help="JSON file to write (default: RUN/metrics-SPLIT.json)")
 
     p = sub.add_parser("predict", help="per-example predictions with uncertainty to CSV or JSON Lines")
     p.add_argument("run")
     _add_data_args(p, for_fit=False)
-    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"posterior samples K (default: {DEFAULT_SAMPLES})")
     p.add_argument("--out", required=True, help="output file, .csv or .jsonl")
 
     p = sub.add_parser("demo", help="the main job: deterministic LoRA vs BH-PEFT on sentiment, with a report")
@@ -130,20 +154,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("diagnose", help="Pareto k-hat, ArviZ summary and posterior plots of a fitted run")
     p.add_argument("run", help="run directory written by fit (mean-field or low-rank)")
-    p.add_argument("--draws", type=int, default=100, help="posterior draws (default: 100)")
-    p.add_argument("--examples", type=int, default=256,
-                   help="training examples whose log-likelihood, scaled to the full size, enters log p (default: 256)")
+    draws, examples = _default(diagnose, "draws"), _default(diagnose, "examples")
+    p.add_argument("--draws", type=int, default=draws, help=f"posterior draws (default: {draws})")
+    p.add_argument("--examples", type=int, default=examples, help="training examples whose log-likelihood, "
+                   f"scaled to the full size, enters log p (default: {examples})")
     p.add_argument("--out", help="output directory (default: RUN/diagnostics)")
 
     p = sub.add_parser("update", help="a new round: fit new data with a previous run's posterior as prior")
     p.add_argument("--from", dest="parent", required=True, help="the previous round's run directory (only read)")
     _add_data_args(p, for_fit=True)
-    p.add_argument("--temper", type=float, default=1.0,
+    p.add_argument("--temper", type=float, default=_default(posterior_prior, "temper"),
                    help="forgetting factor: multiplies every prior variance (default 1: exact updating)")
     p.add_argument("--epochs", type=int, help="default: the parent's")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--lr", type=float, help="default: the parent's")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=Recipe.seed)
     p.add_argument("--out", required=True, help="run directory for the new round")
     p.add_argument("--overwrite", action="store_true")
 
@@ -152,6 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", help="list the registered tasks")
     return parser
+
+
+def _peft_names(peft: Any) -> tuple[str, ...]:
+    return tuple(k for k in ("lora", "adapter", "prefix") if getattr(peft, k) is not None)
+
+
+def _fields_from(cls: type, args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` that are options of this command, by name."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip and hasattr(args, f.name)}
 
 
 def _recipe(args: argparse.Namespace):
@@ -165,20 +199,24 @@ def _recipe(args: argparse.Namespace):
         LoraConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets) if "lora" in args.peft else None,
         AdapterConfig(bottleneck=args.adapter_size) if "adapter" in args.peft else None,
         PrefixConfig(length=args.prefix_length) if "prefix" in args.peft else None)
-    return Recipe(backbone=args.backbone, peft=peft, prior=args.prior, prior_scale=args.prior_scale,
-                  guide=args.guide, rank=args.rank, init_scale=args.init_scale, kl_weight=args.kl_weight,
-                  kl_anneal_steps=args.kl_anneal_steps, epochs=args.epochs, max_steps=args.max_steps,
-                  batch_size=args.batch_size, lr=args.lr, scale_lr=args.scale_lr, max_length=args.max_length,
-                  seed=args.seed)
+    return Recipe(peft=peft, **_fields_from(Recipe, args, skip=("peft",)))
 
 
-def _columns(args: argparse.Namespace) -> dict[str, str]:
-    return {"text_column": args.text_column, "label_column": args.label_column,
-            "question_column": args.question_column, "choices_column": args.choices_column}
+def _protocol(args: argparse.Namespace):
+    from .compare import Protocol
+
+    return Protocol(**_fields_from(Protocol, args), ood_task="" if args.ood == "none" else args.ood)
+
+
+def _columns(args: argparse.Namespace) -> dict[str, str | None]:
+    """The column flags as given (None where not given)."""
+    from .runs import COLUMNS
+
+    return {name: getattr(args, name) for name in COLUMNS}
 
 
 def _source(args: argparse.Namespace):
-    from .runs import DataSource
+    from .runs import DataSource, file_columns
 
     if bool(args.task) == bool(args.train):
         raise UserError("give either --task NAME or --train FILE (see `pyro-bhpeft tasks`)")
@@ -187,7 +225,7 @@ def _source(args: argparse.Namespace):
     else:
         evals = {"validation": args.eval_file} if args.eval_file else None
         source = DataSource(train=str(Path(args.train).resolve()), eval_files=evals, kind=args.kind,
-                            columns=_columns(args))
+                            columns=file_columns(_columns(args)))
     if args.train_size is not None:
         if args.train_size < 1:
             raise UserError(f"--train-size must be a positive integer, got {args.train_size}")
@@ -210,86 +248,35 @@ def cmd_fit(args: argparse.Namespace) -> None:
     print(f"fit: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}; run saved to {out}")
 
 
-def _eval_data(args: argparse.Namespace, meta: dict[str, Any]):
-    """The data to evaluate on (checked before any model is loaded) and the split to use."""
-    from .data import load_files
-    from .runs import DataSource
-
-    if args.data:
-        data = load_files(args.data, eval_files={"validation": args.data, "test": args.data}, kind=meta["kind"],
-                          label_names=meta.get("label_names") or None, **_columns(args))
-        return data, "test"
-    data = DataSource(meta["source"]).load()
-    if args.split not in data.splits:
-        raise UserError(f"split {args.split!r} does not exist; this run's data has {', '.join(data.splits)}")
-    return data, args.split
-
-
-def _load_for_eval(args: argparse.Namespace):
-    """(posterior, meta, data, split, loader) for evaluate and predict."""
-    from .backbone import load_backbone
-    from .data import make_loader, tokenize
-    from .posterior import read_config
-    from .recipe import Recipe
-    from .runs import load_run
-
-    meta = read_config(args.run).get("meta", {})
-    data, split = _eval_data(args, meta)
-    posterior, _ = load_run(args.run)
-    tokenizer = load_backbone(posterior.backbone_name).tokenizer
-    max_length = Recipe.from_dict(meta["recipe"]).max_length
-    return posterior, meta, data, split, make_loader(tokenize(data, tokenizer, max_length)[split], 64)
+def _where(args: argparse.Namespace) -> dict[str, Any]:
+    """Which data evaluate/predict score: ``--split`` of the run's data, or ``--data`` with column flags."""
+    given = {k: v for k, v in _columns(args).items() if v is not None}
+    if given and not args.data:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UserError(f"{flags} only apply to a --data FILE; drop them to use split {args.split!r} of the run's data")
+    return {"split": args.split, "data_file": args.data, "columns": given}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from .io import write_json
-    from .runs import evaluate_split
+    from .runs import evaluate_run
 
-    posterior, _, _, split, loader = _load_for_eval(args)
-    results = {"split": split, "samples": evaluate_split(posterior, loader, args.samples),
-               "mean_only": evaluate_split(posterior, loader, 0)}
-    out = Path(args.out) if args.out else Path(args.run) / f"metrics-{split}.json"
+    results = evaluate_run(args.run, samples=args.samples, **_where(args))
+    out = Path(args.out) if args.out else Path(args.run) / f"metrics-{results['split']}.json"
     write_json(out, results)
     print(json.dumps(results, indent=2))
     print(f"metrics written to {out}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from .io import write_text
-    from .predict import predict
+    from .io import write_rows
+    from .runs import predict_run
 
     if Path(args.out).suffix not in (".csv", ".jsonl"):
         raise UserError(f"--out {args.out}: use a .csv or .jsonl file name")
-    posterior, meta, data, split, loader = _load_for_eval(args)
-    pred = predict(posterior, loader, num_samples=args.samples)
-    rows = _prediction_rows(pred, data.splits[split], meta)
-    if args.out.endswith(".jsonl"):
-        write_text(args.out, "".join(json.dumps(r) + "\n" for r in rows))
-    else:
-        import pandas as pd
-
-        write_text(args.out, pd.DataFrame(rows).to_csv(index=False))
+    rows = predict_run(args.run, samples=args.samples, **_where(args))
+    write_rows(args.out, rows)
     print(f"{len(rows)} predictions written to {args.out}")
-
-
-def _prediction_rows(pred, split, meta: dict[str, Any]) -> list[dict[str, Any]]:
-    text_col = "text" if "text" in split.column_names else "question"
-    texts = split[text_col]
-    if meta["kind"] == "regression":
-        return [{"text": t, "label": float(y), "mean": float(m), "std": float(v) ** 0.5,
-                 "epistemic_var": float(e)} for t, y, m, v, e in
-                zip(texts, pred.labels, pred.mean, pred.variance, pred.epistemic)]
-    names = meta.get("label_names") or [str(i) for i in range(pred.probs.shape[1])]
-    rows = []
-    for i, t in enumerate(texts):
-        row = {"text": t, "label": int(pred.labels[i]) if pred.labels is not None else None,
-               "predicted": int(pred.predicted[i]), "predicted_name": names[int(pred.predicted[i])]
-               if len(names) == pred.probs.shape[1] else None,
-               "confidence": float(pred.probs[i].max()), "entropy": float(pred.predictive_entropy[i]),
-               "mutual_information": float(pred.mutual_information[i])}
-        row.update({f"p_{j}": float(p) for j, p in enumerate(pred.probs[i])})
-        rows.append(row)
-    return rows
 
 
 def cmd_update(args: argparse.Namespace) -> None:
@@ -306,18 +293,9 @@ def cmd_update(args: argparse.Namespace) -> None:
 
 
 def cmd_history(args: argparse.Namespace) -> None:
-    from .runs import lineage
+    from .runs import format_lineage, lineage
 
-    for entry in lineage(args.run):
-        data = entry["data"] or {}
-        prior = entry["prior_from"]
-        line = (f"round {entry['round']}: {entry['run']}  data={data.get('name')} n={data.get('size')} "
-                f"hash={data.get('hash')}  guide={entry['guide']}  "
-                f"prior={'base' if not prior else 'posterior of round before (temper %g)' % prior['temper']}")
-        for name, m in entry["metrics"].items():
-            s = m.get("samples", m)
-            line += f"\n    {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in s.items() if isinstance(v, float))
-        print(line)
+    print(format_lineage(lineage(args.run)))
 
 
 def cmd_tasks(args: argparse.Namespace) -> None:
@@ -328,15 +306,11 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .compare import Protocol, run_compare
+    from .compare import run_compare
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
-    protocol = Protocol(task=args.task, backbone=args.backbone, train_size=args.train_size, eval_size=args.eval_size,
-                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, max_length=args.max_length,
-                        samples=args.samples, ensemble_size=args.ensemble_size, laplace_examples=args.laplace_examples,
-                        ood_task="" if args.ood == "none" else args.ood, max_steps=args.max_steps)
-    report = run_compare(protocol, Path(args.out or f"runs/compare-{args.task}"), methods=args.methods,
+    report = run_compare(_protocol(args), Path(args.out or f"runs/compare-{args.task}"), methods=args.methods,
                          seeds=range(args.seeds), overwrite=args.overwrite)
     print(f"comparison written to {report}")
 

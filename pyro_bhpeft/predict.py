@@ -13,14 +13,17 @@ predictive mean and variance decompose into aleatoric (noise) and epistemic (spr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
 from .posterior import Posterior
 
-__all__ = ["predict", "class_prediction", "ClassPrediction", "RegressionPrediction"]
+__all__ = ["predict", "class_prediction", "prediction_rows", "ClassPrediction", "RegressionPrediction",
+           "DEFAULT_SAMPLES"]
+
+DEFAULT_SAMPLES = 8  # posterior draws K per prediction: the value every committed result (demo, compare) used
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def _split(item) -> tuple[dict, torch.Tensor | None]:
 
 
 @torch.no_grad()
-def predict(posterior: Posterior, data: Iterable, *, num_samples: int = 16, seed: int = 0,
+def predict(posterior: Posterior, data: Iterable, *, num_samples: int = DEFAULT_SAMPLES, seed: int = 0,
             keep_samples: bool = False, progress: bool = False) -> ClassPrediction | RegressionPrediction:
     """Predict every batch of ``data`` (``inputs`` or ``(inputs, labels)``) under ``num_samples`` draws.
 
@@ -104,3 +107,28 @@ def class_prediction(sample_probs: torch.Tensor, labels: torch.Tensor | None, *,
     k = sample_probs.shape[0] if num_samples is None else num_samples
     return ClassPrediction(mean, predictive, expected, (predictive - expected).clamp_min(0.0), labels, k,
                            sample_probs if keep_samples else None)
+
+
+def prediction_rows(pred: ClassPrediction | RegressionPrediction, texts: Sequence[str],
+                    label_names: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """One JSON-able row per example: its text and label, then the prediction with its uncertainty.
+
+    Classification: ``predicted`` (and ``predicted_name`` when ``label_names`` covers every class),
+    ``confidence``, ``entropy``, ``mutual_information`` and ``p_0 .. p_{C-1}``; regression: ``mean``,
+    ``std`` (of the predictive) and ``epistemic_var``.
+    """
+    if isinstance(pred, RegressionPrediction):
+        return [{"text": t, "label": float(y), "mean": float(m), "std": float(v) ** 0.5, "epistemic_var": float(e)}
+                for t, y, m, v, e in zip(texts, pred.labels, pred.mean, pred.variance, pred.epistemic)]
+    classes = pred.probs.shape[1]
+    names = list(label_names) or [str(i) for i in range(classes)]
+    rows = []
+    for i, t in enumerate(texts):
+        predicted = int(pred.predicted[i])
+        row = {"text": t, "label": int(pred.labels[i]) if pred.labels is not None else None,
+               "predicted": predicted, "predicted_name": names[predicted] if len(names) == classes else None,
+               "confidence": float(pred.probs[i].max()), "entropy": float(pred.predictive_entropy[i]),
+               "mutual_information": float(pred.mutual_information[i])}
+        row.update({f"p_{j}": float(p) for j, p in enumerate(pred.probs[i])})
+        rows.append(row)
+    return rows

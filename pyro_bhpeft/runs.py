@@ -9,18 +9,38 @@ the previous directory or none.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
+from .data import DataError, load_files
 from .data.splits import random_rows
 from .infer import FitResult
 from .io import atomic_dir, write_json
 from .posterior import Posterior, read_config
+from .predict import DEFAULT_SAMPLES
 from .recipe import Recipe
 
-__all__ = ["DataSource", "random_rows", "training_subset", "save_run", "load_run", "data_hash", "evaluate_split", "run_meta", "update_run", "lineage"]
+__all__ = ["DataSource", "COLUMNS", "file_columns", "random_rows", "training_subset", "save_run", "load_run",
+           "data_hash", "evaluate_split", "eval_loader", "evaluate_run", "predict_run", "run_meta", "update_run",
+           "lineage", "format_lineage"]
+
+# load_files' column arguments and their defaults (the one home of "text", "label", ...)
+COLUMNS = {name: p.default for name, p in inspect.signature(load_files).parameters.items()
+           if name.endswith("_column")}
+
+
+def file_columns(given: Mapping[str, str | None] | None = None, saved: Mapping[str, str] | None = None
+                 ) -> dict[str, str]:
+    """Every column argument of ``load_files``: the ``given`` one (not None), else the run's ``saved`` one,
+    else ``load_files``' default. A run fitted with ``text_column="body"`` reads new files the same way."""
+    given, saved = given or {}, saved or {}
+    unknown = set(given) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"unknown column argument(s) {', '.join(sorted(unknown))}; expected {', '.join(COLUMNS)}")
+    return {name: given.get(name) or saved.get(name) or default for name, default in COLUMNS.items()}
 
 
 def data_hash(dataset: Any) -> str:
@@ -38,7 +58,7 @@ class DataSource(dict):
     without ``subset_seed`` was written when subsets were the first rows, and keeps them)."""
 
     def load(self):
-        from pyro_bhpeft.data import load_files, load_task
+        from pyro_bhpeft.data import load_task
 
         if "task" in self:
             data = load_task(self["task"], source=self.get("source", "auto"),
@@ -109,6 +129,52 @@ def evaluate_split(posterior: Posterior, loader: Any, num_samples: int, *, seed:
 
 
 
+def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path | None = None,
+                columns: Mapping[str, str | None] | None = None, batch_size: int = 64):
+    """``(posterior, data, split, loader)`` to score run ``run`` on: ``split`` of the run's own data, or
+    ``data_file`` (as split ``test``) read with the run's column names, each overridden by ``columns``.
+
+    The data is checked before the model is loaded, so a bad file fails fast.
+    """
+    from .backbone import load_backbone
+    from .data import make_loader, tokenize
+
+    meta = read_config(run).get("meta", {})
+    if data_file:
+        data = load_files(data_file, eval_files={"validation": data_file, "test": data_file}, kind=meta["kind"],
+                          label_names=meta.get("label_names") or None,
+                          **file_columns(columns, meta["source"].get("columns")))
+        split = "test"
+    else:
+        data = DataSource(meta["source"]).load()
+        if split not in data.splits:
+            raise DataError(f"split {split!r} does not exist; this run's data has {', '.join(data.splits)}")
+    posterior, _ = load_run(run)
+    tokenizer = load_backbone(posterior.backbone_name).tokenizer
+    max_length = Recipe.from_dict(meta["recipe"]).max_length
+    return posterior, data, split, make_loader(tokenize(data, tokenizer, max_length)[split], batch_size)
+
+
+def evaluate_run(run: str | Path, *, samples: int = DEFAULT_SAMPLES, **where: Any) -> dict[str, Any]:
+    """``{"split", "samples": metrics with K draws, "mean_only": metrics of the posterior mean}`` of a saved
+    run; ``where``: ``split``, ``data_file``, ``columns`` as in :func:`eval_loader`."""
+    posterior, _, split, loader = eval_loader(run, **where)
+    return {"split": split, "samples": evaluate_split(posterior, loader, samples),
+            "mean_only": evaluate_split(posterior, loader, 0)}
+
+
+def predict_run(run: str | Path, *, samples: int = DEFAULT_SAMPLES, **where: Any) -> list[dict[str, Any]]:
+    """Per-example predictions of a saved run (:func:`pyro_bhpeft.predict.prediction_rows`); ``where`` as
+    in :func:`eval_loader`."""
+    from .predict import predict, prediction_rows
+
+    posterior, data, split, loader = eval_loader(run, **where)
+    rows = data.splits[split]
+    texts = rows["text" if "text" in rows.column_names else "question"]
+    return prediction_rows(predict(posterior, loader, num_samples=samples), texts,
+                           posterior.meta.get("label_names") or ())
+
+
 def update_run(parent: str | Path, source: DataSource, out: str | Path, *, temper: float = 1.0,
                overrides: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True) -> FitResult:
     """Fit a new round on ``source`` with the posterior of run ``parent`` as prior; writes run ``out``.
@@ -154,3 +220,17 @@ def lineage(run: str | Path) -> list[dict[str, Any]]:
         parent = meta.get("parent")
         path = Path(parent) if parent else None
     return chain[::-1]
+
+
+def format_lineage(chain: list[dict[str, Any]]) -> str:
+    """:func:`lineage` as text: one line per round (data, guide, prior), then its saved metrics indented."""
+    lines = []
+    for entry in chain:
+        data, prior = entry["data"] or {}, entry["prior_from"]
+        origin = "base" if not prior else f"posterior of round before (temper {prior['temper']:g})"
+        lines.append(f"round {entry['round']}: {entry['run']}  data={data.get('name')} n={data.get('size')} "
+                     f"hash={data.get('hash')}  guide={entry['guide']}  prior={origin}")
+        for name, m in entry["metrics"].items():
+            s = m.get("samples", m)
+            lines.append(f"    {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in s.items() if isinstance(v, float)))
+    return "\n".join(lines)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from pyro_bhpeft.cli import main
-from tiny import reviews
+from helpers import reviews
+from pyro_bhpeft.cli import build_parser, main
 
 
 @pytest.fixture()
@@ -38,18 +39,25 @@ def test_fit_evaluate_predict_chain(tiny_backbone, files, tmp_path, capsys):
                    "--samples", 3, "--out", out) == 0
     metrics = json.loads(out.read_text())
     for mode in ("samples", "mean_only"):
-        assert 0.0 <= metrics[mode]["accuracy"] <= 1.0 and metrics[mode]["n"] == 32
-        assert {"nll", "brier", "ece"} <= set(metrics[mode])
+        assert metrics[mode]["n"] == 32 and {"nll", "brier", "ece"} <= set(metrics[mode])
     assert metrics["mean_only"]["mutual_information"] == 0.0
 
     preds = tmp_path / "preds.csv"
     assert run_cli("predict", run, "--data", test, "--text-column", "review", "--label-column", "sentiment",
                    "--samples", 3, "--out", preds) == 0
     table = pd.read_csv(preds)
-    assert len(table) == 32
+    truth = pd.read_json(test, lines=True)
+    assert list(table["text"]) == list(truth["review"])  # one row per example, in the file's order
+    assert list(table["label"]) == [{"neg": 0, "pos": 1}[s] for s in truth["sentiment"]]
     assert ((table["p_0"] + table["p_1"]) - 1).abs().max() < 1e-5
     assert (table["mutual_information"] >= 0).all() and (table["entropy"] >= table["mutual_information"] - 1e-6).all()
-    assert set(table["predicted_name"]) <= {"neg", "pos"}
+    assert list(table["predicted_name"]) == [["neg", "pos"][i] for i in table["predicted"]]
+    # evaluate and predict score the same draws (seed 0): the metrics are those of these predictions
+    probs = table[["p_0", "p_1"]].to_numpy()
+    assert list(table["predicted"]) == list(probs.argmax(1))
+    assert metrics["samples"]["accuracy"] == pytest.approx((table["predicted"] == table["label"]).mean(), abs=1e-6)
+    nll = -np.log(probs[np.arange(32), table["label"]]).mean()
+    assert metrics["samples"]["nll"] == pytest.approx(nll, abs=1e-5)
 
 
 def test_evaluate_and_predict_on_a_two_row_file(tiny_backbone, files, tmp_path):
@@ -225,3 +233,74 @@ def test_train_size_keeps_a_seeded_random_subset_and_is_recorded(tiny_backbone, 
     capsys.readouterr()
     assert run_cli(*_fit_args(tiny_backbone, train, tmp_path / "bad", "--train-size", 0)) == 2
     assert "--train-size" in _error_line(capsys)
+
+
+def test_evaluate_and_predict_read_a_new_file_with_the_run_s_columns(tiny_backbone, tmp_path, capsys):
+    train, new = tmp_path / "train.csv", tmp_path / "new.csv"
+    reviews(96).rename(columns={"review": "body", "sentiment": "topic"}).to_csv(train, index=False)
+    fresh = reviews(12, seed=4).rename(columns={"review": "body", "sentiment": "topic"})
+    fresh.to_csv(new, index=False)
+    run = tmp_path / "run"
+    assert run_cli("fit", "--train", train, "--text-column", "body", "--label-column", "topic", "--backbone",
+                   tiny_backbone, "--max-steps", 2, "--batch-size", 8, "--max-length", 16, "--out", run) == 0
+    out, preds = tmp_path / "m.json", tmp_path / "p.csv"
+    assert run_cli("evaluate", run, "--data", new, "--samples", 2, "--out", out) == 0  # no column flags
+    assert json.loads(out.read_text())["samples"]["n"] == 12
+    assert run_cli("predict", run, "--data", new, "--samples", 2, "--out", preds) == 0
+    table = pd.read_csv(preds)
+    assert list(table["text"]) == list(fresh["body"]) and list(table["label"]) == [
+        {"neg": 0, "pos": 1}[t] for t in fresh["topic"]]
+
+    # a flag given still wins over the run's column
+    other = tmp_path / "other.csv"
+    fresh.rename(columns={"body": "words"}).to_csv(other, index=False)
+    capsys.readouterr()
+    assert run_cli("evaluate", run, "--data", other, "--out", out) == 2
+    assert "body" in _error_line(capsys)  # the run's column, which this file lacks
+    assert run_cli("predict", run, "--data", other, "--text-column", "words", "--samples", 2, "--out", preds) == 0
+    assert list(pd.read_csv(preds)["text"]) == list(fresh["body"])
+    # column flags mean nothing without --data
+    capsys.readouterr()
+    assert run_cli("evaluate", run, "--text-column", "words") == 2
+    assert "--data" in _error_line(capsys)
+
+
+def _defaults(command: str) -> dict[str, object]:
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    return {a.dest: a.default for a in sub._actions if a.dest != "help"}
+
+
+def test_cli_defaults_are_the_library_defaults():
+    import dataclasses
+
+    from pyro_bhpeft.compare import Protocol
+    from pyro_bhpeft.config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
+    from pyro_bhpeft.predict import DEFAULT_SAMPLES
+    from pyro_bhpeft.recipe import Recipe
+    from pyro_bhpeft.cli import _protocol, _recipe
+
+    def plain_defaults(cls):
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+    fit = _defaults("fit")
+    overlap = {k: v for k, v in plain_defaults(Recipe).items() if k in fit}
+    assert len(overlap) >= 14 and {k: fit[k] for k in overlap} == overlap
+    parts = {"lora_r": LoraConfig.r, "lora_alpha": LoraConfig.alpha, "lora_targets": LoraConfig.targets,
+             "adapter_size": AdapterConfig.bottleneck, "prefix_length": PrefixConfig.length}
+    assert {k: fit[k] for k in parts} == parts
+    args = build_parser().parse_args(["fit", "--train", "x.csv", "--out", "run"])
+    assert _recipe(args) == Recipe() and Recipe().peft == PeftConfig()
+
+    compare = _defaults("compare")
+    overlap = {k: v for k, v in plain_defaults(Protocol).items() if k in compare}
+    assert len(overlap) >= 11 and {k: compare[k] for k in overlap} == overlap
+    assert _protocol(build_parser().parse_args(["compare"])) == Protocol()
+
+    # one posterior sample count: evaluate, predict, compare, the demo and predict() agree
+    from pyro_bhpeft.demo import DEMO_SAMPLES
+    from pyro_bhpeft.predict import predict
+    import inspect
+
+    assert _defaults("evaluate")["samples"] == _defaults("predict")["samples"] == DEFAULT_SAMPLES == 8
+    assert compare["samples"] == Protocol.samples == DEMO_SAMPLES == DEFAULT_SAMPLES
+    assert inspect.signature(predict).parameters["num_samples"].default == DEFAULT_SAMPLES
