@@ -103,7 +103,9 @@ def test_mean_field_matches_the_exact_diagonal_posterior():
     loc = fitted_loc(result.posterior)
     scale = torch.cat([marginals["head.weight"].scale.reshape(-1), marginals["head.bias"].scale]).double()
     # Over fit seeds 0-9 the largest errors were 0.05 sd (means) and 7.5% (scales): Monte Carlo noise of the
-    # single-draw gradient, zero-mean across seeds, shrinking with more particles.
+    # single-draw gradient, zero-mean across seeds, shrinking with more particles. Re-measured (seeds 0-2):
+    # scales up to 9.4% off at these settings, 5.0% with 32 particles, 2.2% with 32 particles and 1500 epochs
+    # (2 minutes a fit here): the 10% tolerance has almost no margin; see the clean-up report.
     assert ((loc - mean).abs() <= 0.1 * sd).all(), ((loc - mean) / sd)
     assert torch.allclose(scale, sd, rtol=0.1), (scale / sd)
 

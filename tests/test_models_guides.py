@@ -314,11 +314,10 @@ def test_packaged_minilm_is_a_frozen_bert_and_hybrid_peft_fits_and_predicts_on_i
         pred.predictive_entropy, pred.expected_entropy + pred.mutual_information, atol=1e-6)
 
 
-def test_max_steps_without_epochs_runs_or_refuses_but_never_silently_does_nothing(make_bert, make_tokens):
+def test_max_steps_without_epochs_is_refused_and_only_caps_the_epochs_steps(make_bert, make_tokens):
     model = SequenceClassifier(make_bert(), KINDS["lora"](TARGETS["bert"]), num_labels=LABELS)
     data = [labelled("classifier", make_tokens)]
-    try:
-        result = fit(model, MeanField(model), data, num_data=N, epochs=0, max_steps=3, progress=False)
-    except ValueError:
-        return
-    assert result.steps == 3
+    with pytest.raises(ValueError, match="epochs must be >= 1.*max_steps only caps"):
+        fit(model, MeanField(model), data, num_data=N, epochs=0, max_steps=3, progress=False)
+    assert fit(model, MeanField(model), data * 2, num_data=N, epochs=2, max_steps=3, progress=False).steps == 3
+    assert fit(model, MeanField(model), data, num_data=N, epochs=2, max_steps=5, progress=False).steps == 2
