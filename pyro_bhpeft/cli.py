@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_args"]
 
 EXIT_USAGE = 2
 
@@ -61,21 +61,40 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and inference")
     g.add_argument("--backbone", default=Recipe.backbone, help="packaged alias, local folder or hub id "
                                                                f"(default: {Recipe.backbone})")
+    from .guides import GUIDES, SCALE_PARAMS
+    from .peft import PEFT_KINDS
+    from .priors import PRIORS
+    from .recipe import PRESETS
+
+    g.add_argument("--recipe", choices=PRESETS.names(), help="start from a named recipe (its values become the "
+                   f"defaults of every option below): {', '.join(PRESETS)}")
     peft = ",".join(_peft_names(PeftConfig()))
-    g.add_argument("--peft", default=peft, type=_csv, help=f"PEFT parts, any of lora,adapter,prefix (default: {peft})")
+    g.add_argument("--peft", default=peft, type=_csv,
+                   help=f"PEFT parts, a comma list of {', '.join(PEFT_KINDS)} (default: {peft})")
     g.add_argument("--lora-r", type=int, default=LoraConfig.r)
     g.add_argument("--lora-alpha", type=float, default=LoraConfig.alpha)
     g.add_argument("--lora-targets", type=_csv, default=LoraConfig.targets)
     g.add_argument("--adapter-size", type=int, default=AdapterConfig.bottleneck, help="adapter bottleneck width")
     g.add_argument("--prefix-length", type=int, default=PrefixConfig.length)
-    g.add_argument("--prior", default=Recipe.prior, choices=("normal", "laplace", "student-t"))
+    g.add_argument("--prior", default=Recipe.prior, choices=PRIORS.names())
     g.add_argument("--prior-scale", type=float, default=Recipe.prior_scale)
-    g.add_argument("--guide", default=Recipe.guide, choices=("mean-field", "low-rank", "map", "mle"),
-                   help="posterior family; map/mle are the deterministic baselines")
+    g.add_argument("--guide", default=Recipe.guide, choices=GUIDES.names(),
+                   help="posterior family: " + "; ".join(f"{n}: {k.description}" for n, k in GUIDES.items()))
     g.add_argument("--rank", type=int, default=Recipe.rank, help="rank of the low-rank guide")
     g.add_argument("--init-scale", type=float, default=Recipe.init_scale, help="initial posterior standard deviation")
+    g.add_argument("--init-scale-high", type=float, default=Recipe.init_scale_high,
+                   help="draw each initial scale between --init-scale and this")
+    g.add_argument("--scale-param", default=Recipe.scale_param, choices=SCALE_PARAMS,
+                   help="how mean-field scales are parameterised (log: scale-free steps; rho2: BLoB's)")
+    g.add_argument("--deterministic", type=_csv, default=Recipe.deterministic,
+                   help="comma list of site-name globs kept point masses, e.g. '*.lora_B,head.*'")
     g.add_argument("--kl-weight", type=float, default=Recipe.kl_weight)
     g.add_argument("--kl-anneal-steps", type=int, default=Recipe.kl_anneal_steps)
+    g.add_argument("--kl-step-lr", type=float, default=Recipe.kl_step_lr,
+                   help="BLoB's separate SGD step on the KL term at this rate (default: one joint step)")
+    g.add_argument("--kl-reweighting", default=Recipe.kl_reweighting, choices=("blob", "uniform"))
+    g.add_argument("--flipout", action=argparse.BooleanOptionalAction, default=Recipe.flipout,
+                   help="decorrelate LoRA A's noise across the examples of a batch (mean-field)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=Recipe.epochs)
     t.add_argument("--max-steps", type=int, default=Recipe.max_steps)
@@ -125,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("fit", help="fit a posterior on a task or your files; writes a run directory")
+    parser.bhpeft_commands = {"fit": p}  # subcommands whose defaults a --recipe preset replaces
     _add_data_args(p, for_fit=True)
     _add_recipe_args(p)
     p.add_argument("--out", required=True, help="run directory to write")
@@ -180,7 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _peft_names(peft: Any) -> tuple[str, ...]:
-    return tuple(k for k in ("lora", "adapter", "prefix") if getattr(peft, k) is not None)
+    return peft.kinds
+
+
+def _preset_defaults(name: str) -> dict[str, Any]:
+    """A recipe preset as parser defaults: its PEFT config spelled as --peft and the part options."""
+    from .recipe import PRESETS
+
+    out = dict(PRESETS[name])
+    peft = out.pop("peft", None)
+    if peft is not None:
+        out["peft"] = peft.kinds
+        if peft.lora is not None:
+            out.update(lora_r=peft.lora.r, lora_alpha=peft.lora.alpha, lora_targets=peft.lora.targets)
+        if peft.adapter is not None:
+            out["adapter_size"] = peft.adapter.bottleneck
+        if peft.prefix is not None:
+            out["prefix_length"] = peft.prefix.length
+    return out
 
 
 def _fields_from(cls: type, args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -192,9 +229,11 @@ def _recipe(args: argparse.Namespace):
     from .config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
     from .recipe import Recipe
 
-    unknown = set(args.peft) - {"lora", "adapter", "prefix"}
+    from .peft import PEFT_KINDS
+
+    unknown = set(args.peft) - set(PEFT_KINDS)
     if unknown or not args.peft:
-        raise UserError(f"--peft {','.join(args.peft)}: choose a comma list of lora, adapter, prefix")
+        raise UserError(f"--peft {','.join(args.peft)}: choose a comma list of {', '.join(PEFT_KINDS)}")
     peft = PeftConfig(
         LoraConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets) if "lora" in args.peft else None,
         AdapterConfig(bottleneck=args.adapter_size) if "adapter" in args.peft else None,
@@ -245,7 +284,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     result = train(recipe, data, meta=None)
     result.posterior.meta.update(run_meta(recipe, source, data))
     save_run(out, result, overwrite=args.overwrite)
-    print(f"fit: {result.steps} steps in {result.seconds:.0f} s, final loss {result.final_loss:.4f}; run saved to {out}")
+    print(f"fit: {result.summary()}; run saved to {out}")
 
 
 def _where(args: argparse.Namespace) -> dict[str, Any]:
@@ -321,6 +360,8 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     report = diagnose(args.run, args.out, draws=args.draws, examples=args.examples)
     facts = json.loads((report.parent / "diagnostics.json").read_text())
     verdict = "trustworthy" if facts["reliable"] else "NOT trustworthy (k >= 0.7)"
+    for line in facts.get("warnings", []):
+        print(f"pyro-bhpeft diagnose: warning: {line}", file=sys.stderr)
     print(f"Pareto k-hat {facts['pareto_khat']:.2f}: {verdict}; report written to {report}")
 
 
@@ -335,8 +376,18 @@ COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "d
             "diagnose": cmd_diagnose, "update": cmd_update, "history": cmd_history, "tasks": cmd_tasks}
 
 
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; with ``fit --recipe NAME`` the preset's values are the defaults the flags override."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "recipe", None):
+        parser.bhpeft_commands[args.command].set_defaults(**_preset_defaults(args.recipe))
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from .assets import AssetError
     from .backbone import BackboneError
     from .config import ConfigError

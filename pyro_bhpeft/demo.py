@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .config import PeftConfig
-from .recipe import Recipe
+from .predict import DEFAULT_SAMPLES
+from .guides import GUIDES
+from .recipe import EVAL_BATCH_SIZE, Recipe
 
 __all__ = ["run_demo", "DEMO_METHODS", "DEMO_TRAIN_SIZE"]
 
 DEMO_TRAIN_SIZE = 4000
-DEMO_SAMPLES = 8
+DEMO_SAMPLES = DEFAULT_SAMPLES
 _BASE = Recipe(backbone="minilm", epochs=1, batch_size=16, lr=2e-3, max_length=64, seed=0)
 DEMO_METHODS: dict[str, Recipe] = {
     "deterministic LoRA": _BASE.with_(guide="mle"),
@@ -52,10 +54,11 @@ def _run_method(name: str, recipe: Recipe, data, source, eval_splits, out: Path)
     result.posterior.meta.update(run_meta(recipe, source, data))
     save_run(out / "runs" / _slug(name), result, overwrite=True)
     tokenized = tokenize(data, backbone.tokenizer, recipe.max_length)
-    samples = 0 if recipe.guide in ("mle", "map") else DEMO_SAMPLES
+    samples = 0 if GUIDES[recipe.guide].point_mass else DEMO_SAMPLES
     found, probs = {}, {}
     for split in eval_splits:
-        pred = predict(result.posterior, make_loader(tokenized[split], 64), num_samples=samples, progress=True)
+        pred = predict(result.posterior, make_loader(tokenized[split], EVAL_BATCH_SIZE), num_samples=samples,
+                       progress=True)
         p, y = pred.probs.numpy(), pred.labels.numpy()
         found[split] = metrics.classification_metrics(p, y)
         found[split]["ece_floor"] = metrics.ece_floor(p).mean

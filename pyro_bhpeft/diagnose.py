@@ -24,13 +24,14 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
              seed: int = 0, overwrite: bool = True) -> Path:
     """Write ``diagnostics.md``, ``diagnostics.json``, ``summary.csv`` and PNGs for ``run``; returns the report."""
     import arviz as az
-    from pyro.infer.autoguide import AutoDelta
 
     from pyro_bhpeft.analysis import pareto_khat, plots, scale_table, to_inference_data
     from .backbone import load_backbone
     from .data import make_loader, tokenize
     from .io import atomic_dir, write_json, write_text
-    from .recipe import Recipe
+    from .guides import guide_kind
+    from .infer import scale_warnings
+    from .recipe import EVAL_BATCH_SIZE, Recipe
     from .runs import DataSource, data_hash, load_run, random_rows
 
     if draws < 10:
@@ -38,7 +39,8 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
     if examples < 1:
         raise ValueError(f"--examples must be positive, got {examples}")
     posterior, meta = load_run(run)
-    if isinstance(posterior.guide, AutoDelta):
+    kind = guide_kind(posterior.guide)
+    if kind is not None and kind.point_mass:
         raise ValueError(f"{run} is a point estimate (guide {meta.get('recipe', {}).get('guide')}); diagnostics need "
                          "a posterior distribution: fit with --guide mean-field or low-rank")
     source = meta.get("source") or {}
@@ -54,7 +56,7 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
     subset = type(data)(data.spec, type(data.splits)({"train": random_rows(train, min(examples, num_data), seed)}))
     tokenizer = load_backbone(posterior.backbone_name).tokenizer
     max_length = Recipe.from_dict(meta["recipe"]).max_length
-    loader = make_loader(tokenize(subset, tokenizer, max_length)["train"], 64)
+    loader = make_loader(tokenize(subset, tokenizer, max_length)["train"], EVAL_BATCH_SIZE)
     idata = to_inference_data(posterior, loader, num_samples=draws, num_data=num_data, seed=seed)
     khat = pareto_khat(idata)
     rms = [v for v in idata.posterior.data_vars if v.endswith("|rms")]
@@ -62,7 +64,9 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
     summary = az.summary(idata, var_names=rms + head[1:], kind="stats")
     rows = scale_table(posterior)
     history_file = Path(run) / "history.json"
-    history = json.loads(history_file.read_text())["loss"] if history_file.exists() else []
+    saved = json.loads(history_file.read_text()) if history_file.exists() else {}
+    history = saved.get("loss", [])
+    warnings = scale_warnings(saved.get("scale_steps", []), saved.get("scale_trace", {}))
     target = Path(out) if out is not None else Path(run) / "diagnostics"
     with atomic_dir(target, overwrite=overwrite) as stage:
         figures = [plots.posterior_forest(idata, stage / "forest-rms.png", rms)]
@@ -76,12 +80,13 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
         write_text(stage / "summary.csv", summary.to_csv())
         facts: dict[str, Any] = {"run": str(run), "pareto_khat": khat.k, "reliable": khat.reliable, "draws": draws,
                                  "examples": len(subset.splits["train"]), "num_data": num_data,
-                                 "sites_at_prior": sum(r.ratio > 0.9 for r in rows), "sites": len(rows)}
+                                 "sites_at_prior": sum(r.ratio > 0.9 for r in rows), "sites": len(rows),
+                                 "warnings": warnings}
         write_json(stage / "diagnostics.json", facts)
         lines = [f"# Diagnostics of `{run}`", "", f"- {khat} (log-likelihood of {facts['examples']} training "
                  f"examples scaled to {num_data})",
                  f"- {facts['sites_at_prior']} of {len(rows)} sites have a posterior scale above 0.9x their prior's "
-                 "(the data did not constrain them)", "",
+                 "(the data did not constrain them)", *[f"- warning: {w}" for w in warnings], "",
                  "## ArviZ summary (per-site RMS of the weights, head bias)", "", _markdown(summary), "",
                  "## Posterior vs prior scale", "", "| site | kind | block | posterior scale | prior scale | ratio |",
                  "|---|---|---|---|---|---|"]

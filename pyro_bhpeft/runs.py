@@ -96,8 +96,10 @@ def save_run(path: str | Path, result: FitResult, *, overwrite: bool = False,
     """Write posterior, history and any extra JSON files into ``path``, atomically."""
     with atomic_dir(path, overwrite=overwrite) as stage:
         result.posterior.write_to(stage)
-        write_json(stage / "history.json", {"loss": result.history, "kl_weight": result.kl_weights,
-                                            "step_seconds": result.step_seconds, "seconds": result.seconds})
+        write_json(stage / "history.json", {
+            "loss": result.history, "nll": result.nll, "kl": [None if k != k else k for k in result.kl],
+            "kl_weight": result.kl_weights, "step_seconds": result.step_seconds, "seconds": result.seconds,
+            "scale_steps": result.scale_steps, "scale_trace": result.scale_trace, "warnings": result.warnings})
         for name, content in (extra or {}).items():
             write_json(stage / name, content)
     return Path(path)

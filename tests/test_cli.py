@@ -304,3 +304,31 @@ def test_cli_defaults_are_the_library_defaults():
     assert _defaults("evaluate")["samples"] == _defaults("predict")["samples"] == DEFAULT_SAMPLES == 8
     assert compare["samples"] == Protocol.samples == DEMO_SAMPLES == DEFAULT_SAMPLES
     assert inspect.signature(predict).parameters["num_samples"].default == DEFAULT_SAMPLES
+
+
+def test_a_recipe_preset_sets_the_defaults_and_flags_still_win():
+    from pyro_bhpeft.cli import _recipe, parse_args
+    from pyro_bhpeft.recipe import PRESETS, Recipe
+
+    base = ["fit", "--train", "x.csv", "--out", "run", "--recipe"]
+    assert _recipe(parse_args(base + ["blob"])) == Recipe().with_(**PRESETS["blob"])
+    assert _recipe(parse_args(base + ["bh-peft-fs"])) == Recipe().with_(**PRESETS["bh-peft-fs"])
+    changed = _recipe(parse_args(base + ["blob", "--no-flipout", "--prior-scale", "0.1"]))
+    assert changed == Recipe().with_(**{**PRESETS["blob"], "flipout": False, "prior_scale": 0.1})
+
+
+def test_choices_come_from_the_registries(capsys):
+    from pyro_bhpeft.guides import GUIDES, Delta, GuideKind
+    from pyro_bhpeft.cli import _recipe, parse_args
+
+    argv = ["fit", "--train", "x.csv", "--out", "run", "--guide", "toy"]
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert "invalid choice: 'toy'" in capsys.readouterr().err
+    GUIDES.register("toy", GuideKind(Delta, lambda model, r: Delta(model), point_mass=True))
+    try:
+        assert _recipe(parse_args(argv)).guide == "toy"
+    finally:
+        GUIDES.unregister("toy")
+    assert run_cli("compare", "--methods", "lora,nope", "--out", "x") == 2
+    assert "unknown comparison method 'nope'; choose from lora," in capsys.readouterr().err

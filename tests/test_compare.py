@@ -22,10 +22,12 @@ import pyro_bhpeft.recipe
 from pyro_bhpeft.analysis import metrics
 from pyro_bhpeft.analysis.tables import markdown_table
 from pyro_bhpeft.cli import main
+from pyro_bhpeft.compare.methods import TFB_THRESHOLD
+from pyro_bhpeft.recipe import PRESETS
 from pyro_bhpeft.compare import METHODS, Method, Protocol, Scored, register_method, run_compare, summarize
 from pyro_bhpeft.config import ConfigError, PeftConfig
 from pyro_bhpeft.data import load_files
-from tiny import reviews
+from helpers import reviews
 
 SEEDS = (0, 1)
 SCALED = [m for m in METHODS if METHODS[m].has_scales]
@@ -144,7 +146,9 @@ def test_shared_fits_are_fitted_once_each_under_their_recipes_key(compared, tiny
         expected |= {fit_name(p.recipe(s, dropout=True)), fit_name(p.recipe(s, guide="map")),
                      fit_name(p.recipe(s, guide="mean-field", peft=hybrid)),
                      fit_name(p.recipe(s, guide="low-rank", peft=hybrid)),
-                     fit_name(p.recipe(s, guide="mean-field")), f"laplace-seed{s}"}
+                     fit_name(p.recipe(s, guide="mean-field")), f"laplace-seed{s}",
+                     fit_name(p.recipe(s, **PRESETS["blob"])), fit_name(p.recipe(s, **PRESETS["bh-peft-fs"])),
+                     f"tfb-{TFB_THRESHOLD:g}-seed{s}"}
     assert {f.name for f in (compared / "fits").iterdir()} == expected
 
 
@@ -190,9 +194,10 @@ def test_the_table_shows_mean_and_sd_over_the_seeds_cells(compared):
 
 
 def test_figures_are_the_four_plots_and_one_scale_figure_per_method_with_scales(compared):
-    assert SCALED == ["laplace", "mean-field", "low-rank", "mean-field-lora"]
+    assert SCALED == ["laplace", "mean-field", "low-rank", "mean-field-lora", "blob", "tfb", "bh-peft-fs"]
     figures = ["reliability", "accuracy-coverage", "confidence", "ood-uncertainty", "scales-mean-field",
-               "scales-low-rank", "scales-mean-field-lora", "scales-laplace"]  # the committed reports' order
+               "scales-low-rank", "scales-mean-field-lora", "scales-blob", "scales-bh-peft-fs", "scales-laplace",
+               "scales-tfb"]  # the committed reports' order, then the methods added since
     assert {f.stem for f in (compared / "figures").iterdir()} == set(figures)
     listed = [line for line in (compared / "comparison.md").read_text().splitlines() if line.startswith("![")]
     assert listed == [f"![figures/{f}.png](figures/{f}.png)" for f in figures]

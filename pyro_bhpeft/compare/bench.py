@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import ConfigError
-from ..recipe import Recipe
+from ..recipe import EVAL_BATCH_SIZE, Recipe
 from .protocol import Protocol
 
 __all__ = ["Bench", "Scored", "PeakMemory", "fit_dir", "post_hoc_dir"]
@@ -41,14 +41,16 @@ class Bench:
         self.spec = data.spec
         tokenizer = load_backbone(protocol.backbone).tokenizer
         self.tokenized = tokenize(self.data, tokenizer, protocol.max_length)
-        self.eval_loaders = {s: make_loader(self.tokenized[s], 64) for s in ("validation", "test")
+        self.eval_loaders = {s: make_loader(self.tokenized[s], EVAL_BATCH_SIZE)
+                             for s in ("validation", "test")
                              if s in self.tokenized}
         if ood is not None:
             ood = subset(ood, {}, protocol.eval_size, protocol.subset_seed, splits=("test",))
             if ood.spec.kind != data.spec.kind:
                 raise ConfigError(f"the OOD task is {ood.spec.kind} but {protocol.task} is {data.spec.kind}; "
                                   "pick an OOD task of the same kind (--ood)")
-            self.eval_loaders["ood"] = make_loader(tokenize(ood, tokenizer, protocol.max_length)["test"], 64)
+            ood_tokens = tokenize(ood, tokenizer, protocol.max_length)["test"]
+            self.eval_loaders["ood"] = make_loader(ood_tokens, EVAL_BATCH_SIZE)
         self.num_train = len(self.data.splits["train"])
         self.predict_seconds = 0.0  # prediction time of the current cell
 

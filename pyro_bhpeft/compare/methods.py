@@ -212,7 +212,6 @@ register_method("low-rank", Method.sampled("BH-PEFT hybrid, low-rank (rank 8)", 
                                            has_scales=True))
 register_method("mean-field-lora", Method.sampled("Bayesian LoRA only, mean-field", {"guide": "mean-field"},
                                                   has_scales=True))
-DEFAULT_METHODS = tuple(METHODS)  # the 0.1 comparison's methods; the ones below are added by name
 
 TFB_THRESHOLD = 0.1  # relative anchor-NLL change; chosen on the sentiment validation split (docs/selection)
 BLOB_SAMPLES = TFB_SAMPLES = 10  # the authors' prediction samples
@@ -263,3 +262,4 @@ register_method("blob", Method.sampled("BLoB (Wang et al. 2024): variance on LoR
 register_method("tfb", tfb_method())
 register_method("bh-peft-fs", Method.sampled("BH-PEFT hybrid, variance on LoRA A and adapter down-projections, "
                                              "function-space prior", _preset("bh-peft-fs"), has_scales=True))
+DEFAULT_METHODS = tuple(METHODS)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import ConfigError
+from ..predict import DEFAULT_SAMPLES
 from ..recipe import Recipe
 
 __all__ = ["Protocol", "OOD_DEFAULTS"]
@@ -36,7 +37,7 @@ class Protocol:
     batch_size: int = 16
     lr: float = 2e-3
     max_length: int = 64
-    samples: int = 8
+    samples: int = DEFAULT_SAMPLES
     ensemble_size: int = 3
     laplace_examples: int = 256
     ood_task: str | None = None

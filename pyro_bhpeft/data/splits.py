@@ -7,7 +7,7 @@ import numpy as np
 
 from .types import DataError
 
-__all__ = ["carve", "random_rows", "subset", "DRAWS"]
+__all__ = ["carve", "random_rows", "DRAWS"]
 
 
 def carve(ds: datasets.Dataset, fractions: dict[str, float], seed: int, *,
@@ -63,8 +63,3 @@ def random_rows(ds: datasets.Dataset, n: int, seed: int | None = 0, *, draw: str
     rng = np.random.default_rng(seed)
     picked = rng.choice(len(ds), size=n, replace=False) if draw == "choice" else rng.permutation(len(ds))[:n]
     return ds.select(np.sort(picked).tolist())
-
-
-def subset(ds: datasets.Dataset, max_rows: int, seed: int) -> datasets.Dataset:
-    """``load_task``'s ``max_examples`` rows: :func:`random_rows` with ``draw="permutation"``."""
-    return random_rows(ds, max_rows, seed, draw="permutation")

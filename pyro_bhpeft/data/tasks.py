@@ -17,7 +17,7 @@ import datasets
 
 from ..assets import cache_dir
 from . import sources
-from .splits import subset
+from .splits import random_rows
 from .types import DataError, TaskData, TaskSpec
 
 __all__ = ["TASKS", "load_task", "CACHE_VERSION"]
@@ -150,5 +150,6 @@ def load_task(name: str, *, source: str = "auto", max_examples: int | None = Non
     else:
         splits = _packaged(spec)
     if max_examples is not None:
-        splits = datasets.DatasetDict({k: subset(v, max_examples, seed) for k, v in splits.items()})
+        splits = datasets.DatasetDict({k: random_rows(v, max_examples, seed, draw="permutation")
+                                       for k, v in splits.items()})
     return TaskData(spec, splits)
