@@ -152,3 +152,5 @@ PRESETS.register("bh-peft-fs", {  # the hybrid with variance where it matters, u
     "peft": PeftConfig.hybrid(), "guide": "mean-field", "prior": "function-space", "prior_scale": 1.0,
     "deterministic": ("*.lora_B", "*.adapter_up", "*.adapter_up_bias", "*.adapter_down_bias", "*.prefix", "head.*"),
     "scale_param": "log", "scale_lr": 0.05, "flipout": True})
+PRESETS.register("bayes-lora-fs", {  # the same on LoRA alone: variance on A, B and the head point masses
+    **PRESETS["bh-peft-fs"], "peft": PeftConfig()})

@@ -262,4 +262,6 @@ register_method("blob", Method.sampled("BLoB (Wang et al. 2024): variance on LoR
 register_method("tfb", tfb_method())
 register_method("bh-peft-fs", Method.sampled("BH-PEFT hybrid, variance on LoRA A and adapter down-projections, "
                                              "function-space prior", _preset("bh-peft-fs"), has_scales=True))
+register_method("bayes-lora-fs", Method.sampled("Bayesian LoRA, variance on A only, function-space prior, flipout",
+                                                _preset("bayes-lora-fs"), has_scales=True))
 DEFAULT_METHODS = tuple(METHODS)
