@@ -229,14 +229,14 @@ class _Steps:
             kl_total = self.kl_loss(inputs, labels)
         finally:
             self.model.prior_only = False
-        self._step(beta * pi * kl_total, self.kl_optimizer, self.kl_schedule)
+        self._step(beta * pi * kl_total, self.kl_optimizer, self.kl_schedule, clip=False)  # as BLoB: unclipped
         kl = float(kl_total.detach()) / self.model.num_data
         return nll + beta * kl, nll, kl
 
-    def _step(self, loss: torch.Tensor, optimizer, schedule) -> None:
+    def _step(self, loss: torch.Tensor, optimizer, schedule, clip: bool = True) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if self.clip_norm:
+        if clip and self.clip_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         optimizer.step()
         schedule.step()

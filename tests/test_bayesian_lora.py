@@ -219,3 +219,24 @@ def test_a_low_rank_posterior_is_the_prior_of_a_round_with_more_classes():
     marginal = torch.distributions.MultivariateNormal(full.loc[:size], full.covariance_matrix[:size, :size])
     w = torch.cat([weights[n].reshape(-1) for n in kept])
     assert torch.allclose(prior.joint_log_prob(weights), marginal.log_prob(w), rtol=1e-4)
+
+
+def test_blob_s_kl_step_is_plain_sgd_on_the_reweighted_kl():
+    """At the first step B = 0, so the likelihood gives LoRA A no gradient: A's rho and mean move by exactly
+    one unclipped SGD step on pi_1 * KL(N(mu, rho^4) || N(0, 0.2^2)) (BLoB: sigma = rho^2)."""
+    recipe = Recipe().with_(**{**PRESETS["blob"], "peft": PeftConfig(lora=LoraConfig(r=2))})
+    model = SequenceClassifier(tiny_bert(), recipe.peft, recipe.make_prior(), num_labels=2)
+    guide = build_guide(recipe, model)
+    data = _data()
+    with torch.no_grad(), pyro.poutine.block():
+        guide(*data[0])
+    a = "encoder.layer.0.attention.self.query.lora_A"
+    rho0, mu0 = guide.scales.get_submodule(a.rpartition(".")[0]).lora_A.detach().clone(), guide.loc(a).detach().clone()
+    lr, sp = 0.02, 0.2
+    fit(model, guide, data, num_data=8, max_steps=1, lr=0.01, flipout=True, kl_step=KLStep(lr), progress=False)
+    pi = blob_kl_weight(0, len(data))
+    sigma0 = rho0.square()
+    d_rho = (-1 / sigma0 + sigma0 / sp ** 2) * 2 * rho0
+    rho1 = guide.scales.get_submodule(a.rpartition(".")[0]).lora_A.detach()
+    assert torch.allclose(rho1, rho0 - lr * pi * d_rho, rtol=1e-5)
+    assert torch.allclose(guide.loc(a).detach(), mu0 - lr * pi * mu0 / sp ** 2, rtol=1e-5, atol=1e-9)

@@ -148,6 +148,7 @@ def test_shared_fits_are_fitted_once_each_under_their_recipes_key(compared, tiny
                      fit_name(p.recipe(s, guide="low-rank", peft=hybrid)),
                      fit_name(p.recipe(s, guide="mean-field")), f"laplace-seed{s}",
                      fit_name(p.recipe(s, **PRESETS["blob"])), fit_name(p.recipe(s, **PRESETS["bh-peft-fs"])),
+                     fit_name(p.recipe(s, **PRESETS["bayes-lora-fs"])),
                      f"tfb-{TFB_THRESHOLD:g}-seed{s}"}
     assert {f.name for f in (compared / "fits").iterdir()} == expected
 
@@ -194,9 +195,10 @@ def test_the_table_shows_mean_and_sd_over_the_seeds_cells(compared):
 
 
 def test_figures_are_the_four_plots_and_one_scale_figure_per_method_with_scales(compared):
-    assert SCALED == ["laplace", "mean-field", "low-rank", "mean-field-lora", "blob", "tfb", "bh-peft-fs"]
+    assert SCALED == ["laplace", "mean-field", "low-rank", "mean-field-lora", "blob", "tfb", "bh-peft-fs",
+                      "bayes-lora-fs"]
     figures = ["reliability", "accuracy-coverage", "confidence", "ood-uncertainty", "scales-mean-field",
-               "scales-low-rank", "scales-mean-field-lora", "scales-blob", "scales-bh-peft-fs", "scales-laplace",
+               "scales-low-rank", "scales-mean-field-lora", "scales-blob", "scales-bh-peft-fs", "scales-bayes-lora-fs", "scales-laplace",
                "scales-tfb"]  # the committed reports' order, then the methods added since
     assert {f.stem for f in (compared / "figures").iterdir()} == set(figures)
     listed = [line for line in (compared / "comparison.md").read_text().splitlines() if line.startswith("![")]
