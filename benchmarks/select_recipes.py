@@ -35,6 +35,11 @@ CANDIDATES = {
     "fs-lora": Method.sampled("LoRA only, function-space prior gain 1, scale lr 0.05",
                               {**FS, "peft": PeftConfig()}, has_scales=True),
     **{f"tfb-{t:g}": tfb_method(t) for t in (0.01, 0.03, 0.1, 0.3)},
+    # controls, to see where a gain comes from: the fs-lora fit predicting with its mean only (K = 0), and
+    # no PEFT at all (the head alone on the frozen backbone, maximum likelihood)
+    "fs-lora-mean": Method.sampled("fs-lora's fit, posterior mean only", {**FS, "peft": PeftConfig()}, point_mass=True),
+    "head-only": Method.sampled("frozen backbone, linear head only (maximum likelihood)", {"peft": PeftConfig(lora=None)},
+                                point_mass=True),
 }
 
 
