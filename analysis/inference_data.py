@@ -64,7 +64,7 @@ def _log_joint(model, weights: dict[str, torch.Tensor], batches: list, scale: fl
 
 
 def _predictive_draw(model, outputs: list, generator: torch.Generator) -> np.ndarray:
-    if model.task == "regression":
+    if not model.predicts_classes:
         mean = torch.cat([o[0] for o in outputs])
         noise = torch.cat([o[1].expand_as(o[0]) for o in outputs])
         return (mean + noise * torch.randn(mean.shape, generator=generator)).numpy()

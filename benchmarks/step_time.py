@@ -20,7 +20,7 @@ import time
 import torch
 from torch import nn
 
-from pyro_bhpeft import PeftConfig, LoraConfig, fit, load_backbone, priors
+from pyro_bhpeft import LoraConfig, PeftConfig, fit, load_backbone
 from pyro_bhpeft.guides import MeanField
 from pyro_bhpeft.infer import KLStep
 from pyro_bhpeft.models import SequenceClassifier

@@ -69,6 +69,7 @@ class BayesianPeftModel(PyroModule):
     """
 
     task: ClassVar[str] = ""  # the task kind this model serves (a key of TASK_KINDS)
+    predicts_classes: ClassVar[bool] = True  # outputs are logits over classes (False: a real value)
 
     def __init__(self, backbone: nn.Module, peft: PeftConfig | None = None, prior: Prior | None = None,
                  *, pooling: str = "auto") -> None:
@@ -192,5 +193,5 @@ class BayesianPeftModel(PyroModule):
 
     def dummy_data(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``(inputs, labels)`` of one example: guides are set up with observed labels."""
-        dtype = torch.float32 if self.task == "regression" else torch.long
+        dtype = torch.long if self.predicts_classes else torch.float32
         return self.dummy_batch(), torch.zeros(1, dtype=dtype, device=self._device())

@@ -28,6 +28,7 @@ class Regressor(BayesianPeftModel):
     """
 
     task = "regression"
+    predicts_classes = False
 
     def __init__(self, backbone: nn.Module, peft: PeftConfig | None = None, prior: Prior | None = None,
                  *, target_loc: float = 0.0, target_scale: float = 1.0, noise_scale: float | None = None,

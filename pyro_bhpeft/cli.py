@@ -6,131 +6,18 @@ Every user error is one line on stderr naming the problem and the fix, with exit
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import inspect
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .cli_options import (UserError, add_compare_args, add_data_args, add_recipe_args, library_default,
+                          preset_defaults, protocol_from, recipe_from)
+
 __all__ = ["main", "build_parser", "parse_args"]
 
 EXIT_USAGE = 2
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit code 2."""
-
-
-def _csv(value: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def _default(fn: Any, name: str) -> Any:
-    """The default of keyword ``name`` of ``fn``: the library, not the parser, holds it."""
-    return inspect.signature(fn).parameters[name].default
-
-
-def _add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
-    from .data import load_files
-    from .runs import COLUMNS
-
-    g = p.add_argument_group("data (a registered task, or your own files)")
-    if for_fit:
-        g.add_argument("--task", help="registered task name (see `pyro-bhpeft tasks`)")
-        g.add_argument("--train", help="your training file: .csv, .jsonl or .parquet")
-        g.add_argument("--eval", dest="eval_file", help="your evaluation file (default: split off the train file)")
-        g.add_argument("--kind", default=_default(load_files, "kind"),
-                       choices=("classification", "multiple_choice", "regression"))
-        g.add_argument("--max-examples", type=int, help="cap every split at N rows (quick runs)")
-        g.add_argument("--train-size", type=int, help="train on N training rows drawn at random (seed 0)")
-    else:
-        g.add_argument("--split", default="test", help="split of the run's own data (default: test)")
-        g.add_argument("--data", help="a file to use instead, read with the run's column names")
-    for name, default in COLUMNS.items():  # None: not given (evaluate/predict then use the run's own)
-        flag, what = "--" + name.replace("_", "-"), name.removesuffix("_column")
-        g.add_argument(flag, help=f"column holding the {what} (default: " + (
-            f"{default})" if for_fit else f"the run's own, else {default}; with --data only)"))
-
-
-def _add_recipe_args(p: argparse.ArgumentParser) -> None:
-    from .config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
-    from .recipe import Recipe
-
-    g = p.add_argument_group("model and inference")
-    g.add_argument("--backbone", default=Recipe.backbone, help="packaged alias, local folder or hub id "
-                                                               f"(default: {Recipe.backbone})")
-    from .guides import GUIDES, SCALE_PARAMS
-    from .peft import PEFT_KINDS
-    from .priors import PRIORS
-    from .recipe import PRESETS
-
-    g.add_argument("--recipe", choices=PRESETS.names(), help="start from a named recipe (its values become the "
-                   f"defaults of every option below): {', '.join(PRESETS)}")
-    peft = ",".join(_peft_names(PeftConfig()))
-    g.add_argument("--peft", default=peft, type=_csv,
-                   help=f"PEFT parts, a comma list of {', '.join(PEFT_KINDS)} (default: {peft})")
-    g.add_argument("--lora-r", type=int, default=LoraConfig.r)
-    g.add_argument("--lora-alpha", type=float, default=LoraConfig.alpha)
-    g.add_argument("--lora-targets", type=_csv, default=LoraConfig.targets)
-    g.add_argument("--adapter-size", type=int, default=AdapterConfig.bottleneck, help="adapter bottleneck width")
-    g.add_argument("--prefix-length", type=int, default=PrefixConfig.length)
-    g.add_argument("--prior", default=Recipe.prior, choices=PRIORS.names())
-    g.add_argument("--prior-scale", type=float, default=Recipe.prior_scale)
-    g.add_argument("--guide", default=Recipe.guide, choices=GUIDES.names(),
-                   help="posterior family: " + "; ".join(f"{n}: {k.description}" for n, k in GUIDES.items()))
-    g.add_argument("--rank", type=int, default=Recipe.rank, help="rank of the low-rank guide")
-    g.add_argument("--init-scale", type=float, default=Recipe.init_scale, help="initial posterior standard deviation")
-    g.add_argument("--init-scale-high", type=float, default=Recipe.init_scale_high,
-                   help="draw each initial scale between --init-scale and this")
-    g.add_argument("--scale-param", default=Recipe.scale_param, choices=SCALE_PARAMS,
-                   help="how mean-field scales are parameterised (log: scale-free steps; rho2: BLoB's)")
-    g.add_argument("--deterministic", type=_csv, default=Recipe.deterministic,
-                   help="comma list of site-name globs kept point masses, e.g. '*.lora_B,head.*'")
-    g.add_argument("--kl-weight", type=float, default=Recipe.kl_weight)
-    g.add_argument("--kl-anneal-steps", type=int, default=Recipe.kl_anneal_steps)
-    g.add_argument("--kl-step-lr", type=float, default=Recipe.kl_step_lr,
-                   help="BLoB's separate SGD step on the KL term at this rate (default: one joint step)")
-    g.add_argument("--kl-reweighting", default=Recipe.kl_reweighting, choices=("blob", "uniform"))
-    g.add_argument("--flipout", action=argparse.BooleanOptionalAction, default=Recipe.flipout,
-                   help="decorrelate LoRA A's noise across the examples of a batch (mean-field)")
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=Recipe.epochs)
-    t.add_argument("--max-steps", type=int, default=Recipe.max_steps)
-    t.add_argument("--batch-size", type=int, default=Recipe.batch_size)
-    t.add_argument("--lr", type=float, default=Recipe.lr)
-    t.add_argument("--scale-lr", type=float, default=Recipe.scale_lr,
-                   help="learning rate of posterior scales (default: --lr)")
-    t.add_argument("--max-length", type=int, default=Recipe.max_length)
-    t.add_argument("--seed", type=int, default=Recipe.seed)
-
-
-def _add_compare_args(p: argparse.ArgumentParser) -> None:
-    from .compare import DEFAULT_METHODS, METHODS, Protocol, run_compare
-
-    p.add_argument("--task", default=Protocol.task, help=f"registered task (default: {Protocol.task})")
-    p.add_argument("--methods", type=_csv, default=DEFAULT_METHODS,
-                   help=f"comma list of {', '.join(METHODS)} (default: all)")
-    seeds = len(_default(run_compare, "seeds"))
-    p.add_argument("--seeds", type=int, default=seeds, help=f"number of seeds, 0..N-1 (default: {seeds})")
-    p.add_argument("--out", help="comparison directory (default: runs/compare-TASK); finished cells are reused")
-    p.add_argument("--overwrite", action="store_true", help="discard a comparison made under another protocol")
-    g = p.add_argument_group("protocol (the same for every method)")
-    g.add_argument("--backbone", default=Protocol.backbone)
-    g.add_argument("--train-size", type=int, default=Protocol.train_size, help="N training examples drawn at random (seed 0)")
-    g.add_argument("--eval-size", type=int, default=Protocol.eval_size,
-                   help="N test / validation / OOD examples drawn at random (seed 0)")
-    g.add_argument("--epochs", type=int, default=Protocol.epochs)
-    g.add_argument("--max-steps", type=int, default=Protocol.max_steps, help="cap on training steps (quick runs)")
-    g.add_argument("--batch-size", type=int, default=Protocol.batch_size)
-    g.add_argument("--lr", type=float, default=Protocol.lr)
-    g.add_argument("--max-length", type=int, default=Protocol.max_length)
-    g.add_argument("--samples", type=int, default=Protocol.samples, help="posterior samples / MC dropout passes")
-    g.add_argument("--ensemble-size", type=int, default=Protocol.ensemble_size)
-    g.add_argument("--laplace-examples", type=int, default=Protocol.laplace_examples,
-                   help="training examples for the Laplace curvature")
-    g.add_argument("--ood", help="out-of-distribution task (default: one chosen per task; 'none' to skip)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,21 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit a posterior on a task or your files; writes a run directory")
     parser.bhpeft_commands = {"fit": p}  # subcommands whose defaults a --recipe preset replaces
-    _add_data_args(p, for_fit=True)
-    _add_recipe_args(p)
+    add_data_args(p, for_fit=True)
+    add_recipe_args(p)
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
 
     p = sub.add_parser("evaluate", help="accuracy/NLL/Brier/ECE (or MSE) of a saved run")
     p.add_argument("run", help="run directory written by fit")
-    _add_data_args(p, for_fit=False)
+    add_data_args(p, for_fit=False)
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                    help=f"posterior samples K (default: {DEFAULT_SAMPLES}; also reports K=0, the mean)")
     p.add_argument("--out", help="JSON file to write (default: RUN/metrics-SPLIT.json)")
 
     p = sub.add_parser("predict", help="per-example predictions with uncertainty to CSV or JSON Lines")
     p.add_argument("run")
-    _add_data_args(p, for_fit=False)
+    add_data_args(p, for_fit=False)
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"posterior samples K (default: {DEFAULT_SAMPLES})")
     p.add_argument("--out", required=True, help="output file, .csv or .jsonl")
 
@@ -170,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="fit several inference schemes on the same data, steps and seeds; "
                                        "table, paired tests and figures")
-    _add_compare_args(p)
+    add_compare_args(p)
 
     p = sub.add_parser("diagnose", help="Pareto k-hat, ArviZ summary and posterior plots of a fitted run")
     p.add_argument("run", help="run directory written by fit (mean-field or low-rank)")
-    draws, examples = _default(diagnose, "draws"), _default(diagnose, "examples")
+    draws, examples = library_default(diagnose, "draws"), library_default(diagnose, "examples")
     p.add_argument("--draws", type=int, default=draws, help=f"posterior draws (default: {draws})")
     p.add_argument("--examples", type=int, default=examples, help="training examples whose log-likelihood, "
                    f"scaled to the full size, enters log p (default: {examples})")
@@ -182,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("update", help="a new round: fit new data with a previous run's posterior as prior")
     p.add_argument("--from", dest="parent", required=True, help="the previous round's run directory (only read)")
-    _add_data_args(p, for_fit=True)
-    p.add_argument("--temper", type=float, default=_default(posterior_prior, "temper"),
+    add_data_args(p, for_fit=True)
+    p.add_argument("--temper", type=float, default=library_default(posterior_prior, "temper"),
                    help="forgetting factor: multiplies every prior variance (default 1: exact updating)")
     p.add_argument("--epochs", type=int, help="default: the parent's")
     p.add_argument("--max-steps", type=int)
@@ -197,54 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", help="list the registered tasks")
     return parser
-
-
-def _peft_names(peft: Any) -> tuple[str, ...]:
-    return peft.kinds
-
-
-def _preset_defaults(name: str) -> dict[str, Any]:
-    """A recipe preset as parser defaults: its PEFT config spelled as --peft and the part options."""
-    from .recipe import PRESETS
-
-    out = dict(PRESETS[name])
-    peft = out.pop("peft", None)
-    if peft is not None:
-        out["peft"] = peft.kinds
-        if peft.lora is not None:
-            out.update(lora_r=peft.lora.r, lora_alpha=peft.lora.alpha, lora_targets=peft.lora.targets)
-        if peft.adapter is not None:
-            out["adapter_size"] = peft.adapter.bottleneck
-        if peft.prefix is not None:
-            out["prefix_length"] = peft.prefix.length
-    return out
-
-
-def _fields_from(cls: type, args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The fields of dataclass ``cls`` that are options of this command, by name."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip and hasattr(args, f.name)}
-
-
-def _recipe(args: argparse.Namespace):
-    from .config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
-    from .recipe import Recipe
-
-    from .peft import PEFT_KINDS
-
-    unknown = set(args.peft) - set(PEFT_KINDS)
-    if unknown or not args.peft:
-        raise UserError(f"--peft {','.join(args.peft)}: choose a comma list of {', '.join(PEFT_KINDS)}")
-    peft = PeftConfig(
-        LoraConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets) if "lora" in args.peft else None,
-        AdapterConfig(bottleneck=args.adapter_size) if "adapter" in args.peft else None,
-        PrefixConfig(length=args.prefix_length) if "prefix" in args.peft else None)
-    return Recipe(peft=peft, **_fields_from(Recipe, args, skip=("peft",)))
-
-
-def _protocol(args: argparse.Namespace):
-    from .compare import Protocol
-
-    return Protocol(**_fields_from(Protocol, args), ood_task="" if args.ood == "none" else args.ood)
 
 
 def _columns(args: argparse.Namespace) -> dict[str, str | None]:
@@ -279,7 +118,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already holds a run; pass --overwrite to replace it or choose another --out")
-    recipe, source = _recipe(args), _source(args)
+    recipe, source = recipe_from(args), _source(args)
     data = source.load()
     result = train(recipe, data, meta=None)
     result.posterior.meta.update(run_meta(recipe, source, data))
@@ -349,7 +188,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
-    report = run_compare(_protocol(args), Path(args.out or f"runs/compare-{args.task}"), methods=args.methods,
+    report = run_compare(protocol_from(args), Path(args.out or f"runs/compare-{args.task}"), methods=args.methods,
                          seeds=range(args.seeds), overwrite=args.overwrite)
     print(f"comparison written to {report}")
 
@@ -381,7 +220,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "recipe", None):
-        parser.bhpeft_commands[args.command].set_defaults(**_preset_defaults(args.recipe))
+        parser.bhpeft_commands[args.command].set_defaults(**preset_defaults(args.recipe))
         args = parser.parse_args(argv)
     return args
 

@@ -86,7 +86,7 @@ def predict(posterior: Posterior, data: Iterable, *, num_samples: int = DEFAULT_
         if y is not None:
             labels.append(y)
     y = torch.cat(labels) if labels else None
-    if model.task == "regression":
+    if not model.predicts_classes:
         means = torch.cat([torch.stack([o[0] for o in batch]) for batch in outs], dim=1)  # (K, N)
         noise = torch.cat([torch.stack([o[1].expand_as(o[0]) for o in batch]) for batch in outs], dim=1)
         aleatoric, epistemic = (noise ** 2).mean(0), means.var(0, unbiased=False)

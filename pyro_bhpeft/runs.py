@@ -118,7 +118,7 @@ def evaluate_split(posterior: Posterior, loader: Any, num_samples: int, *, seed:
     from pyro_bhpeft.predict import predict
 
     pred = predict(posterior, loader, num_samples=num_samples, seed=seed)
-    if posterior.model.task == "regression":
+    if not posterior.model.predicts_classes:
         out = metrics.regression_metrics(pred.mean.numpy(), pred.variance.numpy(), pred.labels.numpy())
     else:
         out = metrics.classification_metrics(pred.probs.numpy(), pred.labels.numpy())

@@ -277,7 +277,7 @@ def test_cli_defaults_are_the_library_defaults():
     from pyro_bhpeft.config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
     from pyro_bhpeft.predict import DEFAULT_SAMPLES
     from pyro_bhpeft.recipe import Recipe
-    from pyro_bhpeft.cli import _protocol, _recipe
+    from pyro_bhpeft.cli_options import protocol_from as _protocol, recipe_from as _recipe
 
     def plain_defaults(cls):
         return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
@@ -307,7 +307,8 @@ def test_cli_defaults_are_the_library_defaults():
 
 
 def test_a_recipe_preset_sets_the_defaults_and_flags_still_win():
-    from pyro_bhpeft.cli import _recipe, parse_args
+    from pyro_bhpeft.cli import parse_args
+    from pyro_bhpeft.cli_options import recipe_from as _recipe
     from pyro_bhpeft.recipe import PRESETS, Recipe
 
     base = ["fit", "--train", "x.csv", "--out", "run", "--recipe"]
@@ -319,7 +320,8 @@ def test_a_recipe_preset_sets_the_defaults_and_flags_still_win():
 
 def test_choices_come_from_the_registries(capsys):
     from pyro_bhpeft.guides import GUIDES, Delta, GuideKind
-    from pyro_bhpeft.cli import _recipe, parse_args
+    from pyro_bhpeft.cli import parse_args
+    from pyro_bhpeft.cli_options import recipe_from as _recipe
 
     argv = ["fit", "--train", "x.csv", "--out", "run", "--guide", "toy"]
     with pytest.raises(SystemExit):

@@ -14,8 +14,8 @@ Grads = list[tuple[torch.Tensor | None, ...] | None]
 
 
 def classification_only(model: Any, what: str) -> None:
-    if model.task not in ("classification", "multiple_choice"):
-        raise ConfigError(f"{what} supports classification and multiple choice, not {model.task}")
+    if not model.predicts_classes:
+        raise ConfigError(f"{what} supports models over classes (classification, multiple choice), not {model.task}")
 
 
 def example_jacobians(model: Any, weights: dict[str, torch.Tensor], data: Iterable, max_examples: int | None,

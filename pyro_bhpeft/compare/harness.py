@@ -39,7 +39,9 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
         raise ConfigError("give at least one seed")
     out = Path(out)
     data = data if data is not None else load_task(protocol.task)
-    if data.spec.kind not in ("classification", "multiple_choice"):
+    from ..models import TASK_KINDS
+
+    if not TASK_KINDS[data.spec.kind].predicts_classes:
         raise ConfigError(f"compare scores classifiers; {data.spec.name} is {data.spec.kind}")
     if ood is None and protocol.ood_task:
         ood = load_task(protocol.ood_task)

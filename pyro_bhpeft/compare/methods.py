@@ -184,7 +184,7 @@ def _peft_lora(bench: Bench, seed: int) -> Scored:
 
     recipe = bench.protocol.recipe(seed)
     backbone = bench.backbone()
-    num_labels = None if bench.spec.kind == "multiple_choice" else len(bench.spec.label_names)
+    num_labels = len(bench.spec.label_names) or None  # None: one score per choice
     torch.manual_seed(seed)  # LoRA and head initialisation
     with PeakMemory() as peak:
         model = PeftLoraModel(backbone, recipe.peft.lora, num_labels, default_pooling(backbone))

@@ -1,0 +1,177 @@
+"""The command line's options and how they become library values (a :class:`Recipe`, a :class:`Protocol`).
+
+Defaults are read from the library's dataclasses and signatures, never restated here; choices come
+from the registries (guides, priors, PEFT kinds, comparison methods, recipe presets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+from typing import Any
+
+__all__ = ["add_data_args", "add_recipe_args", "add_compare_args", "preset_defaults", "recipe_from", "protocol_from",
+           "csv_list", "library_default", "UserError"]
+
+
+class UserError(Exception):
+    """A problem with the user's options: printed as one line, exit code 2."""
+
+
+def csv_list(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def library_default(fn: Any, name: str) -> Any:
+    """The default of keyword ``name`` of ``fn``: the library, not the parser, holds it."""
+    return inspect.signature(fn).parameters[name].default
+
+
+def add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
+    from .data import load_files
+    from .runs import COLUMNS
+
+    g = p.add_argument_group("data (a registered task, or your own files)")
+    if for_fit:
+        g.add_argument("--task", help="registered task name (see `pyro-bhpeft tasks`)")
+        g.add_argument("--train", help="your training file: .csv, .jsonl or .parquet")
+        g.add_argument("--eval", dest="eval_file", help="your evaluation file (default: split off the train file)")
+        g.add_argument("--kind", default=library_default(load_files, "kind"),
+                       choices=("classification", "multiple_choice", "regression"))
+        g.add_argument("--max-examples", type=int, help="cap every split at N rows (quick runs)")
+        g.add_argument("--train-size", type=int, help="train on N training rows drawn at random (seed 0)")
+    else:
+        g.add_argument("--split", default="test", help="split of the run's own data (default: test)")
+        g.add_argument("--data", help="a file to use instead, read with the run's column names")
+    for name, default in COLUMNS.items():  # None: not given (evaluate/predict then use the run's own)
+        flag, what = "--" + name.replace("_", "-"), name.removesuffix("_column")
+        g.add_argument(flag, help=f"column holding the {what} (default: " + (
+            f"{default})" if for_fit else f"the run's own, else {default}; with --data only)"))
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    from .config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
+    from .recipe import Recipe
+
+    g = p.add_argument_group("model and inference")
+    g.add_argument("--backbone", default=Recipe.backbone, help="packaged alias, local folder or hub id "
+                                                               f"(default: {Recipe.backbone})")
+    from .guides import GUIDES, SCALE_PARAMS
+    from .peft import PEFT_KINDS
+    from .priors import PRIORS
+    from .recipe import PRESETS
+
+    g.add_argument("--recipe", choices=PRESETS.names(), help="start from a named recipe (its values become the "
+                   f"defaults of every option below): {', '.join(PRESETS)}")
+    peft = ",".join(_peft_names(PeftConfig()))
+    g.add_argument("--peft", default=peft, type=csv_list,
+                   help=f"PEFT parts, a comma list of {', '.join(PEFT_KINDS)} (default: {peft})")
+    g.add_argument("--lora-r", type=int, default=LoraConfig.r)
+    g.add_argument("--lora-alpha", type=float, default=LoraConfig.alpha)
+    g.add_argument("--lora-targets", type=csv_list, default=LoraConfig.targets)
+    g.add_argument("--adapter-size", type=int, default=AdapterConfig.bottleneck, help="adapter bottleneck width")
+    g.add_argument("--prefix-length", type=int, default=PrefixConfig.length)
+    g.add_argument("--prior", default=Recipe.prior, choices=PRIORS.names())
+    g.add_argument("--prior-scale", type=float, default=Recipe.prior_scale)
+    g.add_argument("--guide", default=Recipe.guide, choices=GUIDES.names(),
+                   help="posterior family: " + "; ".join(f"{n}: {k.description}" for n, k in GUIDES.items()))
+    g.add_argument("--rank", type=int, default=Recipe.rank, help="rank of the low-rank guide")
+    g.add_argument("--init-scale", type=float, default=Recipe.init_scale, help="initial posterior standard deviation")
+    g.add_argument("--init-scale-high", type=float, default=Recipe.init_scale_high,
+                   help="draw each initial scale between --init-scale and this")
+    g.add_argument("--scale-param", default=Recipe.scale_param, choices=SCALE_PARAMS,
+                   help="how mean-field scales are parameterised (log: scale-free steps; rho2: BLoB's)")
+    g.add_argument("--deterministic", type=csv_list, default=Recipe.deterministic,
+                   help="comma list of site-name globs kept point masses, e.g. '*.lora_B,head.*'")
+    g.add_argument("--kl-weight", type=float, default=Recipe.kl_weight)
+    g.add_argument("--kl-anneal-steps", type=int, default=Recipe.kl_anneal_steps)
+    g.add_argument("--kl-step-lr", type=float, default=Recipe.kl_step_lr,
+                   help="BLoB's separate SGD step on the KL term at this rate (default: one joint step)")
+    g.add_argument("--kl-reweighting", default=Recipe.kl_reweighting, choices=("blob", "uniform"))
+    g.add_argument("--flipout", action=argparse.BooleanOptionalAction, default=Recipe.flipout,
+                   help="decorrelate LoRA A's noise across the examples of a batch (mean-field)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=Recipe.epochs)
+    t.add_argument("--max-steps", type=int, default=Recipe.max_steps)
+    t.add_argument("--batch-size", type=int, default=Recipe.batch_size)
+    t.add_argument("--lr", type=float, default=Recipe.lr)
+    t.add_argument("--scale-lr", type=float, default=Recipe.scale_lr,
+                   help="learning rate of posterior scales (default: --lr)")
+    t.add_argument("--max-length", type=int, default=Recipe.max_length)
+    t.add_argument("--seed", type=int, default=Recipe.seed)
+
+
+def add_compare_args(p: argparse.ArgumentParser) -> None:
+    from .compare import DEFAULT_METHODS, METHODS, Protocol, run_compare
+
+    p.add_argument("--task", default=Protocol.task, help=f"registered task (default: {Protocol.task})")
+    p.add_argument("--methods", type=csv_list, default=DEFAULT_METHODS,
+                   help=f"comma list of {', '.join(METHODS)} (default: all)")
+    seeds = len(library_default(run_compare, "seeds"))
+    p.add_argument("--seeds", type=int, default=seeds, help=f"number of seeds, 0..N-1 (default: {seeds})")
+    p.add_argument("--out", help="comparison directory (default: runs/compare-TASK); finished cells are reused")
+    p.add_argument("--overwrite", action="store_true", help="discard a comparison made under another protocol")
+    g = p.add_argument_group("protocol (the same for every method)")
+    g.add_argument("--backbone", default=Protocol.backbone)
+    g.add_argument("--train-size", type=int, default=Protocol.train_size, help="N training examples drawn at random (seed 0)")
+    g.add_argument("--eval-size", type=int, default=Protocol.eval_size,
+                   help="N test / validation / OOD examples drawn at random (seed 0)")
+    g.add_argument("--epochs", type=int, default=Protocol.epochs)
+    g.add_argument("--max-steps", type=int, default=Protocol.max_steps, help="cap on training steps (quick runs)")
+    g.add_argument("--batch-size", type=int, default=Protocol.batch_size)
+    g.add_argument("--lr", type=float, default=Protocol.lr)
+    g.add_argument("--max-length", type=int, default=Protocol.max_length)
+    g.add_argument("--samples", type=int, default=Protocol.samples, help="posterior samples / MC dropout passes")
+    g.add_argument("--ensemble-size", type=int, default=Protocol.ensemble_size)
+    g.add_argument("--laplace-examples", type=int, default=Protocol.laplace_examples,
+                   help="training examples for the Laplace curvature")
+    g.add_argument("--ood", help="out-of-distribution task (default: one chosen per task; 'none' to skip)")
+
+
+def _peft_names(peft: Any) -> tuple[str, ...]:
+    return peft.kinds
+
+
+def preset_defaults(name: str) -> dict[str, Any]:
+    """A recipe preset as parser defaults: its PEFT config spelled as --peft and the part options."""
+    from .recipe import PRESETS
+
+    out = dict(PRESETS[name])
+    peft = out.pop("peft", None)
+    if peft is not None:
+        out["peft"] = peft.kinds
+        if peft.lora is not None:
+            out.update(lora_r=peft.lora.r, lora_alpha=peft.lora.alpha, lora_targets=peft.lora.targets)
+        if peft.adapter is not None:
+            out["adapter_size"] = peft.adapter.bottleneck
+        if peft.prefix is not None:
+            out["prefix_length"] = peft.prefix.length
+    return out
+
+
+def _fields_from(cls: type, args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` that are options of this command, by name."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip and hasattr(args, f.name)}
+
+
+def recipe_from(args: argparse.Namespace):
+    from .config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
+    from .recipe import Recipe
+
+    from .peft import PEFT_KINDS
+
+    unknown = set(args.peft) - set(PEFT_KINDS)
+    if unknown or not args.peft:
+        raise UserError(f"--peft {','.join(args.peft)}: choose a comma list of {', '.join(PEFT_KINDS)}")
+    peft = PeftConfig(
+        LoraConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets) if "lora" in args.peft else None,
+        AdapterConfig(bottleneck=args.adapter_size) if "adapter" in args.peft else None,
+        PrefixConfig(length=args.prefix_length) if "prefix" in args.peft else None)
+    return Recipe(peft=peft, **_fields_from(Recipe, args, skip=("peft",)))
+
+
+def protocol_from(args: argparse.Namespace):
+    from .compare import Protocol
+
+    return Protocol(**_fields_from(Protocol, args), ood_task="" if args.ood == "none" else args.ood)
