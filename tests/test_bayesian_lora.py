@@ -240,3 +240,22 @@ def test_blob_s_kl_step_is_plain_sgd_on_the_reweighted_kl():
     rho1 = guide.scales.get_submodule(a.rpartition(".")[0]).lora_A.detach()
     assert torch.allclose(rho1, rho0 - lr * pi * d_rho, rtol=1e-5)
     assert torch.allclose(guide.loc(a).detach(), mu0 - lr * pi * mu0 / sp ** 2, rtol=1e-5, atol=1e-9)
+
+
+def test_a_round_with_learned_prior_scales_becomes_the_next_round_s_prior():
+    batches, _ = _regression()
+    prior = priors.Learned(init=1.0)
+    model = make_model(prior)
+    first = fit(model, MeanField(model, init_scale=0.05), batches, num_data=N, epochs=200, lr=0.05, scale_lr=0.05,
+                progress=False).posterior
+    assert prior.scales()["head.weight"] != pytest.approx(1.0)  # learned
+    nxt = posterior_prior(first)
+    assert nxt.base is prior  # sites the posterior lacks fall back to the learned prior
+    second = make_model(nxt)
+    result = fit(second, MeanField(second, init_scale=0.05), batches, num_data=N, epochs=5, lr=0.01, progress=False)
+    assert math.isfinite(result.history[-1])
+    fn = second.prior.distribution("head.weight", (1, D)).base_dist
+    marginal = first.marginals()["head.weight"]
+    assert torch.equal(fn.loc, marginal.loc) and torch.equal(fn.scale, marginal.scale)
+    saved = priors.prior_from_dict(nxt.to_dict(), nxt.tensors())
+    assert saved.base.scales() == prior.scales()
