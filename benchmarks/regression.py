@@ -23,7 +23,6 @@ from matplotlib.figure import Figure
 from pyro_bhpeft.analysis import metrics, plots
 from pyro_bhpeft.analysis.tables import markdown_table
 from pyro_bhpeft.compare import Bench, Protocol
-from pyro_bhpeft.config import PeftConfig
 from pyro_bhpeft.data import load_task
 from pyro_bhpeft.io import write_json, write_text
 from pyro_bhpeft.predict import predict
@@ -31,7 +30,7 @@ from pyro_bhpeft.recipe import PRESETS
 
 METHODS = {  # name -> (recipe changes to Protocol.recipe, posterior samples)
     "lora": ({}, 0),
-    "bh-peft (0.1 recipe)": ({"guide": "mean-field", "peft": PeftConfig.hybrid()}, 8),
+    "bayes-lora-fs": (dict(PRESETS["bayes-lora-fs"]), 8),
     "bh-peft-fs": (dict(PRESETS["bh-peft-fs"]), 8),
 }
 COLUMNS = (("MSE", "mse", 3), ("Gaussian NLL", "nll", 3), ("90% coverage %", "coverage90", 1), ("MAE", "mae", 3))
@@ -56,12 +55,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/regression"))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
     args = parser.parse_args()
     protocol = Protocol(task="vader-movie", train_size=1000, eval_size=500, epochs=2, ood_task="")
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "protocol.json", protocol.__dict__)
     bench = Bench(protocol, args.out, load_task("vader-movie"), None, progress=True)
-    cells = {m: [run_cell(bench, args.out, m, s) for s in range(args.seeds)] for m in METHODS}
+    cells = {m: [run_cell(bench, args.out, m, s) for s in range(args.seeds)] for m in args.methods.split(",")}
     rows = []
     for method, found in cells.items():
         row = [method, str(len(found))]
@@ -74,10 +74,10 @@ def main() -> None:
     table = markdown_table(["method", "seeds", *(c for c, _, _ in COLUMNS), "epistemic share of variance"], rows)
     fig = Figure(figsize=(10, 3.2))
     for ax, (title, key, _) in zip(fig.subplots(1, 3), COLUMNS[:3]):
-        means = [statistics.fmean(c[key] for c in cells[m]) for m in METHODS]
-        sds = [statistics.stdev([c[key] for c in cells[m]]) if args.seeds > 1 else 0 for m in METHODS]
-        ax.bar(np.arange(len(METHODS)), means, yerr=sds, color=["tab:gray", "tab:blue", "tab:green"])
-        ax.set_xticks(np.arange(len(METHODS)), list(METHODS), rotation=20, ha="right", fontsize=8)
+        means = [statistics.fmean(c[key] for c in cells[m]) for m in cells]
+        sds = [statistics.stdev([c[key] for c in cells[m]]) if args.seeds > 1 else 0 for m in cells]
+        ax.bar(np.arange(len(cells)), means, yerr=sds, color=["tab:gray", "tab:blue", "tab:green"][:len(cells)])
+        ax.set_xticks(np.arange(len(cells)), list(cells), rotation=20, ha="right", fontsize=8)
         ax.set_title(title)
         if key == "coverage90":
             ax.axhline(90, color="k", linestyle="--", linewidth=1)
