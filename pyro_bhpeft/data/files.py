@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
 
 from .splits import carve
-from .types import KINDS, DataError, TaskData, TaskSpec, features_for
+from .types import DATA_KINDS, KINDS, DataError, TaskData, TaskSpec, features_for
 
-__all__ = ["load_files", "read_table", "SUFFIXES"]
+__all__ = ["load_files", "read_table", "UserFile", "read_classes", "read_numbers", "read_choices", "SUFFIXES"]
 
 SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 FLAGS = {"text": "--text-column", "label": "--label-column", "question": "--question-column",
@@ -148,42 +149,84 @@ def _choices(df, column: str, path: Path) -> list[list[str]]:
     return out
 
 
-def _mc_columns(df, path: Path, cols: dict[str, str], num_choices: int | None) -> dict[str, list]:
-    questions = _texts(df, cols["question"], "question", path)
-    choices = _choices(df, cols["choices"], path)
-    n = num_choices or len(choices[0])
+@dataclass(frozen=True)
+class UserFile:
+    """One user file as a data kind's ``read`` sees it: the table, and the file's column for each role.
+
+    ``spec`` is None for the training file (the reader then makes it with :meth:`new_spec`) and the
+    training file's spec for the evaluation files. The helpers raise the usual one-line DataErrors.
+
+    Example (a reader for a kind whose labels are numbers)::
+
+        def read_scores(file: UserFile) -> tuple[TaskSpec, dict[str, list]]:
+            texts, labels = file.texts("text"), file.numbers("label", "scores")
+            return file.spec or file.new_spec(), {"text": texts, "label": labels}
+    """
+
+    table: Any  # a pandas DataFrame
+    path: Path
+    kind: str
+    columns: Mapping[str, str]  # role ("text", "label", ...) -> the file's column name
+    spec: TaskSpec | None = None
+    label_names: Sequence[str] | None = None
+
+    def new_spec(self, **fields: Any) -> TaskSpec:
+        """The training file's TaskSpec: named after the file, of this kind, with ``fields``."""
+        return TaskSpec(self.path.stem, self.kind, description=f"user files ({self.path.name})", **fields)
+
+    def column(self, role: str) -> list:
+        return _column(self.table, self.columns[role], role, self.path)
+
+    def texts(self, role: str) -> list[str]:
+        return _texts(self.table, self.columns[role], role, self.path)
+
+    def numbers(self, role: str, what: str) -> list[float]:
+        return _numbers(self.column(role), self.columns[role], self.path, what)
+
+
+def read_classes(file: UserFile) -> tuple[TaskSpec, dict[str, list]]:
+    """``text`` and class ``label`` (names, or ids with ``label_names``); the training file fixes the classes."""
+    texts, labels = file.texts("text"), file.column("label")
+    spec = file.spec
+    if spec is None:
+        names = (tuple(map(str, file.label_names)) if file.label_names
+                 else _class_names(labels, file.columns["label"], file.path))
+        spec = file.new_spec(label_names=names)
+    return spec, {"text": texts, "label": _class_ids(labels, spec.label_names, file.columns["label"], file.path)}
+
+
+def read_numbers(file: UserFile) -> tuple[TaskSpec, dict[str, list]]:
+    """``text`` and a number ``label`` (regression)."""
+    texts, labels = file.texts("text"), file.column("label")
+    spec = file.spec or file.new_spec()
+    return spec, {"text": texts, "label": _numbers(labels, file.columns["label"], file.path, "regression labels")}
+
+
+def read_choices(file: UserFile) -> tuple[TaskSpec, dict[str, list]]:
+    """``question``, ``choices`` (the same number per row; the training file fixes it) and a 0-based ``label``."""
+    path, cols = file.path, file.columns
+    questions = file.texts("question")
+    choices = _choices(file.table, cols["choices"], path)
+    n = file.spec.num_choices if file.spec else len(choices[0])
     for row, c in enumerate(choices, start=1):
         if len(c) != n:
             raise DataError(f"{path.name}: row {row} has {len(c)} choices, earlier rows {n}; every row needs the "
                             "same number of choices (split the file by number of choices)")
-    labels = _numbers(_column(df, cols["label"], "label", path), cols["label"], path, "answer indices")
+    labels = file.numbers("label", "answer indices")
     for row, y in enumerate(labels, start=1):
         if not y.is_integer() or not 0 <= y < n:
             raise DataError(f"{path.name}: label {y:g} (row {row}, column {cols['label']!r}) is not a choice index "
                             f"0..{n - 1}; labels are 0-based indices into the choices")
-    return {"question": questions, "choices": choices, "label": [int(y) for y in labels]}
+    spec = file.spec or file.new_spec(num_choices=n)
+    return spec, {"question": questions, "choices": choices, "label": [int(y) for y in labels]}
 
 
 def _read(path: Path, spec: TaskSpec | None, kind: str, cols: dict[str, str],
           label_names: Sequence[str] | None) -> tuple[TaskSpec, datasets.Dataset]:
     """One file as a Dataset in our columns; the first file (``spec`` None) also fixes the spec."""
-    df = read_table(path)
-    name, note = Path(path).stem, f"user files ({Path(path).name})"
-    if kind == "multiple_choice":
-        columns = _mc_columns(df, path, cols, spec.num_choices if spec else None)
-        spec = spec or TaskSpec(name, kind, num_choices=len(columns["choices"][0]), description=note)
-    else:
-        texts = _texts(df, cols["text"], "text", path)
-        labels = _column(df, cols["label"], "label", path)
-        if kind == "regression":
-            spec = spec or TaskSpec(name, kind, description=note)
-            labels = _numbers(labels, cols["label"], path, "regression labels")
-        else:
-            if spec is None:
-                names = tuple(map(str, label_names)) if label_names else _class_names(labels, cols["label"], path)
-                spec = TaskSpec(name, kind, names, description=note)
-            labels = _class_ids(labels, spec.label_names, cols["label"], path)
-        columns = {"text": texts, "label": labels}
+    data_kind = DATA_KINDS[kind]
+    file = UserFile(read_table(path), path, kind, {role: cols[role] for role in data_kind.columns}, spec, label_names)
+    spec, columns = data_kind.read(file)
     return spec, datasets.Dataset.from_dict(columns, features=features_for(spec))
 
 
@@ -205,7 +248,7 @@ def load_files(train: str | Path, *, eval_files: dict[str, str | Path] | None = 
                           eval_files={"test": "held_out.jsonl"})
         data.spec.label_names      # ("1", "2", "3", "4", "5")
     """
-    if kind not in KINDS:
+    if kind not in DATA_KINDS:
         raise DataError(f"unknown task kind {kind!r}; use one of {', '.join(KINDS)} (--kind)")
     if not 0 < validation_fraction < 0.5:
         raise DataError(f"validation_fraction must be between 0 and 0.5, got {validation_fraction}")

@@ -15,7 +15,7 @@ from datasets import load_dataset
 
 from .sources import SPLIT_SEED, leak_mask
 from .splits import carve
-from .types import DataError, TaskSpec, features_for
+from .types import DATA_KINDS, DataError, TaskSpec, features_for
 
 __all__ = ["load_from_hub", "HUB_CONFIGS", "SST2_HUB_ID"]
 
@@ -84,11 +84,9 @@ def _download(hub_id: str, config: str | None) -> datasets.DatasetDict:
 
 
 def _convert(raw: datasets.DatasetDict, spec: TaskSpec, convert: Callable[[dict, TaskSpec], Row]) -> dict:
-    out = {}
+    out, kind = {}, DATA_KINDS[spec.kind]
     for split, ds in raw.items():
-        rows = [r for r in (convert(row, spec) for row in ds) if r is not None]
-        if spec.kind == "multiple_choice":
-            rows = [r for r in rows if len(r["choices"]) == spec.num_choices]
+        rows = [r for r in (convert(row, spec) for row in ds) if r is not None and kind.keep_row(r, spec)]
         if rows:
             name = "validation" if split in ("valid", "val", "dev") else split
             out[name] = datasets.Dataset.from_list(rows, features=features_for(spec))

@@ -16,6 +16,7 @@ from pathlib import Path
 import datasets
 
 from ..assets import cache_dir
+from . import kinds  # noqa: F401  (the built-in kinds are registered before TASKS' specs are made)
 from . import sources
 from .splits import random_rows
 from .types import DataError, TaskData, TaskSpec

@@ -1,14 +1,25 @@
-"""Task descriptions, loaded task data, the column schema of each kind, and the data error."""
+"""Task descriptions, loaded task data, the registry of data kinds (each kind's schema, reader and
+encoder), and the data error.
+
+``DATA_KINDS`` is declared here, empty; the built-in kinds are registered in
+:mod:`pyro_bhpeft.data.kinds`, one line each.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 import datasets
 
-__all__ = ["TaskSpec", "TaskData", "DataError", "KINDS", "features_for"]
+from ..registry import Registry
 
-KINDS = ("classification", "multiple_choice", "regression")
+if TYPE_CHECKING:
+    from .files import UserFile
+
+__all__ = ["TaskSpec", "TaskData", "DataError", "DataKind", "DATA_KINDS", "KINDS", "features_for"]
 
 
 class DataError(ValueError):
@@ -23,6 +34,83 @@ class DataError(ValueError):
     """
 
 
+def _any_spec(spec: TaskSpec) -> None:
+    """The default check of a kind's TaskSpec: every spec of the kind is valid."""
+
+
+def _every_row(row: dict, spec: TaskSpec) -> bool:
+    """The default hub-row filter: keep every converted row."""
+    return True
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """What the data layer needs for one task kind: schema, checks, how to read a user file, how to encode.
+
+    A split of the kind has the ``inputs`` columns, then ``label``: a ``ClassLabel`` over
+    ``spec.label_names`` when ``class_labels``, else a ``Value(label_dtype)``. A user file needs the
+    same columns (:attr:`columns`), named through ``load_files``' ``*_column`` arguments.
+
+    - ``read(file)``: a :class:`~pyro_bhpeft.data.files.UserFile` -> ``(spec, columns)``, the spec
+      made with ``file.new_spec(...)`` for the training file (``file.spec`` is None) and the columns
+      as lists in schema order; problems raise :class:`DataError`.
+    - ``encoder(spec, tokenizer, settings)``: the batched ``Dataset.map`` function that adds
+      ``input_ids``/``attention_mask`` (``encode_text`` or ``encode_pairs`` in ``batches.py``).
+    - ``validate(spec)``: raise :class:`DataError` for a spec of this kind that cannot work.
+    - ``keep_row(row, spec)``: whether a row converted from the hub fits the spec.
+
+    Example::
+
+        DATA_KINDS.register("ordinal", DataKind({"text": datasets.Value("string")}, "int64",
+                                                read=read_ordinal, encoder=encode_text))
+    """
+
+    inputs: Mapping[str, Any]  # column -> datasets feature, in schema order
+    label_dtype: str  # "int64" | "float64"
+    read: Callable[[UserFile], tuple[TaskSpec, dict[str, list]]]
+    encoder: Callable[[TaskSpec, Any, dict], Callable[[dict], dict]]
+    class_labels: bool = False
+    validate: Callable[[TaskSpec], None] = _any_spec
+    keep_row: Callable[[dict, TaskSpec], bool] = _every_row
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "inputs", MappingProxyType(dict(self.inputs)))  # frozen all the way down
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns of a split and of a user file (by role): the inputs, then ``label``."""
+        return (*self.inputs, "label")
+
+    def features(self, spec: TaskSpec) -> datasets.Features:
+        label = (datasets.ClassLabel(names=list(spec.label_names)) if self.class_labels
+                 else datasets.Value(self.label_dtype))
+        return datasets.Features({**self.inputs, "label": label})
+
+
+DATA_KINDS: Registry[DataKind] = Registry("task kind")
+
+
+class _KindNames(Sequence[str]):
+    """The names in ``DATA_KINDS``, read live, as a sequence (so ``KINDS`` also lists plug-in kinds)."""
+
+    def __getitem__(self, index: Any) -> Any:
+        return tuple(DATA_KINDS)[index]
+
+    def __len__(self) -> int:
+        return len(DATA_KINDS)
+
+    def __eq__(self, other: object) -> bool:
+        return tuple(self) == (tuple(other) if isinstance(other, Sequence) and not isinstance(other, str) else other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(tuple(self))
+
+
+KINDS: Sequence[str] = _KindNames()
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """What a task is: its kind, its class names (classification) or number of choices (multiple choice).
@@ -34,20 +122,16 @@ class TaskSpec:
     """
 
     name: str
-    kind: str  # "classification" | "multiple_choice" | "regression"
+    kind: str  # a name in DATA_KINDS: "classification" | "multiple_choice" | "regression" | a plug-in
     label_names: tuple[str, ...] = ()
     num_choices: int = 0
     description: str = ""
     hub_id: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
+        if self.kind not in DATA_KINDS:
             raise DataError(f"task {self.name!r}: unknown kind {self.kind!r}; use one of {', '.join(KINDS)}")
-        if self.kind == "multiple_choice" and self.num_choices < 2:
-            raise DataError(f"task {self.name!r}: multiple choice needs num_choices >= 2, got {self.num_choices}")
-        if self.kind == "classification" and len(self.label_names) < 2:
-            raise DataError(f"task {self.name!r}: classification needs at least 2 label_names, "
-                            f"got {list(self.label_names)}")
+        DATA_KINDS[self.kind].validate(self)
 
 
 @dataclass(frozen=True)
@@ -76,11 +160,4 @@ def features_for(spec: TaskSpec) -> datasets.Features:
 
         ds = datasets.Dataset.from_dict(columns, features=features_for(spec))
     """
-    if spec.kind == "classification":
-        return datasets.Features({"text": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=list(spec.label_names))})
-    if spec.kind == "regression":
-        return datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("float64")})
-    return datasets.Features({"question": datasets.Value("string"),
-                              "choices": datasets.List(datasets.Value("string")),
-                              "label": datasets.Value("int64")})
+    return DATA_KINDS[spec.kind].features(spec)
