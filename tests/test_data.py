@@ -19,9 +19,12 @@ from transformers import BertTokenizerFast
 from pyro_bhpeft import assets
 from pyro_bhpeft.data import (TASKS, DataError, TaskData, TaskSpec, load_files, load_task, make_loader, random_rows,
                                tokenize)
-from pyro_bhpeft.data import hub, sources
+from pyro_bhpeft.data import DATA_KINDS, DataKind, hub, sources
+from pyro_bhpeft.data.batches import encode_text
+from pyro_bhpeft.data.files import UserFile
 from pyro_bhpeft.data.tasks import CACHE_VERSION
-from pyro_bhpeft.data.types import features_for
+from pyro_bhpeft.data.types import KINDS, features_for
+from pyro_bhpeft.errors import ConfigError
 
 SST2 = ["it 's a charming and often affecting journey . ", "unflinchingly bleak and desperate ",
         "bad . ", "the acting , costumes , music , cinematography and sound are all astounding . "]
@@ -448,6 +451,58 @@ def test_bad_eval_file_and_arguments(tmp_path):
         load_files(train, kind="bogus")
     with pytest.raises(DataError, match="validation_fraction must be between 0 and 0.5"):
         load_files(train, validation_fraction=0.6)
+
+
+# ---- data kinds: one registered from outside the package, an unknown one ---------------------------------------
+def _read_ranks(file: UserFile) -> tuple[TaskSpec, dict[str, list]]:
+    """A toy ``ordinal`` kind: text and a whole-number rank >= 0, kept as an int64 label (no class names)."""
+    texts, ranks = file.texts("text"), file.numbers("label", "ranks")
+    bad = next((r for r in ranks if not r.is_integer() or r < 0), None)
+    if bad is not None:
+        raise DataError(f"{file.path.name}: rank {bad:g} is not a whole number >= 0")
+    return file.spec or file.new_spec(), {"text": texts, "label": [int(r) for r in ranks]}
+
+
+def test_a_data_kind_registered_from_outside_loads_tokenizes_and_batches(tmp_path, tokenizer):
+    train = _write(pd.DataFrame({"review": ["a good film", "bad", "a film"] * 10, "stars": [2, 0, 1] * 10}),
+                   tmp_path / "ranks.csv")
+    test = _write(pd.DataFrame({"review": ["good", "bad"], "stars": [2.0, 0.0]}), tmp_path / "held.jsonl")
+    DATA_KINDS.register("ordinal", DataKind({"text": datasets.Value("string")}, "int64", read=_read_ranks,
+                                            encoder=encode_text))
+    try:
+        assert "ordinal" in KINDS and KINDS[-1] == "ordinal"
+        data = load_files(train, eval_files={"test": test}, kind="ordinal", text_column="review",
+                          label_column="stars")
+        assert data.spec == TaskSpec("ranks", "ordinal", description="user files (ranks.csv)")
+        assert list(data.splits) == ["train", "validation", "test"]
+        for split in data.splits.values():
+            assert split.column_names == ["text", "label"] and split.features["label"] == datasets.Value("int64")
+        assert list(data.splits["test"]["label"]) == [2, 0]
+        inputs, labels = next(iter(make_loader(tokenize(data, tokenizer, max_length=8)["test"], 2)))
+        assert inputs["input_ids"].tolist()[0] == [2, 6, 3, 0, 0, 0, 0, 0]  # [CLS] good [SEP] [PAD] ...
+        assert labels.dtype == torch.long and labels.tolist() == [2, 0]
+        bad = _write(pd.DataFrame({"review": ["a", "b"] * 10, "stars": [1, 0.5] * 10}), tmp_path / "bad.csv")
+        with pytest.raises(DataError, match=r"^bad.csv: rank 0.5 is not a whole number >= 0$"):
+            load_files(bad, kind="ordinal", text_column="review", label_column="stars")
+    finally:
+        DATA_KINDS.unregister("ordinal")
+    assert KINDS == ("classification", "multiple_choice", "regression")
+    with pytest.raises(DataError, match="unknown task kind 'ordinal'"):
+        load_files(train, kind="ordinal", text_column="review", label_column="stars")
+
+
+def test_an_unknown_kind_gets_one_line_that_names_the_registered_kinds(tmp_path):
+    train = _write(pd.DataFrame({"text": ["a", "b"] * 10, "label": ["pos", "neg"] * 10}), tmp_path / "train.csv")
+    choices = "classification, multiple_choice, regression"
+    cases = [(lambda: TaskSpec("t", "ordinal"), DataError,
+              rf"^task 't': unknown kind 'ordinal'; use one of {choices}$"),
+             (lambda: load_files(train, kind="ordinal"), DataError,
+              rf"^unknown task kind 'ordinal'; use one of {choices} \(--kind\)$"),
+             (lambda: DATA_KINDS["ordinal"], ConfigError, rf"^unknown task kind 'ordinal'; choose one of {choices}$")]
+    for make, error, message in cases:
+        with pytest.raises(error, match=message) as err:
+            make()
+        assert "\n" not in str(err.value)
 
 
 # ---- tokenisation and batching --------------------------------------------------------------------------------
