@@ -30,6 +30,7 @@ def library_default(fn: Any, name: str) -> Any:
 
 def add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
     from .data import load_files
+    from .data.types import DATA_KINDS
     from .runs import COLUMNS
 
     g = p.add_argument_group("data (a registered task, or your own files)")
@@ -37,8 +38,7 @@ def add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
         g.add_argument("--task", help="registered task name (see `pyro-bhpeft tasks`)")
         g.add_argument("--train", help="your training file: .csv, .jsonl or .parquet")
         g.add_argument("--eval", dest="eval_file", help="your evaluation file (default: split off the train file)")
-        g.add_argument("--kind", default=library_default(load_files, "kind"),
-                       choices=("classification", "multiple_choice", "regression"))
+        g.add_argument("--kind", default=library_default(load_files, "kind"), choices=DATA_KINDS.names())
         g.add_argument("--max-examples", type=int, help="cap every split at N rows (quick runs)")
         g.add_argument("--train-size", type=int, help="train on N training rows drawn at random (seed 0)")
     else:
