@@ -213,7 +213,7 @@ register_method("low-rank", Method.sampled("BH-PEFT hybrid, low-rank (rank 8)", 
 register_method("mean-field-lora", Method.sampled("Bayesian LoRA only, mean-field", {"guide": "mean-field"},
                                                   has_scales=True))
 
-TFB_THRESHOLD = 0.1  # relative anchor-NLL change; chosen on the sentiment validation split (docs/selection)
+TFB_THRESHOLD = 0.3  # relative anchor-NLL change: of 0.01, 0.03, 0.1, 0.3, the lowest validation NLL (docs/selection)
 BLOB_SAMPLES = TFB_SAMPLES = 10  # the authors' prediction samples
 
 
