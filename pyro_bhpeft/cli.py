@@ -112,17 +112,13 @@ def _source(args: argparse.Namespace):
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
-    from .recipe import train
-    from .runs import run_meta, save_run
+    from .runs import fit_run
 
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already holds a run; pass --overwrite to replace it or choose another --out")
     recipe, source = recipe_from(args), _source(args)
-    data = source.load()
-    result = train(recipe, data, meta=None)
-    result.posterior.meta.update(run_meta(recipe, source, data))
-    save_run(out, result, overwrite=args.overwrite)
+    result = fit_run(recipe, source.load(), out, source=source, overwrite=args.overwrite)
     print(f"fit: {result.summary()}; run saved to {out}")
 
 

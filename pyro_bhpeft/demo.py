@@ -44,15 +44,12 @@ def _run_method(name: str, recipe: Recipe, data, source, eval_splits, out: Path)
     from .backbone import load_backbone
     from .data import make_loader, tokenize
     from .predict import predict
-    from .recipe import train
-    from .runs import run_meta, save_run
+    from .runs import fit_run
     from pyro_bhpeft.analysis import metrics
 
     print(f"\n== {name} ==", flush=True)
     backbone = load_backbone(recipe.backbone)
-    result = train(recipe, data, backbone=backbone)
-    result.posterior.meta.update(run_meta(recipe, source, data))
-    save_run(out / "runs" / _slug(name), result, overwrite=True)
+    result = fit_run(recipe, data, out / "runs" / _slug(name), source=source, backbone=backbone, overwrite=True)
     tokenized = tokenize(data, backbone.tokenizer, recipe.max_length)
     samples = 0 if GUIDES[recipe.guide].point_mass else DEMO_SAMPLES
     found, probs = {}, {}

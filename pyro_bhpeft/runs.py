@@ -13,7 +13,7 @@ import inspect
 import json
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .data import DataError, load_files
 from .data.splits import random_rows
@@ -23,7 +23,7 @@ from .posterior import Posterior, read_config
 from .predict import DEFAULT_SAMPLES
 from .recipe import Recipe
 
-__all__ = ["DataSource", "COLUMNS", "file_columns", "random_rows", "training_subset", "save_run", "load_run",
+__all__ = ["DataSource", "COLUMNS", "file_columns", "random_rows", "training_subset", "fit_run", "save_run", "load_run",
            "data_hash", "evaluate_split", "eval_loader", "evaluate_run", "predict_run", "run_meta", "update_run",
            "lineage", "format_lineage"]
 
@@ -89,6 +89,21 @@ def run_meta(recipe: Recipe, source: DataSource, data: Any, parent: str | None =
             "label_names": list(data.spec.label_names), "num_choices": data.spec.num_choices,
             "data": {"name": data.spec.name, "size": len(train), "hash": data_hash(train)},
             "parent": parent, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def fit_run(recipe: Recipe, data: Any, out: str | Path, *, source: DataSource | None = None, prior: Any = None,
+            backbone: Any = None, meta: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
+            extra: Callable[[FitResult], dict[str, Any]] | None = None) -> FitResult:
+    """Train ``recipe`` on ``data``, record where the data came from (``source``) and any ``meta``, and save the
+    run at ``out`` atomically (with ``extra(result)``'s JSON files): the one fit-and-save of the library."""
+    from .recipe import train
+
+    result = train(recipe, data, prior=prior, progress=progress, backbone=backbone)
+    if source is not None:
+        result.posterior.meta.update(run_meta(recipe, source, data))
+    result.posterior.meta.update(meta or {})
+    save_run(out, result, overwrite=overwrite, extra=extra(result) if extra else None)
+    return result
 
 
 def save_run(path: str | Path, result: FitResult, *, overwrite: bool = False,
@@ -185,7 +200,6 @@ def update_run(parent: str | Path, source: DataSource, out: str | Path, *, tempe
     it used and its round number; interrupted, it leaves nothing and can simply be rerun.
     """
     from .continual import posterior_prior
-    from .recipe import train
 
     parent = Path(parent).resolve()
     if Path(out).resolve() == parent:
@@ -199,11 +213,9 @@ def update_run(parent: str | Path, source: DataSource, out: str | Path, *, tempe
         raise ValueError(f"the parent run is {meta['kind']} but the new data is {data.spec.kind}; "
                          "a round must keep the task kind")
     prior = posterior_prior(previous, temper=temper)
-    result = train(recipe, data, prior=prior, progress=progress)
-    result.posterior.meta.update(run_meta(recipe, source, data, parent=str(parent)))
-    result.posterior.meta.update(round=int(meta.get("round", 1)) + 1, prior_from={"run": str(parent), "temper": temper})
-    save_run(out, result, overwrite=overwrite)
-    return result
+    facts = {**run_meta(recipe, source, data, parent=str(parent)), "round": int(meta.get("round", 1)) + 1,
+             "prior_from": {"run": str(parent), "temper": temper}}
+    return fit_run(recipe, data, out, prior=prior, meta=facts, overwrite=overwrite, progress=progress)
 
 
 def lineage(run: str | Path) -> list[dict[str, Any]]:

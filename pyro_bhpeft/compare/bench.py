@@ -77,21 +77,26 @@ class Bench:
         from ..backbone import load_backbone
         from ..data import TASKS
         from ..posterior import Posterior
-        from ..recipe import train
-        from ..runs import DataSource, run_meta, save_run
+        from ..runs import DataSource, fit_run
 
         path = fit_dir(self.out, recipe)
         if (path / "fit.json").exists():
             return Posterior.load(path, backbone=self.backbone()), json.loads((path / "fit.json").read_text())
-        with PeakMemory() as peak:
-            result = train(recipe, self.data, progress=self.progress, backbone=load_backbone(recipe.backbone))
+        source = None
         if self.protocol.task in TASKS:  # a registered task: diagnose and evaluate can reload the data
             source = DataSource(task=self.protocol.task, seed=0, train_size=self.protocol.train_size,
                                 subset_seed=self.protocol.subset_seed)
-            result.posterior.meta.update(run_meta(recipe, source, self.data))
-        facts = {"seconds": result.seconds, "steps": result.steps, "peak_mb": peak.mb,
-                 "trainable": sum(p.numel() for p in result.posterior.guide.parameters() if p.requires_grad)}
-        save_run(path, result, overwrite=True, extra={"fit.json": facts})
+        facts: dict[str, Any] = {}
+
+        def fit_facts(result) -> dict[str, Any]:
+            facts.update(seconds=result.seconds, steps=result.steps, peak_mb=float(peak_mb()),
+                         trainable=sum(p.numel() for p in result.posterior.guide.parameters() if p.requires_grad))
+            return {"fit.json": facts}
+
+        with PeakMemory() as peak:
+            peak_mb = peak.now
+            result = fit_run(recipe, self.data, path, source=source, backbone=load_backbone(recipe.backbone),
+                             overwrite=True, progress=self.progress, extra=fit_facts)
         return result.posterior, facts
 
 
@@ -119,14 +124,19 @@ class PeakMemory:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        self.mb = self.now()
+
+    def now(self) -> float:
+        """The peak so far inside the block."""
         try:
             for line in Path("/proc/self/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
-                    self.mb = int(line.split()[1]) / 1024
+                    return int(line.split()[1]) / 1024
         except OSError:
-            import resource
+            pass
+        import resource
 
-            self.mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 @dataclass
