@@ -264,4 +264,6 @@ register_method("bh-peft-fs", Method.sampled("BH-PEFT hybrid, variance on LoRA A
                                              "function-space prior", _preset("bh-peft-fs"), has_scales=True))
 register_method("bayes-lora-fs", Method.sampled("Bayesian LoRA, variance on A only, function-space prior, flipout",
                                                 _preset("bayes-lora-fs"), has_scales=True))
+register_method("bayes-lora-fs-mean", Method.sampled("the bayes-lora-fs fit predicting with its posterior mean (K = 0)",
+                                                     _preset("bayes-lora-fs"), point_mass=True))
 DEFAULT_METHODS = tuple(METHODS)
