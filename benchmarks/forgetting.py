@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import datasets
 import torch
@@ -34,7 +36,24 @@ from pyro_bhpeft.models import SequenceClassifier
 from pyro_bhpeft.priors import Normal
 
 ROUNDS = ("sentiment-movie", "sentiment-amazon", "sentiment-tweets")
-METHODS = ("posterior-prior (mean-field)", "posterior-prior (low-rank)", "naive sequential", "joint refit")
+@dataclass(frozen=True)
+class Strategy:
+    """How a method goes through the rounds: its guide, whether the previous posterior is the next prior,
+    whether it warm-starts from the previous point estimate, and whether it refits on all data so far."""
+
+    guide: Callable[[Any], Any]
+    bayesian: bool = True  # KL weight 1 and posterior samples at prediction
+    posterior_as_prior: bool = True
+    warm_start: bool = False
+    joint: bool = False
+
+
+METHODS = {
+    "posterior-prior (mean-field)": Strategy(MeanField),
+    "posterior-prior (low-rank)": Strategy(lambda model: LowRank(model, rank=8)),
+    "naive sequential": Strategy(Delta, bayesian=False, posterior_as_prior=False, warm_start=True),
+    "joint refit": Strategy(MeanField, posterior_as_prior=False, joint=True),
+}
 
 
 def round_data(train_size: int, test_size: int, seed: int) -> list[TaskData]:
@@ -52,24 +71,18 @@ def joint_data(rounds: list[TaskData]) -> TaskData:
     return TaskData(rounds[0].spec, datasets.DatasetDict({"train": train, "test": rounds[0].splits["test"]}))
 
 
-def train_round(method: str, data: TaskData, tokenizer, previous, args, seed: int):
+def train_round(strategy: Strategy, data: TaskData, tokenizer, previous, args, seed: int):
     """One round of one method; returns the fitted posterior."""
+    carried = previous is not None and strategy.posterior_as_prior
     model = SequenceClassifier(load_backbone(args.backbone).model, num_labels=2,
-                               prior=Normal(1.0) if previous is None or method == "naive sequential"
-                               else posterior_prior(previous, temper=args.temper))
-    if method == "naive sequential":
-        guide = Delta(model)
-        kl_weight = 0.0
-    elif method.endswith("(low-rank)"):
-        guide, kl_weight = LowRank(model, rank=8), 1.0
-    else:
-        guide, kl_weight = MeanField(model), 1.0
-    if previous is not None and method == "naive sequential":
+                               prior=posterior_prior(previous, temper=args.temper) if carried else Normal(1.0))
+    guide = strategy.guide(model)
+    if previous is not None and strategy.warm_start:
         guide(*model.dummy_data())
         guide.load_state_dict(previous.guide.state_dict())  # start from the last point estimate
     loader = make_loader(tokenize(data, tokenizer, args.max_length)["train"], args.batch_size, shuffle=True, seed=seed)
-    return fit(model, guide, loader, epochs=args.epochs, lr=args.lr, kl_weight=kl_weight, seed=seed,
-               progress=False).posterior
+    return fit(model, guide, loader, epochs=args.epochs, lr=args.lr, kl_weight=1.0 if strategy.bayesian else 0.0,
+               seed=seed, progress=False).posterior
 
 
 def evaluate(posterior, data: TaskData, tokenizer, args, samples: int) -> dict:
@@ -81,13 +94,13 @@ def evaluate(posterior, data: TaskData, tokenizer, args, samples: int) -> dict:
 def run_seed(seed: int, args, tokenizer) -> dict:
     rounds = round_data(args.train_size, args.test_size, seed)
     results = {m: [] for m in METHODS}  # results[method][k][j] = metrics on round j after round k
-    for method in METHODS:
+    for method, strategy in METHODS.items():
         previous = None
         for k in range(len(rounds)):
-            data = joint_data(rounds[: k + 1]) if method == "joint refit" else rounds[k]
-            prev = None if method == "joint refit" else previous
-            previous = train_round(method, data, tokenizer, prev, args, seed)
-            samples = 0 if method == "naive sequential" else args.samples
+            data = joint_data(rounds[: k + 1]) if strategy.joint else rounds[k]
+            prev = None if strategy.joint else previous
+            previous = train_round(strategy, data, tokenizer, prev, args, seed)
+            samples = args.samples if strategy.bayesian else 0
             results[method].append([evaluate(previous, rounds[j], tokenizer, args, samples) for j in range(k + 1)])
             print(f"seed {seed} {method} round {k + 1}: " + ", ".join(
                 f"{ROUNDS[j]} acc {r['accuracy']:.3f}" for j, r in enumerate(results[method][-1])), flush=True)
