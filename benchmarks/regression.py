@@ -83,8 +83,9 @@ def main() -> None:
             ax.axhline(90, color="k", linestyle="--", linewidth=1)
     fig.tight_layout()
     plots.save(fig, args.out / "regression.png")
+    ran = f"This run: seeds {', '.join(map(str, range(args.seeds)))}; methods {', '.join(cells)}."
     write_text(args.out / "regression.md", f"# {__doc__.splitlines()[0]}\n\n{__doc__.split(chr(10) * 2)[1]}\n\n"
-               f"{table}\n\n![regression](regression.png)\n")
+               f"{ran}\n\n{table}\n\n![regression](regression.png)\n")
     print(table)
 
 
