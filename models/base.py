@@ -161,22 +161,25 @@ class BayesianPeftModel(PyroModule):
 
     def run(self, weights: Mapping[str, torch.Tensor], batch: Batch) -> Any:
         """Deterministic forward pass with given weights (no Pyro statements)."""
-        with self.bound(weights):
-            flat = self.flatten_inputs(batch)
+        flat = self.flatten_inputs(batch)
+        rows_per_example = next(iter(flat.values())).shape[0] // max(1, next(iter(batch.values())).shape[0])
+        with self.bound(weights, group=rows_per_example):
             inputs = {k: v for k, v in flat.items() if k in _BACKBONE_INPUTS}
             hidden = self.backbone(**inputs).last_hidden_state  # (batch, seq, hidden)
             features = pool(hidden, flat.get("attention_mask"), self.pooling)
         return self.outputs(weights, features, batch)
 
     @contextlib.contextmanager
-    def bound(self, weights: Mapping[str, torch.Tensor]):
-        """Bind sampled PEFT tensors to their layers for the duration of a forward pass."""
+    def bound(self, weights: Mapping[str, torch.Tensor], group: int = 1):
+        """Bind sampled PEFT tensors to their layers for the duration of a forward pass; ``group`` backbone rows
+        make one example (the choices of a question), so flipout gives them one perturbation."""
         try:
             for layer, names in self._layer_sites:
                 mine = {local: weights[full] for local, full in names if full in weights}
                 if mine and self.flipout_locs is not None:  # the means too: flipout perturbs around them
                     locs = {f"{local}:loc": self.flipout_locs(full) for local, full in names if full in weights}
                     mine.update({k: v for k, v in locs.items() if v is not None})
+                    mine["flipout:group"] = group
                 layer.bind(mine or None)  # a layer with no weights given stays inactive
             yield
         finally:

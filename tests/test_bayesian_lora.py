@@ -259,3 +259,26 @@ def test_a_round_with_learned_prior_scales_becomes_the_next_round_s_prior():
     assert torch.equal(fn.loc, marginal.loc) and torch.equal(fn.scale, marginal.scale)
     saved = priors.prior_from_dict(nxt.to_dict(), nxt.tensors())
     assert saved.base.scales() == prior.scales()
+
+
+def test_flipout_gives_one_perturbation_to_the_choices_of_one_question():
+    g = torch.Generator().manual_seed(0)
+    loc, noise, b = torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g), torch.randn(3, 2, generator=g)
+    x = torch.randn(1, 5, 6, generator=g).expand(4, 5, 6)  # 2 questions x 2 choices, all the same text
+    torch.manual_seed(0)
+    out = flipout_lora(x, loc, noise, b, 1.0, group=2)
+    assert torch.equal(out[0], out[1]) and torch.equal(out[2], out[3])  # a question's choices: one weight
+    assert not torch.equal(out[0], out[2])
+    with pytest.raises(ValueError, match="do not divide"):
+        flipout_lora(x, loc, noise, b, 1.0, group=3)
+    from pyro_bhpeft.models import MultipleChoice
+
+    model = MultipleChoice(tiny_bert(), PeftConfig(lora=LoraConfig(r=2)))
+    seen = []
+    layer = model.peft_layers[0]
+    original = layer.forward
+    layer.forward = lambda x: (seen.append(layer._weights.get("flipout:group")), original(x))[1]
+    model.flipout_locs = lambda name: torch.zeros(model.sites[name].shape) if name.endswith("lora_A") else None
+    weights = {n: s.init(s.shape) for n, s in model.sites.items()}
+    model.run(weights, token_batch(3, choices=2))
+    assert seen == [2]

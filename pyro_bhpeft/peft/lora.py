@@ -42,12 +42,12 @@ class LoraLinear(PeftLayer):
         a, b = self._weights["lora_A"], self._weights["lora_B"]
         loc = self._weights.get("lora_A:loc")
         if loc is not None:
-            return y + flipout_lora(x, loc, a - loc, b, self.scaling)
+            return y + flipout_lora(x, loc, a - loc, b, self.scaling, group=self._weights.get("flipout:group", 1))
         return y + (x @ a.T) @ (b.T * self.scaling)  # (..., in) -> (..., r) -> (..., out)
 
 
-def flipout_lora(x: torch.Tensor, loc: torch.Tensor, noise: torch.Tensor, b: torch.Tensor, scaling: float
-                 ) -> torch.Tensor:
+def flipout_lora(x: torch.Tensor, loc: torch.Tensor, noise: torch.Tensor, b: torch.Tensor, scaling: float,
+                 group: int = 1) -> torch.Tensor:
     """The LoRA delta with flipout on ``A`` (Wen et al. 2018, as BLoB uses it).
 
     One Gaussian draw ``noise = A - loc`` serves the whole batch; each example (the first dimension of
@@ -55,11 +55,17 @@ def flipout_lora(x: torch.Tensor, loc: torch.Tensor, noise: torch.Tensor, b: tor
     examples see decorrelated perturbations with the marginal distribution of an independent draw of
     ``A`` each (``noise`` is symmetric), and all tokens of one example share theirs, as one weight draw
     per example would. (BLoB's code draws signs per token; per example costs ``seq`` times fewer random
-    numbers and keeps one effective weight per sequence.) ``B`` is never flipped.
+    numbers and keeps one effective weight per sequence.) Each run of ``group`` consecutive rows of ``x`` is
+    one example (a question's choices, folded into the batch) and shares one set of signs, so the softmax
+    over its choices is computed under one weight. ``B`` is never flipped.
     """
-    shape = (x.shape[0], *([1] * (x.dim() - 2)))  # (batch, 1, ..., 1): broadcast over tokens
+    if x.shape[0] % group:
+        raise ValueError(f"flipout groups of {group} rows do not divide a batch of {x.shape[0]}")
+    shape = (x.shape[0] // group, *([1] * (x.dim() - 2)))  # (examples, 1, ..., 1): broadcast over tokens
     r = torch.empty(*shape, x.shape[-1], dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
     s = torch.empty(*shape, loc.shape[0], dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+    if group > 1:
+        r, s = r.repeat_interleave(group, dim=0), s.repeat_interleave(group, dim=0)
     low = x @ loc.T + ((x * r) @ noise.T) * s  # (..., r)
     return low @ (b.T * scaling)
 
