@@ -55,7 +55,8 @@ class MeanField(AutoGuide):
     """Independent Normals per site; ``deterministic`` globs (e.g. ``("*.lora_B",)``) are point masses.
 
     ``init_scale`` is one starting scale, or ``(low, high)``: each entry's start drawn uniformly
-    between them in the parameterisation's own space (BLoB draws ``rho ~ U(0.0354, 0.05)``).
+    between them in the parameterisation's own space: log-scale for ``log``, ``rho`` for ``rho2`` (BLoB
+    draws ``rho ~ U(0.0354, 0.05)``), the scale itself for ``softplus``.
     """
 
     def __init__(self, model, *, init_scale: float | Sequence[float] = 1e-2, deterministic: Sequence[str] = (),
@@ -161,7 +162,8 @@ class MeanField(AutoGuide):
         for name in guide.site_names():
             scale = scales.get(name)
             if name not in locs or (scale is None) != guide.is_deterministic(name):
-                raise ValueError(f"from_marginals needs a loc and a scale for every site; {name!r} is missing")
+                raise ValueError(f"from_marginals needs a loc for every site, and a scale exactly for the sites that are "
+                                 f"not point masses; site {name!r} breaks that")
             loc, event_dim, shape = locs[name], guide.event_dims[name], guide.loc(name).shape
             if loc.shape != shape or (scale is not None and (scale.shape != shape or not (scale > 0).all())):
                 raise ValueError(f"site {name!r}: loc and scale must have shape {tuple(shape)} and the scale "

@@ -49,6 +49,9 @@ class PosteriorPrior(Prior):
     cov_diag: torch.Tensor | None = None
     type_name: ClassVar[str] = "posterior"
 
+    def parameters(self) -> list[torch.Tensor]:
+        return self.base.parameters()  # learned scales of the sites the posterior lacks (a new head)
+
     def covers(self, name: str) -> bool:
         return name in self.locs
 

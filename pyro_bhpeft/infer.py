@@ -45,7 +45,14 @@ __all__ = ["fit", "FitResult", "KLStep", "kl_schedule", "blob_kl_weight", "scale
 @dataclass(frozen=True)
 class KLStep:
     """BLoB's separate KL step: SGD at rate ``lr`` on ``pi_t * KL``; ``schedule`` ``blob`` re-weights the
-    steps of each epoch by ``2^i / (2^(M+1) - 1)``, ``uniform`` gives each ``1 / M``."""
+    steps of each epoch by ``2^i / (2^(M+1) - 1)``, ``uniform`` gives each ``1 / M``.
+
+    ``M`` is the number of steps of an epoch. (BLoB's code cycles over ``M = int(100 N^(pi/gamma) / batch)``
+    steps with ``gamma = 8``, independent of the epochs: 94 steps for 1,000 examples in batches of 16, where
+    an epoch here is 63, so its KL weighs about 2/3 of ours over the same steps.) The reported loss is
+    ``NLL + KL`` per example; what the two steps follow per epoch is ``M * mean NLL + KL``, the KL weighted
+    ``batch`` times more than in the ELBO, as in BLoB.
+    """
 
     lr: float = 0.02
     schedule: str = "blob"
@@ -272,13 +279,16 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
         raise ValueError(f"epochs must be >= 1, got {epochs} (max_steps only caps the steps of those epochs)")
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 when given, got {max_steps}")
-    if flipout and not (hasattr(guide, "loc") and hasattr(guide, "scale")):
+    from pyro_bhpeft.guides import MeanField
+
+    if flipout and not isinstance(guide, MeanField):
         raise ValueError(f"flipout needs a mean-field guide (per-site loc and scale), not {type(guide).__name__}")
     pyro.set_rng_seed(seed)
     model.num_data = _num_data(data, num_data)
     batches = list(data) if not hasattr(data, "__len__") else data
     with torch.no_grad(), poutine.block():
         guide(*next(iter(batches)))  # set the guide's parameters up
+    _check_priors(model, guide)
     total = epochs * len(batches) if max_steps is None else min(max_steps, epochs * len(batches))
     steps = _make_steps(model, guide, lr, scale_lr, weight_decay, final_lr_factor, total, clip_norm, num_particles,
                         kl_step, flipout)
@@ -316,6 +326,26 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
                      curves["nll"], curves["kl"], curves["scale_steps"], trace, warnings)
 
 
+def _check_priors(model: Any, guide: Any) -> None:
+    """One line instead of an unbounded objective: a random site under a flat prior, or learned prior scales
+    under a point mass (joint MAP over weights and prior scales has no maximum)."""
+    from pyro_bhpeft.guides import MeanField, guide_kind
+
+    prior, sites = getattr(model, "prior", None), getattr(model, "sites", {})
+    kind = guide_kind(guide)
+    if prior is not None and prior.parameters() and kind is not None and kind.point_mass:
+        raise ValueError("learned prior scales need a posterior with variance (e.g. --guide mean-field): with a "
+                         "point mass the prior scale of a zero-initialised weight runs to 0")
+    if not isinstance(guide, MeanField) or prior is None:
+        return
+    joint = set(getattr(prior, "joint", ()))
+    for name in guide.site_names():
+        if name in sites and name not in joint and guide.scale(name) is not None and isinstance(
+                prior.distribution(name, sites[name].shape), pyro.distributions.ImproperUniform):
+            raise ValueError(f"site {name!r} has no prior (flat) but a random posterior, so its KL is unbounded; "
+                             "make it a point mass (deterministic=...) or give it a prior")
+
+
 def _record_scales(guide: Any, step: int, curves: dict[str, list], trace: dict[str, list[float]]) -> None:
     scales = _mean_scales(guide)
     if scales:
@@ -339,6 +369,7 @@ def _make_steps(model, guide, lr, scale_lr, weight_decay, final_lr_factor, total
     if kl_step is not None:
         steps.kl_step = kl_step
         steps.kl_loss = _elbo_for(guide, 1)(model, scaled_guide)
-        steps.kl_optimizer = torch.optim.SGD(params, lr=kl_step.lr)
+        guide_params = [p for p in params if not any(p is h for h in hyper)]  # prior scales learn in the Adam step
+        steps.kl_optimizer = torch.optim.SGD(guide_params, lr=kl_step.lr)
         steps.kl_schedule = _decay(steps.kl_optimizer, final_lr_factor, total)
     return steps

@@ -282,3 +282,13 @@ def test_flipout_gives_one_perturbation_to_the_choices_of_one_question():
     weights = {n: s.init(s.shape) for n, s in model.sites.items()}
     model.run(weights, token_batch(3, choices=2))
     assert seen == [2]
+
+
+def test_an_unbounded_objective_is_refused_in_one_line():
+    peft = PeftConfig(lora=LoraConfig(r=2))
+    model = SequenceClassifier(tiny_bert(), peft, priors.PRIORS["blob"](0.2), num_labels=2)
+    with pytest.raises(ValueError, match="'encoder.layer.0.attention.self.query.lora_B' has no prior.*point mass"):
+        fit(model, MeanField(model), _data(), num_data=8, progress=False)  # B random under a flat prior
+    model = SequenceClassifier(tiny_bert(), peft, priors.Learned(), num_labels=2)
+    with pytest.raises(ValueError, match="learned prior scales need a posterior with variance"):
+        fit(model, Delta(model), _data(), num_data=8, progress=False)

@@ -57,8 +57,11 @@ def rotate_lora(weights: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
 
 def _posterior(point: Posterior, rotated: dict[str, torch.Tensor], singular: dict[str, torch.Tensor],
                sigma: float) -> Posterior:
-    scales = {n: (sigma / (d + 1e-6))[:, None].expand_as(rotated[n]).clone() if n in singular else None
-              for n, d in ((n, singular.get(n)) for n in rotated)}
+    def row_scales(name: str, d: torch.Tensor) -> torch.Tensor:
+        d = torch.where(d > 1e-6 * d.max(), d, d.max())  # a zero singular value: B' ignores the row anyway
+        return (sigma / (d + 1e-12))[:, None].expand_as(rotated[name]).clone()
+
+    scales = {n: row_scales(n, singular[n]) if n in singular else None for n in rotated}
     guide = MeanField.from_marginals(point.model, rotated, scales,
                                      deterministic=tuple(n for n in rotated if n not in singular))
     meta = {**point.meta, "tfb": {"sigma": sigma}}
