@@ -431,3 +431,11 @@ def test_every_method_runs_on_more_classes_and_on_multiple_choice(kind, tiny_bac
         accuracy = 100 * np.mean(p["test_probs"].argmax(1) == p["test_labels"])
         assert float(rows[m]["accuracy_mean"]) == pytest.approx(accuracy)
         assert_metrics_follow_from_predictions(out, m, 0)
+
+
+def test_adding_a_method_to_a_comparison_keeps_the_other_methods_rows(tiny_backbone, task_files, tmp_path):
+    data, _ = task_files
+    out = tmp_path / "cmp"
+    run_compare(protocol(tiny_backbone), out, methods=("lora",), seeds=(0,), data=data, progress=False)
+    run_compare(protocol(tiny_backbone), out, methods=("map",), seeds=(0,), data=data, progress=False)
+    assert list(cells_csv(out / "comparison.csv")) == ["lora", "map"]

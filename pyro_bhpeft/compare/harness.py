@@ -22,7 +22,8 @@ __all__ = ["run_compare"]
 def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS,
                 seeds: Sequence[int] = (0, 1, 2), data: Any = None, ood: Any = None, overwrite: bool = False,
                 progress: bool = True) -> Path:
-    """Fit and score every (method, seed) cell not already in ``out``, then write the summary.
+    """Fit and score every (method, seed) cell not already in ``out``, then write the summary of every method
+    that has cells in ``out`` (in registry order).
 
     ``methods`` are names in :data:`METHODS`. ``data``/``ood`` default to the protocol's registered
     tasks; pass :class:`TaskData` to compare on your own. Returns the path of ``comparison.md``.
@@ -50,7 +51,9 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
     for method in methods:
         for seed in seeds:
             run_cell(bench, method, seed)
-    return summarize(out, methods, seeds)
+    # the summary covers every method with cells here, so adding methods to a comparison keeps the others
+    finished = [m for m in METHODS if any((out / "cells" / f"{m}-seed{s}" / "metrics.json").exists() for s in seeds)]
+    return summarize(out, finished, seeds)
 
 
 def _check_protocol(out: Path, protocol: Protocol, overwrite: bool) -> None:
