@@ -273,7 +273,7 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
     decays exponentially to ``final_lr_factor`` times its start by the last step; ``kl_weight``
     multiplies the KL term (1 = the true ELBO) and can be annealed in over ``kl_anneal_steps``;
     ``kl_step`` switches to BLoB's split step; ``flipout`` (mean-field guides) decorrelates the
-    LoRA ``A`` noise across the tokens of a batch. The same ``seed`` gives the same posterior.
+    LoRA ``A`` noise across the examples of a batch. The same ``seed`` gives the same posterior.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs} (max_steps only caps the steps of those epochs)")
