@@ -7,14 +7,14 @@
 
 from pyro_bhpeft.registry import Registry
 
+from .answer import AnswerChoice
 from .base import BayesianPeftModel
 from .classifier import MultipleChoice, SequenceClassifier
 from .regressor import Regressor
 
 TASK_KINDS: Registry[type[BayesianPeftModel]] = Registry("task kind")
-for _model in (SequenceClassifier, MultipleChoice, Regressor):
+for _model in (SequenceClassifier, MultipleChoice, Regressor, AnswerChoice):
     TASK_KINDS.register(_model.task, _model)
-
 
 
 def model_class(name: str) -> type[BayesianPeftModel]:
@@ -25,4 +25,4 @@ def model_class(name: str) -> type[BayesianPeftModel]:
     return classes[name]
 
 
-__all__ = ["BayesianPeftModel", "SequenceClassifier", "MultipleChoice", "Regressor", "TASK_KINDS", "model_class"]
+__all__ = ["BayesianPeftModel", "SequenceClassifier", "MultipleChoice", "Regressor", "AnswerChoice", "TASK_KINDS", "model_class"]

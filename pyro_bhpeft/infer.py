@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from .posterior import Posterior
 
-__all__ = ["fit", "FitResult", "KLStep", "kl_schedule", "blob_kl_weight", "scale_warnings"]
+__all__ = ["fit", "FitResult", "KLStep", "kl_schedule", "blob_kl_weight", "scale_warnings", "lr_factor"]
 
 
 @dataclass(frozen=True)
@@ -257,20 +257,37 @@ def _elbo_for(guide: Any, num_particles: int):
     return elbo(num_particles=num_particles, vectorize_particles=False)
 
 
-def _decay(optimizer: torch.optim.Optimizer, factor: float, total: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: factor ** (s / max(1, total - 1)))
+def lr_factor(step: int, total: int, final_factor: float = 1.0, warmup_ratio: float = 0.0,
+              decay: str = "none") -> float:
+    """The learning-rate multiplier at ``step`` (0-based) of ``total``: a linear warm-up over the first
+    ``warmup_ratio`` of the steps (step ``s`` at ``(s + 1) / warm``), then ``decay``: ``"linear"`` to 0 at
+    ``total`` (as Hugging Face's linear schedule), or ``"none"``: exponential to ``final_factor`` at the last
+    step (1.0: constant)."""
+    warm = int(round(warmup_ratio * total))
+    if step < warm:
+        return (step + 1) / warm
+    if decay == "linear":
+        return max(0.0, (total - step) / max(1, total - warm))
+    return final_factor ** (step / max(1, total - 1))
+
+
+def _decay(optimizer: torch.optim.Optimizer, factor: float, total: int, warmup_ratio: float = 0.0,
+           decay: str = "none"):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, factor, warmup_ratio, decay))
 
 
 def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, num_data: int | None = None,
         epochs: int = 1, max_steps: int | None = None, lr: float = 2e-3, scale_lr: float | None = None,
         final_lr_factor: float = 1.0, weight_decay: float = 0.0, kl_weight: float = 1.0, kl_anneal_steps: int = 0,
-        kl_step: KLStep | None = None, flipout: bool = False, clip_norm: float | None = 1.0,
+        kl_step: KLStep | None = None, flipout: bool = False, warmup_ratio: float = 0.0, lr_decay: str = "none",
+        clip_norm: float | None = 1.0,
         num_particles: int = 1, seed: int = 0, progress: bool = True, backbone_name: str | None = None,
         meta: dict | None = None) -> FitResult:
     """Run SVI over ``epochs`` passes of ``data`` (batches of ``(inputs, labels)``).
 
     ``scale_lr`` is the learning rate of the posterior scales (default: ``lr``); every learning rate
-    decays exponentially to ``final_lr_factor`` times its start by the last step; ``kl_weight``
+    warms up over the first ``warmup_ratio`` of the steps, then decays exponentially to ``final_lr_factor``
+    times its start by the last step, or with ``lr_decay="linear"`` linearly to 0 (:func:`lr_factor`); ``kl_weight``
     multiplies the KL term (1 = the true ELBO) and can be annealed in over ``kl_anneal_steps``;
     ``kl_step`` switches to BLoB's split step; ``flipout`` (mean-field guides) decorrelates the
     LoRA ``A`` noise across the examples of a batch. The same ``seed`` gives the same posterior.
@@ -290,8 +307,8 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
         guide(*next(iter(batches)))  # set the guide's parameters up
     _check_priors(model, guide)
     total = epochs * len(batches) if max_steps is None else min(max_steps, epochs * len(batches))
-    steps = _make_steps(model, guide, lr, scale_lr, weight_decay, final_lr_factor, total, clip_norm, num_particles,
-                        kl_step, flipout)
+    schedule = {"factor": final_lr_factor, "total": total, "warmup_ratio": warmup_ratio, "decay": lr_decay}
+    steps = _make_steps(model, guide, lr, scale_lr, weight_decay, schedule, clip_norm, num_particles, kl_step, flipout)
     record_every = max(1, total // 50)
     curves: dict[str, list] = {"loss": [], "nll": [], "kl": [], "beta": [], "time": [], "scale_steps": []}
     trace: dict[str, list[float]] = {}
@@ -354,8 +371,8 @@ def _record_scales(guide: Any, step: int, curves: dict[str, list], trace: dict[s
             trace.setdefault(name, []).append(value)
 
 
-def _make_steps(model, guide, lr, scale_lr, weight_decay, final_lr_factor, total, clip_norm, num_particles,
-                kl_step, flipout) -> _Steps:
+def _make_steps(model, guide, lr, scale_lr, weight_decay, schedule, clip_norm, num_particles, kl_step,
+                flipout) -> _Steps:
     groups = _param_groups(guide, lr, scale_lr or lr, weight_decay)
     hyper = list(getattr(getattr(model, "prior", None), "parameters", lambda: [])())
     if hyper:  # empirical Bayes: prior scales learn with the posterior scales
@@ -364,12 +381,12 @@ def _make_steps(model, guide, lr, scale_lr, weight_decay, final_lr_factor, total
     params = [p for g in optimizer.param_groups for p in g["params"]]
     scaled_guide = _KLScaledGuide(guide)
     steps = _Steps(model, guide, _elbo_for(guide, num_particles)(model, scaled_guide), scaled_guide, optimizer,
-                   _decay(optimizer, final_lr_factor, total), params, clip_norm, flipout=flipout,
+                   _decay(optimizer, **schedule), params, clip_norm, flipout=flipout,
                    num_particles=num_particles)
     if kl_step is not None:
         steps.kl_step = kl_step
         steps.kl_loss = _elbo_for(guide, 1)(model, scaled_guide)
         guide_params = [p for p in params if not any(p is h for h in hyper)]  # prior scales learn in the Adam step
         steps.kl_optimizer = torch.optim.SGD(guide_params, lr=kl_step.lr)
-        steps.kl_schedule = _decay(steps.kl_optimizer, final_lr_factor, total)
+        steps.kl_schedule = _decay(steps.kl_optimizer, **schedule)
     return steps

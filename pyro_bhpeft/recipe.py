@@ -26,6 +26,8 @@ from .registry import Registry
 __all__ = ["Recipe", "PRESETS", "build_model", "build_guide", "train", "loaders", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
+LR_DECAYS = ("none", "linear")
+_ADDED = {"warmup_ratio": 0.0, "lr_decay": "none"}  # later fields and their defaults (see Recipe.to_dict)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class Recipe:
     max_length: int = 64
     seed: int = 0
     dropout: bool = False  # train with the backbone's own dropout on (MC dropout)
+    warmup_ratio: float = 0.0  # fraction of the steps over which the learning rates warm up linearly from 0
+    lr_decay: str = "none"  # "none" or "linear" (to 0 at the last step, after the warm-up; as BLoB's runs)
 
     def __post_init__(self) -> None:
         from .guides import GUIDES, SCALE_PARAMS
@@ -70,6 +74,10 @@ class Recipe:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0 or not self.prior_scale > 0 or not self.init_scale > 0 or self.kl_weight < 0:
             raise ConfigError("lr, prior_scale and init_scale must be positive and kl_weight >= 0")
+        if self.lr_decay not in LR_DECAYS:
+            raise ConfigError(f"unknown lr_decay {self.lr_decay!r}; choose one of {', '.join(LR_DECAYS)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio is a fraction of the steps in [0, 1), got {self.warmup_ratio}")
         object.__setattr__(self, "deterministic", tuple(self.deterministic))
 
     @property
@@ -80,7 +88,9 @@ class Recipe:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        """The recipe as JSON; fields added since 0.2 are written only when set, so the keys of older
+        fits (a hash of this dict, see ``compare.bench.fit_dir``) stay valid."""
+        d = {k: v for k, v in asdict(self).items() if k not in _ADDED or v != _ADDED[k]}
         d["peft"] = self.peft.to_dict()
         return d
 
@@ -125,7 +135,10 @@ def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bo
     """Fit ``recipe`` on ``data`` (a :class:`pyro_bhpeft.data.TaskData`); returns the FitResult."""
     from pyro_bhpeft.guides import GUIDES
 
+    from pyro_bhpeft.data.prompts import for_backbone
+
     bb = backbone or load_backbone(recipe.backbone)
+    data = for_backbone(data, bb.model, bb.tokenizer)  # multiple choice on a causal LM: answer tokens
     targets = torch.tensor(data.splits["train"]["label"], dtype=torch.float32)  # regression standardises by them
     model = build_model(recipe, data.spec, bb.model, prior, targets)
     guide = build_guide(recipe, model)
@@ -135,7 +148,8 @@ def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bo
         kl_step = KLStep(recipe.kl_step_lr, recipe.kl_reweighting) if recipe.kl_step_lr else None
         return fit(model, guide, train_loader, epochs=recipe.epochs, max_steps=recipe.max_steps, lr=recipe.lr,
                    scale_lr=recipe.scale_lr, kl_weight=kl_weight, kl_anneal_steps=recipe.kl_anneal_steps,
-                   kl_step=kl_step, flipout=recipe.flipout,
+                   kl_step=kl_step, flipout=recipe.flipout, warmup_ratio=recipe.warmup_ratio,
+                   lr_decay=recipe.lr_decay,
                    seed=recipe.seed, progress=progress, backbone_name=recipe.backbone,
                    meta={"recipe": recipe.to_dict(), **(meta or {})})
 

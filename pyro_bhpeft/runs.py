@@ -155,6 +155,7 @@ def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path |
     """
     from .backbone import load_backbone
     from .data import make_loader, tokenize
+    from .data.prompts import for_backbone
 
     meta = read_config(run).get("meta", {})
     if data_file:
@@ -168,6 +169,7 @@ def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path |
             raise DataError(f"split {split!r} does not exist; this run's data has {', '.join(data.splits)}")
     posterior, _ = load_run(run)
     tokenizer = load_backbone(posterior.backbone_name).tokenizer
+    data = for_backbone(data, posterior.model.backbone, tokenizer)
     max_length = Recipe.from_dict(meta["recipe"]).max_length
     return posterior, data, split, make_loader(tokenize(data, tokenizer, max_length)[split], batch_size)
 

@@ -126,3 +126,30 @@ def make_model(prior):
     from pyro_bhpeft.models import Regressor
 
     return Regressor(FeatureBackbone(), PeftConfig(lora=None), prior, noise_scale=NOISE, pooling="cls")
+
+
+# ---- a saved tiny causal LM with a byte-level BPE tokenizer ---------------------------------------------
+PROMPT_WORDS = ("Question: Which of these is a metal or a wood or a stone? Answer: A B C D E true false "
+                "iron oak granite copper pine marble Goal: the a is was it does do can Which ending completes "
+                "the sentence? ... yes no")
+
+
+def save_tiny_causal_lm(folder: Path, *, tied: bool = False) -> str:
+    """A tiny random Llama causal LM (hidden 32, 2 blocks; its LM head untied unless ``tied``) and a byte-level
+    BPE tokenizer trained on prompt words (so " A" .. " E", " true", " false" are single tokens), saved as a
+    local model folder that ``load_backbone`` reads."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([PROMPT_WORDS] * 20, vocab_size=400, min_frequency=1, special_tokens=["<pad>", "<s>"],
+                            show_progress=False)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, pad_token="<pad>", bos_token="<s>")
+    tokenizer.save_pretrained(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                             tie_word_embeddings=tied, pad_token_id=0)
+        LlamaForCausalLM(config).save_pretrained(folder)
+    return str(folder)

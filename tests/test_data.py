@@ -278,7 +278,7 @@ def _hub_rows(name: str, i: int, split: str) -> dict:
                 "answerKey": "" if unlabelled and name == "commonsenseqa" else keys[i % k]}
     if name == "piqa":
         return {"goal": f"goal {i}", "sol1": "s1", "sol2": "s2", "label": -1 if unlabelled else i % 2}
-    if name == "winogrande":
+    if name.startswith("winogrande"):
         return {"sentence": f"Ann met Bo so _ smiled {i}.", "option1": "Ann", "option2": "Bo",
                 "answer": "" if unlabelled else str(1 + i % 2)}
     return {"question": f"is it {i}", "passage": f"Passage {i}.", "answer": bool(i % 2)}  # boolq
@@ -295,6 +295,7 @@ HUB_FIRST = {  # the first converted training row
     "winogrande": {"question": "Ann met Bo so", "choices": ["Ann smiled 0.", "Bo smiled 0."], "label": 0},
     "boolq": {"question": "Passage 0.\nis it 0?", "choices": ["yes", "no"], "label": 1},
 }
+HUB_FIRST["winogrande-s"] = HUB_FIRST["winogrande-m"] = HUB_FIRST["winogrande"]
 
 
 @pytest.mark.parametrize("name", [n for n, s in TASKS.items() if s.hub_id])
@@ -486,14 +487,14 @@ def test_a_data_kind_registered_from_outside_loads_tokenizes_and_batches(tmp_pat
             load_files(bad, kind="ordinal", text_column="review", label_column="stars")
     finally:
         DATA_KINDS.unregister("ordinal")
-    assert KINDS == ("classification", "multiple_choice", "regression")
+    assert KINDS == ("classification", "multiple_choice", "regression", "answer_choice")
     with pytest.raises(DataError, match="unknown task kind 'ordinal'"):
         load_files(train, kind="ordinal", text_column="review", label_column="stars")
 
 
 def test_an_unknown_kind_gets_one_line_that_names_the_registered_kinds(tmp_path):
     train = _write(pd.DataFrame({"text": ["a", "b"] * 10, "label": ["pos", "neg"] * 10}), tmp_path / "train.csv")
-    choices = "classification, multiple_choice, regression"
+    choices = "classification, multiple_choice, regression, answer_choice"
     cases = [(lambda: TaskSpec("t", "ordinal"), DataError,
               rf"^task 't': unknown kind 'ordinal'; use one of {choices}$"),
              (lambda: load_files(train, kind="ordinal"), DataError,

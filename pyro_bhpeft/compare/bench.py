@@ -35,17 +35,21 @@ class Bench:
     def __init__(self, protocol: Protocol, out: Path, data: Any, ood: Any | None, progress: bool) -> None:
         from ..backbone import load_backbone
         from ..data import make_loader, tokenize
+        from ..data.prompts import for_backbone
 
         self.protocol, self.out, self.progress = protocol, Path(out), progress
+        backbone = load_backbone(protocol.backbone)
+        tokenizer = backbone.tokenizer
+        data = for_backbone(data, backbone.model, tokenizer)  # multiple choice on a causal LM: answer tokens
         self.data = subset(data, {"train": protocol.train_size}, protocol.eval_size, protocol.subset_seed)
         self.spec = data.spec
-        tokenizer = load_backbone(protocol.backbone).tokenizer
         self.tokenized = tokenize(self.data, tokenizer, protocol.max_length)
         self.eval_loaders = {s: make_loader(self.tokenized[s], EVAL_BATCH_SIZE)
                              for s in ("validation", "test")
                              if s in self.tokenized}
         if ood is not None:
-            ood = subset(ood, {}, protocol.eval_size, protocol.subset_seed, splits=("test",))
+            ood = subset(for_backbone(ood, backbone.model, tokenizer), {}, protocol.eval_size, protocol.subset_seed,
+                         splits=("test",))
             if ood.spec.kind != data.spec.kind:
                 raise ConfigError(f"the OOD task is {ood.spec.kind} but {protocol.task} is {data.spec.kind}; "
                                   "pick an OOD task of the same kind (--ood)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -60,11 +59,11 @@ def _check_protocol(out: Path, protocol: Protocol, overwrite: bool) -> None:
     """Refuse (or, with ``overwrite``, discard) a directory holding another protocol; record this one."""
     saved = out / "protocol.json"
     if saved.exists():
-        if json.loads(saved.read_text()) != asdict(protocol):
+        if json.loads(saved.read_text()) != protocol.to_dict():
             if not overwrite:
                 raise FileExistsError(f"{out} holds a comparison with a different protocol; choose another --out "
                                       "or pass --overwrite to discard it")
             shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if not saved.exists():
-        write_json(saved, asdict(protocol))
+        write_json(saved, protocol.to_dict())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..config import ConfigError
@@ -11,8 +11,10 @@ from ..recipe import Recipe
 
 __all__ = ["Protocol", "OOD_DEFAULTS"]
 
+_ADDED = {"warmup_ratio": 0.0, "lr_decay": "none"}  # later fields and their defaults (see Protocol.to_dict)
+
 OOD_DEFAULTS = {"sentiment": "r8", "r8": "sentiment", "r52": "sentiment", "20ng": "sentiment", "piqa": "winogrande",
-                "winogrande": "piqa", "arc-easy": "openbookqa", "arc-challenge": "openbookqa",
+                "winogrande": "piqa", "winogrande-s": "piqa", "winogrande-m": "piqa", "arc-easy": "openbookqa", "arc-challenge": "openbookqa",
                 "openbookqa": "arc-easy", "commonsenseqa": "openbookqa"}
 
 
@@ -43,6 +45,8 @@ class Protocol:
     ood_task: str | None = None
     max_steps: int | None = None
     subset_seed: int = 0
+    warmup_ratio: float = 0.0
+    lr_decay: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("train_size", "eval_size", "epochs", "batch_size", "samples", "ensemble_size", "laplace_examples"):
@@ -52,11 +56,18 @@ class Protocol:
         if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
                                            or self.max_steps < 1):
             raise ConfigError(f"max_steps must be a positive integer or None, got {self.max_steps!r}")
+        self.recipe(0)  # an unknown lr_decay or a bad warmup_ratio: the recipe's one-line error
         if self.ood_task is None and self.task in OOD_DEFAULTS:
             object.__setattr__(self, "ood_task", OOD_DEFAULTS[self.task])
 
     def recipe(self, seed: int, **changes: Any) -> Recipe:
         """Deterministic LoRA under this protocol; methods change only what makes them different."""
         base = Recipe(backbone=self.backbone, guide="mle", epochs=self.epochs, max_steps=self.max_steps,
-                      batch_size=self.batch_size, lr=self.lr, max_length=self.max_length, seed=seed)
+                      batch_size=self.batch_size, lr=self.lr, max_length=self.max_length, seed=seed,
+                      warmup_ratio=self.warmup_ratio, lr_decay=self.lr_decay)
         return base.with_(**changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The protocol as saved in ``protocol.json``; fields added since 0.2 only when set (older
+        comparisons keep matching)."""
+        return {k: v for k, v in asdict(self).items() if k not in _ADDED or v != _ADDED[k]}

@@ -20,7 +20,7 @@ from .types import DATA_KINDS, DataError, TaskSpec, features_for
 __all__ = ["load_from_hub", "HUB_CONFIGS", "SST2_HUB_ID"]
 
 HUB_CONFIGS = {"arc-easy": "ARC-Easy", "arc-challenge": "ARC-Challenge", "openbookqa": "main",
-               "winogrande": "winogrande_xl"}
+               "winogrande": "winogrande_xl", "winogrande-s": "winogrande_s", "winogrande-m": "winogrande_m"}
 SST2_HUB_ID = "stanfordnlp/sst2"
 Row = dict | None
 
@@ -71,6 +71,7 @@ def _boolq(row: dict, spec: TaskSpec) -> Row:
 CONVERTERS: dict[str, Callable[[dict, TaskSpec], Row]] = {
     "sentiment": _text_label, "20ng": _newsgroups, "arc-easy": _lettered, "arc-challenge": _lettered,
     "openbookqa": _lettered, "commonsenseqa": _lettered, "piqa": _piqa, "winogrande": _winogrande, "boolq": _boolq,
+    "winogrande-s": _winogrande, "winogrande-m": _winogrande,  # the official train_s / train_m; 10% of it is validation
 }
 
 

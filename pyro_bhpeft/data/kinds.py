@@ -1,4 +1,5 @@
-"""The built-in data kinds: ``classification``, ``multiple_choice`` and ``regression``, one line each.
+"""The built-in data kinds: ``classification``, ``multiple_choice``, ``regression`` and ``answer_choice``
+(multiple choice scored by a causal LM's answer tokens, see :mod:`pyro_bhpeft.data.prompts`), one line each.
 
 A new kind is one more line (here, or in your own code before building a TaskSpec of the kind)::
 
@@ -14,6 +15,7 @@ import datasets
 
 from .batches import encode_pairs, encode_text
 from .files import read_choices, read_classes, read_numbers
+from .prompts import check_answer_spec, encode_prompts
 from .types import DATA_KINDS, DataError, DataKind, TaskSpec
 
 __all__ = ["TEXT", "CHOICES"]
@@ -44,3 +46,6 @@ DATA_KINDS.register("multiple_choice", DataKind({"question": TEXT, "choices": CH
                                                 encoder=encode_pairs, validate=_two_choices,
                                                 keep_row=_has_num_choices))
 DATA_KINDS.register("regression", DataKind({"text": TEXT}, "float64", read=read_numbers, encoder=encode_text))
+DATA_KINDS.register("answer_choice", DataKind({"question": TEXT, "choices": CHOICES}, "int64", read=read_choices,
+                                              encoder=encode_prompts, validate=check_answer_spec,
+                                              keep_row=_has_num_choices))

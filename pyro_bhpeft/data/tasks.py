@@ -48,6 +48,22 @@ def _mc(name: str, task: str, choices: int, text: str, hub_id: str) -> tuple[Tas
         sources.build_commonsense(task)
 
 
+def _winogrande_subset(name: str, size: int, label: str) -> tuple[TaskSpec, Builder]:
+    """WinoGrande with a training subset the size of the official ``train_{label}`` (nested: S in M)."""
+    spec = TaskSpec(name, "multiple_choice", num_choices=2, hub_id="allenai/winogrande", description=(
+        f"WinoGrande-{label.upper()}: {size} training questions, a fixed random subset of the WinoGrande-xl training "
+        "split (the size of the official train_" + label + "; its ids are not packaged; the subsets are nested), "
+        f"validation and test as `winogrande` (test: the official dev set, as BLoB evaluates)"))
+    whole = sources.build_commonsense("winogrande")
+
+    def build(spec: TaskSpec) -> datasets.DatasetDict:
+        splits = whole(spec)
+        splits["train"] = random_rows(splits["train"], size, sources.SPLIT_SEED, draw="permutation")
+        return splits
+
+    return spec, build
+
+
 def _news(name: str, stem: str, names: tuple[str, ...], text: str, hub_id: str | None = None):
     return TaskSpec(name, "classification", names, description=text + "; validation is 10% of train, test is "
                     "the official test file", hub_id=hub_id), sources.build_news(stem)
@@ -86,6 +102,8 @@ _ENTRIES: list[tuple[TaskSpec, Builder]] = [
     _mc("commonsenseqa", "csqa", 5, f"CommonsenseQA, 5 choices; {NO_TEST}", "tau/commonsense_qa"),
     _mc("winogrande", "winogrande", 2, "WinoGrande-xl: the sentence up to the blank, and each option with the "
         f"rest of the sentence as a choice; {NO_TEST}", "allenai/winogrande"),
+    _winogrande_subset("winogrande-s", 640, "s"),
+    _winogrande_subset("winogrande-m", 2558, "m"),
     _mc("boolq", "boolq", 2, "BoolQ: passage and yes/no question, choices (yes, no) in the task's own order; "
         f"{NO_TEST}", "google/boolq"),
     (TaskSpec("vader", "regression", description=(

@@ -122,11 +122,12 @@ class TaskSpec:
     """
 
     name: str
-    kind: str  # a name in DATA_KINDS: "classification" | "multiple_choice" | "regression" | a plug-in
+    kind: str  # a name in DATA_KINDS: "classification" | "multiple_choice" | "regression" | "answer_choice" | a plug-in
     label_names: tuple[str, ...] = ()
     num_choices: int = 0
     description: str = ""
     hub_id: str | None = None
+    answer_ids: tuple[int, ...] = ()  # answer_choice: the token id of each answer (label_names) for the backbone
 
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
