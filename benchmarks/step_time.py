@@ -1,14 +1,17 @@
 """Training-step cost of Bayesian PEFT against `peft`'s deterministic LoRA, in one process.
 
-Setting (fixed): the packaged MiniLM, batch 16 x 64 tokens, LoRA r=8 (alpha 16) on query/value,
-mean pooling and a linear head, Adam. Methods run in interleaved rounds so that machine drift hits
-all of them alike; the figure is the median step time over the timed steps.
+Settings (fixed): the packaged MiniLM, batch 16 x 64 tokens, LoRA r=8 (alpha 16) on query/value, mean
+pooling and a linear head; or (``--backbone smollm2``) the packaged SmolLM2-135M causal LM at the
+causal-LM protocol's batch, 4 x 64 tokens, LoRA on q_proj/v_proj, the last token scored by two answer rows
+of the LM head. Adam. Methods run in interleaved rounds so that machine drift hits all of them alike; the
+figure is the median step time over the timed steps.
 
 Memory is the training footprint of one step, counted exactly rather than sampled: frozen backbone
 weights + trainable tensors (parameters, gradients, two Adam moments) + every tensor autograd saves
 for the backward pass (deduplicated by storage).
 
-    python benchmarks/step_time.py            # prints a table and the ratios to peft LoRA
+    python benchmarks/step_time.py                       # prints a table and the ratios to peft LoRA
+    python benchmarks/step_time.py --backbone smollm2    # the same on the causal LM
 """
 
 from __future__ import annotations
@@ -23,32 +26,40 @@ from torch import nn
 from pyro_bhpeft import LoraConfig, PeftConfig, fit, load_backbone
 from pyro_bhpeft.guides import MeanField
 from pyro_bhpeft.infer import KLStep
-from pyro_bhpeft.models import SequenceClassifier
+from pyro_bhpeft.models import AnswerChoice, SequenceClassifier
+from pyro_bhpeft.peft.arch import architecture
 from pyro_bhpeft.recipe import PRESETS, Recipe, build_guide
 
-BATCH, SEQ, R = 16, 64, 8
+R = 8
+SETTINGS = {"minilm": (16, 64), "smollm2": (4, 64)}  # batch, tokens
+ANSWERS = (330, 389)  # SmolLM2's " A", " B"
+BACKBONE = "minilm"
 
 
-def make_batch(tokenizer, seed: int = 0):
+def make_batch(tokenizer, batch: int, seq: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1000, tokenizer.vocab_size, (BATCH, SEQ), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, torch.randint(0, 2, (BATCH,), generator=g)
+    ids = torch.randint(1000, tokenizer.vocab_size, (batch, seq), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, torch.randint(0, 2, (batch,), generator=g)
 
 
 class PeftLoraClassifier(nn.Module):
-    """The deterministic baseline: peft's LoRA on the same backbone, mean pooling, linear head."""
+    """The deterministic baseline: peft's LoRA on the same backbone; mean pooling and a linear head (an
+    encoder), or the last token and a two-row head (a decoder, as our answer-token model)."""
 
     def __init__(self):
         super().__init__()
         from peft import LoraConfig as PeftLora, get_peft_model
 
-        backbone = load_backbone("minilm").model
+        backbone = load_backbone(BACKBONE).model
+        self.decoder = architecture(backbone).decoder
         self.body = get_peft_model(backbone, PeftLora(r=R, lora_alpha=16, lora_dropout=0.0,
-                                                      target_modules=["query", "value"]))
+                                                      target_modules=list(architecture(backbone).lora_targets)))
         self.head = nn.Linear(backbone.config.hidden_size, 2)
 
     def forward(self, batch):
         h = self.body(**batch).last_hidden_state
+        if self.decoder:
+            return self.head(h[:, -1])
         m = batch["attention_mask"].unsqueeze(-1).float()
         return self.head((h * m).sum(1) / m.sum(1))
 
@@ -81,8 +92,10 @@ class BayesRunner:
 
     def __init__(self, peft: PeftConfig, batch, labels, preset: str | None = None):
         recipe = Recipe(peft=peft).with_(**{**(PRESETS[preset] if preset else {}), "peft": peft})
-        backbone = load_backbone("minilm").model
-        self.model = SequenceClassifier(backbone, peft, recipe.make_prior(), num_labels=2)
+        backbone = load_backbone(BACKBONE).model
+        self.model = (AnswerChoice(backbone, peft, recipe.make_prior(), answer_ids=ANSWERS)
+                      if architecture(backbone).decoder else
+                      SequenceClassifier(backbone, peft, recipe.make_prior(), num_labels=2))
         self.guide = build_guide(recipe, self.model) if preset else MeanField(self.model)
         self.options = {"flipout": recipe.flipout, "scale_lr": recipe.scale_lr,
                         "kl_step": KLStep(recipe.kl_step_lr, recipe.kl_reweighting) if recipe.kl_step_lr else None}
@@ -122,21 +135,26 @@ def footprint(runner) -> int:
 
 
 def main() -> None:
+    global BACKBONE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backbone", choices=SETTINGS, default=BACKBONE)
     args = parser.parse_args()
+    BACKBONE = args.backbone
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    tokenizer = load_backbone("minilm").tokenizer
-    batch, labels = make_batch(tokenizer)
+    tokenizer = load_backbone(BACKBONE).tokenizer
+    size, seq = SETTINGS[BACKBONE]
+    batch, labels = make_batch(tokenizer, size, seq)
     runners = {
         "peft LoRA (deterministic)": PeftRunner(batch, labels),
         "BH-PEFT LoRA, mean-field": BayesRunner(PeftConfig(LoraConfig(r=R)), batch, labels),
         "BH-PEFT hybrid, mean-field": BayesRunner(PeftConfig.hybrid(r=R), batch, labels),
         "BLoB (flipout, split KL step)": BayesRunner(PeftConfig(LoraConfig(r=R)), batch, labels, "blob"),
         "BH-PEFT hybrid, function-space": BayesRunner(PeftConfig.hybrid(r=R), batch, labels, "bh-peft-fs"),
+        "Bayesian LoRA, function-space": BayesRunner(PeftConfig(LoraConfig(r=R)), batch, labels, "bayes-lora-fs"),
     }
     times = {name: [] for name in runners}
     for _ in range(args.warmup):
@@ -148,7 +166,8 @@ def main() -> None:
     base_name = next(iter(runners))
     base_t = statistics.median(times[base_name])
     base_m = footprint(runners[base_name])
-    print(f"MiniLM, batch {BATCH} x {SEQ} tokens, LoRA r={R} on query/value, {args.threads} threads, "
+    targets = "/".join(architecture(runners["BH-PEFT LoRA, mean-field"].model.backbone).lora_targets)
+    print(f"{BACKBONE}, batch {size} x {seq} tokens, LoRA r={R} on {targets}, {args.threads} threads, "
           f"median of {args.steps} steps")
     print(f"{'method':32s} {'step (s)':>9s} {'time ratio':>11s} {'memory (MB)':>12s} {'memory ratio':>13s}")
     for name, runner in runners.items():
