@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_args(p)
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                   help="save the fit's state to OUT.checkpoint.pt every K steps (Ctrl-C always saves it)")
+    p.add_argument("--resume", action="store_true", help="continue the fit from OUT.checkpoint.pt")
 
     p = sub.add_parser("evaluate", help="accuracy/NLL/Brier/ECE (or MSE) of a saved run")
     p.add_argument("run", help="run directory written by fit")
@@ -117,8 +120,11 @@ def cmd_fit(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already holds a run; pass --overwrite to replace it or choose another --out")
+    if args.checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every must be a number of steps >= 0, got {args.checkpoint_every}")
     recipe, source = recipe_from(args), _source(args)
-    result = fit_run(recipe, source.load(), out, source=source, overwrite=args.overwrite)
+    result = fit_run(recipe, source.load(), out, source=source, overwrite=args.overwrite,
+                     checkpoint_every=args.checkpoint_every, resume=args.resume)
     print(f"fit: {result.summary()}; run saved to {out}")
 
 
@@ -225,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     from .assets import AssetError
     from .backbone import BackboneError
+    from .checkpoint import FitInterrupted
     from .config import ConfigError
     from .data import DataError
     from .posterior import PosteriorError
@@ -237,6 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"pyro-bhpeft {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except FitInterrupted as stop:
+        again = " with --resume" if args.command == "fit" else ""
+        print(f"pyro-bhpeft {args.command}: {stop}; the run was not written; run the same command{again} "
+              "to continue", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print(f"pyro-bhpeft {args.command}: interrupted; nothing half-written was kept", file=sys.stderr)
         return 130

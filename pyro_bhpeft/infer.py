@@ -23,11 +23,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable
 
 import pyro
@@ -37,6 +39,7 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
+from .checkpoint import Checkpoint, FitInterrupted, StopOnInterrupt, load_state, rng_state, save_state, set_rng_state
 from .posterior import Posterior
 
 __all__ = ["fit", "FitResult", "KLStep", "kl_schedule", "blob_kl_weight", "scale_warnings", "lr_factor"]
@@ -282,7 +285,7 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
         kl_step: KLStep | None = None, flipout: bool = False, warmup_ratio: float = 0.0, lr_decay: str = "none",
         clip_norm: float | None = 1.0,
         num_particles: int = 1, seed: int = 0, progress: bool = True, backbone_name: str | None = None,
-        meta: dict | None = None) -> FitResult:
+        meta: dict | None = None, checkpoint: Checkpoint | None = None) -> FitResult:
     """Run SVI over ``epochs`` passes of ``data`` (batches of ``(inputs, labels)``).
 
     ``scale_lr`` is the learning rate of the posterior scales (default: ``lr``); every learning rate
@@ -291,6 +294,11 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
     multiplies the KL term (1 = the true ELBO) and can be annealed in over ``kl_anneal_steps``;
     ``kl_step`` switches to BLoB's split step; ``flipout`` (mean-field guides) decorrelates the
     LoRA ``A`` noise across the examples of a batch. The same ``seed`` gives the same posterior.
+
+    With a :class:`~pyro_bhpeft.checkpoint.Checkpoint` the fit saves its state every ``checkpoint.every``
+    steps, and on Ctrl-C at the end of the current step (then raises
+    :class:`~pyro_bhpeft.checkpoint.FitInterrupted`); ``checkpoint.resume`` continues from the saved step to
+    the posterior an uninterrupted fit gives.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs} (max_steps only caps the steps of those epochs)")
@@ -313,34 +321,80 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
     curves: dict[str, list] = {"loss": [], "nll": [], "kl": [], "beta": [], "time": [], "scale_steps": []}
     trace: dict[str, list[float]] = {}
     _record_scales(guide, 0, curves, trace)
-    bar = tqdm(total=total, desc="fit", disable=not progress, unit="step", dynamic_ncols=True)
-    start, step = time.perf_counter(), 0
-    while step < total:
-        for inputs, labels in batches:
-            tick = time.perf_counter()
-            beta = kl_schedule(step, kl_weight, kl_anneal_steps)
-            pi = blob_kl_weight(step, len(batches)) if kl_step and kl_step.schedule == "blob" else 1.0 / len(batches)
-            loss, nll, kl = steps.take(inputs, labels, beta, pi)
-            for key, value in (("loss", loss), ("nll", nll), ("kl", kl), ("beta", beta),
-                               ("time", time.perf_counter() - tick)):
-                curves[key].append(value)
-            step += 1
-            bar.update(1)
-            if step % record_every == 0 or step == total:
-                _record_scales(guide, step, curves, trace)
-            if step % 10 == 0:
-                bar.set_postfix(nll=f"{sum(curves['nll'][-10:]) / 10:.4f}", kl=f"{sum(curves['kl'][-10:]) / 10:.4f}",
-                                kl_w=f"{beta:.2f}")
-            if step >= total:
-                break
+    step, resumed_rng, earlier = 0, None, 0.0  # earlier: seconds spent before the checkpoint
+    if checkpoint is not None and checkpoint.resume:
+        step, curves, trace, resumed_rng, earlier = _restore(load_state(checkpoint), steps, model)
+    bar = tqdm(total=total, initial=step, desc="fit", disable=not progress, unit="step", dynamic_ncols=True)
+    start, skip = time.perf_counter(), step  # resuming: replay the data order up to the saved step
+    stop = StopOnInterrupt() if checkpoint is not None else contextlib.nullcontext()
+    with stop:
+        while step < total:
+            for inputs, labels in batches:
+                if skip:
+                    skip -= 1
+                    continue
+                if resumed_rng is not None:  # here, not before the loop: a DataLoader's iterator draws from it
+                    set_rng_state(resumed_rng)
+                    resumed_rng = None
+                tick = time.perf_counter()
+                beta = kl_schedule(step, kl_weight, kl_anneal_steps)
+                pi = blob_kl_weight(step, len(batches)) if kl_step and kl_step.schedule == "blob" else 1.0 / len(batches)
+                loss, nll, kl = steps.take(inputs, labels, beta, pi)
+                for key, value in (("loss", loss), ("nll", nll), ("kl", kl), ("beta", beta),
+                                   ("time", time.perf_counter() - tick)):
+                    curves[key].append(value)
+                step += 1
+                bar.update(1)
+                if step % record_every == 0 or step == total:
+                    _record_scales(guide, step, curves, trace)
+                if step % 10 == 0:
+                    bar.set_postfix(nll=f"{sum(curves['nll'][-10:]) / 10:.4f}",
+                                    kl=f"{sum(curves['kl'][-10:]) / 10:.4f}", kl_w=f"{beta:.2f}")
+                if step >= total:
+                    break
+                if checkpoint is not None and (stop.requested or (checkpoint.every and step % checkpoint.every == 0)):
+                    save_state(checkpoint.path, _capture(steps, model, step, curves, trace, checkpoint.identity,
+                                                         earlier + time.perf_counter() - start))
+                    if stop.requested:
+                        bar.close()
+                        raise FitInterrupted(step, total, Path(checkpoint.path))
     bar.close()
     model.kl_weight = 1.0
     warnings = scale_warnings(curves["scale_steps"], trace)
     for line in warnings if progress else ():
         print(f"fit: warning: {line}", file=sys.stderr)
     posterior = Posterior(model, guide, backbone_name=backbone_name, meta=meta)
-    return FitResult(posterior, curves["loss"], curves["beta"], curves["time"], step, time.perf_counter() - start,
+    return FitResult(posterior, curves["loss"], curves["beta"], curves["time"], step, earlier + time.perf_counter() - start,
                      curves["nll"], curves["kl"], curves["scale_steps"], trace, warnings)
+
+
+def _capture(steps: _Steps, model: Any, step: int, curves: dict, trace: dict, identity: Any,
+             seconds: float) -> dict[str, Any]:
+    """Everything the rest of the fit depends on (see :mod:`pyro_bhpeft.checkpoint`)."""
+    optimisers = [(steps.optimizer, steps.schedule), (steps.kl_optimizer, steps.kl_schedule)]
+    return {"step": step, "identity": identity, "seconds": seconds, "guide": steps.guide.state_dict(), "rng": rng_state(),
+            "prior": [p.detach().clone() for p in _hyper(model)], "curves": curves, "trace": trace,
+            "optimisers": [(o.state_dict(), s.state_dict()) if o is not None else None for o, s in optimisers]}
+
+
+def _restore(state: dict[str, Any], steps: _Steps, model: Any) -> tuple[int, dict, dict, dict, float]:
+    """Load the saved guide, prior scales and optimiser state; returns step, curves, trace, the RNG state
+    to set at the first step trained after the replayed ones, and the seconds spent before."""
+    steps.guide.load_state_dict(state["guide"])
+    with torch.no_grad():
+        for p, saved in zip(_hyper(model), state["prior"]):
+            p.copy_(saved)
+    for (optimizer, schedule), saved in zip([(steps.optimizer, steps.schedule), (steps.kl_optimizer, steps.kl_schedule)],
+                                            state["optimisers"]):
+        if optimizer is not None and saved is not None:
+            optimizer.load_state_dict(saved[0])
+            schedule.load_state_dict(saved[1])
+    return state["step"], state["curves"], state["trace"], state["rng"], state["seconds"]
+
+
+def _hyper(model: Any) -> list[torch.Tensor]:
+    """The learned prior scales of ``model`` (empirical Bayes), if any."""
+    return list(getattr(getattr(model, "prior", None), "parameters", lambda: [])())
 
 
 def _check_priors(model: Any, guide: Any) -> None:
@@ -374,7 +428,7 @@ def _record_scales(guide: Any, step: int, curves: dict[str, list], trace: dict[s
 def _make_steps(model, guide, lr, scale_lr, weight_decay, schedule, clip_norm, num_particles, kl_step,
                 flipout) -> _Steps:
     groups = _param_groups(guide, lr, scale_lr or lr, weight_decay)
-    hyper = list(getattr(getattr(model, "prior", None), "parameters", lambda: [])())
+    hyper = _hyper(model)
     if hyper:  # empirical Bayes: prior scales learn with the posterior scales
         groups.append({"params": hyper, "lr": scale_lr or lr, "weight_decay": 0.0})
     optimizer = torch.optim.Adam(groups)

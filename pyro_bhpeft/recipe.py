@@ -131,8 +131,9 @@ def loaders(recipe: Recipe, data: Any, tokenizer: Any, splits: tuple[str, ...] =
 
 
 def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bool = True,
-          meta: dict | None = None, backbone: Any = None) -> FitResult:
-    """Fit ``recipe`` on ``data`` (a :class:`pyro_bhpeft.data.TaskData`); returns the FitResult."""
+          meta: dict | None = None, backbone: Any = None, checkpoint: Any = None) -> FitResult:
+    """Fit ``recipe`` on ``data`` (a :class:`pyro_bhpeft.data.TaskData`); returns the FitResult.
+    ``checkpoint``: a :class:`~pyro_bhpeft.checkpoint.Checkpoint` (save every K steps, resume)."""
     from pyro_bhpeft.guides import GUIDES
 
     from pyro_bhpeft.data.prompts import for_backbone
@@ -150,7 +151,7 @@ def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bo
                    scale_lr=recipe.scale_lr, kl_weight=kl_weight, kl_anneal_steps=recipe.kl_anneal_steps,
                    kl_step=kl_step, flipout=recipe.flipout, warmup_ratio=recipe.warmup_ratio,
                    lr_decay=recipe.lr_decay,
-                   seed=recipe.seed, progress=progress, backbone_name=recipe.backbone,
+                   seed=recipe.seed, progress=progress, backbone_name=recipe.backbone, checkpoint=checkpoint,
                    meta={"recipe": recipe.to_dict(), **(meta or {})})
 
 

@@ -23,7 +23,8 @@ from .posterior import Posterior, read_config
 from .predict import DEFAULT_SAMPLES
 from .recipe import Recipe
 
-__all__ = ["DataSource", "COLUMNS", "file_columns", "random_rows", "training_subset", "fit_run", "save_run", "load_run",
+__all__ = ["DataSource", "COLUMNS", "file_columns", "random_rows", "training_subset", "fit_run", "checkpoint_path",
+           "save_run", "load_run",
            "data_hash", "evaluate_split", "eval_loader", "evaluate_run", "predict_run", "run_meta", "update_run",
            "lineage", "format_lineage"]
 
@@ -93,17 +94,32 @@ def run_meta(recipe: Recipe, source: DataSource, data: Any, parent: str | None =
 
 def fit_run(recipe: Recipe, data: Any, out: str | Path, *, source: DataSource | None = None, prior: Any = None,
             backbone: Any = None, meta: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
-            extra: Callable[[FitResult], dict[str, Any]] | None = None) -> FitResult:
+            extra: Callable[[FitResult], dict[str, Any]] | None = None, checkpoint_every: int = 0,
+            resume: bool = False) -> FitResult:
     """Train ``recipe`` on ``data``, record where the data came from (``source``) and any ``meta``, and save the
-    run at ``out`` atomically (with ``extra(result)``'s JSON files): the one fit-and-save of the library."""
+    run at ``out`` atomically (with ``extra(result)``'s JSON files): the one fit-and-save of the library.
+
+    The fit checkpoints to :func:`checkpoint_path` every ``checkpoint_every`` steps and on Ctrl-C (raising
+    :class:`~pyro_bhpeft.checkpoint.FitInterrupted`); ``resume`` continues from there. The checkpoint is
+    removed once the run is saved."""
+    from .checkpoint import Checkpoint
     from .recipe import train
 
-    result = train(recipe, data, prior=prior, progress=progress, backbone=backbone)
+    checkpoint = Checkpoint(checkpoint_path(out), every=checkpoint_every, resume=resume,
+                            identity={"recipe": recipe.to_dict(), "source": dict(source or {})})
+    result = train(recipe, data, prior=prior, progress=progress, backbone=backbone, checkpoint=checkpoint)
     if source is not None:
         result.posterior.meta.update(run_meta(recipe, source, data))
     result.posterior.meta.update(meta or {})
     save_run(out, result, overwrite=overwrite, extra=extra(result) if extra else None)
+    checkpoint.path.unlink(missing_ok=True)
     return result
+
+
+def checkpoint_path(out: str | Path) -> Path:
+    """Where the fit of run ``out`` keeps its checkpoint: beside it, ``<out>.checkpoint.pt``."""
+    out = Path(out)
+    return out.with_name(out.name + ".checkpoint.pt")
 
 
 def save_run(path: str | Path, result: FitResult, *, overwrite: bool = False,

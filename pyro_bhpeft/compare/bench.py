@@ -14,7 +14,9 @@ from ..config import ConfigError
 from ..recipe import EVAL_BATCH_SIZE, Recipe
 from .protocol import Protocol
 
-__all__ = ["Bench", "Scored", "PeakMemory", "fit_dir", "post_hoc_dir"]
+__all__ = ["Bench", "Scored", "PeakMemory", "fit_dir", "post_hoc_dir", "CHECKPOINT_EVERY"]
+
+CHECKPOINT_EVERY = 50  # steps between checkpoints of a comparison's fits (an interrupted cell resumes mid-fit)
 
 
 def fit_dir(out: Path, recipe: Recipe) -> Path:
@@ -81,7 +83,7 @@ class Bench:
         from ..backbone import load_backbone
         from ..data import TASKS
         from ..posterior import Posterior
-        from ..runs import DataSource, fit_run
+        from ..runs import DataSource, checkpoint_path, fit_run
 
         path = fit_dir(self.out, recipe)
         if (path / "fit.json").exists():
@@ -100,7 +102,8 @@ class Bench:
         with PeakMemory() as peak:
             peak_mb = peak.now
             result = fit_run(recipe, self.data, path, source=source, backbone=load_backbone(recipe.backbone),
-                             overwrite=True, progress=self.progress, extra=fit_facts)
+                             overwrite=True, progress=self.progress, extra=fit_facts, checkpoint_every=CHECKPOINT_EVERY,
+                             resume=checkpoint_path(path).is_file())  # an interrupted comparison resumes mid-fit
         return result.posterior, facts
 
 
