@@ -183,3 +183,17 @@ def test_packaged_smollm2_scores_a_question_with_its_letter_tokens():
         ours = model.run(model.initial_values(), inputs)
         theirs = full(**inputs).logits[:, -1, [330, 389, 340, 422]]
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_batches_of_left_padded_prompts_are_as_long_as_their_longest_prompt(lm):
+    data = for_backbone(quiz(), lm.model, lm.tokenizer)
+    tokens = tokenize(data, lm.tokenizer, 64)["train"]
+    longest = max(int(row["attention_mask"].sum()) for row in tokens)
+    inputs, _ = next(iter(make_loader(tokens, 4)))
+    assert inputs["input_ids"].shape == (4, longest) and inputs["attention_mask"][:, 0].any()
+    one, _ = next(iter(make_loader(tokens.select([0]), 1)))
+    assert one["attention_mask"].all()  # a batch of one has no padding left
+    right = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 0, 0, 0]] * 2)}
+    from pyro_bhpeft.data.batches import trim_left_padding
+
+    assert trim_left_padding(right) is right  # right padding (encoders) is left alone

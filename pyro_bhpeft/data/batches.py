@@ -15,7 +15,7 @@ from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sequential
 
 from .types import DATA_KINDS, DataError, TaskData, TaskSpec
 
-__all__ = ["tokenize", "make_loader", "encode_text", "encode_pairs", "MODEL_INPUTS"]
+__all__ = ["tokenize", "make_loader", "encode_text", "encode_pairs", "trim_left_padding", "MODEL_INPUTS"]
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
 
@@ -79,8 +79,20 @@ def tokenize(data: TaskData, tokenizer: Any, max_length: int = 64) -> datasets.D
 
 def _to_batch(rows: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     inputs = {k: torch.as_tensor(rows[k], dtype=torch.long) for k in MODEL_INPUTS}  # (B, L) or (B, C, L)
+    inputs = trim_left_padding(inputs)
     labels = torch.as_tensor(rows["label"])
     return inputs, labels.float() if labels.is_floating_point() else labels.long()
+
+
+def trim_left_padding(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the leading positions that are padding in every row of the batch (left-padded prompts of a
+    causal LM, padded to the split's ``max_length``): the batch is as long as its longest prompt. The
+    kept positions, and so the outputs, are unchanged (rotary positions are relative); right-padded
+    batches have no such positions and come back as they are."""
+    mask = inputs["attention_mask"].flatten(0, -2)
+    visible = mask.any(dim=0)
+    first = int(visible.to(torch.int8).argmax()) if bool(visible.any()) else 0
+    return inputs if first == 0 else {k: v[..., first:] for k, v in inputs.items()}
 
 
 def make_loader(tokenized: datasets.Dataset, batch_size: int, *, shuffle: bool = False,
