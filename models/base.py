@@ -153,6 +153,7 @@ class BayesianPeftModel(PyroModule):
         if self.prior_only:
             return None
         out = self.run(weights, batch)
+        labels = labels.to(self._device()) if labels is not None else None
         size = next(iter(batch.values())).shape[0]
         full = self.num_data if self.num_data is not None else size
         with pyro.plate("data", size=full, subsample=torch.arange(size, device=self._device())):
@@ -161,12 +162,13 @@ class BayesianPeftModel(PyroModule):
 
     def run(self, weights: Mapping[str, torch.Tensor], batch: Batch) -> Any:
         """Deterministic forward pass with given weights (no Pyro statements)."""
-        flat = self.flatten_inputs(batch)
+        device = self._device()
+        flat = {k: v.to(device) for k, v in self.flatten_inputs(batch).items()}
         rows_per_example = next(iter(flat.values())).shape[0] // max(1, next(iter(batch.values())).shape[0])
         with self.bound(weights, group=rows_per_example):
             inputs = {k: v for k, v in flat.items() if k in _BACKBONE_INPUTS}
             hidden = self.backbone(**inputs).last_hidden_state  # (batch, seq, hidden)
-            features = pool(hidden, flat.get("attention_mask"), self.pooling)
+            features = pool(hidden, flat.get("attention_mask"), self.pooling).float()  # the head in float32
         return self.outputs(weights, features, batch)
 
     @contextlib.contextmanager

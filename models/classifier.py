@@ -34,7 +34,7 @@ def choice_scores(scores: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> to
     batch_size, choices = batch["input_ids"].shape[:2]
     scores = scores.view(batch_size, choices)
     mask = batch.get("choice_mask")
-    return scores if mask is None else scores.masked_fill(~mask.bool(), float("-inf"))
+    return scores if mask is None else scores.masked_fill(~mask.bool().to(scores.device), float("-inf"))
 
 
 class SequenceClassifier(BayesianPeftModel):

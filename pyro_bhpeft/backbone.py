@@ -26,7 +26,32 @@ from torch import nn
 from .assets import ASSETS, cache_dir, fetch_asset
 from .io import atomic_dir
 
-__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "freeze", "dropout_active", "dequantised_dir"]
+__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "freeze", "dropout_active", "dequantised_dir",
+           "DTYPES", "DEVICES", "resolve_device", "dtype_name"]
+
+# precisions of the frozen backbone (PEFT weights, KL and likelihood stay float32)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` (or None): CUDA if available, else Apple's MPS, else the CPU; otherwise the named device."""
+    if isinstance(name, torch.device):
+        return name
+    if name in (None, "auto"):
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackboneError(f"device {name!r} was asked for but this torch has no CUDA device; use --device cpu or auto")
+    return device
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The key of ``dtype`` in :data:`DTYPES`."""
+    return next(name for name, d in DTYPES.items() if d == dtype)
 
 
 class BackboneError(ValueError):

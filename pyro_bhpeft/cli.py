@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cli_options import (UserError, add_compare_args, add_data_args, add_recipe_args, library_default,
-                          preset_defaults, protocol_from, recipe_from)
+from .cli_options import (UserError, add_compare_args, add_data_args, add_device_arg, add_recipe_args,
+                          library_default, preset_defaults, protocol_from, recipe_from)
 
 __all__ = ["main", "build_parser", "parse_args"]
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
                    help="save the fit's state to OUT.checkpoint.pt every K steps (Ctrl-C always saves it)")
     p.add_argument("--resume", action="store_true", help="continue the fit from OUT.checkpoint.pt")
+    add_device_arg(p)
 
     p = sub.add_parser("evaluate", help="accuracy/NLL/Brier/ECE (or MSE) of a saved run")
     p.add_argument("run", help="run directory written by fit")
@@ -46,12 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                    help=f"posterior samples K (default: {DEFAULT_SAMPLES}; also reports K=0, the mean)")
     p.add_argument("--out", help="JSON file to write (default: RUN/metrics-SPLIT.json)")
+    add_device_arg(p)
 
     p = sub.add_parser("predict", help="per-example predictions with uncertainty to CSV or JSON Lines")
     p.add_argument("run")
     add_data_args(p, for_fit=False)
     p.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help=f"posterior samples K (default: {DEFAULT_SAMPLES})")
     p.add_argument("--out", required=True, help="output file, .csv or .jsonl")
+    add_device_arg(p)
 
     p = sub.add_parser("demo", help="the main job: deterministic LoRA vs BH-PEFT on sentiment, with a report")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
@@ -124,7 +127,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         raise UserError(f"--checkpoint-every must be a number of steps >= 0, got {args.checkpoint_every}")
     recipe, source = recipe_from(args), _source(args)
     result = fit_run(recipe, source.load(), out, source=source, overwrite=args.overwrite,
-                     checkpoint_every=args.checkpoint_every, resume=args.resume)
+                     checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device)
     print(f"fit: {result.summary()}; run saved to {out}")
 
 
@@ -134,7 +137,7 @@ def _where(args: argparse.Namespace) -> dict[str, Any]:
     if given and not args.data:
         flags = ", ".join("--" + k.replace("_", "-") for k in given)
         raise UserError(f"{flags} only apply to a --data FILE; drop them to use split {args.split!r} of the run's data")
-    return {"split": args.split, "data_file": args.data, "columns": given}
+    return {"split": args.split, "data_file": args.data, "columns": given, "device": args.device}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:

@@ -11,7 +11,7 @@ import dataclasses
 import inspect
 from typing import Any
 
-__all__ = ["add_data_args", "add_recipe_args", "add_compare_args", "preset_defaults", "recipe_from", "protocol_from",
+__all__ = ["add_data_args", "add_recipe_args", "add_compare_args", "add_device_arg", "preset_defaults", "recipe_from", "protocol_from",
            "csv_list", "library_default", "UserError"]
 
 
@@ -52,6 +52,7 @@ def add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     from .config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
+    from .backbone import DTYPES
     from .recipe import LR_DECAYS, Recipe
 
     g = p.add_argument_group("model and inference")
@@ -98,12 +99,21 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=float, default=Recipe.lr)
     t.add_argument("--scale-lr", type=float, default=Recipe.scale_lr,
                    help="learning rate of posterior scales (default: --lr)")
+    t.add_argument("--dtype", choices=DTYPES, default=Recipe.dtype,
+                   help="precision of the frozen backbone (PEFT weights, KL and likelihood stay float32)")
     t.add_argument("--warmup-ratio", type=float, default=Recipe.warmup_ratio,
                    help="fraction of the steps with a linear learning-rate warm-up (default: none)")
     t.add_argument("--lr-decay", choices=LR_DECAYS, default=Recipe.lr_decay,
                    help="learning-rate decay after the warm-up (default: none)")
     t.add_argument("--max-length", type=int, default=Recipe.max_length)
     t.add_argument("--seed", type=int, default=Recipe.seed)
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    from .backbone import DEVICES
+
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where to compute (default: auto, a GPU when there is one, else the CPU)")
 
 
 def add_compare_args(p: argparse.ArgumentParser) -> None:

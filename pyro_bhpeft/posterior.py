@@ -94,7 +94,9 @@ class Posterior:
         from pyro_bhpeft.guides import guide_config
 
         m = self.model
-        return {"format": FORMAT, "backbone": self.backbone_name,
+        dtype = next(m.backbone.parameters()).dtype
+        precision = {} if dtype == torch.float32 else {"dtype": str(dtype).removeprefix("torch.")}
+        return {"format": FORMAT, "backbone": self.backbone_name, **precision,
                 "model": {"class": type(m).__name__, "kwargs": m.model_kwargs()},
                 "peft": m.peft_config.to_dict(), "prior": m.prior.to_dict(),
                 "guide": guide_config(self.guide), "meta": self.meta}
@@ -103,7 +105,7 @@ class Posterior:
         """Write the posterior files into an existing directory (see :meth:`save` for atomicity)."""
         directory = Path(directory)
         config = self.config()  # fails early for guides we cannot rebuild
-        state = {k: v.detach().contiguous() for k, v in self.guide.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.guide.state_dict().items()}
         save_file(state, str(directory / "guide.safetensors"))
         prior_tensors = {k: v.contiguous() for k, v in self.model.prior.tensors().items()}
         if prior_tensors:
@@ -117,9 +119,11 @@ class Posterior:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, *, backbone: torch.nn.Module | None = None) -> "Posterior":
-        """Rebuild model and guide from ``path``; ``backbone`` overrides the recorded one."""
-        from pyro_bhpeft.backbone import load_backbone
+    def load(cls, path: str | Path, *, backbone: torch.nn.Module | None = None,
+             device: str | torch.device | None = None) -> "Posterior":
+        """Rebuild model and guide from ``path`` (on ``device``; default the CPU); ``backbone`` overrides the
+        recorded one (loaded in the recorded precision)."""
+        from pyro_bhpeft.backbone import DTYPES, load_backbone, resolve_device
         from pyro_bhpeft.guides import guide_class
         from pyro_bhpeft.models import model_class
 
@@ -130,9 +134,11 @@ class Posterior:
         if backbone is None:
             if not config.get("backbone"):
                 raise PosteriorError(f"{path} does not record its backbone; pass backbone= to Posterior.load")
-            backbone = load_backbone(config["backbone"]).model
+            backbone = load_backbone(config["backbone"], dtype=DTYPES[config.get("dtype", "float32")]).model
         model = model_class(config["model"]["class"])(backbone, PeftConfig.from_dict(config["peft"]), prior,
                                                        **config["model"]["kwargs"])
+        if device is not None:
+            model.to(resolve_device(device))
         guide = guide_class(config["guide"]["class"]).from_config(model, config["guide"]["kwargs"])
         with torch.no_grad(), poutine.block():
             guide(*model.dummy_data())

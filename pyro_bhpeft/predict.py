@@ -59,6 +59,11 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
 
+def _cpu(out: Any) -> Any:
+    """Model outputs (a tensor, or a tuple of them) on the CPU, where predictions are gathered."""
+    return tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
+
+
 def _split(item) -> tuple[dict, torch.Tensor | None]:
     if isinstance(item, (tuple, list)):
         return item[0], (item[1] if len(item) > 1 else None)
@@ -82,7 +87,7 @@ def predict(posterior: Posterior, data: Iterable, *, num_samples: int = DEFAULT_
     outs, labels = [], []
     for item in tqdm(data, desc="predict", disable=not progress, unit="batch"):
         inputs, y = _split(item)
-        outs.append([model.run(w, inputs) for w in draws])
+        outs.append([_cpu(model.run(w, inputs)) for w in draws])
         if y is not None:
             labels.append(y)
     y = torch.cat(labels) if labels else None

@@ -17,17 +17,17 @@ from typing import Any
 
 import torch
 
-from .backbone import dropout_active, load_backbone
+from .backbone import DTYPES, dropout_active, load_backbone, resolve_device
 from .config import ConfigError, PeftConfig
 from .infer import FitResult, KLStep, fit
 from .priors import PRIORS, Prior
 from .registry import Registry
 
-__all__ = ["Recipe", "PRESETS", "build_model", "build_guide", "train", "loaders", "EVAL_BATCH_SIZE"]
+__all__ = ["Recipe", "PRESETS", "build_model", "build_guide", "train", "loaders", "recipe_backbone", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
 LR_DECAYS = ("none", "linear")
-_ADDED = {"warmup_ratio": 0.0, "lr_decay": "none"}  # later fields and their defaults (see Recipe.to_dict)
+_ADDED = {"warmup_ratio": 0.0, "lr_decay": "none", "dtype": "float32"}  # later fields and their defaults (see Recipe.to_dict)
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,7 @@ class Recipe:
     max_length: int = 64
     seed: int = 0
     dropout: bool = False  # train with the backbone's own dropout on (MC dropout)
+    dtype: str = "float32"  # the frozen backbone's precision (bfloat16: PEFT weights, KL, likelihood stay float32)
     warmup_ratio: float = 0.0  # fraction of the steps over which the learning rates warm up linearly from 0
     lr_decay: str = "none"  # "none" or "linear" (to 0 at the last step, after the warm-up; as BLoB's runs)
 
@@ -74,6 +75,8 @@ class Recipe:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0 or not self.prior_scale > 0 or not self.init_scale > 0 or self.kl_weight < 0:
             raise ConfigError("lr, prior_scale and init_scale must be positive and kl_weight >= 0")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
         if self.lr_decay not in LR_DECAYS:
             raise ConfigError(f"unknown lr_decay {self.lr_decay!r}; choose one of {', '.join(LR_DECAYS)}")
         if not 0 <= self.warmup_ratio < 1:
@@ -130,18 +133,25 @@ def loaders(recipe: Recipe, data: Any, tokenizer: Any, splits: tuple[str, ...] =
     return out
 
 
+def recipe_backbone(recipe: Recipe):
+    """The recipe's backbone, loaded in its precision."""
+    return load_backbone(recipe.backbone, dtype=DTYPES[recipe.dtype])
+
+
 def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bool = True,
-          meta: dict | None = None, backbone: Any = None, checkpoint: Any = None) -> FitResult:
-    """Fit ``recipe`` on ``data`` (a :class:`pyro_bhpeft.data.TaskData`); returns the FitResult.
-    ``checkpoint``: a :class:`~pyro_bhpeft.checkpoint.Checkpoint` (save every K steps, resume)."""
+          meta: dict | None = None, backbone: Any = None, checkpoint: Any = None, device: Any = None) -> FitResult:
+    """Fit ``recipe`` on ``data`` (a :class:`pyro_bhpeft.data.TaskData`) on ``device`` (default: where the
+    backbone is); returns the FitResult. ``checkpoint``: a :class:`~pyro_bhpeft.checkpoint.Checkpoint`."""
     from pyro_bhpeft.guides import GUIDES
 
     from pyro_bhpeft.data.prompts import for_backbone
 
-    bb = backbone or load_backbone(recipe.backbone)
+    bb = backbone or recipe_backbone(recipe)
     data = for_backbone(data, bb.model, bb.tokenizer)  # multiple choice on a causal LM: answer tokens
     targets = torch.tensor(data.splits["train"]["label"], dtype=torch.float32)  # regression standardises by them
     model = build_model(recipe, data.spec, bb.model, prior, targets)
+    if device is not None:
+        model.to(resolve_device(device))
     guide = build_guide(recipe, model)
     train_loader = loaders(recipe, data, bb.tokenizer)["train"]
     kl_weight = recipe.kl_weight if GUIDES[recipe.guide].uses_prior else 0.0

@@ -95,7 +95,7 @@ def run_meta(recipe: Recipe, source: DataSource, data: Any, parent: str | None =
 def fit_run(recipe: Recipe, data: Any, out: str | Path, *, source: DataSource | None = None, prior: Any = None,
             backbone: Any = None, meta: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
             extra: Callable[[FitResult], dict[str, Any]] | None = None, checkpoint_every: int = 0,
-            resume: bool = False) -> FitResult:
+            resume: bool = False, device: Any = None) -> FitResult:
     """Train ``recipe`` on ``data``, record where the data came from (``source``) and any ``meta``, and save the
     run at ``out`` atomically (with ``extra(result)``'s JSON files): the one fit-and-save of the library.
 
@@ -107,7 +107,8 @@ def fit_run(recipe: Recipe, data: Any, out: str | Path, *, source: DataSource | 
 
     checkpoint = Checkpoint(checkpoint_path(out), every=checkpoint_every, resume=resume,
                             identity={"recipe": recipe.to_dict(), "source": dict(source or {})})
-    result = train(recipe, data, prior=prior, progress=progress, backbone=backbone, checkpoint=checkpoint)
+    result = train(recipe, data, prior=prior, progress=progress, backbone=backbone, checkpoint=checkpoint,
+                   device=device)
     if source is not None:
         result.posterior.meta.update(run_meta(recipe, source, data))
     result.posterior.meta.update(meta or {})
@@ -136,10 +137,10 @@ def save_run(path: str | Path, result: FitResult, *, overwrite: bool = False,
     return Path(path)
 
 
-def load_run(path: str | Path) -> tuple[Posterior, dict[str, Any]]:
-    """The posterior of a run and its meta (recipe, source, task)."""
+def load_run(path: str | Path, device: Any = None) -> tuple[Posterior, dict[str, Any]]:
+    """The posterior of a run (on ``device``, default the CPU) and its meta (recipe, source, task)."""
     read_config(path)  # clear error first for a missing or corrupt run
-    posterior = Posterior.load(path)
+    posterior = Posterior.load(path, device=device)
     return posterior, posterior.meta
 
 
@@ -163,7 +164,7 @@ def evaluate_split(posterior: Posterior, loader: Any, num_samples: int, *, seed:
 
 
 def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path | None = None,
-                columns: Mapping[str, str | None] | None = None, batch_size: int = 64):
+                columns: Mapping[str, str | None] | None = None, batch_size: int = 64, device: Any = None):
     """``(posterior, data, split, loader)`` to score run ``run`` on: ``split`` of the run's own data, or
     ``data_file`` (as split ``test``) read with the run's column names, each overridden by ``columns``.
 
@@ -183,7 +184,7 @@ def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path |
         data = DataSource(meta["source"]).load()
         if split not in data.splits:
             raise DataError(f"split {split!r} does not exist; this run's data has {', '.join(data.splits)}")
-    posterior, _ = load_run(run)
+    posterior, _ = load_run(run, device)
     tokenizer = load_backbone(posterior.backbone_name).tokenizer
     data = for_backbone(data, posterior.model.backbone, tokenizer)
     max_length = Recipe.from_dict(meta["recipe"]).max_length

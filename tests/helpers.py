@@ -153,3 +153,23 @@ def save_tiny_causal_lm(folder: Path, *, tied: bool = False) -> str:
                              tie_word_embeddings=tied, pad_token_id=0)
         LlamaForCausalLM(config).save_pretrained(folder)
     return str(folder)
+
+
+# ---- a toy multiple-choice task (three choices) -----------------------------------------------------------
+QUESTIONS = ["Which is a metal?", "Which is a wood?", "Which is a stone?", "Which is a metal or a stone?"]
+CHOICES = [["iron", "oak", "granite"], ["copper", "pine", "marble"], ["iron", "pine", "granite"],
+           ["oak", "pine", "copper"]]
+LABELS = [0, 1, 2, 2]
+
+
+def quiz(name: str = "quiz", n: int = 4):
+    """Four three-choice questions as a multiple-choice TaskData, the same rows in every split."""
+    import datasets
+
+    from pyro_bhpeft.data import TaskData, TaskSpec
+    from pyro_bhpeft.data.types import features_for
+
+    spec = TaskSpec(name, "multiple_choice", num_choices=3)
+    rows = {"question": QUESTIONS[:n], "choices": CHOICES[:n], "label": LABELS[:n]}
+    split = datasets.Dataset.from_dict(rows, features=features_for(spec))
+    return TaskData(spec, datasets.DatasetDict({"train": split, "validation": split, "test": split}))

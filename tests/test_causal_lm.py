@@ -3,28 +3,20 @@ every PEFT kind and guide on a tiny random Llama with a real byte-level BPE toke
 
 from __future__ import annotations
 
-import datasets
 import pytest
 import torch
-from helpers import save_tiny_causal_lm
+from helpers import LABELS, quiz, save_tiny_causal_lm
 from transformers import AutoModelForCausalLM
 
 from pyro_bhpeft.backbone import PACKAGED_MODELS, dequantised_dir, load_backbone
 from pyro_bhpeft.config import AdapterConfig, PeftConfig, PrefixConfig
-from pyro_bhpeft.data import DataError, TaskData, TaskSpec, load_task, make_loader, tokenize
-from pyro_bhpeft.data.prompts import PROMPT_STYLES, PromptStyle, answer_token_ids, for_backbone, prompt_style
-from pyro_bhpeft.data.types import features_for
+from pyro_bhpeft.data import DataError, load_task, make_loader, tokenize
+from pyro_bhpeft.data.prompts import PROMPT_STYLES, answer_token_ids, for_backbone, prompt_style
 from pyro_bhpeft.infer import lr_factor
 from pyro_bhpeft.models import AnswerChoice
 from pyro_bhpeft.posterior import Posterior
 from pyro_bhpeft.predict import predict
 from pyro_bhpeft.recipe import Recipe, build_model, train
-
-QUESTIONS = ["Which is a metal?", "Which is a wood?", "Which is a stone?", "Which is a metal or a stone?"]
-CHOICES = [["iron", "oak", "granite"], ["copper", "pine", "marble"], ["iron", "pine", "granite"],
-           ["oak", "pine", "copper"]]
-LABELS = [0, 1, 2, 2]
-
 
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory):
@@ -34,13 +26,6 @@ def lm_dir(tmp_path_factory):
 @pytest.fixture
 def lm(lm_dir):
     return load_backbone(lm_dir)
-
-
-def quiz(name: str = "quiz", n: int = 4) -> TaskData:
-    spec = TaskSpec(name, "multiple_choice", num_choices=3)
-    rows = {"question": QUESTIONS[:n], "choices": CHOICES[:n], "label": LABELS[:n]}
-    split = datasets.Dataset.from_dict(rows, features=features_for(spec))
-    return TaskData(spec, datasets.DatasetDict({"train": split, "validation": split, "test": split}))
 
 
 def test_prompt_lists_choices_under_letters_and_ends_in_answer():

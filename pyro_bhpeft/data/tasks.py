@@ -52,8 +52,9 @@ def _winogrande_subset(name: str, size: int, label: str) -> tuple[TaskSpec, Buil
     """WinoGrande with a training subset the size of the official ``train_{label}`` (nested: S in M)."""
     spec = TaskSpec(name, "multiple_choice", num_choices=2, hub_id="allenai/winogrande", description=(
         f"WinoGrande-{label.upper()}: {size} training questions, a fixed random subset of the WinoGrande-xl training "
-        "split (the size of the official train_" + label + "; its ids are not packaged; the subsets are nested), "
-        f"validation and test as `winogrande` (test: the official dev set, as BLoB evaluates)"))
+        f"split (the size of the official train_{label}; its ids are not packaged; the subsets are nested), "
+        "validation and test as `winogrande` (test: the official dev set, as BLoB evaluates); from the hub, "
+        f"the official train_{label} with 10% of it as validation"))
     whole = sources.build_commonsense("winogrande")
 
     def build(spec: TaskSpec) -> datasets.DatasetDict:

@@ -46,8 +46,8 @@ class AdapterLayer(PeftLayer):
         w = self._weights
         if w is None:
             return h
-        z = self.activation(F.linear(h, w["adapter_down"], w["adapter_down_bias"]))  # (..., bottleneck)
-        return h + F.linear(z, w["adapter_up"], w["adapter_up_bias"])
+        z = self.activation(F.linear(h.to(w["adapter_down"].dtype), w["adapter_down"], w["adapter_down_bias"]))
+        return h + F.linear(z, w["adapter_up"], w["adapter_up_bias"]).to(h.dtype)  # computed in float32
 
 
 def add_adapters(target: Target, cfg: AdapterConfig) -> list[PeftLayer]:

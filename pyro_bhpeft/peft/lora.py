@@ -40,10 +40,13 @@ class LoraLinear(PeftLayer):
         if self._weights is None:
             return y
         a, b = self._weights["lora_A"], self._weights["lora_B"]
+        x = x.to(a.dtype)  # a low-precision backbone: the delta in the weights' float32, added in its dtype
         loc = self._weights.get("lora_A:loc")
         if loc is not None:
-            return y + flipout_lora(x, loc, a - loc, b, self.scaling, group=self._weights.get("flipout:group", 1))
-        return y + (x @ a.T) @ (b.T * self.scaling)  # (..., in) -> (..., r) -> (..., out)
+            delta = flipout_lora(x, loc, a - loc, b, self.scaling, group=self._weights.get("flipout:group", 1))
+        else:
+            delta = (x @ a.T) @ (b.T * self.scaling)  # (..., in) -> (..., r) -> (..., out)
+        return y + delta.to(y.dtype)
 
 
 def flipout_lora(x: torch.Tensor, loc: torch.Tensor, noise: torch.Tensor, b: torch.Tensor, scaling: float,
