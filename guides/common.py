@@ -41,6 +41,8 @@ def local_params(fn: Callable) -> Callable:
     library changes nothing for other Pyro code in the process."""
     @functools.wraps(fn)
     def scoped(*args, **kwargs):
+        if pyro.settings.get("module_local_params"):  # already inside a scoped call: no second context
+            return fn(*args, **kwargs)
         with pyro.settings.context(module_local_params=True):
             return fn(*args, **kwargs)
 

@@ -72,7 +72,10 @@ class MeanField(AutoGuide):
         super().__init__(InitMessenger(model_init(model))(model))
 
     def is_deterministic(self, name: str) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) for p in self.deterministic)
+        cache = self.__dict__.setdefault("_deterministic_cache", {})  # patterns are fixed: match each name once
+        if name not in cache:
+            cache[name] = any(fnmatch.fnmatchcase(name, p) for p in self.deterministic)
+        return cache[name]
 
     def _initial_scale(self, like: torch.Tensor) -> torch.Tensor:
         low, high = (self.init_scale, self.init_scale) if isinstance(self.init_scale, float) else self.init_scale

@@ -216,7 +216,7 @@ class _Steps:
         recorder = _Likelihood()
         self.model.kl_weight = self.scaled_guide.weight = beta
         if self.flipout:
-            self.model.flipout_locs = lambda name: self.guide.loc(name) if self.guide.scale(name) is not None else None
+            self.model.flipout_locs = lambda name: None if self.guide.is_deterministic(name) else self.guide.loc(name)
         try:
             with recorder:
                 loss = self.loss_fn(inputs, labels) / self.model.num_data
