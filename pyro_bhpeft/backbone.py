@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,8 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     if isinstance(name, torch.device):
         return name
     if name in (None, "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda")
+        if torch.cuda.is_available():  # under torchrun, each process its own GPU
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         mps = getattr(torch.backends, "mps", None)
         return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
     device = torch.device(name)

@@ -118,8 +118,12 @@ def _source(args: argparse.Namespace):
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
+    from .backbone import resolve_device
+    from .distributed import init_from_env, is_main
     from .runs import fit_run
 
+    device = resolve_device(args.device)
+    init_from_env(device)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise UserError(f"{out} already holds a run; pass --overwrite to replace it or choose another --out")
@@ -127,8 +131,9 @@ def cmd_fit(args: argparse.Namespace) -> None:
         raise UserError(f"--checkpoint-every must be a number of steps >= 0, got {args.checkpoint_every}")
     recipe, source = recipe_from(args), _source(args)
     result = fit_run(recipe, source.load(), out, source=source, overwrite=args.overwrite,
-                     checkpoint_every=args.checkpoint_every, resume=args.resume, device=args.device)
-    print(f"fit: {result.summary()}; run saved to {out}")
+                     checkpoint_every=args.checkpoint_every, resume=args.resume, device=device)
+    if is_main():
+        print(f"fit: {result.summary()}; run saved to {out}")
 
 
 def _where(args: argparse.Namespace) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
 from .checkpoint import Checkpoint, FitInterrupted, StopOnInterrupt, load_state, rng_state, save_state, set_rng_state
+from .distributed import world, wrap_loss
 from .posterior import Posterior
 
 __all__ = ["fit", "FitResult", "KLStep", "kl_schedule", "blob_kl_weight", "scale_warnings", "lr_factor"]
@@ -317,6 +318,11 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
     total = epochs * len(batches) if max_steps is None else min(max_steps, epochs * len(batches))
     schedule = {"factor": final_lr_factor, "total": total, "warmup_ratio": warmup_ratio, "decay": lr_decay}
     steps = _make_steps(model, guide, lr, scale_lr, weight_decay, schedule, clip_norm, num_particles, kl_step, flipout)
+    rank, world_size = world()
+    if world_size > 1:  # data parallel: gradients averaged across ranks, each rank's noise its own
+        steps.loss_fn = wrap_loss(steps.loss_fn)
+        pyro.set_rng_seed(seed + rank)
+        progress = progress and rank == 0
     record_every = max(1, total // 50)
     curves: dict[str, list] = {"loss": [], "nll": [], "kl": [], "beta": [], "time": [], "scale_steps": []}
     trace: dict[str, list[float]] = {}

@@ -103,17 +103,26 @@ def fit_run(recipe: Recipe, data: Any, out: str | Path, *, source: DataSource | 
     :class:`~pyro_bhpeft.checkpoint.FitInterrupted`); ``resume`` continues from there. The checkpoint is
     removed once the run is saved."""
     from .checkpoint import Checkpoint
+    from .distributed import is_main, world
     from .recipe import train
 
-    checkpoint = Checkpoint(checkpoint_path(out), every=checkpoint_every, resume=resume,
-                            identity={"recipe": recipe.to_dict(), "source": dict(source or {})})
+    world_size = world()[1]
+    if world_size > 1 and (checkpoint_every or resume):
+        raise ValueError("checkpoints are single-process for now; drop --checkpoint-every/--resume under torchrun")
+    checkpoint = None if world_size > 1 else Checkpoint(
+        checkpoint_path(out), every=checkpoint_every, resume=resume,
+        identity={"recipe": recipe.to_dict(), "source": dict(source or {})})
     result = train(recipe, data, prior=prior, progress=progress, backbone=backbone, checkpoint=checkpoint,
                    device=device)
     if source is not None:
         result.posterior.meta.update(run_meta(recipe, source, data))
     result.posterior.meta.update(meta or {})
-    save_run(out, result, overwrite=overwrite, extra=extra(result) if extra else None)
-    checkpoint.path.unlink(missing_ok=True)
+    if world_size > 1:
+        result.posterior.meta["world_size"] = world_size
+    if is_main():  # the other ranks hold the same posterior
+        save_run(out, result, overwrite=overwrite, extra=extra(result) if extra else None)
+    if checkpoint is not None:
+        checkpoint.path.unlink(missing_ok=True)
     return result
 
 

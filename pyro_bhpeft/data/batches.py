@@ -11,7 +11,7 @@ from typing import Any
 import datasets
 import torch
 from datasets.fingerprint import generate_random_fingerprint
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler, SequentialSampler
 
 from .types import DATA_KINDS, DataError, TaskData, TaskSpec
 
@@ -115,7 +115,28 @@ def make_loader(tokenized: datasets.Dataset, batch_size: int, *, shuffle: bool =
                         "pyro_bhpeft.data.tokenize(data, tokenizer)")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
-    order = (RandomSampler(tokenized, generator=torch.Generator().manual_seed(seed)) if shuffle
-             else SequentialSampler(tokenized))
+    from ..distributed import world
+
+    rank, world_size = world()
+    if shuffle and world_size > 1:  # a data-parallel fit: each rank its share of every batch
+        if batch_size % world_size:
+            raise DataError(f"batch_size {batch_size} does not split over {world_size} processes; "
+                            f"use a multiple of {world_size}")
+        order, batch_size = _RankShare(tokenized, world_size, rank, seed), batch_size // world_size
+    else:
+        order = (RandomSampler(tokenized, generator=torch.Generator().manual_seed(seed)) if shuffle
+                 else SequentialSampler(tokenized))
     return DataLoader(tokenized, sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
                       collate_fn=_to_batch, num_workers=0)
+
+
+class _RankShare(DistributedSampler):
+    """This rank's share of a seeded shuffle, a new shuffle on each pass (epoch)."""
+
+    def __init__(self, data, world_size: int, rank: int, seed: int) -> None:
+        super().__init__(data, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False)
+
+    def __iter__(self):
+        order = list(super().__iter__())
+        self.set_epoch(self.epoch + 1)
+        return iter(order)
