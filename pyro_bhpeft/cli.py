@@ -199,7 +199,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
     report = run_compare(protocol_from(args), Path(args.out or f"runs/compare-{args.task}"), methods=args.methods,
-                         seeds=range(args.seeds), overwrite=args.overwrite)
+                         seeds=range(args.seeds), overwrite=args.overwrite, workers=args.workers,
+                         ray_address=args.ray_address, cpus_per_worker=args.cpus_per_worker,
+                         gpus_per_worker=args.gpus_per_worker)
     print(f"comparison written to {report}")
 
 

@@ -20,12 +20,15 @@ __all__ = ["run_compare"]
 
 def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] = DEFAULT_METHODS,
                 seeds: Sequence[int] = (0, 1, 2), data: Any = None, ood: Any = None, overwrite: bool = False,
-                progress: bool = True) -> Path:
+                progress: bool = True, workers: int = 1, ray_address: str | None = None, cpus_per_worker: int = 1,
+                gpus_per_worker: float = 0) -> Path:
     """Fit and score every (method, seed) cell not already in ``out``, then write the summary of every method
     that has cells in ``out`` (in registry order).
 
     ``methods`` are names in :data:`METHODS`. ``data``/``ood`` default to the protocol's registered
     tasks; pass :class:`TaskData` to compare on your own. Returns the path of ``comparison.md``.
+    ``workers`` > 1 or ``ray_address`` run the cells as Ray tasks (:mod:`pyro_bhpeft.compare.sweep`), each
+    with ``cpus_per_worker`` threads and ``gpus_per_worker`` GPUs; the cells and the table are the same.
 
     Example::
 
@@ -46,10 +49,18 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
     if ood is None and protocol.ood_task:
         ood = load_task(protocol.ood_task)
     _check_protocol(out, protocol, overwrite)
-    bench = Bench(protocol, out, data, ood, progress)
-    for method in methods:
-        for seed in seeds:
-            run_cell(bench, method, seed)
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
+    if workers > 1 or ray_address:
+        from .sweep import run_on_ray
+
+        run_on_ray(protocol, out, data, ood, methods, seeds, workers=workers, address=ray_address,
+                   cpus=cpus_per_worker, gpus=gpus_per_worker)
+    else:
+        bench = Bench(protocol, out, data, ood, progress)
+        for method in methods:
+            for seed in seeds:
+                run_cell(bench, method, seed)
     # the summary covers every method with cells here, so adding methods to a comparison keeps the others
     finished = [m for m in METHODS if any((out / "cells" / f"{m}-seed{s}" / "metrics.json").exists() for s in seeds)]
     return summarize(out, finished, seeds)
