@@ -135,7 +135,7 @@ class BayesianPeftModel(PyroModule):
     def sample_weights(self) -> dict[str, torch.Tensor]:
         device = self._device()
         with kl_scaled(self.kl_weight):
-            weights = {name: pyro.sample(name, self.prior.distribution(name, site.shape, device))
+            weights = {name: pyro.sample(name, (site.prior or self.prior).distribution(name, site.shape, device))
                        for name, site in self._site_specs.items()}
             weights.update(self.extra_latents())
             joint = getattr(self.prior, "joint_log_prob", None)  # a prior with correlations across sites

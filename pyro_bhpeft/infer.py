@@ -418,7 +418,7 @@ def _check_priors(model: Any, guide: Any) -> None:
     joint = set(getattr(prior, "joint", ()))
     for name in guide.site_names():
         if name in sites and name not in joint and guide.scale(name) is not None and isinstance(
-                prior.distribution(name, sites[name].shape), pyro.distributions.ImproperUniform):
+                (sites[name].prior or prior).distribution(name, sites[name].shape), pyro.distributions.ImproperUniform):
             raise ValueError(f"site {name!r} has no prior (flat) but a random posterior, so its KL is unbounded; "
                              "make it a point mass (deterministic=...) or give it a prior")
 

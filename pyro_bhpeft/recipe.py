@@ -20,6 +20,7 @@ import torch
 from .backbone import DTYPES, dropout_active, load_backbone, resolve_device
 from .config import ConfigError, PeftConfig
 from .infer import FitResult, KLStep, fit
+from .peft.gates import GatedLoraConfig
 from .priors import PRIORS, Prior
 from .registry import Registry
 
@@ -179,3 +180,6 @@ PRESETS.register("bh-peft-fs", {  # the hybrid with variance where it matters, u
     "scale_param": "log", "scale_lr": 0.05, "flipout": True})
 PRESETS.register("bayes-lora-fs", {  # the same on LoRA alone: variance on A, B and the head point masses
     **PRESETS["bh-peft-fs"], "peft": PeftConfig()})
+PRESETS.register("lora-gates", {  # Bayesian rank and bit gates (Meo et al. 2024): the gates random, the weights MLE
+    "peft": PeftConfig(lora=None, **{"gated-lora": GatedLoraConfig()}), "guide": "mean-field", "prior": "flat",
+    "deterministic": ("*.lora_A", "*.lora_B", "head.*"), "scale_param": "log", "scale_lr": 0.05})

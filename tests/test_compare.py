@@ -149,6 +149,7 @@ def test_shared_fits_are_fitted_once_each_under_their_recipes_key(compared, tiny
                      fit_name(p.recipe(s, guide="mean-field")), f"laplace-seed{s}",
                      fit_name(p.recipe(s, **PRESETS["blob"])), fit_name(p.recipe(s, **PRESETS["bh-peft-fs"])),
                      fit_name(p.recipe(s, **PRESETS["bayes-lora-fs"])),
+                     fit_name(p.recipe(s, **PRESETS["lora-gates"])),
                      f"tfb-{TFB_THRESHOLD:g}-seed{s}"}
     assert {f.name for f in (compared / "fits").iterdir()} == expected
 

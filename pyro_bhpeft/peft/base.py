@@ -9,7 +9,7 @@ serves every guide, including a point mass (the deterministic baseline).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -34,10 +34,12 @@ def normal_init(std: float) -> Init:
 
 @dataclass(frozen=True)
 class Site:
-    """A random tensor of a layer: its shape and how to initialise the guide's location."""
+    """A random tensor of a layer: its shape, how to initialise the guide's location, and (rarely) a prior of
+    its own that replaces the model's for this site (the gates of gated LoRA)."""
 
     shape: tuple[int, ...]
     init: Init = zeros_init
+    prior: Any = None
 
 
 class PeftLayer(nn.Module):

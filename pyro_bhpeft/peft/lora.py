@@ -11,7 +11,7 @@ from ..config import ConfigError, LoraConfig
 from .base import PeftLayer, Site, uniform_init, zeros_init
 from .kinds import Target, register_peft_kind
 
-__all__ = ["LoraLinear", "add_lora", "flipout_lora"]
+__all__ = ["LoraLinear", "add_lora", "flipout_lora", "lora_targets"]
 
 
 class LoraLinear(PeftLayer):
@@ -73,23 +73,31 @@ def flipout_lora(x: torch.Tensor, loc: torch.Tensor, noise: torch.Tensor, b: tor
     return low @ (b.T * scaling)
 
 
+def lora_targets(target: Target, targets: tuple[str, ...] | None, layers: tuple[int, ...] | None,
+                 kind: str = "LoRA") -> list[tuple[str, int, nn.Linear]]:
+    """``(path, block, linear)`` of every ``nn.Linear`` of the chosen blocks whose name ends with one of
+    ``targets`` (None: the family's default), or a one-line error naming the layers there are."""
+    targets = targets if targets is not None else target.arch.lora_targets
+    if not targets:
+        raise ConfigError(f"{kind} has no default targets for {type(target.model).__name__}; "
+                          "name them, e.g. LoraConfig(targets=('q_proj', 'v_proj'))")
+    found = [(f"{target.path}.{i}.{rel}", i, module) for i in target.chosen(layers, kind)
+             for rel, module in list(target.blocks[i].named_modules())
+             if isinstance(module, nn.Linear) and any(rel == t or rel.endswith("." + t) for t in targets)]
+    if not found:
+        names = sorted({n.rpartition(".")[2] for n, m in target.blocks[0].named_modules() if isinstance(m, nn.Linear)})
+        raise ConfigError(f"{kind} targets {list(targets)} match no linear layer of {type(target.model).__name__}; "
+                          f"its linear layers are named {names}")
+    return found
+
+
 def add_lora(target: Target, cfg: LoraConfig) -> list[PeftLayer]:
     """Wrap every ``nn.Linear`` of the chosen blocks whose name ends with one of the targets."""
-    targets = cfg.targets if cfg.targets is not None else target.arch.lora_targets
-    if not targets:
-        raise ConfigError(f"LoRA has no default targets for {type(target.model).__name__}; "
-                          "name them, e.g. LoraConfig(targets=('q_proj', 'v_proj'))")
     added: list[PeftLayer] = []
-    for i in target.chosen(cfg.layers, "LoRA"):
-        for rel, module in list(target.blocks[i].named_modules()):
-            if isinstance(module, nn.Linear) and any(rel == t or rel.endswith("." + t) for t in targets):
-                layer = LoraLinear(module, f"{target.path}.{i}.{rel}", i, cfg)
-                target.replace(layer.path, layer)
-                added.append(layer)
-    if not added:
-        names = sorted({n.rpartition(".")[2] for n, m in target.blocks[0].named_modules() if isinstance(m, nn.Linear)})
-        raise ConfigError(f"LoRA targets {list(targets)} match no linear layer of {type(target.model).__name__}; "
-                          f"its linear layers are named {names}")
+    for path, i, module in lora_targets(target, cfg.targets, cfg.layers):
+        layer = LoraLinear(module, path, i, cfg)
+        target.replace(layer.path, layer)
+        added.append(layer)
     return added
 
 

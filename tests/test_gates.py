@@ -1,0 +1,101 @@
+"""Gated LoRA: the nested quantizer, rank gates, plain LoRA when every gate is open, and bit operations."""
+
+from __future__ import annotations
+
+import torch
+from helpers import tiny_bert, token_batch
+from torch import nn
+
+from pyro_bhpeft import LoraConfig, PeftConfig, fit, predict, priors
+from pyro_bhpeft.guides import MeanField
+from pyro_bhpeft.models import SequenceClassifier
+from pyro_bhpeft.peft.gates import (OPEN_LOGIT, GatedLoraConfig, GatedLoraLinear, bit_operations, gate_summary,
+                                    gate_value, hard_gates, quantize_levels, quantize_nested)
+from pyro_bhpeft.peft.lora import LoraLinear
+from pyro_bhpeft.posterior import Posterior
+
+BITS = (2, 4, 8, 16)
+
+
+def _pair(seed=0, r=4):
+    torch.manual_seed(seed)
+    base = nn.Linear(6, 5)
+    cfg = GatedLoraConfig(r=r)
+    gated, plain = GatedLoraLinear(base, "x", 0, cfg), LoraLinear(base, "x", 0, LoraConfig(r=r))
+    a, b = torch.randn(r, 6), torch.randn(5, r)
+    return gated, plain, a, b, torch.randn(3, 6)
+
+
+def _open(r=4, levels=3):
+    return {"rank_gate": torch.full((r,), OPEN_LOGIT), "bit_gate_A": torch.full((levels,), OPEN_LOGIT),
+            "bit_gate_B": torch.full((levels,), OPEN_LOGIT)}
+
+
+def test_with_every_gate_open_the_layer_is_plain_lora_bit_for_bit():
+    gated, plain, a, b, x = _pair()
+    gated.bind({"lora_A": a, "lora_B": b, **_open()})
+    plain.bind({"lora_A": a, "lora_B": b})
+    assert torch.equal(gated(x), plain(x))
+    assert torch.equal(quantize_nested(a, torch.ones(3), BITS), a)  # full precision: exact
+
+
+def test_each_quantization_level_at_least_halves_the_error_per_added_bit():
+    w = torch.randn(64, 48)
+    errors = [float((w - level).abs().max()) for level in quantize_levels(w, BITS)]
+    for (low, high), (e_low, e_high) in zip(zip(BITS, BITS[1:]), zip(errors, errors[1:])):
+        assert e_high <= e_low / 2 ** (high - low)
+    assert errors[0] <= float(w.abs().max()) / 3 + 1e-6  # 2 bits: half of the step 2a/3
+    closed = quantize_nested(w, torch.tensor([0.0, 1.0, 1.0]), BITS)  # the 4-bit gate closed: 2 bits only
+    torch.testing.assert_close(closed, quantize_levels(w, BITS)[0])
+    eight = quantize_nested(w, torch.tensor([1.0, 1.0, 0.0]), BITS)  # the last gate closed: 8 bits
+    torch.testing.assert_close(eight, quantize_levels(w, BITS)[2])
+
+
+def test_a_closed_rank_gate_removes_its_component():
+    gated, plain, a, b, x = _pair()
+    gates = _open()
+    gates["rank_gate"][1] = -OPEN_LOGIT
+    gated.bind({"lora_A": a, "lora_B": b, **gates})
+    a_without = a.clone()
+    a_without[1] = 0
+    plain.bind({"lora_A": a_without, "lora_B": b})
+    torch.testing.assert_close(gated(x), plain(x))
+    assert float(gate_value(torch.tensor(-OPEN_LOGIT), 2 / 3)) == 0.0  # exactly closed, not merely small
+
+
+def test_bit_operations_match_a_hand_count():
+    rows = [{"rank": 2, "in": 4, "out": 3, "bits_A": 4, "bits_B": 8}, {"rank": 0, "in": 9, "out": 9, "bits_A": 16,
+                                                                         "bits_B": 16}]
+    assert bit_operations(rows) == 2 * (4 * 4 + 3 * 8) * 16  # a closed layer costs nothing
+
+
+def _model():
+    cfg = GatedLoraConfig(r=3)
+    return SequenceClassifier(tiny_bert(), PeftConfig(lora=None, **{"gated-lora": cfg}), priors.Flat(), num_labels=2)
+
+
+def test_gate_summary_reads_ranks_and_bits_from_the_gate_logits():
+    model = _model()
+    locs = {name: v for name, v in model.initial_values().items()}
+    first = model.peft_layers[0].path
+    locs[f"{first}.rank_gate"] = torch.tensor([3.0, -3.0, 3.0])
+    locs[f"{first}.bit_gate_A"] = torch.tensor([3.0, -3.0, 3.0])  # 8 bits needs the 4-bit gate open too
+    rows = gate_summary(model, locs)
+    assert rows[0] == {"layer": first, "block": 0, "in": 32, "out": 32, "rank": 2, "bits_A": 4, "bits_B": 16}
+    assert all(r["rank"] == 3 and r["bits_A"] == 16 for r in rows[1:])
+
+
+def test_gates_are_random_sites_that_fit_save_and_predict_hard(tmp_path):
+    model = _model()
+    batch, labels = token_batch(8), torch.arange(8) % 2
+    guide = MeanField(model, deterministic=("*.lora_A", "*.lora_B", "head.*"), scale_param="log")
+    result = fit(model, guide, [(batch, labels)], num_data=8, epochs=20, lr=0.05, scale_lr=0.05, progress=False)
+    gate_sites = [n for n, m in result.posterior.marginals().items() if "gate" in n]
+    assert gate_sites and all(result.posterior.marginals()[n].scale is not None for n in gate_sites)
+    means = {n: m.loc for n, m in result.posterior.marginals().items()}
+    assert any(float(means[n].mean()) < OPEN_LOGIT for n in gate_sites)  # the N(-1, 1) prior pulls gates shut
+    result.posterior.save(tmp_path / "run")
+    loaded = Posterior.load(tmp_path / "run", backbone=tiny_bert())
+    with hard_gates(loaded.model):
+        hard = predict(loaded, [(batch, labels)], num_samples=0)
+    assert torch.isfinite(torch.as_tensor(hard.probs)).all() and hard.probs.shape == (8, 2)
