@@ -10,6 +10,7 @@ values, so every method is measured with the same metrics:
 * :func:`linearised_predict` (:mod:`.linearised`) -- the linearised (GLM) predictive of a Laplace fit.
 * :func:`fit_temperature` / :func:`tempered` (:mod:`.temperature`) -- temperature scaling (Guo et al., 2017).
 * :func:`tfb_posterior` (:mod:`.tfb`) -- TFB, training-free Bayesianization of a trained LoRA (Shi et al. 2025).
+* :func:`ivon_optimizer` / :func:`ivon_predict` (:mod:`.ivon`) -- IVON-LoRA (Cong et al. 2024) with ``ivon-opt``.
 * :class:`PeftLoraModel` / :func:`train_peft_lora` (:mod:`.peft_lora`) -- LoRA through the ``peft`` library:
   the external reference that our maximum-likelihood LoRA must match.
 
@@ -22,6 +23,7 @@ Example::
 """
 
 from .ensemble import ensemble_predict
+from .ivon import IVON_SETTINGS, ivon_optimizer, ivon_predict
 from .laplace import LaplaceFit, ggn_diagonal, laplace_posterior
 from .linearised import linearised_predict
 from .mc_dropout import mc_dropout_predict
@@ -32,4 +34,4 @@ from .tfb import TFBFit, rotate_lora, tfb_posterior
 __all__ = ["mc_dropout_predict", "ensemble_predict", "laplace_posterior", "LaplaceFit", "ggn_diagonal",
            "linearised_predict",
            "fit_temperature", "tempered", "PeftLoraModel", "train_peft_lora", "peft_predict", "tfb_posterior",
-           "TFBFit", "rotate_lora"]
+           "TFBFit", "rotate_lora", "IVON_SETTINGS", "ivon_optimizer", "ivon_predict"]

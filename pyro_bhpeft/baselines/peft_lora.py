@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, ContextManager, Iterable
 
 import torch
 from torch import nn
@@ -66,19 +67,23 @@ class PeftFit:
 
 
 def train_peft_lora(model: PeftLoraModel, loader: Iterable, *, epochs: int, lr: float, max_steps: int | None = None,
-                    clip_norm: float | None = 1.0, seed: int = 0, progress: bool = True) -> PeftFit:
-    """Plain cross-entropy training with Adam, the same step budget and clipping as :func:`fit`."""
+                    clip_norm: float | None = 1.0, seed: int = 0, progress: bool = True,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    sample: Callable[[], ContextManager] | None = None) -> PeftFit:
+    """Plain cross-entropy training with Adam, the same step budget and clipping as :func:`fit`; or with another
+    ``optimizer`` whose gradient is taken inside ``sample()`` (IVON's sampled weights)."""
     torch.manual_seed(seed)
     params = model.trainable()
-    optimizer = torch.optim.Adam(params, lr=lr)
+    optimizer = optimizer or torch.optim.Adam(params, lr=lr)
     total = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
     history, step, start = [], 0, time.perf_counter()
     bar = tqdm(total=total, desc="fit (peft)", unit="step", disable=not progress, dynamic_ncols=True)
     while step < total:
         for inputs, labels in loader:
-            loss = F.cross_entropy(model(inputs), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            with sample() if sample is not None else contextlib.nullcontext():
+                loss = F.cross_entropy(model(inputs), labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
             if clip_norm:
                 torch.nn.utils.clip_grad_norm_(params, clip_norm)
             optimizer.step()

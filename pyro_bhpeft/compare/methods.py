@@ -178,8 +178,9 @@ def _temperature(bench: Bench, seed: int) -> Scored:
                   {"temperature": temperature})
 
 
-def _peft_lora(bench: Bench, seed: int) -> Scored:
-    from ..baselines import PeftLoraModel, peft_predict, train_peft_lora
+def _peft_lora(bench: Bench, seed: int, ivon: bool = False) -> Scored:
+    """LoRA through the peft library, trained with Adam; or (``ivon``) with IVON and sampled at prediction."""
+    from ..baselines import PeftLoraModel, ivon_optimizer, ivon_predict, peft_predict, train_peft_lora
     from ..models.base import default_pooling
 
     recipe = bench.protocol.recipe(seed)
@@ -188,9 +189,15 @@ def _peft_lora(bench: Bench, seed: int) -> Scored:
     torch.manual_seed(seed)  # LoRA and head initialisation
     with PeakMemory() as peak:
         model = PeftLoraModel(backbone, recipe.peft.lora, num_labels, default_pooling(backbone))
+        optimizer = ivon_optimizer(model.trainable(), bench.num_train) if ivon else None
         fit = train_peft_lora(model, bench.train_loader(seed), epochs=recipe.epochs, lr=recipe.lr,
-                              max_steps=recipe.max_steps, progress=bench.progress)
-    preds = bench.predict_all(lambda loader: peft_predict(model, loader))
+                              max_steps=recipe.max_steps, progress=bench.progress, optimizer=optimizer,
+                              sample=(lambda: optimizer.sampled_params(train=True)) if ivon else None,
+                              clip_norm=None if ivon else 1.0)
+    k = bench.protocol.samples
+    predict = (lambda loader: ivon_predict(model, optimizer, loader, num_samples=k, seed=seed)) if ivon \
+        else (lambda loader: peft_predict(model, loader))
+    preds = bench.predict_all(predict)
     return Scored(preds, fit.seconds, peak.mb, sum(p.numel() for p in model.trainable()))
 
 
@@ -281,6 +288,8 @@ def _lora_gates(bench: Bench, seed: int) -> Scored:
     return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"], notes)
 
 
+register_method("ivon", Method("IVON-LoRA (Cong et al. 2024): LoRA trained by IVON, its posterior sampled",
+                               lambda bench, seed: _peft_lora(bench, seed, ivon=True)))
 register_method("lora-gates", Method("LoRA with Bayesian rank and bit gates (Meo et al. 2024), deployed hard",
                                      _lora_gates, base_fit=_preset("lora-gates")))
 DEFAULT_METHODS = tuple(METHODS)
