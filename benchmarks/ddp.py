@@ -59,13 +59,13 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = plt.subplots(figsize=(7.5, 3))
     names = list(results)
     ax.barh(names, [results[n]["fit_seconds"] for n in names], label="fit")
     ax.barh(names, [results[n]["wall_seconds"] - results[n]["fit_seconds"] for n in names],
             left=[results[n]["fit_seconds"] for n in names], label="start-up (load, tokenise)", alpha=0.5)
     ax.set_xlabel("seconds")
-    ax.set_title(f"MiniLM LoRA MAP, {args.steps} steps of batch 16, {args.threads} threads in all")
+    ax.set_title(f"MiniLM LoRA MAP, {args.steps} steps of batch 16, {args.threads} threads in all", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "ddp.png", dpi=120)
