@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -10,7 +11,14 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-__all__ = ["atomic_dir", "atomic_file", "write_json", "write_text", "write_rows"]
+__all__ = ["atomic_dir", "atomic_file", "write_json", "write_text", "write_rows", "asdict_since"]
+
+
+def asdict_since(value: Any, added: Sequence[str]) -> dict[str, Any]:
+    """``dataclasses.asdict(value)`` without the fields named in ``added`` while they hold their defaults: fields
+    added after values of the type were first saved or hashed, so older files and keys keep matching."""
+    defaults = {f.name: f.default for f in dataclasses.fields(value) if f.name in added}
+    return {k: v for k, v in dataclasses.asdict(value).items() if k not in defaults or v != defaults[k]}
 
 
 @contextlib.contextmanager

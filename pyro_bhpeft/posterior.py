@@ -91,11 +91,12 @@ class Posterior:
 
     # ---- persistence -------------------------------------------------------------------------
     def config(self) -> dict[str, Any]:
+        from pyro_bhpeft.backbone import dtype_name
         from pyro_bhpeft.guides import guide_config
 
         m = self.model
         dtype = next(m.backbone.parameters()).dtype
-        precision = {} if dtype == torch.float32 else {"dtype": str(dtype).removeprefix("torch.")}
+        precision = {} if dtype == torch.float32 else {"dtype": dtype_name(dtype)}
         return {"format": FORMAT, "backbone": self.backbone_name, **precision,
                 "model": {"class": type(m).__name__, "kwargs": m.model_kwargs()},
                 "peft": m.peft_config.to_dict(), "prior": m.prior.to_dict(),

@@ -12,7 +12,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -20,6 +20,7 @@ import torch
 from .backbone import DTYPES, dropout_active, load_backbone, resolve_device
 from .config import ConfigError, PeftConfig
 from .infer import FitResult, KLStep, fit
+from .io import asdict_since
 from .peft.gates import GatedLoraConfig
 from .priors import PRIORS, Prior
 from .registry import Registry
@@ -28,7 +29,7 @@ __all__ = ["Recipe", "PRESETS", "build_model", "build_guide", "train", "loaders"
 
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
 LR_DECAYS = ("none", "linear")
-_ADDED = {"warmup_ratio": 0.0, "lr_decay": "none", "dtype": "float32"}  # later fields and their defaults (see Recipe.to_dict)
+_ADDED = ("warmup_ratio", "lr_decay", "dtype")  # fields added later, written only when set (see Recipe.to_dict)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """The recipe as JSON; fields added since 0.2 are written only when set, so the keys of older
         fits (a hash of this dict, see ``compare.bench.fit_dir``) stay valid."""
-        d = {k: v for k, v in asdict(self).items() if k not in _ADDED or v != _ADDED[k]}
+        d = asdict_since(self, _ADDED)
         d["peft"] = self.peft.to_dict()
         return d
 

@@ -80,14 +80,15 @@ class Bench:
     def fitted(self, recipe: Recipe) -> tuple[Any, dict[str, Any]]:
         """The posterior of ``recipe`` on the training subset (fitted once, then loaded from
         :func:`fit_dir`) and its facts: ``seconds``, ``steps``, ``peak_mb``, ``trainable``."""
-        from ..backbone import load_backbone
         from ..data import TASKS
         from ..posterior import Posterior
+        from ..recipe import recipe_backbone
         from ..runs import DataSource, checkpoint_path, fit_run
 
         path = fit_dir(self.out, recipe)
-        if (path / "fit.json").exists():
-            return Posterior.load(path, backbone=self.backbone()), json.loads((path / "fit.json").read_text())
+        if (path / "fit.json").exists():  # the recipe's backbone, in its precision
+            saved = json.loads((path / "fit.json").read_text())
+            return Posterior.load(path, backbone=recipe_backbone(recipe).model), saved
         source = None
         if self.protocol.task in TASKS:  # a registered task: diagnose and evaluate can reload the data
             source = DataSource(task=self.protocol.task, seed=0, train_size=self.protocol.train_size,
@@ -101,7 +102,7 @@ class Bench:
 
         with PeakMemory() as peak:
             peak_mb = peak.now
-            result = fit_run(recipe, self.data, path, source=source, backbone=load_backbone(recipe.backbone),
+            result = fit_run(recipe, self.data, path, source=source, backbone=recipe_backbone(recipe),
                              overwrite=True, progress=self.progress, extra=fit_facts, checkpoint_every=CHECKPOINT_EVERY,
                              resume=checkpoint_path(path).is_file())  # an interrupted comparison resumes mid-fit
         return result.posterior, facts

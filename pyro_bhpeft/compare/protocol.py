@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import ConfigError
+from ..io import asdict_since
 from ..predict import DEFAULT_SAMPLES
 from ..recipe import Recipe
 
 __all__ = ["Protocol", "OOD_DEFAULTS"]
 
-_ADDED = {"warmup_ratio": 0.0, "lr_decay": "none"}  # later fields and their defaults (see Protocol.to_dict)
+_ADDED = ("warmup_ratio", "lr_decay")  # fields added later, written only when set (see Protocol.to_dict)
 
 OOD_DEFAULTS = {"sentiment": "r8", "r8": "sentiment", "r52": "sentiment", "20ng": "sentiment", "piqa": "winogrande",
                 "winogrande": "piqa", "winogrande-s": "piqa", "winogrande-m": "piqa", "arc-easy": "openbookqa", "arc-challenge": "openbookqa",
@@ -70,4 +71,4 @@ class Protocol:
     def to_dict(self) -> dict[str, Any]:
         """The protocol as saved in ``protocol.json``; fields added since 0.2 only when set (older
         comparisons keep matching)."""
-        return {k: v for k, v in asdict(self).items() if k not in _ADDED or v != _ADDED[k]}
+        return asdict_since(self, _ADDED)
