@@ -20,6 +20,14 @@ def test_cells_that_share_a_fit_run_in_one_task():
     assert [("mean-field", 0)] in groups and len(groups) == 4
 
 
+def test_zero_workers_is_one_line_and_writes_nothing(tmp_path):
+    from pyro_bhpeft.config import ConfigError
+
+    with pytest.raises(ConfigError, match="^workers must be at least 1, got 0$"):
+        run_compare(Protocol(), tmp_path / "cmp", methods=("lora",), workers=0)
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_two_ray_workers_give_the_table_of_one_process(tiny_backbone, tmp_path):
     pytest.importorskip("ray")
     train, test = tmp_path / "train.csv", tmp_path / "test.csv"

@@ -40,6 +40,8 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
     methods = METHODS.check(methods)
     if not seeds:
         raise ConfigError("give at least one seed")
+    if workers < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}")
     out = Path(out)
     data = data if data is not None else load_task(protocol.task)
     from ..models import TASK_KINDS
@@ -49,8 +51,6 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
     if ood is None and protocol.ood_task:
         ood = load_task(protocol.ood_task)
     _check_protocol(out, protocol, overwrite)
-    if workers < 1:
-        raise ConfigError(f"workers must be at least 1, got {workers}")
     if workers > 1 or ray_address:
         from .sweep import run_on_ray
 
