@@ -72,10 +72,14 @@ def _split(item) -> tuple[dict, torch.Tensor | None]:
 
 @torch.no_grad()
 def predict(posterior: Posterior, data: Iterable, *, num_samples: int = DEFAULT_SAMPLES, seed: int = 0,
-            keep_samples: bool = False, progress: bool = False) -> ClassPrediction | RegressionPrediction:
+            keep_samples: bool = False, progress: bool = False, max_rows: int | None = None
+            ) -> ClassPrediction | RegressionPrediction:
     """Predict every batch of ``data`` (``inputs`` or ``(inputs, labels)``) under ``num_samples`` draws.
 
     The same draws are used for every batch, so per-example quantities are from one posterior sample set.
+    The draws are folded into the batch, as many per backbone forward as fit in ``max_rows`` rows (None: the
+    device's default; see :meth:`~pyro_bhpeft.models.BayesianPeftModel.run_samples`); ``max_rows=1`` runs one
+    forward per draw.
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0 (0 = posterior mean only), got {num_samples}")
@@ -87,7 +91,7 @@ def predict(posterior: Posterior, data: Iterable, *, num_samples: int = DEFAULT_
     outs, labels = [], []
     for item in tqdm(data, desc="predict", disable=not progress, unit="batch"):
         inputs, y = _split(item)
-        outs.append([_cpu(model.run(w, inputs)) for w in draws])
+        outs.append([_cpu(o) for o in model.run_samples(draws, inputs, max_rows=max_rows)])
         if y is not None:
             labels.append(y)
     y = torch.cat(labels) if labels else None

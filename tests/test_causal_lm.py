@@ -122,6 +122,8 @@ def test_every_peft_kind_and_guide_fits_and_round_trips(lm_dir, lm, tmp_path, pe
     a, b = predict(result.posterior, loader, num_samples=2, seed=0), predict(loaded, loader, num_samples=2, seed=0)
     torch.testing.assert_close(torch.as_tensor(a.probs), torch.as_tensor(b.probs))
     assert a.probs.shape[-1] == 3
+    looped = predict(loaded, loader, num_samples=2, seed=0, max_rows=1)  # left-padded prompts, draws folded
+    torch.testing.assert_close(torch.as_tensor(b.probs), torch.as_tensor(looped.probs), atol=1e-5, rtol=1e-4)
 
 
 def test_fitting_moves_the_head_delta_and_learns_the_quiz(lm_dir, lm):

@@ -140,6 +140,15 @@ def test_contract_trace_fit_predict(family, kind, guide_name, model_kind, make_b
                 assert draws.shape[0] == 3 and not torch.equal(draws[0], draws[1])  # distinct draws
         assert torch.equal(pred.labels, data[0][1]) and pred.num_samples == k
 
+    # The draws folded into one backbone forward give the predictions of one forward per draw.
+    folded = predict(result.posterior, data, num_samples=3, seed=1, keep_samples=True)
+    looped = predict(result.posterior, data, num_samples=3, seed=1, keep_samples=True, max_rows=1)
+    if model_kind == "regressor":
+        assert torch.allclose(folded.mean, looped.mean, atol=1e-5)
+        assert torch.allclose(folded.epistemic, looped.epistemic, rtol=1e-3, atol=1e-7)
+    else:
+        assert torch.allclose(folded.sample_probs, looped.sample_probs, atol=1e-5)
+
 
 def test_choice_mask_hides_a_choice(make_bert, make_tokens):
     model = MultipleChoice(make_bert(), KINDS["lora"](TARGETS["bert"]))

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..config import AdapterConfig, ConfigError
-from .base import PeftLayer, Site, uniform_init, unwrap, zeros_init
+from .base import PeftLayer, Site, per_sample, uniform_init, unwrap, zeros_init
 from .kinds import Target, register_peft_kind
 
 __all__ = ["AdapterLayer", "add_adapters"]
@@ -24,6 +24,7 @@ class AdapterLayer(PeftLayer):
     """
 
     kind = "adapter"
+    batched_samples = True
 
     def __init__(self, base: nn.Module, hidden: int, path: str, block: int | None, config: AdapterConfig) -> None:
         super().__init__(path, block)
@@ -46,8 +47,14 @@ class AdapterLayer(PeftLayer):
         w = self._weights
         if w is None:
             return h
-        z = self.activation(F.linear(h.to(w["adapter_down"].dtype), w["adapter_down"], w["adapter_down_bias"]))
-        return h + F.linear(z, w["adapter_up"], w["adapter_up_bias"]).to(h.dtype)  # computed in float32
+        x = h.to(w["adapter_down"].dtype)  # computed in float32
+        if self._samples is not None:  # K draws, each on its block of rows
+            z = self.activation(torch.baddbmm(w["adapter_down_bias"].unsqueeze(1), per_sample(x, self._samples),
+                                              w["adapter_down"].transpose(1, 2)))
+            up = torch.baddbmm(w["adapter_up_bias"].unsqueeze(1), z, w["adapter_up"].transpose(1, 2))
+            return h + up.reshape(h.shape).to(h.dtype)
+        z = self.activation(F.linear(x, w["adapter_down"], w["adapter_down_bias"]))
+        return h + F.linear(z, w["adapter_up"], w["adapter_up_bias"]).to(h.dtype)
 
 
 def add_adapters(target: Target, cfg: AdapterConfig) -> list[PeftLayer]:

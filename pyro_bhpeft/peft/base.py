@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar, Mapping
 import torch
 from torch import nn
 
-__all__ = ["Site", "PeftLayer", "unwrap", "zeros_init", "uniform_init", "normal_init"]
+__all__ = ["Site", "PeftLayer", "unwrap", "zeros_init", "uniform_init", "normal_init", "per_sample"]
 
 Init = Callable[[tuple[int, ...]], torch.Tensor]
 
@@ -42,16 +42,29 @@ class Site:
     prior: Any = None
 
 
+def per_sample(x: torch.Tensor, samples: int) -> torch.Tensor:
+    """Rows of ``x`` (``samples * n``, ..., d), sample-major, as (``samples``, ``n * ...``, d) for a batched
+    matmul with per-sample weights (samples, d, d')."""
+    return x.reshape(samples, -1, x.shape[-1])
+
+
 class PeftLayer(nn.Module):
-    """Base class: ``path`` is the module path in the backbone, used to name the layer's sites."""
+    """Base class: ``path`` is the module path in the backbone, used to name the layer's sites.
+
+    A layer that sets ``batched_samples`` also accepts ``K`` stacked draws at once: :meth:`bind` with
+    ``samples=K`` gives every tensor a leading ``K`` dimension, and the batch's rows are ``K`` copies of the
+    inputs, sample-major (rows ``k * n .. (k + 1) * n - 1`` see draw ``k``).
+    """
 
     kind: ClassVar[str] = ""
+    batched_samples: ClassVar[bool] = False
 
     def __init__(self, path: str, block: int | None) -> None:
         super().__init__()
         self.path = path
         self.block = block  # index of the transformer block, if any
         self._weights: Mapping[str, torch.Tensor] | None = None
+        self._samples: int | None = None  # K stacked draws bound at once (batched_samples layers only)
 
     def site_specs(self) -> dict[str, Site]:
         """Local site names (e.g. ``lora_A``) and their specs."""
@@ -61,9 +74,13 @@ class PeftLayer(nn.Module):
         """Full site names, ``<path>.<local>``."""
         return {f"{self.path}.{k}": v for k, v in self.site_specs().items()}
 
-    def bind(self, weights: Mapping[str, torch.Tensor] | None) -> None:
-        """Set (or clear, with None) the sampled tensors used by the next forward passes."""
+    def bind(self, weights: Mapping[str, torch.Tensor] | None, samples: int | None = None) -> None:
+        """Set (or clear, with None) the sampled tensors used by the next forward passes; ``samples=K``: each
+        tensor stacks ``K`` draws (see the class docstring)."""
+        if samples is not None and not self.batched_samples:
+            raise TypeError(f"{type(self).__name__} does not take stacked posterior draws")
         self._weights = weights
+        self._samples = samples if weights is not None else None
 
     def remove(self, model: nn.Module) -> None:
         """Take this layer out of ``model`` again: put the wrapped module ``base`` back at ``path``."""

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..config import ConfigError, LoraConfig
-from .base import PeftLayer, Site, uniform_init, zeros_init
+from .base import PeftLayer, Site, per_sample, uniform_init, zeros_init
 from .kinds import Target, register_peft_kind
 
 __all__ = ["LoraLinear", "add_lora", "flipout_lora", "lora_targets"]
@@ -21,6 +21,7 @@ class LoraLinear(PeftLayer):
     """
 
     kind = "lora"
+    batched_samples = True
 
     def __init__(self, base: nn.Linear, path: str, block: int | None, config: LoraConfig) -> None:
         super().__init__(path, block)
@@ -42,7 +43,10 @@ class LoraLinear(PeftLayer):
         a, b = self._weights["lora_A"], self._weights["lora_B"]
         x = x.to(a.dtype)  # a low-precision backbone: the delta in the weights' float32, added in its dtype
         loc = self._weights.get("lora_A:loc")
-        if loc is not None:
+        if self._samples is not None:  # K draws: (K, r, in) and (K, out, r) on K blocks of rows
+            low = per_sample(x, self._samples) @ a.transpose(1, 2)
+            delta = (low @ (b.transpose(1, 2) * self.scaling)).reshape(*x.shape[:-1], b.shape[1])
+        elif loc is not None:
             delta = flipout_lora(x, loc, a - loc, b, self.scaling, group=self._weights.get("flipout:group", 1))
         else:
             delta = (x @ a.T) @ (b.T * self.scaling)  # (..., in) -> (..., r) -> (..., out)

@@ -27,6 +27,7 @@ class PrefixLayer(PeftLayer):
     """Holds the site ``prefix`` of shape (2, kv_heads, P, head_dim): keys [0] and values [1]."""
 
     kind = "prefix"
+    batched_samples = True
 
     def __init__(self, path: str, block: int | None, config: PrefixConfig, kv_heads: int, head_dim: int) -> None:
         super().__init__(path, block)
@@ -38,7 +39,11 @@ class PrefixLayer(PeftLayer):
     def key_values(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self._weights is None:
             return None
-        kv = self._weights["prefix"].to(like.dtype)  # (2, heads, P, head_dim)
+        kv = self._weights["prefix"].to(like.dtype)  # (2, heads, P, head_dim), or (K, 2, ...) for K draws
+        if self._samples is not None:  # K draws: sample k's prefix on its block of batch // K rows
+            k = self._samples
+            shape = (k, batch // k, *kv.shape[2:])
+            return tuple(kv[:, i].unsqueeze(1).expand(shape).reshape(batch, *kv.shape[2:]) for i in (0, 1))
         expand = (batch, *kv.shape[1:])
         return kv[0].expand(expand), kv[1].expand(expand)
 
