@@ -1,4 +1,5 @@
-"""Data-parallel fits: two gloo ranks on half-batches reach the parameters of one process on whole batches."""
+"""Data-parallel fits: two gloo ranks on half-batches reach the parameters of one process on whole batches; torchrun
+and accelerate launch the command-line fit."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -70,13 +72,21 @@ def _start():
     return guide.state_dict()
 
 
-def test_torchrun_fit_writes_one_run_that_loads_and_predicts(tiny_backbone, tmp_path):
+LAUNCHERS = {  # the two launchers the README names, each starting 2 CPU processes of `pyro_bhpeft fit`
+    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533"],
+    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   "--main_process_port", "29534"],
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_launched_fit_writes_one_run_that_loads_and_predicts(launcher, tiny_backbone, tmp_path):
     from pyro_bhpeft.cli import main
 
     train, run = tmp_path / "train.csv", tmp_path / "run"
     reviews(48).to_csv(train, index=False)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-           "-m", "pyro_bhpeft", "fit", "--train", str(train), "--text-column", "review", "--label-column",
+    cmd = [*LAUNCHERS[launcher], "-m", "pyro_bhpeft", "fit", "--train", str(train), "--text-column", "review", "--label-column",
            "sentiment", "--backbone", tiny_backbone, "--max-steps", "3", "--batch-size", "8", "--max-length", "16",
            "--device", "cpu", "--out", str(run)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
