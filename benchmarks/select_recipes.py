@@ -8,6 +8,11 @@ two prior gains, a LoRA-only variant of it, and TFB at four thresholds around th
 The winners (lowest validation NLL among accuracy within 1 point of LoRA's) become the ``bh-peft-fs``
 preset and ``TFB_THRESHOLD`` of the comparison.
 
+Gated LoRA (``lora-gates``) at three learning rates of its gate logits (``gate_lr`` 2e-3, the shared lr
+the first gated runs used, then 0.02 and 0.1). Rule, fixed before the run: among the candidates whose
+validation accuracy is within 0.5 points of LoRA's, the one with the fewest bit operations; if none is, the
+most accurate; it becomes the ``lora-gates`` preset's ``gate_lr``.
+
     python benchmarks/select_recipes.py --out docs/selection      # ~30 min on one core; resumable
 """
 
@@ -20,7 +25,7 @@ from pathlib import Path
 import datasets
 
 from pyro_bhpeft.compare import METHODS, Method, Protocol, register_method, run_compare
-from pyro_bhpeft.compare.methods import tfb_method
+from pyro_bhpeft.compare.methods import gates_method, tfb_method
 from pyro_bhpeft.config import PeftConfig
 from pyro_bhpeft.data import load_task
 from pyro_bhpeft.recipe import PRESETS
@@ -38,6 +43,7 @@ CANDIDATES = {
     # controls, to see where a gain comes from: the fs-lora fit predicting with its mean only (K = 0), and
     # no PEFT at all (the head alone on the frozen backbone, maximum likelihood)
     "fs-lora-mean": Method.sampled("fs-lora's fit, posterior mean only", {**FS, "peft": PeftConfig()}, point_mass=True),
+    **{f"gates-lr{lr:g}": gates_method({"gate_lr": lr}) for lr in (0.002, 0.02, 0.1)},
     "head-only": Method.sampled("frozen backbone, linear head only (maximum likelihood)", {"peft": PeftConfig(lora=None)},
                                 point_mass=True),
 }

@@ -99,6 +99,8 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--lr", type=float, default=Recipe.lr)
     t.add_argument("--scale-lr", type=float, default=Recipe.scale_lr,
                    help="learning rate of posterior scales (default: --lr)")
+    t.add_argument("--gate-lr", type=float, default=Recipe.gate_lr,
+                   help="learning rate of gated LoRA's gate logits (default: --lr)")
     t.add_argument("--dtype", choices=DTYPES, default=Recipe.dtype,
                    help="precision of the frozen backbone (PEFT weights, KL and likelihood stay float32)")
     t.add_argument("--warmup-ratio", type=float, default=Recipe.warmup_ratio,

@@ -24,13 +24,14 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import math
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import pyro
 import pyro.poutine as poutine
@@ -39,6 +40,7 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from tqdm.auto import tqdm
 
+from .config import ConfigError
 from .checkpoint import Checkpoint, FitInterrupted, StopOnInterrupt, load_state, rng_state, save_state, set_rng_state
 from .distributed import world, wrap_loss
 from .posterior import Posterior
@@ -132,17 +134,30 @@ class _Likelihood(Messenger):
             self.value += float(msg["fn"].log_prob(msg["value"]).detach().sum()) * float(msg["scale"])
 
 
-def _param_groups(guide: torch.nn.Module, lr: float, scale_lr: float, weight_decay: float) -> list[dict]:
-    """Posterior scales (and low-rank factors) may learn at their own rate."""
+def _param_groups(guide: torch.nn.Module, lr: float, scale_lr: float, weight_decay: float,
+                  site_lr: Mapping[str, float] | None = None) -> list[dict]:
+    """Posterior scales (and low-rank factors) may learn at their own rate, and so may the locations of the
+    sites whose names match a pattern of ``site_lr`` (the first matching pattern wins)."""
     params = [p for p in guide.parameters() if p.requires_grad]
     if hasattr(guide, "variance_parameters"):
         ids = {id(p) for p in guide.variance_parameters()}
     else:  # a user's guide: go by Pyro's parameter names
         ids = {id(p) for n, p in guide.named_parameters() if "scale" in n or "cov_factor" in n}
-    locs, scales = [p for p in params if id(p) not in ids], [p for p in params if id(p) in ids]
+    own: dict[str, list] = {pattern: [] for pattern in site_lr or {}}
+    for name, p in guide.named_parameters():  # locations of sites with a learning rate of their own
+        site = name.removeprefix("locs.").removesuffix("_unconstrained")  # PyroParam's storage name
+        pattern = next((pat for pat in own if fnmatch.fnmatchcase(site, pat)), None)
+        if name.startswith("locs.") and pattern is not None and p.requires_grad:
+            own[pattern].append(p)
+    if any(not ps for ps in own.values()):
+        raise ConfigError(f"no site of the guide matches the learning-rate pattern(s) {[k for k, v in own.items() if not v]}")
+    taken = {id(p) for ps in own.values() for p in ps}
+    locs = [p for p in params if id(p) not in ids and id(p) not in taken]
+    scales = [p for p in params if id(p) in ids]
     groups = [{"params": locs, "lr": lr, "weight_decay": weight_decay}]
     if scales:
         groups.append({"params": scales, "lr": scale_lr, "weight_decay": 0.0})
+    groups += [{"params": ps, "lr": site_lr[pat], "weight_decay": 0.0} for pat, ps in own.items()]
     return groups
 
 
@@ -284,12 +299,13 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
         epochs: int = 1, max_steps: int | None = None, lr: float = 2e-3, scale_lr: float | None = None,
         final_lr_factor: float = 1.0, weight_decay: float = 0.0, kl_weight: float = 1.0, kl_anneal_steps: int = 0,
         kl_step: KLStep | None = None, flipout: bool = False, warmup_ratio: float = 0.0, lr_decay: str = "none",
-        clip_norm: float | None = 1.0,
+        site_lr: Mapping[str, float] | None = None, clip_norm: float | None = 1.0,
         num_particles: int = 1, seed: int = 0, progress: bool = True, backbone_name: str | None = None,
         meta: dict | None = None, checkpoint: Checkpoint | None = None) -> FitResult:
     """Run SVI over ``epochs`` passes of ``data`` (batches of ``(inputs, labels)``).
 
-    ``scale_lr`` is the learning rate of the posterior scales (default: ``lr``); every learning rate
+    ``scale_lr`` is the learning rate of the posterior scales (default: ``lr``); ``site_lr`` maps glob patterns of
+    site names to the learning rate of their locations (e.g. ``{"*.rank_gate": 0.05}``); every learning rate
     warms up over the first ``warmup_ratio`` of the steps, then decays exponentially to ``final_lr_factor``
     times its start by the last step, or with ``lr_decay="linear"`` linearly to 0 (:func:`lr_factor`); ``kl_weight``
     multiplies the KL term (1 = the true ELBO) and can be annealed in over ``kl_anneal_steps``;
@@ -317,7 +333,8 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
     _check_priors(model, guide)
     total = epochs * len(batches) if max_steps is None else min(max_steps, epochs * len(batches))
     schedule = {"factor": final_lr_factor, "total": total, "warmup_ratio": warmup_ratio, "decay": lr_decay}
-    steps = _make_steps(model, guide, lr, scale_lr, weight_decay, schedule, clip_norm, num_particles, kl_step, flipout)
+    steps = _make_steps(model, guide, lr, scale_lr, weight_decay, schedule, clip_norm, num_particles, kl_step, flipout,
+                        site_lr)
     rank, world_size = world()
     if world_size > 1:  # data parallel: gradients averaged across ranks, each rank's noise its own
         steps.loss_fn = wrap_loss(steps.loss_fn)
@@ -432,8 +449,8 @@ def _record_scales(guide: Any, step: int, curves: dict[str, list], trace: dict[s
 
 
 def _make_steps(model, guide, lr, scale_lr, weight_decay, schedule, clip_norm, num_particles, kl_step,
-                flipout) -> _Steps:
-    groups = _param_groups(guide, lr, scale_lr or lr, weight_decay)
+                flipout, site_lr=None) -> _Steps:
+    groups = _param_groups(guide, lr, scale_lr or lr, weight_decay, site_lr)
     hyper = _hyper(model)
     if hyper:  # empirical Bayes: prior scales learn with the posterior scales
         groups.append({"params": hyper, "lr": scale_lr or lr, "weight_decay": 0.0})

@@ -29,7 +29,7 @@ __all__ = ["Recipe", "PRESETS", "build_model", "build_guide", "train", "loaders"
 
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
 LR_DECAYS = ("none", "linear")
-_ADDED = ("warmup_ratio", "lr_decay", "dtype")  # fields added later, written only when set (see Recipe.to_dict)
+_ADDED = ("warmup_ratio", "lr_decay", "dtype", "gate_lr")  # fields added later, written only when set (see Recipe.to_dict)
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class Recipe:
     dtype: str = "float32"  # the frozen backbone's precision (bfloat16: PEFT weights, KL, likelihood stay float32)
     warmup_ratio: float = 0.0  # fraction of the steps over which the learning rates warm up linearly from 0
     lr_decay: str = "none"  # "none" or "linear" (to 0 at the last step, after the warm-up; as BLoB's runs)
+    gate_lr: float | None = None  # learning rate of the gate logits of gated LoRA (None: lr)
 
     def __post_init__(self) -> None:
         from .guides import GUIDES, SCALE_PARAMS
@@ -79,6 +80,8 @@ class Recipe:
             raise ConfigError("lr, prior_scale and init_scale must be positive and kl_weight >= 0")
         if self.dtype not in DTYPES:
             raise ConfigError(f"unknown dtype {self.dtype!r}; choose one of {', '.join(DTYPES)}")
+        if self.gate_lr is not None and not self.gate_lr > 0:
+            raise ConfigError(f"gate_lr must be positive (or unset: the gates learn at lr), got {self.gate_lr}")
         if self.lr_decay not in LR_DECAYS:
             raise ConfigError(f"unknown lr_decay {self.lr_decay!r}; choose one of {', '.join(LR_DECAYS)}")
         if not 0 <= self.warmup_ratio < 1:
@@ -104,6 +107,14 @@ class Recipe:
         d = dict(d)
         d["peft"] = PeftConfig.from_dict(d["peft"])
         return cls(**d)
+
+    def site_lr(self) -> dict[str, float] | None:
+        """Learning rates of particular sites' locations for :func:`~pyro_bhpeft.infer.fit` (the gates')."""
+        if self.gate_lr is None:
+            return None
+        from .peft.gates import GATE_SITES
+
+        return {f"*.{name}": self.gate_lr for name in GATE_SITES}
 
     def make_prior(self) -> Prior:
         return PRIORS[self.prior](self.prior_scale)
@@ -162,7 +173,7 @@ def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bo
         return fit(model, guide, train_loader, epochs=recipe.epochs, max_steps=recipe.max_steps, lr=recipe.lr,
                    scale_lr=recipe.scale_lr, kl_weight=kl_weight, kl_anneal_steps=recipe.kl_anneal_steps,
                    kl_step=kl_step, flipout=recipe.flipout, warmup_ratio=recipe.warmup_ratio,
-                   lr_decay=recipe.lr_decay,
+                   lr_decay=recipe.lr_decay, site_lr=recipe.site_lr(),
                    seed=recipe.seed, progress=progress, backbone_name=recipe.backbone, checkpoint=checkpoint,
                    meta={"recipe": recipe.to_dict(), **(meta or {})})
 

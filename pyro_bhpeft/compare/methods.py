@@ -273,23 +273,28 @@ register_method("bayes-lora-fs", Method.sampled("Bayesian LoRA, variance on A on
                                                 _preset("bayes-lora-fs"), has_scales=True))
 register_method("bayes-lora-fs-mean", Method.sampled("the bayes-lora-fs fit predicting with its posterior mean (K = 0)",
                                                      _preset("bayes-lora-fs"), point_mass=True))
-def _lora_gates(bench: Bench, seed: int) -> Scored:
-    """The gated-LoRA fit deployed: gates thresholded at their posterior means, one deterministic pass; its
-    learned ranks, bits and bit operations (against LoRA r=8 at 16 bits on the same layers) in the notes."""
-    from ..peft.gates import bit_operations, gate_summary, hard_gates
-    from ..predict import predict
+def gates_method(changes: dict[str, Any] | None = None) -> Method:
+    """The gated-LoRA fit (the ``lora-gates`` preset with ``changes``) deployed: gates thresholded at their
+    posterior means, one deterministic pass; its learned ranks, bits and bit operations (against LoRA r=8 at
+    16 bits on the same layers) in the notes."""
+    recipe = {**_preset("lora-gates"), **(changes or {})}
 
-    posterior, facts = bench.fitted(bench.protocol.recipe(seed, **_preset("lora-gates")))
-    rows = gate_summary(posterior.model, {n: m.loc for n, m in posterior.marginals().items()})
-    full = [{**r, "rank": 8, "bits_A": 16, "bits_B": 16} for r in rows]
-    with hard_gates(posterior.model):
-        preds = bench.predict_all(lambda loader: predict(posterior, loader, num_samples=0))
-    notes = {"bops_ratio": bit_operations(rows) / bit_operations(full), "gates": rows}
-    return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"], notes)
+    def run(bench: Bench, seed: int) -> Scored:
+        from ..peft.gates import bit_operations, gate_summary, hard_gates
+        from ..predict import predict
+
+        posterior, facts = bench.fitted(bench.protocol.recipe(seed, **recipe))
+        rows = gate_summary(posterior.model, {n: m.loc for n, m in posterior.marginals().items()})
+        full = [{**r, "rank": 8, "bits_A": 16, "bits_B": 16} for r in rows]
+        with hard_gates(posterior.model):
+            preds = bench.predict_all(lambda loader: predict(posterior, loader, num_samples=0))
+        notes = {"bops_ratio": bit_operations(rows) / bit_operations(full), "gates": rows}
+        return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"], notes)
+
+    return Method("LoRA with Bayesian rank and bit gates (Meo et al. 2024), deployed hard", run, base_fit=recipe)
 
 
 register_method("ivon", Method("IVON-LoRA (Cong et al. 2024): LoRA trained by IVON, its posterior sampled",
                                lambda bench, seed: _peft_lora(bench, seed, ivon=True)))
-register_method("lora-gates", Method("LoRA with Bayesian rank and bit gates (Meo et al. 2024), deployed hard",
-                                     _lora_gates, base_fit=_preset("lora-gates")))
+register_method("lora-gates", gates_method())
 DEFAULT_METHODS = tuple(METHODS)

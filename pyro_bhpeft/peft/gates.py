@@ -38,9 +38,10 @@ from ..config import ConfigError, _check_layers, _positive_int
 from .base import PeftLayer, Site, uniform_init, zeros_init
 from .kinds import Target, register_peft_kind
 
-__all__ = ["GatedLoraConfig", "GatedLoraLinear", "add_gated_lora", "gate_value", "quantize_nested", "hard_gates",
+__all__ = ["GATE_SITES", "GatedLoraConfig", "GatedLoraLinear", "add_gated_lora", "gate_value", "quantize_nested", "hard_gates",
            "gate_summary", "bit_operations"]
 
+GATE_SITES = ("rank_gate", "bit_gate_A", "bit_gate_B")  # the local names of a gated layer's gate logits
 STRETCH = (-0.1, 1.1)
 OPEN_LOGIT = 3.0
 ACTIVATION_BITS = 16
@@ -139,7 +140,7 @@ class GatedLoraLinear(PeftLayer):
 
     def gates(self, w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         t = self.config.temperature
-        return {k: gate_value(w[k], t, self.hard) for k in ("rank_gate", "bit_gate_A", "bit_gate_B")}
+        return {k: gate_value(w[k], t, self.hard) for k in GATE_SITES}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
@@ -196,7 +197,7 @@ def gate_summary(model: Any, locs: dict[str, torch.Tensor]) -> list[dict[str, An
         if not isinstance(layer, GatedLoraLinear):
             continue
         t, bits = layer.config.temperature, layer.config.bits
-        gate = {k: gate_value(locs[f"{layer.path}.{k}"], t) for k in ("rank_gate", "bit_gate_A", "bit_gate_B")}
+        gate = {k: gate_value(locs[f"{layer.path}.{k}"], t) for k in GATE_SITES}
         rows.append({"layer": layer.path, "block": layer.block, "in": layer.base.in_features,
                      "out": layer.base.out_features, "rank": int((gate["rank_gate"] > 0.5).sum()),
                      "bits_A": _effective_bits(gate["bit_gate_A"], bits),
