@@ -28,7 +28,8 @@ from pyro_bhpeft.errors import ConfigError
 
 SST2 = ["it 's a charming and often affecting journey . ", "unflinchingly bleak and desperate ",
         "bad . ", "the acting , costumes , music , cinematography and sound are all astounding . "]
-OLMO = {"arc_easy": 4, "arc_challenge": 4, "openbookqa": 4, "piqa": 2, "csqa": 5, "winogrande": 2, "boolq": 2}
+OLMO = {"arc_easy": 4, "arc_challenge": 4, "openbookqa": 4, "piqa": 2, "csqa": 5, "winogrande": 2, "boolq": 2,
+        "socialiqa": 3, "hellaswag": 4}
 WITH_TEST = ("arc_easy", "arc_challenge", "openbookqa")
 N_DOCS = 20  # documents per fake split
 
@@ -281,10 +282,16 @@ def _hub_rows(name: str, i: int, split: str) -> dict:
     if name.startswith("winogrande"):
         return {"sentence": f"Ann met Bo so _ smiled {i}.", "option1": "Ann", "option2": "Bo",
                 "answer": "" if unlabelled else str(1 + i % 2)}
+    if name == "socialiqa":
+        return {"context": f"Ann did {i}.", "question": "Why?", "answerA": "a", "answerB": "b", "answerC": "c",
+                "label": str(1 + i % 3)}
+    if name == "hellaswag":
+        return {"activity_label": "Cooking", "ctx": f"A man cuts {i} onions. He", "endings": ["e0", "e1", "e2", "e3"],
+                "label": "" if unlabelled else str(i % 4)}
     return {"question": f"is it {i}", "passage": f"Passage {i}.", "answer": bool(i % 2)}  # boolq
 
 
-HUB_SPLITS = {"boolq": ("train", "validation"), "20ng": ("train", "test")}
+HUB_SPLITS = {"boolq": ("train", "validation"), "20ng": ("train", "test"), "socialiqa": ("train", "validation")}
 HUB_FIRST = {  # the first converted training row
     "sentiment": {"text": "a movie review 0 .", "label": 0},
     "20ng": {"text": "post 1", "label": 1},  # the empty post 0 is dropped
@@ -294,6 +301,8 @@ HUB_FIRST = {  # the first converted training row
     "piqa": {"question": "goal 0", "choices": ["s1", "s2"], "label": 0},
     "winogrande": {"question": "Ann met Bo so", "choices": ["Ann smiled 0.", "Bo smiled 0."], "label": 0},
     "boolq": {"question": "Passage 0.\nis it 0?", "choices": ["yes", "no"], "label": 1},
+    "socialiqa": {"question": "Ann did 0. Why?", "choices": ["a", "b", "c"], "label": 0},
+    "hellaswag": {"question": "Cooking: A man cuts 0 onions. He", "choices": ["e0", "e1", "e2", "e3"], "label": 0},
 }
 HUB_FIRST["winogrande-s"] = HUB_FIRST["winogrande-m"] = HUB_FIRST["winogrande"]
 

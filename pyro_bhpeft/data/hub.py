@@ -68,9 +68,26 @@ def _boolq(row: dict, spec: TaskSpec) -> Row:
     return {"question": f"{row['passage']}\n{question}", "choices": ["yes", "no"], "label": 0 if row["answer"] else 1}
 
 
+def _socialiqa(row: dict, spec: TaskSpec) -> Row:
+    """allenai/social_i_qa: ``context``, ``question``, ``answerA..C``, ``label`` "1".."3"."""
+    if str(row.get("label", "")) not in ("1", "2", "3"):
+        return None
+    return {"question": f"{row['context']} {row['question']}", "choices": [row["answerA"], row["answerB"], row["answerC"]],
+            "label": int(row["label"]) - 1}
+
+
+def _hellaswag(row: dict, spec: TaskSpec) -> Row:
+    """Rowan/hellaswag: ``activity_label``, ``ctx``, four ``endings``, ``label`` as a string (empty on test)."""
+    if str(row.get("label", "")) not in ("0", "1", "2", "3"):
+        return None
+    return {"question": f"{row['activity_label']}: {row['ctx']}", "choices": list(row["endings"]),
+            "label": int(row["label"])}
+
+
 CONVERTERS: dict[str, Callable[[dict, TaskSpec], Row]] = {
     "sentiment": _text_label, "20ng": _newsgroups, "arc-easy": _lettered, "arc-challenge": _lettered,
     "openbookqa": _lettered, "commonsenseqa": _lettered, "piqa": _piqa, "winogrande": _winogrande, "boolq": _boolq,
+    "socialiqa": _socialiqa, "hellaswag": _hellaswag,
     "winogrande-s": _winogrande, "winogrande-m": _winogrande,  # the official train_s / train_m; 10% of it is validation
 }
 

@@ -105,6 +105,10 @@ _ENTRIES: list[tuple[TaskSpec, Builder]] = [
         f"rest of the sentence as a choice; {NO_TEST}", "allenai/winogrande"),
     _winogrande_subset("winogrande-s", 640, "s"),
     _winogrande_subset("winogrande-m", 2558, "m"),
+    _mc("socialiqa", "socialiqa", 3, f"SocialIQA social commonsense: a context and a question, three answers; "
+        f"{NO_TEST}", "allenai/social_i_qa"),
+    _mc("hellaswag", "hellaswag", 4, f"HellaSwag: a context (with its activity label) and four endings; {NO_TEST}",
+        "Rowan/hellaswag"),
     _mc("boolq", "boolq", 2, "BoolQ: passage and yes/no question, choices (yes, no) in the task's own order; "
         f"{NO_TEST}", "google/boolq"),
     (TaskSpec("vader", "regression", description=(
