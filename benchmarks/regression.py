@@ -31,7 +31,9 @@ from pyro_bhpeft.recipe import PRESETS
 METHODS = {  # name -> (recipe changes to Protocol.recipe, posterior samples)
     "lora": ({}, 0),
     "bayes-lora-fs": (dict(PRESETS["bayes-lora-fs"]), 8),
+    "bayes-lora-fs-mean": (dict(PRESETS["bayes-lora-fs"]), 0),  # the same fit, predicting with its mean
     "bh-peft-fs": (dict(PRESETS["bh-peft-fs"]), 8),
+    "bh-peft-fs-mean": (dict(PRESETS["bh-peft-fs"]), 0),
 }
 COLUMNS = (("MSE", "mse", 3), ("Gaussian NLL", "nll", 3), ("90% coverage %", "coverage90", 1), ("MAE", "mae", 3))
 
@@ -76,7 +78,7 @@ def main() -> None:
     for ax, (title, key, _) in zip(fig.subplots(1, 3), COLUMNS[:3]):
         means = [statistics.fmean(c[key] for c in cells[m]) for m in cells]
         sds = [statistics.stdev([c[key] for c in cells[m]]) if args.seeds > 1 else 0 for m in cells]
-        ax.bar(np.arange(len(cells)), means, yerr=sds, color=["tab:gray", "tab:blue", "tab:green"][:len(cells)])
+        ax.bar(np.arange(len(cells)), means, yerr=sds, color=[f"C{i}" for i in range(len(cells))])
         ax.set_xticks(np.arange(len(cells)), list(cells), rotation=20, ha="right", fontsize=8)
         ax.set_title(title)
         if key == "coverage90":
