@@ -1,4 +1,4 @@
-"""The ``pyro-bhpeft`` command line: fit, evaluate, predict, demo.
+"""The ``pyro-bhpeft`` command line: fit, evaluate, predict, demo, compare, update, meta-fit, ...
 
 Every user error is one line on stderr naming the problem and the fix, with exit code 2.
 """
@@ -89,6 +89,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
 
     sub.add_parser("tasks", help="list the registered tasks")
+
+    from .meta import MetaConfig
+
+    p = sub.add_parser("meta-fit", help="ABMLL: meta-learn a hierarchical prior over several multiple-choice tasks")
+    p.add_argument("--tasks", required=True, help="comma list of registered multiple-choice tasks to meta-train on")
+    p.add_argument("--out", required=True, help="run directory to write (its guide: a new task's prior predictive)")
+    p.add_argument("--backbone", default="minilm")
+    p.add_argument("--per-task", type=int, default=1000, help="random training examples per task (default: 1000)")
+    p.add_argument("--max-length", type=int, default=64)
+    for field_name, value in MetaConfig().__dict__.items():
+        p.add_argument("--" + field_name.replace("_", "-"), type=type(value), default=value,
+                       help=f"(default: {value})")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
+    p = sub.add_parser("meta-evaluate", help="adapt a meta-fitted run to an unseen task's support set and score it")
+    p.add_argument("run", help="run directory written by meta-fit")
+    p.add_argument("--task", required=True, help="a registered multiple-choice task (unseen in meta-training)")
+    p.add_argument("--support", type=int, default=32, help="support examples from its training split (default: 32)")
+    p.add_argument("--steps", type=int, default=10, help="adaptation steps on them (default: 10, as the paper)")
+    p.add_argument("--samples", type=int, default=4, help="posterior samples K (default: 4)")
+    p.add_argument("--eval-size", type=int, default=200, help="test examples scored (default: 200; 0: all)")
+    p.add_argument("--seed", type=int, default=0, help="which support set (default: 0)")
+    p.add_argument("--save", help="also save the adapted posterior to this run directory")
     return parser
 
 
@@ -223,7 +246,33 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report written to {report}")
 
 
-COMMANDS = {"fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo, "compare": cmd_compare,
+def cmd_meta_fit(args: argparse.Namespace) -> None:
+    from .meta import MetaConfig, meta_fit_run
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} already holds a run; pass --overwrite to replace it or choose another --out")
+    if args.per_task < 1:
+        raise UserError(f"--per-task must be a positive integer, got {args.per_task}")
+    config = MetaConfig(**{k: getattr(args, k) for k in MetaConfig().__dict__})
+    tasks = [t for t in args.tasks.split(",") if t]
+    _, result = meta_fit_run(tasks, out, backbone=args.backbone, config=config, per_task=args.per_task,
+                             max_length=args.max_length, overwrite=args.overwrite)
+    print(f"meta-fit: {config.steps} steps over {len(tasks)} tasks in {result.seconds:.0f} s, last outer loss "
+          f"{result.history[-1]:.4f} per example; run saved to {out}")
+
+
+def cmd_meta_evaluate(args: argparse.Namespace) -> None:
+    from .meta import meta_evaluate_run
+
+    if args.support < 1 or args.steps < 0 or args.samples < 0 or args.eval_size < 0:
+        raise UserError("--support must be >= 1 and --steps, --samples, --eval-size >= 0")
+    result = meta_evaluate_run(args.run, args.task, support=args.support, steps=args.steps, samples=args.samples,
+                               query=args.eval_size or None, seed=args.seed, out=args.save)
+    print(json.dumps(result, indent=2))
+
+
+COMMANDS = {"meta-fit": cmd_meta_fit, "meta-evaluate": cmd_meta_evaluate, "fit": cmd_fit, "evaluate": cmd_evaluate, "predict": cmd_predict, "demo": cmd_demo, "compare": cmd_compare,
             "diagnose": cmd_diagnose, "update": cmd_update, "history": cmd_history, "tasks": cmd_tasks}
 
 

@@ -25,7 +25,7 @@ from .peft.gates import GatedLoraConfig
 from .priors import PRIORS, Prior
 from .registry import Registry
 
-__all__ = ["Recipe", "PRESETS", "build_model", "build_guide", "train", "loaders", "recipe_backbone", "EVAL_BATCH_SIZE"]
+__all__ = ["Recipe", "PRESETS", "build_model", "build_guide", "train", "fit_options", "loaders", "recipe_backbone", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
 LR_DECAYS = ("none", "linear")
@@ -155,8 +155,6 @@ def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bo
           meta: dict | None = None, backbone: Any = None, checkpoint: Any = None, device: Any = None) -> FitResult:
     """Fit ``recipe`` on ``data`` (a :class:`pyro_bhpeft.data.TaskData`) on ``device`` (default: where the
     backbone is); returns the FitResult. ``checkpoint``: a :class:`~pyro_bhpeft.checkpoint.Checkpoint`."""
-    from pyro_bhpeft.guides import GUIDES
-
     from pyro_bhpeft.data.prompts import for_backbone
 
     bb = backbone or recipe_backbone(recipe)
@@ -167,15 +165,21 @@ def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bo
         model.to(resolve_device(device))
     guide = build_guide(recipe, model)
     train_loader = loaders(recipe, data, bb.tokenizer)["train"]
-    kl_weight = recipe.kl_weight if GUIDES[recipe.guide].uses_prior else 0.0
     with dropout_active(model) if recipe.dropout else contextlib.nullcontext():
-        kl_step = KLStep(recipe.kl_step_lr, recipe.kl_reweighting) if recipe.kl_step_lr else None
-        return fit(model, guide, train_loader, epochs=recipe.epochs, max_steps=recipe.max_steps, lr=recipe.lr,
-                   scale_lr=recipe.scale_lr, kl_weight=kl_weight, kl_anneal_steps=recipe.kl_anneal_steps,
-                   kl_step=kl_step, flipout=recipe.flipout, warmup_ratio=recipe.warmup_ratio,
-                   lr_decay=recipe.lr_decay, site_lr=recipe.site_lr(),
-                   seed=recipe.seed, progress=progress, backbone_name=recipe.backbone, checkpoint=checkpoint,
+        return fit(model, guide, train_loader, **fit_options(recipe), progress=progress, checkpoint=checkpoint,
                    meta={"recipe": recipe.to_dict(), **(meta or {})})
+
+
+def fit_options(recipe: Recipe) -> dict[str, Any]:
+    """The keyword arguments of :func:`~pyro_bhpeft.infer.fit` that ``recipe`` sets (all but the data)."""
+    from pyro_bhpeft.guides import GUIDES
+
+    return {"epochs": recipe.epochs, "max_steps": recipe.max_steps, "lr": recipe.lr, "scale_lr": recipe.scale_lr,
+            "kl_weight": recipe.kl_weight if GUIDES[recipe.guide].uses_prior else 0.0,
+            "kl_anneal_steps": recipe.kl_anneal_steps,
+            "kl_step": KLStep(recipe.kl_step_lr, recipe.kl_reweighting) if recipe.kl_step_lr else None,
+            "flipout": recipe.flipout, "warmup_ratio": recipe.warmup_ratio, "lr_decay": recipe.lr_decay,
+            "site_lr": recipe.site_lr(), "seed": recipe.seed, "backbone_name": recipe.backbone}
 
 
 # Named recipes: the changes each makes to a :class:`Recipe` (``Recipe().with_(**PRESETS[name])``).

@@ -20,6 +20,7 @@ from pyro_bhpeft.guides import Delta, LowRank, MeanField
 from pyro_bhpeft.infer import kl_schedule
 from pyro_bhpeft.models import MultipleChoice, Regressor, SequenceClassifier
 from pyro_bhpeft.models.base import pool
+from pyro_bhpeft.peft.delta import DeltaConfig
 
 N, SEQ, CHOICES, LABELS = 6, 7, 3, 3
 TARGETS = {"bert": ("query", "value"), "llama": ("q_proj", "v_proj")}
@@ -28,6 +29,7 @@ KINDS = {
     "adapter": lambda t: PeftConfig(None, AdapterConfig(bottleneck=4)),
     "prefix": lambda t: PeftConfig(None, None, PrefixConfig(length=3)),
     "hybrid": lambda t: PeftConfig(LoraConfig(r=2, targets=t), AdapterConfig(bottleneck=4), PrefixConfig(length=3)),
+    "delta": lambda t: PeftConfig(lora=None, delta=DeltaConfig(targets=t)),  # ABMLL's full-matrix task weights
 }
 GUIDES = {"meanfield": MeanField, "lowrank": lambda m: LowRank(m, rank=2), "delta": Delta}
 MODELS = {
@@ -52,6 +54,8 @@ SITE_TEMPLATES = {
     ("llama", "adapter"): ["layers.{i}.mlp.down_proj.adapter_down", "layers.{i}.mlp.down_proj.adapter_down_bias",
                            "layers.{i}.mlp.down_proj.adapter_up", "layers.{i}.mlp.down_proj.adapter_up_bias"],
     ("llama", "prefix"): ["layers.{i}.self_attn.prefix"],
+    ("bert", "delta"): ["encoder.layer.{i}.attention.self.query.delta", "encoder.layer.{i}.attention.self.value.delta"],
+    ("llama", "delta"): ["layers.{i}.self_attn.q_proj.delta", "layers.{i}.self_attn.v_proj.delta"],
 }
 
 

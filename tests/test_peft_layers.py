@@ -127,6 +127,24 @@ def test_lora_layer_computes_w_x_plus_scaled_b_a_x():
     assert torch.equal(layer(x), base(x))
 
 
+def test_delta_layer_computes_w_x_plus_delta_x_and_k_stacked_draws_on_their_rows():
+    from pyro_bhpeft.peft.delta import DeltaConfig, DeltaLinear
+
+    torch.manual_seed(0)
+    base = nn.Linear(5, 3)
+    layer = DeltaLinear(base, "blk.lin", 0, DeltaConfig())
+    x, delta = torch.randn(4, 6, 5), torch.randn(3, 5)
+    assert torch.equal(layer(x), base(x))
+    layer.bind({"delta": delta})
+    assert torch.allclose(layer(x), x @ (base.weight + delta).T + base.bias, atol=1e-5)
+    deltas = torch.randn(2, 3, 5)  # two draws: rows 0-3 see the first, rows 4-7 the second
+    layer.bind({"delta": deltas}, samples=2)
+    out = layer(torch.cat([x, x]))
+    for k in range(2):
+        assert torch.allclose(out[4 * k:4 * (k + 1)], x @ (base.weight + deltas[k]).T + base.bias, atol=1e-5)
+    layer.bind(None)
+
+
 @pytest.mark.parametrize("activation, act", [("gelu", F.gelu), ("relu", F.relu), ("tanh", torch.tanh),
                                              ("silu", F.silu)])
 def test_adapter_layer_adds_a_bottleneck_residual(activation, act):
