@@ -6,12 +6,18 @@ r=8 on query/value, steps, batch size, learning rate and seeds:
 
 * ``posterior-prior (mean-field)`` / ``(low-rank)``: round k's prior is round k-1's posterior;
 * ``naive sequential``: a point estimate with no prior, each round starting from the last weights;
-* ``joint refit``: a mean-field posterior refitted on all data so far (the upper bound).
+* ``joint refit``: a mean-field posterior refitted on all data so far (the upper bound);
+* ``posterior-prior (bayes-lora-fs)``: the function-space Bayesian LoRA recipe of ``compare`` (variance on
+  LoRA A under a prior in the weights' own scale, B and the head point masses, log-scales with their own
+  learning rate, flipout), with round k-1's posterior as round k's prior (the point masses carried as
+  ``N(loc, 0.01^2)``, as ``update`` does).
 
 After every round each method is evaluated on the test set of every round seen so far (accuracy,
 NLL, ECE). Forgetting of round j after round k is ``acc_j(after j) - acc_j(after k)``; the table
 reports its average over earlier rounds. Results: ``forgetting.md``, ``forgetting.json`` and
-``forgetting.png`` (accuracy on round-1 data across rounds) in ``--out``.
+``forgetting.png`` (accuracy on round-1 data across rounds) in ``--out``. Each (method, seed) is saved
+in ``--out/cells`` as it finishes, so the run resumes; ``--methods`` picks methods (the table covers the
+cells there are).
 
     python benchmarks/forgetting.py --seeds 0 1 2
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +40,9 @@ from pyro_bhpeft.analysis import metrics, plots
 from pyro_bhpeft.data import TaskData, load_task, make_loader, tokenize
 from pyro_bhpeft.guides import Delta, LowRank, MeanField
 from pyro_bhpeft.models import SequenceClassifier
+from pyro_bhpeft.io import write_json, write_text
 from pyro_bhpeft.priors import Normal
+from pyro_bhpeft.recipe import PRESETS, Recipe, train
 
 ROUNDS = ("sentiment-movie", "sentiment-amazon", "sentiment-tweets")
 @dataclass(frozen=True)
@@ -41,11 +50,12 @@ class Strategy:
     """How a method goes through the rounds: its guide, whether the previous posterior is the next prior,
     whether it warm-starts from the previous point estimate, and whether it refits on all data so far."""
 
-    guide: Callable[[Any], Any]
+    guide: Callable[[Any], Any] | None
     bayesian: bool = True  # KL weight 1 and posterior samples at prediction
     posterior_as_prior: bool = True
     warm_start: bool = False
     joint: bool = False
+    recipe: str | None = None  # a recipe preset fitted through ``recipe.train`` instead of ``guide``
 
 
 METHODS = {
@@ -53,6 +63,7 @@ METHODS = {
     "posterior-prior (low-rank)": Strategy(lambda model: LowRank(model, rank=8)),
     "naive sequential": Strategy(Delta, bayesian=False, posterior_as_prior=False, warm_start=True),
     "joint refit": Strategy(MeanField, posterior_as_prior=False, joint=True),
+    "posterior-prior (bayes-lora-fs)": Strategy(None, recipe="bayes-lora-fs"),
 }
 
 
@@ -74,6 +85,11 @@ def joint_data(rounds: list[TaskData]) -> TaskData:
 def train_round(strategy: Strategy, data: TaskData, tokenizer, previous, args, seed: int):
     """One round of one method; returns the fitted posterior."""
     carried = previous is not None and strategy.posterior_as_prior
+    if strategy.recipe is not None:
+        recipe = Recipe(backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                        max_length=args.max_length, seed=seed).with_(**PRESETS[strategy.recipe])
+        return train(recipe, data, prior=posterior_prior(previous, temper=args.temper) if carried else None,
+                     progress=False).posterior
     model = SequenceClassifier(load_backbone(args.backbone).model, num_labels=2,
                                prior=posterior_prior(previous, temper=args.temper) if carried else Normal(1.0))
     guide = strategy.guide(model)
@@ -91,19 +107,24 @@ def evaluate(posterior, data: TaskData, tokenizer, args, samples: int) -> dict:
     return metrics.classification_metrics(pred.probs.numpy(), pred.labels.numpy())
 
 
-def run_seed(seed: int, args, tokenizer) -> dict:
+def run_cell(method: str, seed: int, args, tokenizer) -> list[list[dict]]:
+    """results[k][j] = metrics on round j after round k, for one method and seed (saved, then reused)."""
+    path = Path(args.out) / "cells" / f"{re.sub(r'[^a-z0-9]+', '-', method).strip('-')}-seed{seed}.json"
+    if path.exists():
+        return json.loads(path.read_text())
     rounds = round_data(args.train_size, args.test_size, seed)
-    results = {m: [] for m in METHODS}  # results[method][k][j] = metrics on round j after round k
-    for method, strategy in METHODS.items():
-        previous = None
-        for k in range(len(rounds)):
-            data = joint_data(rounds[: k + 1]) if strategy.joint else rounds[k]
-            prev = None if strategy.joint else previous
-            previous = train_round(strategy, data, tokenizer, prev, args, seed)
-            samples = args.samples if strategy.bayesian else 0
-            results[method].append([evaluate(previous, rounds[j], tokenizer, args, samples) for j in range(k + 1)])
-            print(f"seed {seed} {method} round {k + 1}: " + ", ".join(
-                f"{ROUNDS[j]} acc {r['accuracy']:.3f}" for j, r in enumerate(results[method][-1])), flush=True)
+    strategy = METHODS[method]
+    results: list[list[dict]] = []
+    previous = None
+    for k in range(len(rounds)):
+        data = joint_data(rounds[: k + 1]) if strategy.joint else rounds[k]
+        prev = None if strategy.joint else previous
+        previous = train_round(strategy, data, tokenizer, prev, args, seed)
+        samples = args.samples if strategy.bayesian else 0
+        results.append([evaluate(previous, rounds[j], tokenizer, args, samples) for j in range(k + 1)])
+        print(f"seed {seed} {method} round {k + 1}: " + ", ".join(
+            f"{ROUNDS[j]} acc {r['accuracy']:.3f}" for j, r in enumerate(results[-1])), flush=True)
+    write_json(path, results)
     return results
 
 
@@ -114,25 +135,26 @@ def forgetting(per_round: list[list[dict]]) -> float:
     return statistics.mean(drops) if drops else 0.0
 
 
-def summarize(all_seeds: list[dict], out: Path) -> None:
-    lines = ["| method | avg forgetting (acc pts) | final acc, round 1 | final acc, all rounds | final NLL | final ECE % |",
-             "|---|---|---|---|---|---|"]
+def summarize(cells: dict[str, list[list[list[dict]]]], seeds: list[int], out: Path) -> None:
+    """The table and figure over ``cells[method]`` (one entry per seed)."""
+    lines = ["| method | seeds | avg forgetting (acc pts) | final acc, round 1 | final acc, all rounds | final NLL "
+             "| final ECE % |", "|---|---|---|---|---|---|---|"]
 
     def ms(values):
         values = list(values)
         return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
 
     curves = {}
-    for method in METHODS:
-        runs = [s[method] for s in all_seeds]
-        lines.append(f"| {method} | {ms(100 * forgetting(r) for r in runs)} | "
+    for method, runs in cells.items():
+        lines.append(f"| {method} | {len(runs)} | {ms(100 * forgetting(r) for r in runs)} | "
                      f"{ms(100 * r[-1][0]['accuracy'] for r in runs)} | "
                      f"{ms(100 * statistics.mean(m['accuracy'] for m in r[-1]) for r in runs)} | "
                      f"{ms(statistics.mean(m['nll'] for m in r[-1]) for r in runs)} | "
                      f"{ms(statistics.mean(m['ece'] for m in r[-1]) for r in runs)} |")
         curves[method] = [statistics.mean(r[k][0]["accuracy"] for r in runs) for k in range(len(ROUNDS))]
     table = "\n".join(lines)
-    (out / "forgetting.md").write_text(f"Rounds: {' -> '.join(ROUNDS)}; mean ± sd over {len(all_seeds)} seeds.\n\n{table}\n")
+    write_text(out / "forgetting.md", f"Rounds: {' -> '.join(ROUNDS)}; mean ± sd over seeds "
+               f"{', '.join(map(str, seeds))}.\n\n{table}\n")
     plots.accuracy_over_rounds(curves, out / "forgetting.png", xlabel="round (1 = movie, 2 = amazon, 3 = tweets)",
                               ylabel="accuracy on round-1 (movie) test", title="Forgetting of the first domain")
     print(table)
@@ -141,6 +163,7 @@ def summarize(all_seeds: list[dict], out: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", default=",".join(METHODS), help="comma list of: " + ", ".join(METHODS))
     p.add_argument("--train-size", type=int, default=800, help="training examples per round")
     p.add_argument("--test-size", type=int, default=400)
     p.add_argument("--epochs", type=int, default=1)
@@ -150,15 +173,24 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--temper", type=float, default=1.0)
     p.add_argument("--backbone", default="minilm")
+    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/forgetting")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"forgetting: unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    protocol = {k: v for k, v in vars(args).items() if k not in ("seeds", "methods", "threads", "out")}
+    saved = out / "protocol.json"
+    if saved.exists() and json.loads(saved.read_text()) != protocol:
+        raise SystemExit(f"forgetting: {out} holds cells of another protocol ({saved}); use another --out")
+    write_json(saved, protocol)
     tokenizer = load_backbone(args.backbone).tokenizer
-    all_seeds = [run_seed(s, args, tokenizer) for s in args.seeds]
-    (out / "forgetting.json").write_text(json.dumps({"args": vars(args), "results": all_seeds}, indent=1))
-    summarize(all_seeds, out)
+    cells = {m: [run_cell(m, s, args, tokenizer) for s in args.seeds] for m in methods}
+    write_json(out / "forgetting.json", {"protocol": protocol, "seeds": args.seeds, "results": cells})
+    summarize(cells, args.seeds, out)
 
 
 if __name__ == "__main__":
