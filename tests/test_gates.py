@@ -127,3 +127,12 @@ def test_gate_lr_moves_only_the_gate_logits_at_their_own_rate():
         fit(model, guide, [(batch, labels)], num_data=8, max_steps=1, site_lr={"*.nothing": 1.0}, progress=False)
     with pytest.raises(ConfigError, match="gate_lr must be positive"):
         Recipe(gate_lr=0.0)
+
+
+def test_gated_lora_or_delta_beside_lora_on_the_same_layers_is_refused_in_one_line():
+    from pyro_bhpeft.config import ConfigError
+    from pyro_bhpeft.peft.delta import DeltaConfig
+
+    for extra in ({"gated-lora": GatedLoraConfig(r=2)}, {"delta": DeltaConfig()}):
+        with pytest.raises(ConfigError, match="already wrapped by another PEFT kind.*drop lora"):
+            SequenceClassifier(tiny_bert(), PeftConfig(lora=LoraConfig(r=2), **extra), priors.Flat(), num_labels=2)

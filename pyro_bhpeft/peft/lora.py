@@ -89,6 +89,12 @@ def lora_targets(target: Target, targets: tuple[str, ...] | None, layers: tuple[
              for rel, module in list(target.blocks[i].named_modules())
              if isinstance(module, nn.Linear) and any(rel == t or rel.endswith("." + t) for t in targets)]
     if not found:
+        taken = sorted({f"{rel} ({m.kind})" for i in target.chosen(layers, kind) for rel, m in target.blocks[i].named_modules()
+                        if isinstance(m, PeftLayer) and any(rel == t or rel.endswith("." + t) for t in targets)})
+        if taken:
+            raise ConfigError(f"{kind} targets {list(targets)} are already wrapped by another PEFT kind: {taken[:2]}; "
+                              f"{kind} replaces LoRA rather than stacking on it: drop lora from the PEFT parts "
+                              "(PeftConfig(lora=None, ...), --peft without lora)")
         names = sorted({n.rpartition(".")[2] for n, m in target.blocks[0].named_modules() if isinstance(m, nn.Linear)})
         raise ConfigError(f"{kind} targets {list(targets)} match no linear layer of {type(target.model).__name__}; "
                           f"its linear layers are named {names}")
