@@ -136,7 +136,7 @@ class BayesianPeftModel(PyroModule):
     def sample_weights(self) -> dict[str, torch.Tensor]:
         device = self._device()
         with kl_scaled(self.kl_weight):
-            weights = {name: pyro.sample(name, (site.prior or self.prior).distribution(name, site.shape, device))
+            weights = {name: pyro.sample(name, self.site_prior(name).distribution(name, site.shape, device))
                        for name, site in self._site_specs.items()}
             weights.update(self.extra_latents())
             joint = getattr(self.prior, "joint_log_prob", None)  # a prior with correlations across sites
@@ -144,6 +144,13 @@ class BayesianPeftModel(PyroModule):
             if log_prob is not None:
                 pyro.factor("prior.joint", log_prob)
         return weights
+
+    def site_prior(self, name: str) -> Prior:
+        """The prior of site ``name``: the model's, unless the site carries its own (the gates of gated LoRA) and
+        the model's prior does not know this site by name (a posterior-derived prior does: the next round's)."""
+        own = self._site_specs[name].prior
+        covers = getattr(self.prior, "covers", None)
+        return own if own is not None and not (covers is not None and covers(name)) else self.prior
 
     def extra_latents(self) -> dict[str, torch.Tensor]:
         """Latent sites besides the PEFT and head weights (e.g. a noise scale); sampled after them."""

@@ -433,9 +433,10 @@ def _check_priors(model: Any, guide: Any) -> None:
     if not isinstance(guide, MeanField) or prior is None:
         return
     joint = set(getattr(prior, "joint", ()))
+    site_prior = getattr(model, "site_prior", lambda n: sites[n].prior or prior)
     for name in guide.site_names():
         if name in sites and name not in joint and guide.scale(name) is not None and isinstance(
-                (sites[name].prior or prior).distribution(name, sites[name].shape), pyro.distributions.ImproperUniform):
+                site_prior(name).distribution(name, sites[name].shape), pyro.distributions.ImproperUniform):
             raise ValueError(f"site {name!r} has no prior (flat) but a random posterior, so its KL is unbounded; "
                              "make it a point mass (deterministic=...) or give it a prior")
 

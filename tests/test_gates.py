@@ -136,3 +136,21 @@ def test_gated_lora_or_delta_beside_lora_on_the_same_layers_is_refused_in_one_li
     for extra in ({"gated-lora": GatedLoraConfig(r=2)}, {"delta": DeltaConfig()}):
         with pytest.raises(ConfigError, match="already wrapped by another PEFT kind.*drop lora"):
             SequenceClassifier(tiny_bert(), PeftConfig(lora=LoraConfig(r=2), **extra), priors.Flat(), num_labels=2)
+
+
+def test_the_gates_posterior_becomes_the_next_rounds_prior():
+    """A gate site carries its own N(-1, 1) prior, but a posterior-derived prior that knows the site wins: the
+    next round starts from what the gates learned."""
+    from pyro_bhpeft import posterior_prior
+
+    model = _model()
+    batch, labels = token_batch(8), torch.arange(8) % 2
+    guide = MeanField(model, deterministic=("*.lora_A", "*.lora_B", "head.*"), scale_param="log")
+    result = fit(model, guide, [(batch, labels)], num_data=8, epochs=5, lr=0.05, progress=False)
+    name = "encoder.layer.0.attention.self.query.rank_gate"
+    marginal = result.posterior.marginals()[name]
+    nxt = SequenceClassifier(tiny_bert(), model.peft_config, posterior_prior(result.posterior), num_labels=2)
+    prior = nxt.site_prior(name).distribution(name, (3,))
+    torch.testing.assert_close(prior.base_dist.loc, marginal.loc)
+    torch.testing.assert_close(prior.base_dist.scale, marginal.scale)
+    assert model.site_prior(name).distribution(name, (3,)).base_dist.loc.eq(-1.0).all()  # round 1: its own prior
