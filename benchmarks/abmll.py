@@ -54,7 +54,7 @@ META = MetaConfig(steps=120, tasks_per_step=2, support=4, query=4, inner_steps=3
                   gamma=1e-3, lr=1e-3, rank=8, c_ratio=0.05)
 UNION_STEPS, BATCH, LR = 120, 16, 2e-3
 METHODS = ("abmll", "abmll-prior", "multitask-lora-ft", "support-lora", "posterior-prior")
-COLUMNS = (("accuracy %", "accuracy", 100), ("ECE %", "ece", 100), ("NLL", "nll", 1))
+COLUMNS = (("accuracy %", "accuracy", 100), ("ECE %", "ece", 1), ("NLL", "nll", 1))  # ece is in % already
 
 
 def _train_batches(tokenizer, seed: int, size: int) -> dict[str, list]:
@@ -101,7 +101,8 @@ class Fits:
             tasks = _train_batches(self.tokenizer, self.seed, META.support + META.query)
             result = meta_fit(model, tasks, MetaConfig(**{**META.__dict__, "seed": self.seed}),
                               num_data={t: PER_TASK for t in tasks})
-            return to_posterior(adapt(model, result.prior, [], steps=0), history=result.history)
+            return to_posterior(adapt(model, result.prior, [], steps=0), history=result.history,
+                                kl_history=result.kl_history)
         return self._cached("abmll", make)
 
     def union(self, name: str, recipe: Recipe) -> Posterior:

@@ -195,6 +195,11 @@ class TaskGuide:
         return out
 
     @torch.no_grad()
+    def kl(self) -> float:
+        """``KL(q || p(phi | theta))`` in closed form: in whitened units it is ``sum(z^2 + e^(2u) - 1) / 2 - sum(u)``."""
+        return float(sum(((z ** 2 + (2 * u).exp() - 1) / 2 - u).sum() for z, u in zip(self.z.values(), self.u.values())))
+
+    @torch.no_grad()
     def marginals(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         pairs = {n: self.marginal(n) for n in self.model.sites}
         return {n: p[0].detach().clone() for n, p in pairs.items()}, {n: p[1].detach().clone() for n, p in pairs.items()}
@@ -286,9 +291,13 @@ class MetaConfig:
 
 @dataclass
 class MetaResult:
+    """The fitted prior; per outer step the loss per example and its KL part (``beta KL / N`` averaged over the
+    step's tasks; the rest is the query examples' expected negative log-likelihood); the seconds taken."""
+
     prior: HierarchicalPrior
     history: list[float]
     seconds: float
+    kl_history: list[float] = field(default_factory=list)
 
 
 def _episodes(batches: Sequence[tuple], support: int, seed: int) -> Iterator[tuple[tuple, tuple]]:
@@ -319,7 +328,7 @@ def meta_fit(model: Any, tasks: Mapping[str, Sequence[tuple]], config: MetaConfi
     sizes = dict(num_data or {n: sum(len(b[1]) for b in bs) for n, bs in tasks.items()})
     streams = {n: _episodes(bs, config.support, config.seed + i) for i, (n, bs) in enumerate(tasks.items())}
     optimizer = torch.optim.Adam(prior.parameters(), lr=config.lr)
-    rng, names, history = random.Random(config.seed), list(tasks), []
+    rng, names, history, kl_history = random.Random(config.seed), list(tasks), [], []
     start = time.perf_counter()
     bar = tqdm(range(config.steps), desc="meta-fit", disable=not progress, unit="step")
     for _ in bar:
@@ -335,9 +344,10 @@ def meta_fit(model: Any, tasks: Mapping[str, Sequence[tuple]], config: MetaConfi
         loss.backward()
         optimizer.step()
         history.append(float(loss.detach()) / (len(names) * statistics.fmean(sizes.values())))
-        bar.set_postfix(loss=f"{history[-1]:.4f}")
+        kl_history.append(statistics.fmean(config.beta * g.kl() / n for g, _, n in episode.values()))
+        bar.set_postfix(loss=f"{history[-1]:.4f}", kl=f"{kl_history[-1]:.4f}")
     model.kl_weight, model.num_data = 1.0, None
-    return MetaResult(prior, history, time.perf_counter() - start)
+    return MetaResult(prior, history, time.perf_counter() - start, kl_history)
 
 
 
@@ -404,7 +414,7 @@ def meta_fit_run(tasks: Sequence[str], out: Any, *, backbone: str = "minilm", co
                                                         for t, bs in batches.items()}, progress=progress)
     posterior = to_posterior(adapt(model, result.prior, [], steps=0), abmll={
         "config": config.__dict__, "tasks": list(tasks), "per_task": per_task, "max_length": max_length,
-        "history": result.history, "seconds": result.seconds})
+        "history": result.history, "kl_history": result.kl_history, "seconds": result.seconds})
     posterior.backbone_name = backbone
     posterior.save(Path(out), overwrite=overwrite)
     return posterior, result

@@ -148,3 +148,15 @@ def test_meta_fit_and_meta_evaluate_commands(tiny_backbone, tmp_path, capsys):
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
     assert main([*args[:2], "arc-easy,sentiment", *args[3:-1], str(tmp_path / "other")]) == 2
     assert "multiple-choice" in capsys.readouterr().err
+
+
+def test_task_kl_in_whitened_units_is_the_closed_form_normal_kl():
+    model = _model()
+    prior = HierarchicalPrior.for_model(model, c_ratio=0.7)
+    guide = adapt(model, prior, _tasks()["t0"], steps=5, lr=0.3, num_data=N)
+    import pyro.distributions as dist
+    from torch.distributions import kl_divergence
+
+    exact = sum(float(kl_divergence(dist.Normal(*guide.marginal(n)), dist.Normal(prior.mean(n), prior.scale(n))).sum().detach())
+                for n in model.sites)
+    assert exact > 0.1 and abs(guide.kl() - exact) < 1e-4 * max(1.0, exact)
