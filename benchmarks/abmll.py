@@ -130,13 +130,13 @@ def run_cell(method: str, task: str, seed: int, fits: Fits, tokenizer) -> dict:
         guide = Delta(model)
         guide(*model.dummy_data())
         guide.load_state_dict(union.guide.state_dict())  # start from the union's LoRA and head
-        posterior = fit(model, guide, support, epochs=ADAPT_STEPS, lr=LR, kl_weight=0.0, seed=seed,
+        posterior = fit(model, guide, support, num_data=SUPPORT, epochs=ADAPT_STEPS, lr=LR, kl_weight=0.0, seed=seed,
                         progress=False).posterior
         samples = 0
     elif method == "support-lora":
         model = _lora_model(load_backbone("minilm").model)
-        posterior = fit(model, Delta(model), support, epochs=ADAPT_STEPS, lr=LR, kl_weight=0.0, seed=seed,
-                        progress=False).posterior
+        posterior = fit(model, Delta(model), support, num_data=SUPPORT, epochs=ADAPT_STEPS, lr=LR, kl_weight=0.0,
+                        seed=seed, progress=False).posterior
         samples = 0
     else:  # posterior-prior
         recipe = Recipe(lr=LR, seed=seed).with_(**PRESETS["bayes-lora-fs"])
