@@ -198,4 +198,5 @@ PRESETS.register("bayes-lora-fs", {  # the same on LoRA alone: variance on A, B 
     **PRESETS["bh-peft-fs"], "peft": PeftConfig()})
 PRESETS.register("lora-gates", {  # Bayesian rank and bit gates (Meo et al. 2024): the gates random, the weights MLE
     "peft": PeftConfig(lora=None, **{"gated-lora": GatedLoraConfig()}), "guide": "mean-field", "prior": "flat",
-    "deterministic": ("*.lora_A", "*.lora_B", "head.*"), "scale_param": "log", "scale_lr": 0.05})
+    "deterministic": ("*.lora_A", "*.lora_B", "head.*"), "scale_param": "log", "scale_lr": 0.05,
+    "gate_lr": 0.1})  # chosen on validation (docs/selection): the gates need their own rate to move at all
