@@ -189,7 +189,8 @@ class BayesianPeftModel(PyroModule):
         ``max_rows=None`` takes the device's default, :data:`FOLD_ROWS`: on a CPU folding pays only for small
         batches (``benchmarks/predict_time.py``: 1.5x faster for one example at K = 16; 0.8-0.95x with 64 rows
         per forward, where each forward is already compute-bound), so it folds up to 32 rows there."""
-        flat_rows = next(iter(self.flatten_inputs(batch).values())).shape[0]
+        flat = self.flatten_inputs(batch)
+        flat_rows = next(iter(flat.values())).shape[0]
         if max_rows is None:
             max_rows = FOLD_ROWS.get(self._device().type, FOLD_ROWS["default"])
         per_pass = max(1, max_rows // max(1, flat_rows))
@@ -199,12 +200,13 @@ class BayesianPeftModel(PyroModule):
         outs: list[Any] = []
         for start in range(0, len(draws), per_pass):
             chunk = draws[start:start + per_pass]
-            outs += self._run_folded(chunk, batch)
+            outs += self._run_folded(chunk, flat, batch)
         return outs
 
-    def _run_folded(self, draws: list[Mapping[str, torch.Tensor]], batch: Batch) -> list[Any]:
+    def _run_folded(self, draws: list[Mapping[str, torch.Tensor]], flat: Batch, batch: Batch) -> list[Any]:
+        """``draws`` in one backbone forward over ``flat`` (``batch`` as the backbone sees it) repeated per draw."""
         k, device = len(draws), self._device()
-        flat = {n: v.to(device) for n, v in self.flatten_inputs(batch).items() if n in _BACKBONE_INPUTS}
+        flat = {n: v.to(device) for n, v in flat.items() if n in _BACKBONE_INPUTS}
         rows = next(iter(flat.values())).shape[0]
         stacked = {name: torch.stack([w[name] for w in draws]) for name in draws[0]}
         with self.bound(stacked, samples=k):

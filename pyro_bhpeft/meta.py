@@ -410,8 +410,7 @@ def meta_fit_run(tasks: Sequence[str], out: Any, *, backbone: str = "minilm", co
     model = MultipleChoice(bb.model, PeftConfig(lora=None, delta=DeltaConfig()))
     batches = task_batches(tasks, bb.tokenizer, per_task=per_task, batch_size=config.support + config.query,
                            max_length=max_length, seed=config.seed)
-    result = meta_fit(model, batches, config, num_data={t: min(per_task, sum(len(b[1]) for b in bs))
-                                                        for t, bs in batches.items()}, progress=progress)
+    result = meta_fit(model, batches, config, progress=progress)  # each task's size: its examples, at most per_task
     posterior = to_posterior(adapt(model, result.prior, [], steps=0), abmll={
         "config": config.__dict__, "tasks": list(tasks), "per_task": per_task, "max_length": max_length,
         "history": result.history, "kl_history": result.kl_history, "seconds": result.seconds})

@@ -63,14 +63,9 @@ class DeltaLinear(PeftLayer):
 
 def add_deltas(target: Target, cfg: DeltaConfig) -> list[PeftLayer]:
     """A delta on every linear layer plain LoRA would wrap."""
-    from .lora import lora_targets
+    from .lora import wrap_linears
 
-    added: list[PeftLayer] = []
-    for path, i, module in lora_targets(target, cfg.targets, cfg.layers, "delta"):
-        layer = DeltaLinear(module, path, i, cfg)
-        target.replace(layer.path, layer)
-        added.append(layer)
-    return added
+    return wrap_linears(target, cfg, DeltaLinear, "delta")
 
 
 register_peft_kind("delta", DeltaConfig, add_deltas)

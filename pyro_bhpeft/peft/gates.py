@@ -157,14 +157,9 @@ class GatedLoraLinear(PeftLayer):
 
 def add_gated_lora(target: Target, cfg: GatedLoraConfig) -> list[PeftLayer]:
     """Gated LoRA on the same linear layers plain LoRA would wrap."""
-    from .lora import lora_targets
+    from .lora import wrap_linears
 
-    added: list[PeftLayer] = []
-    for path, i, module in lora_targets(target, cfg.targets, cfg.layers, "gated LoRA"):
-        layer = GatedLoraLinear(module, path, i, cfg)
-        target.replace(layer.path, layer)
-        added.append(layer)
-    return added
+    return wrap_linears(target, cfg, GatedLoraLinear, "gated LoRA")
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -11,7 +12,7 @@ from ..config import ConfigError, LoraConfig
 from .base import PeftLayer, Site, per_sample, uniform_init, zeros_init
 from .kinds import Target, register_peft_kind
 
-__all__ = ["LoraLinear", "add_lora", "flipout_lora", "lora_targets"]
+__all__ = ["LoraLinear", "add_lora", "flipout_lora", "lora_targets", "wrap_linears"]
 
 
 class LoraLinear(PeftLayer):
@@ -101,14 +102,20 @@ def lora_targets(target: Target, targets: tuple[str, ...] | None, layers: tuple[
     return found
 
 
-def add_lora(target: Target, cfg: LoraConfig) -> list[PeftLayer]:
-    """Wrap every ``nn.Linear`` of the chosen blocks whose name ends with one of the targets."""
+def wrap_linears(target: Target, cfg: Any, layer_class: type[PeftLayer], kind: str = "LoRA") -> list[PeftLayer]:
+    """Wrap every linear layer :func:`lora_targets` finds for ``cfg`` (its ``targets`` and ``layers``) in
+    ``layer_class(module, path, block, cfg)``: the add-function of every kind that adapts LoRA's layers."""
     added: list[PeftLayer] = []
-    for path, i, module in lora_targets(target, cfg.targets, cfg.layers):
-        layer = LoraLinear(module, path, i, cfg)
+    for path, i, module in lora_targets(target, cfg.targets, cfg.layers, kind):
+        layer = layer_class(module, path, i, cfg)
         target.replace(layer.path, layer)
         added.append(layer)
     return added
+
+
+def add_lora(target: Target, cfg: LoraConfig) -> list[PeftLayer]:
+    """Wrap every ``nn.Linear`` of the chosen blocks whose name ends with one of the targets."""
+    return wrap_linears(target, cfg, LoraLinear)
 
 
 register_peft_kind("lora", LoraConfig, add_lora)
