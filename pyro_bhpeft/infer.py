@@ -102,8 +102,9 @@ class FitResult:
         return f"{self.steps} steps in {self.seconds:.0f} s: NLL {self.final_nll:.4f}{kl} per example"
 
 
-def _tail_mean(values: list[float]) -> float:
-    tail = values[-max(1, len(values) // 10):]
+def _tail_mean(values: list[float], n: int | None = None) -> float:
+    """Mean of the last ``n`` values (default: the last tenth)."""
+    tail = values[-(n or max(1, len(values) // 10)):]
     return sum(tail) / len(tail) if tail else float("nan")
 
 
@@ -371,8 +372,10 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
                 if step % record_every == 0 or step == total:
                     _record_scales(guide, step, curves, trace)
                 if step % 10 == 0:
-                    bar.set_postfix(nll=f"{sum(curves['nll'][-10:]) / 10:.4f}",
-                                    kl=f"{sum(curves['kl'][-10:]) / 10:.4f}", kl_w=f"{beta:.2f}")
+                    shown = {"nll": f"{_tail_mean(curves['nll'], 10):.4f}"}
+                    if beta > 0:  # a point estimate (or a fit with its KL switched off) has no KL to show
+                        shown.update(kl=f"{_tail_mean(curves['kl'], 10):.4f}", kl_w=f"{beta:.2f}")
+                    bar.set_postfix(shown)
                 if step >= total:
                     break
                 if checkpoint is not None and (stop.requested or (checkpoint.every and step % checkpoint.every == 0)):

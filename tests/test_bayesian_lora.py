@@ -109,6 +109,16 @@ def test_the_loss_is_nll_plus_kl_and_kl_is_the_analytic_divergence():
     assert result.scale_trace["head.bias"][0] == pytest.approx(0.05)
 
 
+def test_the_progress_bar_shows_the_kl_only_where_it_is_computed(capsys):
+    batches, _ = _regression()
+    for kl_weight, guide in ((0.0, Delta), (1.0, MeanField)):
+        model = make_model(priors.Normal(1.0))
+        fit(model, guide(model), batches, num_data=N, epochs=3, max_steps=10, lr=0.01, kl_weight=kl_weight, seed=0)
+        bar = capsys.readouterr().err
+        assert "nll=" in bar and ("kl=" in bar) == (kl_weight > 0), bar[-200:]
+        assert "nan" not in bar
+
+
 def test_scale_warnings_say_when_scales_never_moved_or_still_move():
     steps = list(range(0, 101, 10))
     assert "never left their start" in scale_warnings(steps, {"a": [0.01] * 10 + [0.0105]})[0]
