@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from .posterior import Posterior
 
-__all__ = ["predict", "class_prediction", "prediction_rows", "ClassPrediction", "RegressionPrediction",
-           "DEFAULT_SAMPLES"]
+__all__ = ["predict", "class_prediction", "concat_predictions", "prediction_rows", "ClassPrediction",
+           "RegressionPrediction", "DEFAULT_SAMPLES"]
 
 DEFAULT_SAMPLES = 8  # posterior draws K per prediction: the value every committed result (demo, compare) used
 
@@ -116,6 +116,17 @@ def class_prediction(sample_probs: torch.Tensor, labels: torch.Tensor | None, *,
     k = sample_probs.shape[0] if num_samples is None else num_samples
     return ClassPrediction(mean, predictive, expected, (predictive - expected).clamp_min(0.0), labels, k,
                            sample_probs if keep_samples else None)
+
+
+def concat_predictions(parts: Sequence[ClassPrediction]) -> ClassPrediction:
+    """One :class:`ClassPrediction` from per-batch ones (same classes and sample count), in order."""
+    if not parts:
+        raise ValueError("concat_predictions needs at least one prediction")
+    cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+    labels = None if parts[0].labels is None else cat("labels")
+    samples = None if parts[0].sample_probs is None else torch.cat([p.sample_probs for p in parts], dim=1)
+    return ClassPrediction(cat("probs"), cat("predictive_entropy"), cat("expected_entropy"),
+                           cat("mutual_information"), labels, parts[0].num_samples, samples)
 
 
 def prediction_rows(pred: ClassPrediction | RegressionPrediction, texts: Sequence[str],

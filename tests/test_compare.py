@@ -136,6 +136,18 @@ def test_trainable_counts_follow_from_what_each_method_fits(compared):
     assert counts["ensemble"] == 2 * lora  # ensemble_size 2
     assert counts["temperature"] == lora + 1  # the temperature
     assert counts["mean-field-lora"] > lora and counts["mean-field"] > counts["mean-field-lora"]
+    for laplace in ("laplace-kfac", "laplace-kfac-probit", "laplace-diag"):  # the peft LoRA's weights
+        assert counts[laplace] == counts["peft-lora"] == lora, laplace
+
+
+def test_laplace_lora_links_share_one_fit_and_differ_only_in_the_predictive(compared, tiny_backbone):
+    train_size = protocol(tiny_backbone).train_size  # the whole training set, as the authors fit it
+    for seed in SEEDS:
+        mc, probit, diag = (cell(compared, m, seed) for m in ("laplace-kfac", "laplace-kfac-probit", "laplace-diag"))
+        assert mc["prior_precision"] == probit["prior_precision"] > 0 and diag["prior_precision"] > 0
+        assert mc["ggn_examples"] == probit["ggn_examples"] == diag["ggn_examples"] == train_size
+        assert mc["mutual_information"] > 0 and probit["mutual_information"] == 0  # the probit has no draws
+        assert mc["train_seconds"] == probit["train_seconds"]  # the kept fit's seconds, not a refit's
 
 
 def test_shared_fits_are_fitted_once_each_under_their_recipes_key(compared, tiny_backbone):
@@ -150,7 +162,8 @@ def test_shared_fits_are_fitted_once_each_under_their_recipes_key(compared, tiny
                      fit_name(p.recipe(s, **PRESETS["blob"])), fit_name(p.recipe(s, **PRESETS["bh-peft-fs"])),
                      fit_name(p.recipe(s, **PRESETS["bayes-lora-fs"])),
                      fit_name(p.recipe(s, **PRESETS["lora-gates"])),
-                     f"tfb-{TFB_THRESHOLD:g}-seed{s}"}
+                     f"tfb-{TFB_THRESHOLD:g}-seed{s}", f"peft-lora-seed{s}", f"laplace-torch-kron-seed{s}",
+                     f"laplace-torch-diag-seed{s}"}
     assert {f.name for f in (compared / "fits").iterdir()} == expected
 
 

@@ -7,6 +7,8 @@ values, so every method is measured with the same metrics:
 * :func:`ensemble_predict` (:mod:`.ensemble`) -- a deep ensemble (Lakshminarayanan et al., 2017).
 * :func:`laplace_posterior`, :func:`ggn_diagonal` (:mod:`.laplace`) -- post-hoc diagonal-GGN Laplace with an
   evidence-maximising prior precision (MacKay 1992; Immer et al. 2021; Laplace-LoRA, Yang et al. 2024).
+* :func:`laplace_torch_fit` / :func:`laplace_torch_predict` (:mod:`.laplace_torch`) -- Laplace-LoRA as its
+  authors run it: KFAC (or diagonal) GGN through ``laplace-torch`` around a ``peft`` LoRA, GLM predictive.
 * :func:`linearised_predict` (:mod:`.linearised`) -- the linearised (GLM) predictive of a Laplace fit.
 * :func:`fit_temperature` / :func:`tempered` (:mod:`.temperature`) -- temperature scaling (Guo et al., 2017).
 * :func:`tfb_posterior` (:mod:`.tfb`) -- TFB, training-free Bayesianization of a trained LoRA (Shi et al. 2025).
@@ -25,6 +27,7 @@ Example::
 from .ensemble import ensemble_predict
 from .ivon import IVON_SETTINGS, ivon_optimizer, ivon_predict
 from .laplace import LaplaceFit, ggn_diagonal, laplace_posterior
+from .laplace_torch import LAPLACE_TORCH_INSTALL, LaplaceTorchFit, laplace_torch_fit, laplace_torch_predict
 from .linearised import linearised_predict
 from .mc_dropout import mc_dropout_predict
 from .peft_lora import PeftLoraModel, peft_predict, train_peft_lora
@@ -34,4 +37,5 @@ from .tfb import TFBFit, rotate_lora, tfb_posterior
 __all__ = ["mc_dropout_predict", "ensemble_predict", "laplace_posterior", "LaplaceFit", "ggn_diagonal",
            "linearised_predict",
            "fit_temperature", "tempered", "PeftLoraModel", "train_peft_lora", "peft_predict", "tfb_posterior",
-           "TFBFit", "rotate_lora", "IVON_SETTINGS", "ivon_optimizer", "ivon_predict"]
+           "TFBFit", "rotate_lora", "IVON_SETTINGS", "ivon_optimizer", "ivon_predict", "LAPLACE_TORCH_INSTALL",
+           "LaplaceTorchFit", "laplace_torch_fit", "laplace_torch_predict"]

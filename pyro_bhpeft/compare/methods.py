@@ -178,27 +178,99 @@ def _temperature(bench: Bench, seed: int) -> Scored:
                   {"temperature": temperature})
 
 
-def _peft_lora(bench: Bench, seed: int, ivon: bool = False) -> Scored:
-    """LoRA through the peft library, trained with Adam; or (``ivon``) with IVON and sampled at prediction."""
-    from ..baselines import PeftLoraModel, ivon_optimizer, ivon_predict, peft_predict, train_peft_lora
+def _peft_model(bench: Bench, seed: int):
+    """A fresh :class:`PeftLoraModel` for ``seed``'s recipe, initialised from ``seed``."""
+    from ..baselines import PeftLoraModel
     from ..models.base import default_pooling
 
-    recipe = bench.protocol.recipe(seed)
     backbone = bench.backbone()
-    num_labels = len(bench.spec.label_names) or None  # None: one score per choice
     torch.manual_seed(seed)  # LoRA and head initialisation
+    return PeftLoraModel(backbone, bench.protocol.recipe(seed).peft.lora, len(bench.spec.label_names) or None,
+                         default_pooling(backbone))  # num_labels None: one score per choice
+
+
+def _train_peft(bench: Bench, seed: int, ivon: bool = False):
+    """``seed``'s peft LoRA trained with Adam (or IVON) on the protocol's budget: (model, optimizer, facts)."""
+    from ..baselines import ivon_optimizer, train_peft_lora
+
+    recipe = bench.protocol.recipe(seed)
     with PeakMemory() as peak:
-        model = PeftLoraModel(backbone, recipe.peft.lora, num_labels, default_pooling(backbone))
+        model = _peft_model(bench, seed)
         optimizer = ivon_optimizer(model.trainable(), bench.num_train) if ivon else None
         fit = train_peft_lora(model, bench.train_loader(seed), epochs=recipe.epochs, lr=recipe.lr,
                               max_steps=recipe.max_steps, progress=bench.progress, optimizer=optimizer,
                               sample=(lambda: optimizer.sampled_params(train=True)) if ivon else None,
                               clip_norm=None if ivon else 1.0)
+    return model, optimizer, {"seconds": fit.seconds, "peak_mb": peak.mb,
+                              "trainable": sum(p.numel() for p in model.trainable())}
+
+
+def _peft_lora(bench: Bench, seed: int, ivon: bool = False) -> Scored:
+    """LoRA through the peft library, trained with Adam; or (``ivon``) with IVON and sampled at prediction."""
+    from ..baselines import ivon_predict, peft_predict
+
+    model, optimizer, facts = _train_peft(bench, seed, ivon)
     k = bench.protocol.samples
     predict = (lambda loader: ivon_predict(model, optimizer, loader, num_samples=k, seed=seed)) if ivon \
         else (lambda loader: peft_predict(model, loader))
     preds = bench.predict_all(predict)
-    return Scored(preds, fit.seconds, peak.mb, sum(p.numel() for p in model.trainable()))
+    return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"])
+
+
+PEFT_LORA = "peft-lora"  # seed s's trained peft LoRA, kept at fits/peft-lora-seed{s} for the Laplace-LoRA peers
+
+
+def _trained_peft(bench: Bench, seed: int):
+    """``seed``'s Adam-trained peft LoRA (trained once, its trainable weights kept under ``fits/``) and facts."""
+    path = post_hoc_dir(bench.out, PEFT_LORA, seed)
+    if (path / "fit.json").exists():
+        model = _peft_model(bench, seed)
+        weights = torch.load(path / "trainable.pt", weights_only=True)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if param.requires_grad:
+                    param.copy_(weights[name])
+        return model, json.loads((path / "fit.json").read_text())
+    model, _, facts = _train_peft(bench, seed)
+    with atomic_dir(path, overwrite=True) as stage:
+        torch.save({n: p.detach() for n, p in model.named_parameters() if p.requires_grad}, stage / "trainable.pt")
+        write_json(stage / "fit.json", facts)
+    return model, facts
+
+
+def laplace_torch_method(structure: str = "kron", link: str = "mc") -> Method:
+    """Laplace-LoRA through laplace-torch around seed ``s``'s peft LoRA (``structure`` "kron" or "diag"), its
+    GLM predictive with ``link`` "mc" (the authors' 100,000 logit draws) or "probit"; the fitted curvature and
+    prior precision are kept at ``fits/laplace-torch-{structure}-seed{s}`` and shared by both links."""
+    from ..baselines.laplace_torch import LINKS, STRUCTURES
+
+    if structure not in STRUCTURES or link not in LINKS:
+        raise ConfigError(f"Laplace-LoRA takes structure in {STRUCTURES} and link in {LINKS}, got {structure!r}, "
+                          f"{link!r}")
+    name = f"laplace-torch-{structure}"
+
+    def run(bench: Bench, seed: int) -> Scored:
+        from ..baselines import LaplaceTorchFit, laplace_torch_fit, laplace_torch_predict
+
+        model, facts = _trained_peft(bench, seed)
+        path = post_hoc_dir(bench.out, name, seed)
+        if (path / "laplace.json").exists():
+            fit = LaplaceTorchFit.load(model, path)
+            peak_mb = json.loads((path / "peak.json").read_text())["peak_mb"]
+        else:
+            with PeakMemory() as peak:
+                fit = laplace_torch_fit(model, bench.train_loader(seed), structure=structure, progress=bench.progress)
+            peak_mb = peak.mb
+            with atomic_dir(path, overwrite=True) as stage:
+                fit.write_to(stage)
+                write_json(stage / "peak.json", {"peak_mb": peak_mb})
+        preds = bench.predict_all(lambda loader: laplace_torch_predict(fit, loader, link=link, seed=seed))
+        return Scored(preds, facts["seconds"] + fit.seconds, max(facts["peak_mb"], peak_mb), facts["trainable"],
+                      {"prior_precision": fit.prior_precision, "ggn_examples": fit.examples})
+
+    shape = {"kron": "Kronecker-factored (KFAC)", "diag": "diagonal"}[structure]
+    return Method(f"Laplace-LoRA (Yang et al. 2024) through laplace-torch: {shape} GGN around the peft LoRA, "
+                  f"marginal-likelihood prior, GLM predictive ({link})", run, point_mass=False)
 
 
 register_method("lora", Method.sampled("deterministic LoRA (maximum likelihood, our fit)", point_mass=True))
@@ -297,4 +369,7 @@ def gates_method(changes: dict[str, Any] | None = None) -> Method:
 register_method("ivon", Method("IVON-LoRA (Cong et al. 2024): LoRA trained by IVON, its posterior sampled",
                                lambda bench, seed: _peft_lora(bench, seed, ivon=True)))
 register_method("lora-gates", gates_method())
+register_method("laplace-kfac", laplace_torch_method("kron", "mc"))
+register_method("laplace-kfac-probit", laplace_torch_method("kron", "probit"))
+register_method("laplace-diag", laplace_torch_method("diag", "mc"))
 DEFAULT_METHODS = tuple(METHODS)
