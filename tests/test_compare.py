@@ -384,6 +384,25 @@ def test_bad_methods_and_tasks_are_clear_errors(tiny_backbone, task_files, tmp_p
             protocol(tiny_backbone, **bad)
 
 
+def test_a_method_whose_library_is_missing_is_refused_before_any_cell_runs(tiny_backbone, task_files, tmp_path,
+                                                                          capsys):
+    data, _ = task_files
+    register_method("needs-missing", Method("a peer from a library not installed", _uniform,
+                                            requires=(("no_such_module_xyz",), "pip install xyz")))
+    try:
+        with pytest.raises(ConfigError, match="'needs-missing' needs no_such_module_xyz, which is not installed: "
+                                              "pip install xyz"):
+            run_compare(protocol(tiny_backbone), tmp_path / "x", methods=("lora", "needs-missing"), data=data,
+                        progress=False)
+        assert not (tmp_path / "x").exists()  # refused before the lora cell
+        assert main(["compare", "--task", "reviews", "--methods", "needs-missing", "--out", str(tmp_path / "y")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "pip install xyz" in err[0]
+    finally:
+        METHODS.unregister("needs-missing")
+    METHODS["laplace-kfac"].check_installed("laplace-kfac")  # installed here, as the README's set-up does
+
+
 @pytest.mark.slow
 def test_compare_on_the_real_packaged_model_and_task(tmp_path):
     out = tmp_path / "cmp"

@@ -34,8 +34,8 @@ from ..predict import ClassPrediction, class_prediction, concat_predictions
 
 __all__ = ["LAPLACE_TORCH_INSTALL", "LaplaceTorchFit", "laplace_torch_fit", "laplace_torch_predict"]
 
-LAPLACE_TORCH_INSTALL = ("pip install --no-deps laplace-torch==0.3 asdfghjkl==0.1a4 backpack-for-pytorch==1.7.1 "
-                         "curvlinops-for-pytorch==3.0.1")
+LAPLACE_TORCH_INSTALL = ("pip install 'pyro-bhpeft[laplace]' && pip install --no-deps laplace-torch==0.3 "
+                         "asdfghjkl==0.1a4 backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1")
 STRUCTURES = ("kron", "diag")
 LINKS = ("mc", "probit")
 AUTHORS_MC_SAMPLES = 100_000  # logit draws per example ("mc_corr_100000")

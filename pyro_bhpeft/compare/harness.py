@@ -38,6 +38,8 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
     from ..data import load_task
 
     methods = METHODS.check(methods)
+    for name in methods:  # before hours of other cells, not at the first cell that needs a missing library
+        METHODS[name].check_installed(name)
     if not seeds:
         raise ConfigError("give at least one seed")
     if workers < 1:

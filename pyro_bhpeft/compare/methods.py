@@ -43,7 +43,8 @@ class Method:
     :meth:`posterior_dir`). ``base_fit``: the recipe changes (to :meth:`Protocol.recipe`) of the
     :meth:`Bench.fitted` fit it predicts from or builds on, ``{}`` for the deterministic LoRA, None when it
     fits outside the cache. ``post_hoc``: the name of the posterior it builds on ``base_fit`` and keeps
-    at :func:`post_hoc_dir` (the Laplace approximation), or None.
+    at :func:`post_hoc_dir` (the Laplace approximation), or None. ``requires``: the optional modules it
+    imports and the command that installs them, checked before any cell runs (:meth:`check_installed`).
     """
 
     description: str
@@ -52,6 +53,18 @@ class Method:
     has_scales: bool = False
     base_fit: Mapping[str, Any] | None = None
     post_hoc: str | None = None
+    requires: tuple[tuple[str, ...], str] | None = None
+
+    def check_installed(self, name: str) -> None:
+        """Raise a one-line :class:`ConfigError` naming the install command if a required module is missing."""
+        if self.requires is None:
+            return
+        import importlib.util
+
+        modules, install = self.requires
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ConfigError(f"method {name!r} needs {', '.join(missing)}, which is not installed: {install}")
 
     def __post_init__(self) -> None:
         if not isinstance(self.description, str) or not self.description:
@@ -268,14 +281,19 @@ def laplace_torch_method(structure: str = "kron", link: str = "mc") -> Method:
         return Scored(preds, facts["seconds"] + fit.seconds, max(facts["peak_mb"], peak_mb), facts["trainable"],
                       {"prior_precision": fit.prior_precision, "ggn_examples": fit.examples})
 
+    from ..baselines.laplace_torch import LAPLACE_TORCH_INSTALL
+
     shape = {"kron": "Kronecker-factored (KFAC)", "diag": "diagonal"}[structure]
     return Method(f"Laplace-LoRA (Yang et al. 2024) through laplace-torch: {shape} GGN around the peft LoRA, "
-                  f"marginal-likelihood prior, GLM predictive ({link})", run, point_mass=False)
+                  f"marginal-likelihood prior, GLM predictive ({link})", run,
+                  requires=(("peft", "laplace", "curvlinops"), LAPLACE_TORCH_INSTALL))
 
 
 register_method("lora", Method.sampled("deterministic LoRA (maximum likelihood, our fit)", point_mass=True))
 register_method("map", Method.sampled("LoRA, MAP with the N(0,1) prior", {"guide": "map"}, point_mass=True))
-register_method("peft-lora", Method("LoRA trained through the peft library", _peft_lora, point_mass=True))
+_PEFT = (("peft",), "pip install peft")
+register_method("peft-lora", Method("LoRA trained through the peft library", _peft_lora, point_mass=True,
+                                    requires=_PEFT))
 register_method("mc-dropout", Method("MC dropout on LoRA (backbone dropout in training and K test passes)",
                                      _mc_dropout, base_fit=_DROPOUT))
 register_method("ensemble", Method("deep ensemble of deterministic LoRAs", _ensemble, base_fit={}))
@@ -367,7 +385,8 @@ def gates_method(changes: dict[str, Any] | None = None) -> Method:
 
 
 register_method("ivon", Method("IVON-LoRA (Cong et al. 2024): LoRA trained by IVON, its posterior sampled",
-                               lambda bench, seed: _peft_lora(bench, seed, ivon=True)))
+                               lambda bench, seed: _peft_lora(bench, seed, ivon=True),
+                               requires=(("peft", "ivon"), "pip install peft ivon-opt")))
 register_method("lora-gates", gates_method())
 register_method("laplace-kfac", laplace_torch_method("kron", "mc"))
 register_method("laplace-kfac-probit", laplace_torch_method("kron", "probit"))
