@@ -39,7 +39,9 @@ def answer_rows(backbone: nn.Module, answer_ids: tuple[int, ...]) -> torch.Tenso
 
 class AnswerChoice(BayesianPeftModel):
     """Causal-LM multiple choice by answer tokens; ``answer_ids`` are the token ids of the answers, in
-    choice order. Inputs are one left-padded prompt per question, (batch, seq).
+    choice order. Inputs are one left-padded prompt per question, (batch, seq); an optional boolean
+    ``choice_mask`` (batch, answers) hides answers a question does not have (ABMLL's tasks of 2 to 5 choices
+    share one head of letters).
 
     Example::
 
@@ -65,7 +67,9 @@ class AnswerChoice(BayesianPeftModel):
         return {"head.weight": Site((k, self.hidden_size), zeros_init), "head.bias": Site((k,), zeros_init)}
 
     def outputs(self, weights, features, batch):
-        return F.linear(features, self.answer_weight + weights["head.weight"], weights["head.bias"])
+        logits = F.linear(features, self.answer_weight + weights["head.weight"], weights["head.bias"])
+        mask = batch.get("choice_mask")  # (batch, answers): a task with fewer choices than this head's answers
+        return logits if mask is None else logits.masked_fill(~mask.to(logits.device), float("-inf"))
 
     def likelihood(self, logits, labels):
         pyro.sample("obs", dist.Categorical(logits=logits), obs=labels)

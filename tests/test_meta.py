@@ -7,13 +7,14 @@ import math
 
 import pytest
 import torch
-from helpers import NOISE, FeatureBackbone, tiny_bert, token_batch
+from helpers import NOISE, FeatureBackbone, save_tiny_causal_lm, tiny_bert, token_batch
 
 from pyro_bhpeft import PeftConfig, predict
 from pyro_bhpeft.config import ConfigError
 from pyro_bhpeft.meta import HierarchicalPrior, MetaConfig, adapt, meta_fit, to_posterior
 from pyro_bhpeft.models import MultipleChoice, Regressor
 from pyro_bhpeft.peft.delta import DeltaConfig
+from pyro_bhpeft.guides import Delta
 from pyro_bhpeft.posterior import Posterior
 
 T, N = 4, 10  # tasks, examples per task
@@ -148,6 +149,55 @@ def test_meta_fit_and_meta_evaluate_commands(tiny_backbone, tmp_path, capsys):
     assert main(args) == 2 and "already holds a run" in capsys.readouterr().err
     assert main([*args[:2], "arc-easy,sentiment", *args[3:-1], str(tmp_path / "other")]) == 2
     assert "multiple-choice" in capsys.readouterr().err
+
+
+def test_a_shared_answer_head_masks_the_letters_a_task_lacks(tmp_path):
+    """On a decoder, tasks of 2 to 5 choices share one head of letters: a 2-choice task's batch hides C..E
+    (probability 0), and the letters it has keep their logits."""
+    from pyro_bhpeft.backbone import load_backbone
+    from pyro_bhpeft.meta import _Masked
+    from pyro_bhpeft.models import AnswerChoice
+
+    lm = load_backbone(save_tiny_causal_lm(tmp_path))
+    model = AnswerChoice(lm.model, PeftConfig(lora=None, delta=DeltaConfig()), answer_ids=(5, 6, 7, 8, 9))
+    plain = [(token_batch(3, 6, pad=0), torch.tensor([0, 1, 1]))]
+    masked = list(_Masked(plain, choices=2, answers=5))
+    assert masked[0][0]["choice_mask"].tolist() == [[True, True, False, False, False]] * 3
+    weights = {k: v + 0.1 for k, v in model.initial_values().items()}
+    with torch.no_grad():
+        full, hidden = model.run(weights, plain[0][0]), model.run(weights, masked[0][0])
+    assert torch.equal(hidden[:, :2], full[:, :2]) and (hidden[:, 2:] == float("-inf")).all()
+    probs = predict(Posterior(model, Delta(model)), masked, num_samples=0).probs
+    assert (probs[:, 2:] == 0).all() and torch.allclose(probs.sum(-1), torch.ones(3))
+
+
+@pytest.mark.slow
+def test_meta_fit_on_a_causal_lm_scores_answer_letters_across_tasks(tmp_path, capsys):
+    """The command line on packaged tasks of 4 and 2 choices with a tiny causal LM: one head of 4 letters, an
+    unseen 3-choice task adapted and scored with its 4th letter masked, and a one-line error for an unseen
+    task with more choices than the head."""
+    import json
+
+    from pyro_bhpeft.cli import main
+
+    lm_dir, run = save_tiny_causal_lm(tmp_path / "lm"), tmp_path / "meta"
+    args = ["meta-fit", "--tasks", "arc-easy,piqa", "--backbone", lm_dir, "--per-task", "8", "--steps", "2",
+            "--support", "2", "--query", "2", "--inner-steps", "1", "--rank", "2", "--max-length", "40", "--out", str(run)]
+    assert main(args) == 0
+    fitted = Posterior.load(run)
+    assert type(fitted.model).__name__ == "AnswerChoice" and len(fitted.model.answer_ids) == 4
+    capsys.readouterr()
+    assert main(["meta-evaluate", str(run), "--task", "socialiqa", "--support", "4", "--steps", "2", "--samples", "2",
+                 "--eval-size", "6", "--save", str(tmp_path / "adapted")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["task"] == "socialiqa" and 0 <= result["accuracy"] <= 1 and math.isfinite(result["nll"])
+    two = tmp_path / "two"
+    assert main([*args[:2], "piqa,winogrande", *args[3:-1], str(two)]) == 0
+    capsys.readouterr()
+    assert main(["meta-evaluate", str(two), "--task", "arc-easy", "--support", "2", "--steps", "1", "--samples", "1",
+                 "--eval-size", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "arc-easy has 4 choices; this meta-fitted head answers at most 2" in err[0]
 
 
 def test_task_kl_in_whitened_units_is_the_closed_form_normal_kl():
