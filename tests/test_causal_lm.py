@@ -101,6 +101,32 @@ def test_left_padding_does_not_change_the_score(lm):
         torch.testing.assert_close(model.run(weights, alone)[0], model.run(weights, batch)[short], atol=1e-5, rtol=1e-4)
 
 
+def test_peft_lora_scores_answer_letters_as_our_answer_choice_does(lm_dir, lm):
+    """The peers' LoRA (peft) on a decoder: its head starts as the LM head's answer rows, and with the same
+    non-zero LoRA weights and head change it gives our AnswerChoice's logits."""
+    pytest.importorskip("peft")
+    from pyro_bhpeft.baselines import PeftLoraModel, peft_predict
+    from pyro_bhpeft.config import LoraConfig
+
+    data = for_backbone(quiz(), lm.model, lm.tokenizer)
+    lora = LoraConfig(r=2, targets=("q_proj", "v_proj"))
+    ours = AnswerChoice(lm.model, PeftConfig(lora=lora), answer_ids=data.spec.answer_ids)
+    theirs = PeftLoraModel(load_backbone(lm_dir).model, lora, None, "last", answer_ids=data.spec.answer_ids)
+    torch.testing.assert_close(theirs.head.weight, ours.answer_weight)  # the pretrained scoring at the start
+    g = torch.Generator().manual_seed(0)
+    weights = {n: 0.3 * torch.randn(v.shape, generator=g) for n, v in ours.initial_values().items()}
+    params = dict(theirs.named_parameters())
+    with torch.no_grad():
+        for name, value in weights.items():
+            if name.startswith("head."):
+                params[name].copy_(value + (ours.answer_weight if name == "head.weight" else 0))
+            else:
+                params[f"body.base_model.model.{name}.default.weight"].copy_(value)
+    loader = make_loader(tokenize(data, lm.tokenizer, 40)["test"], 4)
+    expected = torch.cat([ours.run(weights, inputs).softmax(-1) for inputs, _ in loader]).detach()
+    torch.testing.assert_close(peft_predict(theirs, loader).probs, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_a_tied_lm_head_falls_back_to_the_embeddings(tmp_path):
     backbone = load_backbone(save_tiny_causal_lm(tmp_path, tied=True)).model
     model = AnswerChoice(backbone, PeftConfig(), answer_ids=(5, 7))

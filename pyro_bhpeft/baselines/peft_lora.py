@@ -28,10 +28,14 @@ _BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 class PeftLoraModel(nn.Module):
     """``peft`` LoRA on a frozen backbone, with our pooling and a linear head initialised like ours.
 
-    ``num_labels=None`` scores (question, choice) pairs for multiple choice (inputs (B, C, L)).
+    ``num_labels=None`` scores (question, choice) pairs for multiple choice (inputs (B, C, L)). ``answer_ids``
+    (a decoder's answer tokens, kind ``answer_choice``) scores one prompt by those tokens' logits at its last
+    token as :class:`~pyro_bhpeft.models.AnswerChoice` does: the head starts as a copy of the LM head's rows
+    of the answers (bias 0), so training starts from the pretrained LM's scoring, as the peers' LoRA does.
     """
 
-    def __init__(self, backbone: nn.Module, lora: LoraConfig, num_labels: int | None, pooling: str) -> None:
+    def __init__(self, backbone: nn.Module, lora: LoraConfig, num_labels: int | None, pooling: str,
+                 answer_ids: tuple[int, ...] | None = None) -> None:
         super().__init__()
         try:
             from peft import LoraConfig as PeftLoraConfig, get_peft_model
@@ -41,9 +45,15 @@ class PeftLoraModel(nn.Module):
                                 layers_to_transform=list(lora.layers) if lora.layers is not None else None)
         self.body = get_peft_model(backbone, config)
         self.pooling = pooling
-        self.head = nn.Linear(backbone.config.hidden_size, num_labels or 1)
-        nn.init.normal_(self.head.weight, std=0.02)
+        self.head = nn.Linear(backbone.config.hidden_size, len(answer_ids) if answer_ids else num_labels or 1)
         nn.init.zeros_(self.head.bias)
+        if answer_ids:
+            from pyro_bhpeft.models.answer import answer_rows
+
+            with torch.no_grad():
+                self.head.weight.copy_(answer_rows(backbone, tuple(answer_ids)))
+        else:
+            nn.init.normal_(self.head.weight, std=0.02)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         choices = inputs["input_ids"].dim() == 3

@@ -198,8 +198,9 @@ def _peft_model(bench: Bench, seed: int):
 
     backbone = bench.backbone()
     torch.manual_seed(seed)  # LoRA and head initialisation
+    answers = bench.spec.answer_ids if bench.spec.kind == "answer_choice" else None  # a decoder's answer letters
     return PeftLoraModel(backbone, bench.protocol.recipe(seed).peft.lora, len(bench.spec.label_names) or None,
-                         default_pooling(backbone))  # num_labels None: one score per choice
+                         default_pooling(backbone), answer_ids=answers)  # num_labels None: one score per choice
 
 
 def _train_peft(bench: Bench, seed: int, ivon: bool = False):
