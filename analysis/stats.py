@@ -4,7 +4,8 @@ Both methods predict the same N examples, so their per-example differences are p
 are about the *mean* difference (the number a table shows), not a median:
 
 - :func:`sign_flip_test`: randomisation test of "mean difference 0" for per-example differences
-  (correctness, log loss): under the null each difference is as likely to have either sign;
+  (correctness, log loss): under the null each difference is as likely to have either sign (SciPy's
+  permutation test);
 - :func:`paired_bootstrap_ece`: bootstrap over examples of the ECE difference (ECE is not a mean of
   per-example terms, so a bootstrap of the whole statistic), with a percentile interval;
 - :func:`holm`: Holm's step-down correction when several methods are tested against one baseline.
@@ -40,24 +41,27 @@ class PairedTest(NamedTuple):
 
 
 def sign_flip_test(differences: ArrayLike, draws: int = 10_000, seed: int = 0) -> PairedTest:
-    """Two-sided sign-flip randomisation test of mean(differences) = 0; the interval is a bootstrap
-    percentile interval of the mean. p = (1 + #{|flipped mean| >= |observed mean|}) / (1 + draws)."""
+    """Two-sided sign-flip randomisation test of mean(differences) = 0 (``scipy.stats.permutation_test`` with
+    ``permutation_type="samples"`` on one sample: exact over all 2^N sign patterns when they number at most
+    ``draws``, else ``draws`` random ones); the interval is the percentile interval of ``scipy.stats.bootstrap``
+    for the mean."""
+    from scipy import stats as sp
+
     d = _array(differences).astype(np.float64).ravel()
     if d.size == 0 or not np.all(np.isfinite(d)):
         raise ValueError(f"differences must be a non-empty array of finite numbers, got {d.size} values")
-    rng = np.random.default_rng(seed)
-    observed = d.mean()
     if not np.any(d != 0):
         return PairedTest(0.0, 0.0, 0.0, 1.0)
-    extreme, done = 0, 0
-    while done < draws:  # in chunks: memory stays O(chunk * N)
-        n = min(1000, draws - done)
-        signs = rng.integers(0, 2, size=(n, d.size)) * 2 - 1
-        extreme += int(np.sum(np.abs(signs @ d) / d.size >= abs(observed) - 1e-12))
-        done += n
-    means = d[rng.integers(0, d.size, size=(min(draws, 2000), d.size))].mean(1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return PairedTest(float(observed), float(low), float(high), (1 + extreme) / (1 + draws))
+    rng = np.random.default_rng(seed)
+    test = sp.permutation_test((d,), np.mean, permutation_type="samples", vectorized=True, n_resamples=draws,
+                               alternative="two-sided", random_state=rng)
+    if d.size > 1:
+        interval = sp.bootstrap((d,), np.mean, n_resamples=min(draws, 2000), method="percentile",
+                                vectorized=True, random_state=rng).confidence_interval
+        low, high = interval.low, interval.high
+    else:
+        low = high = d[0]
+    return PairedTest(float(d.mean()), float(low), float(high), float(min(1.0, test.pvalue)))
 
 
 def paired_bootstrap_ece(probs_a: Sequence[ArrayLike], probs_b: Sequence[ArrayLike], labels: ArrayLike,
@@ -66,7 +70,9 @@ def paired_bootstrap_ece(probs_a: Sequence[ArrayLike], probs_b: Sequence[ArrayLi
 
     ``probs_a[s]`` and ``probs_b[s]`` are (N, C) predictions of run ``s`` on the same examples. Each
     bootstrap draw resamples example indices once and recomputes every run's ECE on them. p is twice
-    the smaller tail mass of the bootstrap distribution on either side of 0 (capped at 1).
+    the smaller tail mass of the bootstrap distribution on either side of 0 (capped at 1). Not
+    ``scipy.stats.bootstrap``: it gives an interval but no p-value, and one call per statistic would not
+    share the resampled indices across the runs; the bins of every draw are counted at once here.
     """
     n_bins = _check_bins(n_bins)
     if len(probs_a) != len(probs_b) or not len(probs_a):
@@ -98,7 +104,9 @@ def paired_bootstrap_ece(probs_a: Sequence[ArrayLike], probs_b: Sequence[ArrayLi
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (family-wise error), in the input order; nan stays nan."""
+    """Holm's step-down adjusted p-values (family-wise error), in the input order; nan stays nan. (SciPy has
+    Benjamini-Hochberg, ``false_discovery_control``, but not Holm; statsmodels, which has it, is not a
+    dependency.)"""
     p = np.asarray(pvalues, dtype=np.float64)
     keep = np.flatnonzero(~np.isnan(p))
     adjusted = np.full(p.shape, np.nan)

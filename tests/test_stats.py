@@ -9,10 +9,15 @@ from pyro_bhpeft.analysis import metrics, stats
 
 
 def test_sign_flip_exact_small_case():
-    # differences (1, 1, 1): of the 8 equally likely sign patterns, 2 reach |mean| = 1 -> p = 1/4
+    # differences (1, 1, 1): of the 8 equally likely sign patterns, 2 reach |mean| = 1 -> p = 1/4, exactly
+    # when the draws cover every pattern (enumerated), approximately when they sample them
     t = stats.sign_flip_test(np.ones(3), draws=40_000, seed=1)
-    assert t.difference == 1.0
-    assert t.p == pytest.approx(0.25, abs=0.01)
+    assert t.difference == 1.0 and t.p == pytest.approx(0.25, abs=1e-12)
+    d = np.array([1.0, -0.5, 2.0, 0.25, 1.5, -1.0, 0.75, 1.25, 0.5, 2.5, -0.25, 1.0])  # 4096 patterns
+    signs = np.array(np.meshgrid(*[[-1, 1]] * len(d))).reshape(len(d), -1).T
+    exact = np.mean(np.abs(signs @ d) >= abs(d.sum()) - 1e-12)
+    assert stats.sign_flip_test(d, draws=5000).p == pytest.approx(exact, abs=1e-12)
+    assert stats.sign_flip_test(d, draws=2000, seed=3).p == pytest.approx(exact, abs=0.02)
 
 
 def test_sign_flip_detects_a_shift_and_not_noise():
