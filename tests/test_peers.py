@@ -98,6 +98,24 @@ def test_kfac_glm_predictive_matches_the_closed_form_of_a_linear_softmax_model()
     assert (mc.mutual_information > 0).all() and (probit.sum(-1) - 1).abs().max() < 1e-6
 
 
+def test_a_kept_laplace_fit_loads_and_predicts_as_the_fitted_one(tmp_path):
+    pytest.importorskip("laplace")
+    from pyro_bhpeft.baselines import LaplaceTorchFit, laplace_torch_fit, laplace_torch_predict
+
+    g = torch.Generator().manual_seed(1)
+    weight = torch.randn(3, 4, generator=g)
+    data = [({"input_ids": torch.randn(8, 4, generator=g)}, torch.arange(8) % 3) for _ in range(2)]
+    for structure in ("kron", "diag"):
+        fit = laplace_torch_fit(_Linear(weight), data, structure=structure, marglik_steps=50)
+        fit.write_to(tmp_path)
+        loaded = LaplaceTorchFit.load(_Linear(weight), tmp_path)
+        assert (loaded.structure, loaded.prior_precision, loaded.examples) == (structure, fit.prior_precision, 16)
+        a, b = (laplace_torch_predict(f, data, link="probit").probs for f in (fit, loaded))
+        torch.testing.assert_close(a, b)
+        plain = (data[0][0]["input_ids"] @ weight.T).softmax(-1)
+        assert (a[:8].max(-1).values < plain.max(-1).values).all()  # the probit tempers every prediction
+
+
 @pytest.mark.parametrize("kind", ["classifier", "multiple_choice"])
 def test_our_diagonal_ggn_equals_laplace_torchs(kind, make_bert, make_tokens):
     # the same LoRA and head weights in our model and in the peft model laplace-torch sees
