@@ -1,5 +1,6 @@
-"""What the baselines share: the task check, and the per-example Jacobian loop that both the GGN
-(:mod:`.laplace`) and the linearised predictive (:mod:`.linearised`) are built on."""
+"""What the baselines share: the task check, the per-example Jacobian loop that both the GGN
+(:mod:`.laplace`) and the linearised predictive (:mod:`.linearised`) are built on, and the PSD square root
+their logit draws (and :mod:`.laplace_torch`'s) take."""
 
 from __future__ import annotations
 
@@ -40,3 +41,10 @@ def example_jacobians(model: Any, weights: dict[str, torch.Tensor], data: Iterab
             seen += 1
             bar.update(1)
     bar.close()
+
+
+def psd_sqrt(cov: torch.Tensor) -> torch.Tensor:
+    """A matrix ``L`` with ``L L^T = cov`` for a symmetric positive semi-definite ``cov`` (..., C, C), batched
+    over leading dimensions; singular ``cov`` (a masked choice's zero rows) is fine."""
+    values, vectors = torch.linalg.eigh(0.5 * (cov + cov.transpose(-1, -2)))
+    return vectors * values.clamp_min(0.0).sqrt().unsqueeze(-2)

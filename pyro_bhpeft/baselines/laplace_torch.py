@@ -31,6 +31,7 @@ from transformers import PreTrainedModel
 from ..config import ConfigError
 from ..io import write_json
 from ..predict import ClassPrediction, class_prediction, concat_predictions
+from ._common import psd_sqrt
 
 __all__ = ["LAPLACE_TORCH_INSTALL", "LaplaceTorchFit", "laplace_torch_fit", "laplace_torch_predict"]
 
@@ -210,7 +211,6 @@ def _logit_draws(mean: torch.Tensor, cov: torch.Tensor, num_samples: int, genera
     singular covariances of masked choices (their logits are -inf with zero Jacobian)."""
     finite = torch.isfinite(mean)
     cov = torch.where(finite[:, :, None] & finite[:, None, :], cov, torch.zeros_like(cov))
-    values, vectors = torch.linalg.eigh(0.5 * (cov + cov.transpose(-1, -2)))
-    root = vectors * values.clamp_min(0.0).sqrt()[:, None, :]
+    root = psd_sqrt(cov)
     noise = torch.randn(num_samples, *mean.shape, generator=generator, dtype=mean.dtype)
     return mean + torch.einsum("bcd,kbd->kbc", root, noise)

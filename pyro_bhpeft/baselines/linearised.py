@@ -11,7 +11,7 @@ from pyro_bhpeft.guides import MeanField
 
 from ..posterior import Posterior
 from ..predict import ClassPrediction, class_prediction
-from ._common import classification_only, example_jacobians
+from ._common import classification_only, example_jacobians, psd_sqrt
 
 __all__ = ["linearised_predict"]
 
@@ -44,15 +44,9 @@ def linearised_predict(posterior: Posterior, data: Iterable, *, num_samples: int
         cov = (jac * torch.cat([v.flatten() for v in variances])) @ jac.T
         noise = torch.randn(num_samples, len(finite), generator=generator, dtype=cov.dtype)
         draws = logits.expand(num_samples, -1).clone()
-        draws[:, finite] += noise @ _psd_sqrt(cov).T
+        draws[:, finite] += noise @ psd_sqrt(cov).T
         probs.append(draws.softmax(-1))
         labels.append(label)
     if not probs:
         raise ValueError("the linearised predictive needs at least one example; the data is empty")
     return class_prediction(torch.stack(probs, dim=1), torch.stack(labels))
-
-
-def _psd_sqrt(cov: torch.Tensor) -> torch.Tensor:
-    """A matrix ``L`` with ``L L^T = cov`` for a symmetric positive semi-definite ``cov``."""
-    values, vectors = torch.linalg.eigh(0.5 * (cov + cov.T))
-    return vectors * values.clamp_min(0.0).sqrt()

@@ -256,7 +256,7 @@ def laplace_torch_method(structure: str = "kron", link: str = "mc") -> Method:
     """Laplace-LoRA through laplace-torch around seed ``s``'s peft LoRA (``structure`` "kron" or "diag"), its
     GLM predictive with ``link`` "mc" (the authors' 100,000 logit draws) or "probit"; the fitted curvature and
     prior precision are kept at ``fits/laplace-torch-{structure}-seed{s}`` and shared by both links."""
-    from ..baselines.laplace_torch import LINKS, STRUCTURES
+    from ..baselines.laplace_torch import LAPLACE_TORCH_INSTALL, LINKS, STRUCTURES
 
     if structure not in STRUCTURES or link not in LINKS:
         raise ConfigError(f"Laplace-LoRA takes structure in {STRUCTURES} and link in {LINKS}, got {structure!r}, "
@@ -281,8 +281,6 @@ def laplace_torch_method(structure: str = "kron", link: str = "mc") -> Method:
         preds = bench.predict_all(lambda loader: laplace_torch_predict(fit, loader, link=link, seed=seed))
         return Scored(preds, facts["seconds"] + fit.seconds, max(facts["peak_mb"], peak_mb), facts["trainable"],
                       {"prior_precision": fit.prior_precision, "ggn_examples": fit.examples})
-
-    from ..baselines.laplace_torch import LAPLACE_TORCH_INSTALL
 
     shape = {"kron": "Kronecker-factored (KFAC)", "diag": "diagonal"}[structure]
     return Method(f"Laplace-LoRA (Yang et al. 2024) through laplace-torch: {shape} GGN around the peft LoRA, "
