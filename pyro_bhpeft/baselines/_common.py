@@ -1,6 +1,7 @@
 """What the baselines share: the task check, the per-example Jacobian loop that both the GGN
 (:mod:`.laplace`) and the linearised predictive (:mod:`.linearised`) are built on, and the PSD square root
-their logit draws (and :mod:`.laplace_torch`'s) take."""
+their logit draws (and :mod:`.laplace_torch`'s) take, and the first batches of a loader that the post-hoc
+fits (Laplace-LoRA's curvature, TFB's anchors) read."""
 
 from __future__ import annotations
 
@@ -12,6 +13,18 @@ from tqdm.auto import tqdm
 from ..config import ConfigError
 
 Grads = list[tuple[torch.Tensor | None, ...] | None]
+
+
+def first_batches(data: Iterable, max_examples: int | None) -> tuple[list[tuple[Any, torch.Tensor]], int]:
+    """The ``(inputs, labels)`` batches of ``data`` up to the first that reaches ``max_examples`` examples in
+    all (every batch when None), and how many examples they hold."""
+    batches, seen = [], 0
+    for inputs, labels in data:
+        if max_examples is not None and seen >= max_examples:
+            break
+        batches.append((inputs, labels))
+        seen += len(labels)
+    return batches, seen
 
 
 def classification_only(model: Any, what: str) -> None:

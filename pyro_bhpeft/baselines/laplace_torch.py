@@ -31,7 +31,7 @@ from transformers import PreTrainedModel
 from ..config import ConfigError
 from ..io import write_json
 from ..predict import ClassPrediction, class_prediction, concat_predictions
-from ._common import psd_sqrt
+from ._common import first_batches, psd_sqrt
 
 __all__ = ["LAPLACE_TORCH_INSTALL", "LaplaceTorchFit", "laplace_torch_fit", "laplace_torch_predict"]
 
@@ -74,12 +74,8 @@ class _DictBatches:
     and a ``dataset`` whose length is the number of examples N (it scales the prior against the data)."""
 
     def __init__(self, data: Iterable, max_examples: int | None) -> None:
-        self.batches, seen = [], 0
-        for inputs, labels in data:
-            if max_examples is not None and seen >= max_examples:
-                break
-            self.batches.append({**inputs, _LABELS: labels})
-            seen += len(labels)
+        batches, seen = first_batches(data, max_examples)
+        self.batches = [{**inputs, _LABELS: labels} for inputs, labels in batches]
         if not self.batches:
             raise ValueError("the Laplace fit needs at least one training example; the data is empty")
         self.dataset = range(seen)

@@ -223,7 +223,10 @@ def _peft_lora(bench: Bench, seed: int, ivon: bool = False) -> Scored:
     """LoRA through the peft library, trained with Adam; or (``ivon``) with IVON and sampled at prediction."""
     from ..baselines import ivon_predict, peft_predict
 
-    model, optimizer, facts = _train_peft(bench, seed, ivon)
+    if ivon:
+        model, optimizer, facts = _train_peft(bench, seed, ivon=True)
+    else:  # the fit the Laplace-LoRA peers share, trained once
+        model, facts = _trained_peft(bench, seed)
     k = bench.protocol.samples
     predict = (lambda loader: ivon_predict(model, optimizer, loader, num_samples=k, seed=seed)) if ivon \
         else (lambda loader: peft_predict(model, loader))
@@ -320,6 +323,7 @@ def tfb_method(threshold: float = TFB_THRESHOLD, samples: int = TFB_SAMPLES) -> 
 
     def run(bench: Bench, seed: int) -> Scored:
         from ..baselines import tfb_posterior
+        from ..baselines._common import first_batches
         from ..posterior import Posterior
         from ..predict import predict
 
@@ -328,12 +332,7 @@ def tfb_method(threshold: float = TFB_THRESHOLD, samples: int = TFB_SAMPLES) -> 
         if (path / "tfb.json").exists():
             saved, posterior = json.loads((path / "tfb.json").read_text()), Posterior.load(path, backbone=bench.backbone())
         else:
-            size, anchor = 0, []
-            for inputs, labels in bench.train_loader(seed):
-                anchor.append((inputs, labels))
-                size += len(labels)
-                if size >= bench.protocol.laplace_examples:
-                    break
+            anchor, _ = first_batches(bench.train_loader(seed), bench.protocol.laplace_examples)
             fit = tfb_posterior(point, anchor, threshold=threshold, seed=seed)
             saved, posterior = {"seconds": fit.seconds, "sigma": fit.sigma, "path": fit.path}, fit.posterior
             with atomic_dir(path, overwrite=True) as stage:
