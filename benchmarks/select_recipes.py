@@ -13,6 +13,13 @@ the first gated runs used, then 0.02 and 0.1). Rule, fixed before the run: among
 validation accuracy is within 0.5 points of LoRA's, the one with the fewest bit operations; if none is, the
 most accurate; it becomes the ``lora-gates`` preset's ``gate_lr``.
 
+Gated LoRA's rank prior (``--protocol gates``: the sentiment protocol with validation as test, seeds 0-2),
+after the hard concrete's logistic noise was added to the gates while fitting: the rank-gate prior mean
+``rank_prior`` at -1 (the first preset's), 0 and +1, beside the first version without the noise
+(``gates-nonoise``). Rule, fixed before the run: among the candidates whose mean validation accuracy over the
+3 seeds is within 0.5 points of LoRA's, the one with the fewest mean bit operations; if none is, the most
+accurate; its ``rank_prior`` becomes the ``lora-gates`` preset's.
+
 The demo's recipe (``--protocol demo``: the demo's 4,000 training snippets, one epoch; the demo-seeds
 comparison's protocol with validation as test; seeds 0-2). Rule, fixed before the run: a new recipe
 (``bh-peft-fs``, ``bayes-lora-fs`` or its posterior mean) replaces the demo's 0.1 hybrid (``mean-field``)
@@ -21,6 +28,7 @@ within 1 point of LoRA's; among several, the lowest NLL.
 
     python benchmarks/select_recipes.py --out docs/selection      # ~30 min on one core; resumable
     python benchmarks/select_recipes.py --protocol demo --out docs/selection-demo   # ~50 min; resumable
+    python benchmarks/select_recipes.py --protocol gates --out docs/selection-gates  # ~40 min; resumable
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import datasets
 from pyro_bhpeft.compare import METHODS, Method, Protocol, register_method, run_compare
 from pyro_bhpeft.compare.methods import gates_method, tfb_method
 from pyro_bhpeft.config import PeftConfig
+from pyro_bhpeft.peft.gates import GatedLoraConfig
 from pyro_bhpeft.data import load_task
 from pyro_bhpeft.recipe import PRESETS
 
@@ -51,6 +60,10 @@ CANDIDATES = {
     # no PEFT at all (the head alone on the frozen backbone, maximum likelihood)
     "fs-lora-mean": Method.sampled("fs-lora's fit, posterior mean only", {**FS, "peft": PeftConfig()}, point_mass=True),
     **{f"gates-lr{lr:g}": gates_method({"gate_lr": lr}) for lr in (0.002, 0.02, 0.1)},
+    **{f"gates-rank{p:g}": gates_method({"peft": PeftConfig(lora=None, **{"gated-lora": GatedLoraConfig(rank_prior=p)})})
+       for p in (-1.0, 0.0, 1.0)},
+    "gates-nonoise": gates_method({"peft": PeftConfig(lora=None, **{"gated-lora": GatedLoraConfig(noise="none",
+                                                                                                 rank_prior=-1.0)})}),
     "head-only": Method.sampled("frozen backbone, linear head only (maximum likelihood)", {"peft": PeftConfig(lora=None)},
                                 point_mass=True),
 }
@@ -65,12 +78,15 @@ def validation_as_test(task: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/selection"))
-    parser.add_argument("--protocol", choices=("sentiment", "demo"), default="sentiment")
+    parser.add_argument("--protocol", choices=("sentiment", "demo", "gates"), default="sentiment")
     parser.add_argument("--methods", default=None, help="default: every candidate of the protocol")
     args = parser.parse_args()
     if args.protocol == "demo":
         saved, seeds = json.loads(Path("docs/compare/demo-seeds/protocol.json").read_text()), (0, 1, 2)
         methods = args.methods or "lora,mean-field,bh-peft-fs,bayes-lora-fs,bayes-lora-fs-mean"
+    elif args.protocol == "gates":
+        saved, seeds = json.loads(Path("docs/compare/sentiment/protocol.json").read_text()), (0, 1, 2)
+        methods = args.methods or "lora,gates-rank-1,gates-rank0,gates-rank1,gates-nonoise"
     else:
         saved, seeds = json.loads(Path("docs/compare/sentiment/protocol.json").read_text()), (0,)
         methods = args.methods or "lora,blob," + ",".join(CANDIDATES)

@@ -73,6 +73,14 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lora-targets", type=csv_list, default=LoraConfig.targets)
     g.add_argument("--adapter-size", type=int, default=AdapterConfig.bottleneck, help="adapter bottleneck width")
     g.add_argument("--prefix-length", type=int, default=PrefixConfig.length)
+    from .peft.gates import NOISES, GatedLoraConfig
+
+    g.add_argument("--rank-prior", type=float, default=GatedLoraConfig.rank_prior,
+                   help="gated LoRA: prior mean of the rank-gate logits (lower: fewer components)")
+    g.add_argument("--bit-prior", type=float, default=GatedLoraConfig.bit_prior,
+                   help="gated LoRA: prior mean of the bit-gate logits (lower: fewer bits)")
+    g.add_argument("--gate-noise", choices=NOISES, default=GatedLoraConfig.noise,
+                   help="gated LoRA: relaxation noise on the gate logits while fitting")
     g.add_argument("--prior", default=Recipe.prior, choices=PRIORS.names())
     g.add_argument("--prior-scale", type=float, default=Recipe.prior_scale)
     g.add_argument("--guide", default=Recipe.guide, choices=GUIDES.names(),
@@ -173,6 +181,10 @@ def preset_defaults(name: str) -> dict[str, Any]:
             out["adapter_size"] = peft.adapter.bottleneck
         if peft.prefix is not None:
             out["prefix_length"] = peft.prefix.length
+        gated = peft.get("gated-lora")
+        if gated is not None:
+            out.update(lora_r=gated.r, lora_alpha=gated.alpha, lora_targets=gated.targets, rank_prior=gated.rank_prior,
+                       bit_prior=gated.bit_prior, gate_noise=gated.noise)
     return out
 
 
@@ -190,14 +202,15 @@ def recipe_from(args: argparse.Namespace):
     unknown = set(args.peft) - set(PEFT_KINDS)
     if unknown or not args.peft:
         raise UserError(f"--peft {','.join(args.peft)}: choose a comma list of {', '.join(PEFT_KINDS)}")
-    lora_options = {"r": args.lora_r, "alpha": args.lora_alpha, "targets": args.lora_targets}
+    lora_options = {"r": args.lora_r, "alpha": args.lora_alpha, "targets": args.lora_targets,
+                    "rank_prior": args.rank_prior, "bit_prior": args.bit_prior, "noise": args.gate_noise}
     others = {}  # other registered kinds: their defaults, with the --lora-* options where they have those fields
     for name in args.peft:
         if name not in ("lora", "adapter", "prefix"):
             fields = {f.name for f in dataclasses.fields(PEFT_KINDS[name].config)}
             others[name] = PEFT_KINDS[name].config(**{k: v for k, v in lora_options.items() if k in fields})
     peft = PeftConfig(
-        LoraConfig(**lora_options) if "lora" in args.peft else None,
+        LoraConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets) if "lora" in args.peft else None,
         AdapterConfig(bottleneck=args.adapter_size) if "adapter" in args.peft else None,
         PrefixConfig(length=args.prefix_length) if "prefix" in args.peft else None, **others)
     return Recipe(peft=peft, **_fields_from(Recipe, args, skip=("peft",)))

@@ -318,6 +318,19 @@ def test_a_recipe_preset_sets_the_defaults_and_flags_still_win():
     assert changed == Recipe().with_(**{**PRESETS["blob"], "flipout": False, "prior_scale": 0.1})
 
 
+def test_the_gates_preset_keeps_its_gate_config_and_the_gate_options_change_it():
+    from pyro_bhpeft.cli import parse_args
+    from pyro_bhpeft.cli_options import recipe_from as _recipe
+    from pyro_bhpeft.peft.gates import GatedLoraConfig
+    from pyro_bhpeft.recipe import PRESETS, Recipe
+
+    base = ["fit", "--train", "x.csv", "--out", "run", "--recipe", "lora-gates"]
+    assert _recipe(parse_args(base)) == Recipe().with_(**PRESETS["lora-gates"])
+    changed = _recipe(parse_args(base + ["--rank-prior", "2.5", "--bit-prior", "0.5", "--gate-noise", "none"]))
+    assert changed.peft.get("gated-lora") == GatedLoraConfig(rank_prior=2.5, bit_prior=0.5, noise="none")
+    assert changed.peft.lora is None
+
+
 def test_choices_come_from_the_registries(capsys):
     from pyro_bhpeft.guides import GUIDES, Delta, GuideKind
     from pyro_bhpeft.cli import parse_args

@@ -148,6 +148,8 @@ def test_laplace_lora_links_share_one_fit_and_differ_only_in_the_predictive(comp
         assert mc["ggn_examples"] == probit["ggn_examples"] == diag["ggn_examples"] == train_size
         assert mc["mutual_information"] > 0 and probit["mutual_information"] == 0  # the probit has no draws
         assert mc["train_seconds"] == probit["train_seconds"]  # the kept fit's seconds, not a refit's
+        kept = json.loads((compared / "fits" / f"peft-lora-seed{seed}" / "fit.json").read_text())
+        assert cell(compared, "peft-lora", seed)["train_seconds"] == kept["seconds"]  # peft-lora reuses it too
 
 
 def test_shared_fits_are_fitted_once_each_under_their_recipes_key(compared, tiny_backbone):
@@ -162,6 +164,7 @@ def test_shared_fits_are_fitted_once_each_under_their_recipes_key(compared, tiny
                      fit_name(p.recipe(s, **PRESETS["blob"])), fit_name(p.recipe(s, **PRESETS["bh-peft-fs"])),
                      fit_name(p.recipe(s, **PRESETS["bayes-lora-fs"])),
                      fit_name(p.recipe(s, **PRESETS["lora-gates"])),
+                     fit_name(p.recipe(s, **METHODS["lora-gates-nonoise"].base_fit)),
                      f"tfb-{TFB_THRESHOLD:g}-seed{s}", f"peft-lora-seed{s}", f"laplace-torch-kron-seed{s}",
                      f"laplace-torch-diag-seed{s}"}
     assert {f.name for f in (compared / "fits").iterdir()} == expected

@@ -36,8 +36,27 @@ def test_with_every_gate_open_the_layer_is_plain_lora_bit_for_bit():
     gated, plain, a, b, x = _pair()
     gated.bind({"lora_A": a, "lora_B": b, **_open()})
     plain.bind({"lora_A": a, "lora_B": b})
-    assert torch.equal(gated(x), plain(x))
+    with torch.no_grad():  # prediction: no relaxation noise
+        assert torch.equal(gated(x), plain(x))
     assert torch.equal(quantize_nested(a, torch.ones(3), BITS), a)  # full precision: exact
+
+
+@pytest.mark.parametrize("logit", [0.0, 1.0, -2.0])
+def test_fitting_adds_the_hard_concretes_logistic_noise_with_its_exact_zero_and_one_masses(logit):
+    # gate = clamp(1.2 sigmoid((g + L) / t) - 0.1, 0, 1) with L standard logistic: exactly 0 when
+    # L <= t log(1/11) - g, exactly 1 when L >= t log 11 - g
+    n, t = 40_000, 2.0 / 3.0
+    layer = GatedLoraLinear(nn.Linear(2, 2), "x", 0, GatedLoraConfig(r=n))
+    g = {"rank_gate": torch.full((n,), logit), "bit_gate_A": torch.zeros(3), "bit_gate_B": torch.zeros(3)}
+    torch.manual_seed(0)
+    z = layer.gates(g)["rank_gate"]
+    log11 = torch.log(torch.tensor(11.0))
+    assert (z == 0).float().mean().item() == pytest.approx(torch.sigmoid(-t * log11 - logit).item(), abs=0.01)
+    assert (z == 1).float().mean().item() == pytest.approx(torch.sigmoid(logit - t * log11).item(), abs=0.01)
+    with torch.no_grad():  # prediction: the noise-free gate
+        assert torch.equal(layer.gates(g)["rank_gate"], gate_value(g["rank_gate"], t))
+    quiet = GatedLoraLinear(nn.Linear(2, 2), "x", 0, GatedLoraConfig(r=n, noise="none"))
+    assert torch.equal(quiet.gates(g)["rank_gate"], gate_value(g["rank_gate"], t))
 
 
 def test_each_quantization_level_at_least_halves_the_error_per_added_bit():
@@ -60,7 +79,8 @@ def test_a_closed_rank_gate_removes_its_component():
     a_without = a.clone()
     a_without[1] = 0
     plain.bind({"lora_A": a_without, "lora_B": b})
-    torch.testing.assert_close(gated(x), plain(x))
+    with torch.no_grad():
+        torch.testing.assert_close(gated(x), plain(x))
     assert float(gate_value(torch.tensor(-OPEN_LOGIT), 2 / 3)) == 0.0  # exactly closed, not merely small
 
 
@@ -94,7 +114,7 @@ def test_gates_are_random_sites_that_fit_save_and_predict_hard(tmp_path):
     gate_sites = [n for n, m in result.posterior.marginals().items() if "gate" in n]
     assert gate_sites and all(result.posterior.marginals()[n].scale is not None for n in gate_sites)
     means = {n: m.loc for n, m in result.posterior.marginals().items()}
-    assert any(float(means[n].mean()) < OPEN_LOGIT for n in gate_sites)  # the N(-1, 1) prior pulls gates shut
+    assert any(float(means[n].mean()) < OPEN_LOGIT for n in gate_sites)  # the N(rank_prior, 1) prior pulls the open start down
     result.posterior.save(tmp_path / "run")
     loaded = Posterior.load(tmp_path / "run", backbone=tiny_bert())
     with hard_gates(loaded.model):
@@ -139,7 +159,7 @@ def test_gated_lora_or_delta_beside_lora_on_the_same_layers_is_refused_in_one_li
 
 
 def test_the_gates_posterior_becomes_the_next_rounds_prior():
-    """A gate site carries its own N(-1, 1) prior, but a posterior-derived prior that knows the site wins: the
+    """A gate site carries its own N(rank_prior, 1) prior, but a posterior-derived prior that knows the site wins: the
     next round starts from what the gates learned."""
     from pyro_bhpeft import posterior_prior
 
@@ -153,4 +173,5 @@ def test_the_gates_posterior_becomes_the_next_rounds_prior():
     prior = nxt.site_prior(name).distribution(name, (3,))
     torch.testing.assert_close(prior.base_dist.loc, marginal.loc)
     torch.testing.assert_close(prior.base_dist.scale, marginal.scale)
-    assert model.site_prior(name).distribution(name, (3,)).base_dist.loc.eq(-1.0).all()  # round 1: its own prior
+    own = GatedLoraConfig().rank_prior
+    assert model.site_prior(name).distribution(name, (3,)).base_dist.loc.eq(own).all()  # round 1: its own prior

@@ -22,6 +22,7 @@ import torch
 
 from ..config import ConfigError, PeftConfig
 from ..io import atomic_dir, write_json
+from ..peft.gates import GatedLoraConfig
 from ..registry import Registry
 from .bench import Bench, PeakMemory, Scored, fit_dir, post_hoc_dir
 from .protocol import Protocol
@@ -386,6 +387,8 @@ register_method("ivon", Method("IVON-LoRA (Cong et al. 2024): LoRA trained by IV
                                lambda bench, seed: _peft_lora(bench, seed, ivon=True),
                                requires=(("peft", "ivon"), "pip install peft ivon-opt")))
 register_method("lora-gates", gates_method())
+register_method("lora-gates-nonoise", gates_method(  # the first version (no relaxation noise), kept to compare
+    {"peft": PeftConfig(lora=None, **{"gated-lora": GatedLoraConfig(noise="none", rank_prior=-1.0)})}))
 register_method("laplace-kfac", laplace_torch_method("kron", "mc"))
 register_method("laplace-kfac-probit", laplace_torch_method("kron", "probit"))
 register_method("laplace-diag", laplace_torch_method("diag", "mc"))
