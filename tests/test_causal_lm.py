@@ -14,6 +14,7 @@ from pyro_bhpeft.data import DataError, load_task, make_loader, tokenize
 from pyro_bhpeft.data.prompts import PROMPT_STYLES, answer_token_ids, for_backbone, prompt_style
 from pyro_bhpeft.infer import lr_factor
 from pyro_bhpeft.models import AnswerChoice
+from pyro_bhpeft.peft.gates import GatedLoraConfig
 from pyro_bhpeft.posterior import Posterior
 from pyro_bhpeft.predict import predict
 from pyro_bhpeft.recipe import Recipe, build_model, train
@@ -136,7 +137,8 @@ def test_a_tied_lm_head_falls_back_to_the_embeddings(tmp_path):
 @pytest.mark.parametrize("peft,guide", [
     (PeftConfig(), "mle"), (PeftConfig(), "mean-field"), (PeftConfig(), "low-rank"),
     (PeftConfig(lora=None, adapter=AdapterConfig(bottleneck=4)), "map"),
-    (PeftConfig(lora=None, prefix=PrefixConfig(length=2)), "mean-field"), (PeftConfig.hybrid(), "mean-field")])
+    (PeftConfig(lora=None, prefix=PrefixConfig(length=2)), "mean-field"), (PeftConfig.hybrid(), "mean-field"),
+    (PeftConfig(lora=None, **{"gated-lora": GatedLoraConfig(r=2)}), "mean-field")])
 def test_every_peft_kind_and_guide_fits_and_round_trips(lm_dir, lm, tmp_path, peft, guide):
     recipe = Recipe(backbone=lm_dir, peft=peft, guide=guide, max_steps=3, batch_size=2, max_length=40, lr=1e-2)
     result = train(recipe, quiz(), backbone=lm, progress=False)
