@@ -24,7 +24,7 @@ from pyro_bhpeft.compare import METHODS, Protocol
 from pyro_bhpeft.compare.bench import Bench, fit_dir
 from pyro_bhpeft.data import load_task
 from pyro_bhpeft.io import write_text
-from pyro_bhpeft.peft.gates import GATE_SITES, gate_value, hard_gates
+from pyro_bhpeft.peft.gates import GATE_SITES, GatedLoraLinear, gate_value, hard_gates
 from pyro_bhpeft.posterior import Posterior
 from pyro_bhpeft.predict import predict
 
@@ -58,7 +58,8 @@ def main() -> None:
     preds = ["| fit | predictive | accuracy % | NLL | mean top probability |", "|---|---|---|---|---|"]
     for path in fits:
         post = Posterior.load(path, backbone=bench.backbone())
-        temperature = next(layer.config.temperature for layer in post.model.peft_layers if hasattr(layer, "hard"))
+        temperature = next(layer.config.temperature for layer in post.model.peft_layers
+                           if isinstance(layer, GatedLoraLinear))
         marginals = post.marginals()
         for kind in GATE_SITES:
             loc = torch.cat([m.loc.flatten() for n, m in marginals.items() if n.endswith(kind)])

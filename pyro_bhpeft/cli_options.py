@@ -183,8 +183,8 @@ def preset_defaults(name: str) -> dict[str, Any]:
             out["prefix_length"] = peft.prefix.length
         gated = peft.get("gated-lora")
         if gated is not None:
-            out.update(lora_r=gated.r, lora_alpha=gated.alpha, lora_targets=gated.targets, rank_prior=gated.rank_prior,
-                       bit_prior=gated.bit_prior, gate_noise=gated.noise)
+            out.update(lora_r=gated.r, lora_alpha=gated.alpha, lora_targets=gated.targets,
+                       rank_prior=gated.rank_prior, bit_prior=gated.bit_prior, gate_noise=gated.noise)
     return out
 
 
@@ -202,15 +202,15 @@ def recipe_from(args: argparse.Namespace):
     unknown = set(args.peft) - set(PEFT_KINDS)
     if unknown or not args.peft:
         raise UserError(f"--peft {','.join(args.peft)}: choose a comma list of {', '.join(PEFT_KINDS)}")
-    lora_options = {"r": args.lora_r, "alpha": args.lora_alpha, "targets": args.lora_targets,
-                    "rank_prior": args.rank_prior, "bit_prior": args.bit_prior, "noise": args.gate_noise}
-    others = {}  # other registered kinds: their defaults, with the --lora-* options where they have those fields
+    lora_options = {"r": args.lora_r, "alpha": args.lora_alpha, "targets": args.lora_targets}
+    shared = {**lora_options, "rank_prior": args.rank_prior, "bit_prior": args.bit_prior, "noise": args.gate_noise}
+    others = {}  # other registered kinds: their defaults, with the --lora-* and gate options they have fields for
     for name in args.peft:
         if name not in ("lora", "adapter", "prefix"):
             fields = {f.name for f in dataclasses.fields(PEFT_KINDS[name].config)}
-            others[name] = PEFT_KINDS[name].config(**{k: v for k, v in lora_options.items() if k in fields})
+            others[name] = PEFT_KINDS[name].config(**{k: v for k, v in shared.items() if k in fields})
     peft = PeftConfig(
-        LoraConfig(r=args.lora_r, alpha=args.lora_alpha, targets=args.lora_targets) if "lora" in args.peft else None,
+        LoraConfig(**lora_options) if "lora" in args.peft else None,
         AdapterConfig(bottleneck=args.adapter_size) if "adapter" in args.peft else None,
         PrefixConfig(length=args.prefix_length) if "prefix" in args.peft else None, **others)
     return Recipe(peft=peft, **_fields_from(Recipe, args, skip=("peft",)))

@@ -59,6 +59,13 @@ def test_fitting_adds_the_hard_concretes_logistic_noise_with_its_exact_zero_and_
     assert torch.equal(quiet.gates(g)["rank_gate"], gate_value(g["rank_gate"], t))
 
 
+def test_an_unknown_gate_noise_is_refused_in_one_line():
+    from pyro_bhpeft.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^gated LoRA noise must be one of logistic, none, got 'gauss'$"):
+        GatedLoraConfig(noise="gauss")
+
+
 def test_each_quantization_level_at_least_halves_the_error_per_added_bit():
     w = torch.randn(64, 48)
     errors = [float((w - level).abs().max()) for level in quantize_levels(w, BITS)]
