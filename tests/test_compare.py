@@ -104,6 +104,10 @@ def assert_metrics_follow_from_predictions(out, method, seed):
     assert c["mutual_information"] == pytest.approx(float(p["test_mi"].mean()), rel=1e-5, abs=1e-9)
     if "ood_entropy" in p:
         assert c["ood_auroc"] == metrics.ood_auroc(p["test_entropy"], p["ood_entropy"])
+    if "ood_labels" in p:  # the OOD task shares the answers: scored on its labels too
+        oy = p["ood_labels"].astype(int)
+        assert c["ood_accuracy"] == float(np.mean(p["ood_probs"].argmax(1) == oy))
+        assert c["ood_ece"] == pytest.approx(metrics.ece(p["ood_probs"], oy), rel=1e-6)
 
 
 def fit_name(recipe) -> str:
@@ -296,6 +300,43 @@ def test_a_missing_cell_is_rerun_from_the_saved_shared_fits(compared_copy, tiny_
     assert cell(out, "laplace-glm", 1)["prior_precision"] == old["laplace-glm"]["prior_precision"]
 
 
+# ---- OOD: a shift of the same answers, or other answers ----------------------------------------------------
+def test_an_ood_task_with_the_test_tasks_answers_is_scored_on_its_labels(compared):
+    for m in METHODS:
+        assert {"ood_accuracy", "ood_nll", "ood_ece"} <= set(cell(compared, m, 0))
+    header = next(line for line in (compared / "comparison.md").read_text().splitlines() if line.startswith("| method"))
+    assert "| OOD AUROC | OOD acc % | OOD NLL | OOD ECE % | train s |" in header
+    assert "ood_ece_mean" in next(iter(cells_csv(compared / "comparison.csv").values()))
+
+
+def test_an_ood_task_with_other_answers_gets_only_its_detection_auroc(tiny_backbone, task_files, tmp_path):
+    data, _ = task_files
+    other = pd.DataFrame({"review": [f"the weather was {w} cold" for w in ("very", "not", "a") * 4],
+                          "sky": ["grey", "blue"] * 6})
+    other.to_csv(tmp_path / "ood.csv", index=False)
+    ood = load_files(tmp_path / "ood.csv", eval_files={"validation": tmp_path / "ood.csv", "test": tmp_path / "ood.csv"},
+                     text_column="review", label_column="sky")
+    out = tmp_path / "cmp"
+    run_compare(protocol(tiny_backbone), out, methods=("lora",), seeds=(0,), data=data, ood=ood, progress=False)
+    c, p = cell(out, "lora", 0), predictions(out, "lora", 0)
+    assert "ood_auroc" in c and "ood_accuracy" not in c and "ood_labels" not in p
+    assert "OOD acc %" not in (out / "comparison.md").read_text()
+
+
+def test_same_answers_compares_kind_class_names_and_choices():
+    from pyro_bhpeft.compare.bench import same_answers
+    from pyro_bhpeft.data import TaskSpec
+
+    ids = (330, 389, 340, 422)
+    letters = TaskSpec("openbookqa", "answer_choice", label_names=(" A", " B", " C", " D"), num_choices=4, answer_ids=ids)
+    assert same_answers(letters, TaskSpec("arc-easy", "answer_choice", label_names=letters.label_names, num_choices=4,
+                                          answer_ids=ids))
+    assert not same_answers(letters, TaskSpec("piqa", "answer_choice", label_names=(" A", " B"), num_choices=2,
+                                              answer_ids=ids[:2]))
+    assert not same_answers(TaskSpec("a", "classification", label_names=("neg", "pos")),
+                            TaskSpec("b", "classification", label_names=("grey", "blue")))
+
+
 # ---- a method from outside the package ------------------------------------------------------------------
 def _uniform(bench, seed: int) -> Scored:
     """Every class equally likely: accuracy is the share of label 0 (argmax of a tie), NLL is log C."""
@@ -326,6 +367,9 @@ def test_a_method_registered_outside_the_package_runs_to_a_table_row(tiny_backbo
     assert float(row["accuracy_mean"]) == pytest.approx(100 * np.mean(labels == 0))
     assert float(row["nll_mean"]) == pytest.approx(math.log(2), rel=1e-6)
     assert float(row["ood_auroc_mean"]) == 0.5  # every entropy tied
+    ood_labels = predictions(out, "uniform", 0)["ood_labels"]  # the weather reviews share neg/pos: a shift
+    assert float(row["ood_accuracy_mean"]) == pytest.approx(100 * np.mean(ood_labels == 0))
+    assert float(row["ood_nll_mean"]) == pytest.approx(math.log(2), rel=1e-6)
     text = (out / "comparison.md").read_text()
     assert md_rows(text)["uniform"][:3] == ["uniform", "1", f"{100 * np.mean(labels == 0):.2f} ± 0.00"]
     assert "- `uniform`: every class equally likely" in text

@@ -40,6 +40,7 @@ class Bench:
         from ..data.prompts import for_backbone
 
         self.protocol, self.out, self.progress = protocol, Path(out), progress
+        self.ood_shift = False  # True: the OOD task answers in the same label space (scored on its labels)
         backbone = load_backbone(protocol.backbone)
         tokenizer = backbone.tokenizer
         data = for_backbone(data, backbone.model, tokenizer)  # multiple choice on a causal LM: answer tokens
@@ -55,6 +56,7 @@ class Bench:
             if ood.spec.kind != data.spec.kind:
                 raise ConfigError(f"the OOD task is {ood.spec.kind} but {protocol.task} is {data.spec.kind}; "
                                   "pick an OOD task of the same kind (--ood)")
+            self.ood_shift = same_answers(ood.spec, data.spec)
             ood_tokens = tokenize(ood, tokenizer, protocol.max_length)["test"]
             self.eval_loaders["ood"] = make_loader(ood_tokens, EVAL_BATCH_SIZE)
         self.num_train = len(self.data.splits["train"])
@@ -106,6 +108,13 @@ class Bench:
                              overwrite=True, progress=self.progress, extra=fit_facts, checkpoint_every=CHECKPOINT_EVERY,
                              resume=checkpoint_path(path).is_file())  # an interrupted comparison resumes mid-fit
         return result.posterior, facts
+
+
+def same_answers(a: Any, b: Any) -> bool:
+    """Whether two task specs answer in one label space (the same kind, class names and number of choices),
+    so a model fitted on one can be scored on the other's labels: BLoB's distribution-shift check (trained on
+    OpenBookQA, tested on ARC) rather than only the OOD-detection AUROC."""
+    return (a.kind, tuple(a.label_names), a.num_choices) == (b.kind, tuple(b.label_names), b.num_choices)
 
 
 def subset(data: Any, sizes: dict[str, int], eval_size: int, seed: int, splits: Sequence[str] | None = None):

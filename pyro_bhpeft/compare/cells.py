@@ -41,10 +41,10 @@ def run_cell(bench: Bench, method: str, seed: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     bench.predict_seconds = 0.0
     scored = METHODS[method].run(bench, seed)
-    result = cell_metrics(scored, predict_seconds=bench.predict_seconds)
+    result = cell_metrics(scored, predict_seconds=bench.predict_seconds, ood_shift=bench.ood_shift)
     scales = scale_rows(bench.out, method, seed, bench.protocol)
     with atomic_dir(path, overwrite=True) as stage:
-        np.savez_compressed(stage / "predictions.npz", **_arrays(scored))
+        np.savez_compressed(stage / "predictions.npz", **_arrays(scored, ood_shift=bench.ood_shift))
         write_json(stage / "metrics.json", result)
         if scales:
             write_json(stage / "scales.json", scales)
@@ -52,9 +52,11 @@ def run_cell(bench: Bench, method: str, seed: int) -> dict[str, Any]:
     return result
 
 
-def cell_metrics(scored: Scored, predict_seconds: float) -> dict[str, Any]:
+def cell_metrics(scored: Scored, predict_seconds: float, ood_shift: bool = False) -> dict[str, Any]:
     """Costs, notes and test metrics of one cell (classification metrics, selective AUC, mean mutual
-    information, and the OOD AUROC of predictive entropy when there are OOD predictions)."""
+    information, and the OOD AUROC of predictive entropy when there are OOD predictions). ``ood_shift``: the
+    OOD task answers in the test task's label space, so its accuracy, NLL and ECE on its own labels are
+    added (``ood_accuracy``, ``ood_nll``, ``ood_ece``)."""
     from pyro_bhpeft.analysis import metrics
 
     out: dict[str, Any] = {"train_seconds": scored.train_seconds, "predict_seconds": predict_seconds,
@@ -65,18 +67,21 @@ def cell_metrics(scored: Scored, predict_seconds: float) -> dict[str, Any]:
     out["selective_auc"] = metrics.selective_auc(probs, labels, test.predictive_entropy.numpy())
     out["mutual_information"] = float(test.mutual_information.mean())
     if "ood" in scored.predictions:
-        out["ood_auroc"] = metrics.ood_auroc(test.predictive_entropy.numpy(),
-                                             scored.predictions["ood"].predictive_entropy.numpy())
+        ood = scored.predictions["ood"]
+        out["ood_auroc"] = metrics.ood_auroc(test.predictive_entropy.numpy(), ood.predictive_entropy.numpy())
+        if ood_shift:
+            shifted = metrics.classification_metrics(ood.probs.numpy(), ood.labels.numpy())
+            out.update({f"ood_{key}": shifted[key] for key in ("accuracy", "nll", "ece")})
     return out
 
 
-def _arrays(scored: Scored) -> dict[str, np.ndarray]:
+def _arrays(scored: Scored, ood_shift: bool = False) -> dict[str, np.ndarray]:
     arrays = {}
     for split, pred in scored.predictions.items():
         arrays[f"{split}_probs"] = pred.probs.numpy()
         arrays[f"{split}_entropy"] = pred.predictive_entropy.numpy()
         arrays[f"{split}_mi"] = pred.mutual_information.numpy()
-        if pred.labels is not None and split != "ood":
+        if pred.labels is not None and (split != "ood" or ood_shift):
             arrays[f"{split}_labels"] = pred.labels.numpy()
     return arrays
 

@@ -28,6 +28,11 @@ COLUMNS = (("accuracy %", "accuracy", 100.0, 2, True), ("NLL", "nll", 1.0, 3, Tr
            ("sel. AUC", "selective_auc", 1.0, 3, True), ("OOD AUROC", "ood_auroc", 1.0, 3, True),
            ("train s", "train_seconds", 1.0, 0, True), ("predict s", "predict_seconds", 1.0, 1, True),
            ("peak MB", "peak_mb", 1.0, 0, True), ("params", "trainable", 1.0, 0, False))
+# Shown only where a cell has them: the OOD task answers in the test task's label space (BLoB's shift check)
+SHIFT_COLUMNS = (("OOD acc %", "ood_accuracy", 100.0, 2, True), ("OOD NLL", "ood_nll", 1.0, 3, True),
+                 ("OOD ECE %", "ood_ece", 1.0, 2, True))
+SHIFT_NOTE = ("OOD acc / NLL / ECE: on the OOD task's own labels, which share the test task's answers (a "
+              "distribution shift, as BLoB's OpenBookQA-to-ARC check).")
 TESTED = (("accuracy", 2), ("nll", 3), ("ece", 2))  # paired-tested metrics and their digits
 NOTES = ("ECE: 15 equal-width bins, in %. ECE floor: the ECE a perfectly calibrated model with the same "
          "confidences would show on these examples (finite-sample noise). sel. AUC: area under accuracy vs coverage "
@@ -52,8 +57,9 @@ def summarize(out: str | Path, methods: Sequence[str], seeds: Sequence[int]) -> 
     figures = draw_figures(out, list(cells), seeds[0], Protocol(**saved))
     _write_csv(out / "comparison.csv", rows)
     _write_csv(out / "significance.csv", sig_rows)
+    shifted = any("ood_accuracy" in c for found in cells.values() for c in found)
     lines = [f"# Comparison of inference schemes on `{saved['task']}`", "", _setup(saved, seeds), "",
-             table, "", NOTES, "",
+             table, "", NOTES + (" " + SHIFT_NOTE if shifted else ""), "",
              "## Paired tests against deterministic LoRA (`lora`)", "", TESTS_NOTE, "", sig_md, "",
              "## Methods", ""]
     lines += [f"- `{m}`: {METHODS[m].description}" for m in cells]
@@ -108,19 +114,23 @@ def mean_sd(values: Sequence[float | None]) -> tuple[float, float]:
 
 
 def cell_table(cells: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
-    """The markdown table (mean ± sd over seeds per column) and its CSV rows (``{key}_mean``, ``{key}_sd``)."""
+    """The markdown table (mean ± sd over seeds per column) and its CSV rows (``{key}_mean``, ``{key}_sd``);
+    the :data:`SHIFT_COLUMNS` only where some cell has them."""
+    shift = [c for c in SHIFT_COLUMNS if any(c[1] in cell for found in cells.values() for cell in found)]
+    at = [c[1] for c in COLUMNS].index("ood_auroc") + 1
+    columns = (*COLUMNS[:at], *shift, *COLUMNS[at:])
     md_rows, rows = [], []
     for method, found in cells.items():
         row: dict[str, Any] = {"method": method, "seeds": len(found)}
         md_row = [method, len(found)]
-        for _, key, mult, digits, spread in COLUMNS:
+        for _, key, mult, digits, spread in columns:
             mean, sd = mean_sd([c.get(key) for c in found])
             row[f"{key}_mean"], row[f"{key}_sd"] = mean * mult, sd * mult
             md_row.append("–" if math.isnan(mean) else f"{mean * mult:.{digits}f} ± {sd * mult:.{digits}f}" if spread
                           else f"{mean * mult:,.{digits}f}")
         md_rows.append(md_row)
         rows.append(row)
-    return markdown_table(["method", "seeds", *(c[0] for c in COLUMNS)], md_rows), rows
+    return markdown_table(["method", "seeds", *(c[0] for c in columns)], md_rows), rows
 
 
 def significance(out: Path, cells: dict[str, list[dict[str, Any]]], seeds: Sequence[int],
