@@ -79,7 +79,8 @@ def score_task(task: str, backbone, eval_size: int, subset_seed: int) -> dict[st
     ids = answer_token_ids(tok, style.answer_strings(k))
     letter = last_logits(model, tok, [style.prompt(r["question"], r["choices"]) for r in rows])[:, list(ids)]
     probs = {"letter": softmax(letter.numpy())}
-    if style.list_choices:  # WinoGrande's question is the sentence up to the blank; others get "Answer:"
+    if style.list_choices:  # choice texts to score (not BoolQ's true/false); WinoGrande's question is the
+        # sentence up to the blank, the others' the question followed by "Answer:"
         cloze_context = (lambda q: q.strip()) if task.startswith("winogrande") else \
             (lambda q: f"Question: {q.strip()}\nAnswer:")
         contexts = [cloze_context(r["question"]) for r in rows for _ in range(k)]

@@ -306,6 +306,7 @@ def test_an_ood_task_with_the_test_tasks_answers_is_scored_on_its_labels(compare
         assert {"ood_accuracy", "ood_nll", "ood_ece"} <= set(cell(compared, m, 0))
     header = next(line for line in (compared / "comparison.md").read_text().splitlines() if line.startswith("| method"))
     assert "| OOD AUROC | OOD acc % | OOD NLL | OOD ECE % | train s |" in header
+    assert "OOD acc / NLL / ECE: on the OOD task's own labels" in (compared / "comparison.md").read_text()
     assert "ood_ece_mean" in next(iter(cells_csv(compared / "comparison.csv").values()))
 
 
@@ -321,6 +322,7 @@ def test_an_ood_task_with_other_answers_gets_only_its_detection_auroc(tiny_backb
     c, p = cell(out, "lora", 0), predictions(out, "lora", 0)
     assert "ood_auroc" in c and "ood_accuracy" not in c and "ood_labels" not in p
     assert "OOD acc %" not in (out / "comparison.md").read_text()
+    assert "OOD acc / NLL / ECE" not in (out / "comparison.md").read_text()
 
 
 def test_same_answers_compares_kind_class_names_and_choices():
