@@ -186,6 +186,16 @@ def test_both_laplace_predictives_share_one_laplace_fit_per_seed(compared):
         assert sampled["train_seconds"] == glm["train_seconds"]
 
 
+def test_posterior_mean_methods_reuse_their_sampled_fit_and_draw_nothing(compared):
+    for seed in SEEDS:
+        for mean, sampled in (("blob-mean", "blob"), ("bayes-lora-fs-mean", "bayes-lora-fs")):
+            at_mean, drawn = cell(compared, mean, seed), cell(compared, sampled, seed)
+            assert at_mean["train_seconds"] == drawn["train_seconds"]  # the kept fit's seconds, not a refit's
+            assert at_mean["mutual_information"] == 0  # one pass at the mean; the draws differ from it:
+            assert not np.array_equal(predictions(compared, mean, seed)["test_probs"],
+                                      predictions(compared, sampled, seed)["test_probs"])
+
+
 def test_temperature_keeps_every_argmax_so_its_paired_accuracy_difference_is_zero(compared):
     for seed in SEEDS:
         lora, temp = predictions(compared, "lora", seed), predictions(compared, "temperature", seed)

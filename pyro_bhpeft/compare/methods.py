@@ -362,6 +362,11 @@ register_method("bayes-lora-fs", Method.sampled("Bayesian LoRA, variance on A on
                                                 _preset("bayes-lora-fs"), has_scales=True))
 register_method("bayes-lora-fs-mean", Method.sampled("the bayes-lora-fs fit predicting with its posterior mean (K = 0)",
                                                      _preset("bayes-lora-fs"), point_mass=True))
+register_method("blob-mean", Method.sampled("the blob fit predicting with its posterior mean (K = 0): how much of "
+                                            "BLoB's calibration is its mean function's", _preset("blob"),
+                                            point_mass=True))
+
+
 def gates_method(changes: dict[str, Any] | None = None) -> Method:
     """The gated-LoRA fit (the ``lora-gates`` preset with ``changes``) deployed: gates thresholded at their
     posterior means, one deterministic pass; its learned ranks, bits and bit operations (against LoRA r=8 at
