@@ -1,0 +1,40 @@
+"""The calibration-anatomy script reads finished cells: its columns and its split are known sums."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+SCRIPT = Path(__file__).parent.parent / "benchmarks" / "calibration_anatomy.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("calibration_anatomy", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_cell(root: Path, name: str, probs: list[list[float]], accuracy: float, ece: float, mi: float = 0.0):
+    cell = root / "cells" / name
+    cell.mkdir(parents=True)
+    (cell / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "ece": ece, "mutual_information": mi}))
+    np.savez(cell / "predictions.npz", test_probs=np.asarray(probs, dtype=np.float32))
+
+
+def test_confidence_over_confidence_and_the_mean_and_draws_split(tmp_path):
+    anatomy = load_script()
+    root = tmp_path / "task"
+    for seed, (lora, mean, sampled) in enumerate([(20.0, 12.0, 10.0), (30.0, 16.0, 15.0)]):
+        write_cell(root, f"lora-seed{seed}", [[0.9, 0.1], [0.7, 0.3]], 0.5, lora)  # confidence 80 %
+        write_cell(root, f"blob-mean-seed{seed}", [[0.6, 0.4], [0.6, 0.4]], 0.5, mean)
+        write_cell(root, f"blob-seed{seed}", [[0.55, 0.45], [0.55, 0.45]], 0.5, sampled, mi=0.02)
+    write_cell(root, "blob-seed2", [[0.5, 0.5], [0.5, 0.5]], 0.5, 99.0, mi=0.02)  # no twin: left out of the split
+    found = anatomy.cells(root)
+    assert list(found) == ["lora", "blob", "blob-mean"]  # the registry's order
+    assert abs(found["lora"][0]["confidence"] - 80.0) < 1e-4 and found["blob"][0]["mi"] == 0.02
+    text = anatomy.anatomy(root)
+    assert "| lora | 2 | 50.00 ± 0.00 | 80.00 ± 0.00 | 30.00 ± 0.00 | 25.00 ± 7.07 | 0.0000 |" in text
+    # blob's ECE change -12.5 = the mean function's -11.0 + the draws' -1.5, over seeds 0 and 1 only
+    assert "| blob | 2 | -12.50 | -11.00 | -1.50 |" in text
