@@ -14,6 +14,7 @@ from pyro_bhpeft import LoraConfig, PeftConfig, Posterior, predict
 from pyro_bhpeft.backbone import dropout_active
 from pyro_bhpeft.baselines import (PeftLoraModel, ensemble_predict, fit_temperature, ggn_diagonal, laplace_posterior,
                                    linearised_predict, mc_dropout_predict, peft_predict, tempered, train_peft_lora)
+from pyro_bhpeft.baselines.temperature import MAX_TEMPERATURE
 from pyro_bhpeft.guides import Delta, MeanField
 from pyro_bhpeft.models import MultipleChoice, SequenceClassifier
 from pyro_bhpeft.models.base import pool
@@ -100,6 +101,19 @@ def test_more_data_narrows_the_laplace_posterior(make_bert, make_tokens):
     large = laplace_posterior(point, data, num_data=10_000, max_examples=8, grid=grid).posterior.marginals()
     assert all((large[n].scale <= small[n].scale).all() for n in small)
     assert large["head.bias"].scale.max() < small["head.bias"].scale.min()
+
+
+def test_temperature_of_a_model_at_chance_is_bounded_and_keeps_every_argmax():
+    g = torch.Generator().manual_seed(0)
+    probs = F.softmax(torch.randn(400, 4, generator=g) * 2, -1)
+    labels = torch.randint(0, 4, (400,), generator=g)  # independent of the predictions: the optimum is T -> inf
+    temperature = fit_temperature(probs, labels)
+    assert temperature == MAX_TEMPERATURE
+    close = torch.tensor([[0.3326, 0.3381, 0.1184, 0.2109]])  # top two 0.016 apart in log-probability
+    pred = class_prediction(torch.cat([close, probs])[None], torch.cat([torch.tensor([1]), labels]))
+    hot = tempered(pred, temperature)
+    torch.testing.assert_close(hot.probs, torch.full_like(hot.probs, 0.25), atol=0.02, rtol=0)
+    assert torch.equal(hot.probs.argmax(-1), pred.probs.argmax(-1))
 
 
 def test_temperature_scaling_recovers_the_temperature_that_generated_the_labels():

@@ -8,7 +8,14 @@ from torch.nn import functional as F
 
 from ..predict import ClassPrediction, class_prediction
 
-__all__ = ["fit_temperature", "tempered"]
+__all__ = ["fit_temperature", "tempered", "MAX_TEMPERATURE"]
+
+# A model no better than chance on validation has its NLL minimum at T -> infinity (the uniform answer). Past
+# about 1e4 the tempered float32 probabilities of close classes round to the same value and the argmax turns
+# into a tie, so temperature scaling would change predictions; bounded here, where the predictive is uniform
+# to within 1 % of log-probability and every ordering is kept. The NLL is convex in 1/T, so the bounded
+# optimum is the unbounded one clipped.
+MAX_TEMPERATURE = 100.0
 
 
 def _logits(probs: torch.Tensor) -> torch.Tensor:
@@ -30,7 +37,7 @@ def fit_temperature(probs: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    return min(float(log_t.detach().exp()), MAX_TEMPERATURE)
 
 
 def tempered(pred: ClassPrediction, temperature: float) -> ClassPrediction:
