@@ -18,12 +18,13 @@ over the seeds both have.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from pyro_bhpeft.compare import METHODS
+from pyro_bhpeft.compare.cells import is_done, load_arrays, load_metrics
+from pyro_bhpeft.compare.report import mean_sd
 from pyro_bhpeft.io import write_text
 
 TWINS = {"blob": "blob-mean", "bayes-lora-fs": "bayes-lora-fs-mean"}
@@ -34,11 +35,10 @@ def cells(comparison: Path) -> dict[str, dict[int, dict[str, float]]]:
     """``{method: {seed: row}}`` for every finished cell, in the registry's order."""
     found: dict[str, dict[int, dict[str, float]]] = {}
     for path in sorted((comparison / "cells").glob("*-seed*")):
-        if not (path / "metrics.json").exists():
-            continue
         method, seed = path.name.rsplit("-seed", 1)
-        metrics = json.loads((path / "metrics.json").read_text())
-        probs = np.load(path / "predictions.npz")["test_probs"]
+        if not is_done(comparison, method, int(seed)):
+            continue
+        metrics, probs = load_metrics(comparison, method, int(seed)), load_arrays(comparison, method, int(seed))["test_probs"]
         found.setdefault(method, {})[int(seed)] = {
             "accuracy": 100 * metrics["accuracy"], "confidence": 100 * float(probs.max(1).mean()),
             "ece": metrics["ece"], "mi": metrics.get("mutual_information", 0.0)}
@@ -47,7 +47,8 @@ def cells(comparison: Path) -> dict[str, dict[int, dict[str, float]]]:
 
 
 def _mean_sd(values: list[float]) -> str:
-    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+    mean, sd = mean_sd(values)
+    return f"{mean:.2f} ± {sd:.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
 def anatomy(comparison: Path) -> str:
