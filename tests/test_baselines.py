@@ -182,6 +182,45 @@ def test_peft_lora_equals_our_lora_with_the_same_weights(kind, make_bert, make_t
     assert n_lora == sum(v.numel() for n, v in weights.items() if "lora_" in n)
 
 
+class _Linear(torch.nn.Module):
+    """The smallest model :func:`train_peft_lora` trains: a linear map with ``trainable()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(3, 2)
+
+    def forward(self, inputs):
+        return self.head(inputs["x"])
+
+    def trainable(self):
+        return list(self.parameters())
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_peft_lora_training_follows_the_protocols_warmup_and_linear_decay(given):
+    # each step runs at lr * lr_factor(step): the schedule fit() uses, for Adam and for a given optimizer (IVON's)
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from pyro_bhpeft.infer import lr_factor
+
+    torch.manual_seed(0)
+    model = _Linear()
+    data = [({"x": torch.randn(4, 3)}, torch.randint(0, 2, (4,))) for _ in range(5)]
+    optimizer = torch.optim.SGD(model.trainable(), lr=0.3) if given else None
+    seen: list[float] = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, *_: seen.append(opt.param_groups[0]["lr"]))
+    try:
+        fit = train_peft_lora(model, data, epochs=2, lr=0.1, max_steps=8, progress=False, optimizer=optimizer,
+                              warmup_ratio=0.25, lr_decay="linear")
+    finally:
+        hook.remove()
+    peak = 0.3 if given else 0.1
+    assert fit.steps == 8
+    assert seen == pytest.approx([peak * lr_factor(s, 8, warmup_ratio=0.25, decay="linear") for s in range(8)])
+    assert seen[0] < seen[1] and seen[1] == pytest.approx(peak) and peak > seen[-1] > 0  # warm up, then decay
+
+
 @pytest.mark.parametrize("kind", ["classifier", "multiple_choice"])
 def test_ggn_matches_a_brute_force_jacobian(kind, make_bert, make_tokens):
     # GGN diagonal = sum_n diag(J_n^T (diag p_n - p_n p_n^T) J_n), with J_n from torch's jacobian

@@ -417,6 +417,24 @@ def test_a_one_member_ensemble_is_deterministic_lora(tiny_backbone, task_files, 
     np.testing.assert_allclose(predictions(out, "ensemble", 0)["test_probs"], predictions(out, "lora", 0)["test_probs"])
 
 
+@pytest.mark.parametrize("method", ["peft-lora", "ivon"])
+def test_the_peft_peers_train_under_the_protocols_learning_rate_schedule(method, tiny_backbone, task_files, tmp_path,
+                                                                         monkeypatch):
+    # the peers get the warm-up and decay every other method gets (the causal-LM protocol has both)
+    seen = []
+    train = pyro_bhpeft.baselines.train_peft_lora
+
+    def recording(*args, **kwargs):
+        seen.append((kwargs.get("warmup_ratio"), kwargs.get("lr_decay")))
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(pyro_bhpeft.baselines, "train_peft_lora", recording)
+    data, _ = task_files
+    run_compare(protocol(tiny_backbone, warmup_ratio=0.25, lr_decay="linear"), tmp_path / "cmp", methods=(method,),
+                seeds=(0,), data=data, progress=False)
+    assert seen == [(0.25, "linear")]
+
+
 def test_another_protocol_in_the_same_directory_is_refused_unless_overwrite(tiny_backbone, task_files, tmp_path):
     data, _ = task_files
     out = tmp_path / "cmp"

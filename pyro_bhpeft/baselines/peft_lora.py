@@ -79,13 +79,20 @@ class PeftFit:
 def train_peft_lora(model: PeftLoraModel, loader: Iterable, *, epochs: int, lr: float, max_steps: int | None = None,
                     clip_norm: float | None = 1.0, seed: int = 0, progress: bool = True,
                     optimizer: torch.optim.Optimizer | None = None,
-                    sample: Callable[[], ContextManager] | None = None) -> PeftFit:
-    """Plain cross-entropy training with Adam, the same step budget and clipping as :func:`fit`; or with another
-    ``optimizer`` whose gradient is taken inside ``sample()`` (IVON's sampled weights)."""
+                    sample: Callable[[], ContextManager] | None = None, warmup_ratio: float = 0.0,
+                    lr_decay: str = "none") -> PeftFit:
+    """Plain cross-entropy training with Adam, the same step budget, clipping and learning-rate schedule
+    (``warmup_ratio``, ``lr_decay``: :func:`~pyro_bhpeft.infer.lr_factor`) as :func:`fit`; or with another
+    ``optimizer`` (its own peak rate, the same schedule) whose gradient is taken inside ``sample()`` (IVON's
+    sampled weights)."""
+    from ..infer import lr_factor
+
     torch.manual_seed(seed)
     params = model.trainable()
     optimizer = optimizer or torch.optim.Adam(params, lr=lr)
     total = epochs * len(loader) if max_steps is None else min(max_steps, epochs * len(loader))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup_ratio=warmup_ratio, decay=lr_decay))
     history, step, start = [], 0, time.perf_counter()
     bar = tqdm(total=total, desc="fit (peft)", unit="step", disable=not progress, dynamic_ncols=True)
     while step < total:
@@ -97,6 +104,7 @@ def train_peft_lora(model: PeftLoraModel, loader: Iterable, *, epochs: int, lr: 
             if clip_norm:
                 torch.nn.utils.clip_grad_norm_(params, clip_norm)
             optimizer.step()
+            schedule.step()
             history.append(float(loss.detach()))
             step += 1
             bar.update(1)

@@ -215,7 +215,8 @@ def _train_peft(bench: Bench, seed: int, ivon: bool = False):
         fit = train_peft_lora(model, bench.train_loader(seed), epochs=recipe.epochs, lr=recipe.lr,
                               max_steps=recipe.max_steps, progress=bench.progress, optimizer=optimizer,
                               sample=(lambda: optimizer.sampled_params(train=True)) if ivon else None,
-                              clip_norm=None if ivon else 1.0)
+                              clip_norm=None if ivon else 1.0, warmup_ratio=recipe.warmup_ratio,
+                              lr_decay=recipe.lr_decay)
     return model, optimizer, {"seconds": fit.seconds, "peak_mb": peak.mb,
                               "trainable": sum(p.numel() for p in model.trainable())}
 
