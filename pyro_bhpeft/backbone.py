@@ -27,7 +27,7 @@ from torch import nn
 from .assets import ASSETS, cache_dir, fetch_asset
 from .io import atomic_dir
 
-__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "freeze", "dropout_active", "dequantised_dir",
+__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "freeze", "dropout_active", "has_dropout", "dequantised_dir",
            "DTYPES", "DEVICES", "resolve_device", "dtype_name"]
 
 # precisions of the frozen backbone (PEFT weights, KL and likelihood stay float32)
@@ -93,6 +93,14 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+def has_dropout(module: nn.Module) -> bool:
+    """Whether train mode makes ``module`` random: a dropout layer with a positive rate anywhere in it (LoRA
+    dropout included), or attention dropout in its config (Llama-style attention applies it without a layer)."""
+    config = getattr(module, "config", None)
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for m in module.modules()) or \
+        float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0
+
+
 @contextlib.contextmanager
 def dropout_active(model: nn.Module):
     """Switch on the dropout of ``model.backbone`` (or ``model``) inside the block: MC dropout.
@@ -101,6 +109,12 @@ def dropout_active(model: nn.Module):
     the backbone's own config) is turned on, and the previous mode is restored afterwards.
     """
     backbone = getattr(model, "backbone", model)
+    if not has_dropout(backbone):
+        from .errors import ConfigError
+
+        raise ConfigError(f"MC dropout needs dropout, and this {type(backbone).__name__} has none (its dropout rates "
+                          "are 0, as in Llama-family models): put it on the LoRA input instead, LoraConfig(dropout=0.1) "
+                          "(compare method mc-dropout-lora)")
     was_training = backbone.training
     backbone.train()
     try:

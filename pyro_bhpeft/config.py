@@ -9,10 +9,11 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ConfigError
+from .io import asdict_since
 from .registry import Registry
 
 __all__ = ["ConfigError", "LoraConfig", "AdapterConfig", "PrefixConfig", "PeftConfig", "PEFT_CONFIGS"]
@@ -44,12 +45,17 @@ class LoraConfig:
     ``targets`` follow Hugging Face module names (``query``, ``value`` for BERT; ``q_proj``,
     ``v_proj`` for Llama); ``None`` takes the model family's default (query and value projections,
     from :mod:`pyro_bhpeft.peft.arch`). ``layers`` restricts to transformer blocks by index (None = all).
+    ``dropout``: dropout on the LoRA branch's input, ``B A dropout(x)`` as in the peft library; like the
+    backbone's own dropout it is on only where the backbone is in train mode (MC dropout), never in a plain fit.
     """
+
+    ADDED_FIELDS = ("dropout",)  # fields added after configs were first saved: written only when set
 
     r: int = 8
     alpha: float = 16.0
     targets: tuple[str, ...] | None = None
     layers: tuple[int, ...] | None = None
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "r", _positive_int(self.r, "LoRA rank r", "r=8"))
@@ -63,6 +69,8 @@ class LoraConfig:
                                   "or pass None for the model family's default")
             object.__setattr__(self, "targets", tuple(self.targets))
         object.__setattr__(self, "layers", _check_layers(self.layers, "LoraConfig"))
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ConfigError(f"LoRA dropout is a probability in [0, 1), got {self.dropout!r}")
 
     @property
     def scaling(self) -> float:
@@ -172,7 +180,7 @@ class PeftConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON form: every built-in kind's key (None when absent), plus any other part present."""
         out: dict[str, Any] = {"lora": None, "adapter": None, "prefix": None}
-        out.update({name: asdict(value) for name, value in self._parts.items()})
+        out.update({name: asdict_since(value, getattr(value, "ADDED_FIELDS", ())) for name, value in self._parts.items()})
         return out
 
     @classmethod

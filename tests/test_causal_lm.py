@@ -8,12 +8,14 @@ import torch
 from helpers import LABELS, quiz, save_tiny_causal_lm
 from transformers import AutoModelForCausalLM
 
-from pyro_bhpeft.backbone import PACKAGED_MODELS, dequantised_dir, load_backbone
-from pyro_bhpeft.config import AdapterConfig, PeftConfig, PrefixConfig
+from pyro_bhpeft.backbone import PACKAGED_MODELS, dequantised_dir, has_dropout, load_backbone
+from pyro_bhpeft.baselines import mc_dropout_predict
+from pyro_bhpeft.config import AdapterConfig, ConfigError, LoraConfig, PeftConfig, PrefixConfig
 from pyro_bhpeft.data import DataError, load_task, make_loader, tokenize
 from pyro_bhpeft.data.prompts import PROMPT_STYLES, answer_token_ids, for_backbone, prompt_style
 from pyro_bhpeft.infer import lr_factor
 from pyro_bhpeft.models import AnswerChoice
+from pyro_bhpeft.peft.lora import LoraLinear
 from pyro_bhpeft.peft.gates import GatedLoraConfig
 from pyro_bhpeft.posterior import Posterior
 from pyro_bhpeft.predict import predict
@@ -176,6 +178,42 @@ def test_new_recipe_fields_leave_older_fit_keys_alone():
     assert "warmup_ratio" not in Recipe().to_dict() and "lr_decay" not in Recipe().to_dict()
     warm = Recipe(warmup_ratio=0.06, lr_decay="linear")
     assert Recipe.from_dict(warm.to_dict()) == warm and Recipe.from_dict(Recipe().to_dict()) == Recipe()
+
+
+def test_lora_dropout_is_saved_only_when_set_and_checked():
+    assert "dropout" not in PeftConfig().to_dict()["lora"]  # older fit keys and saved runs keep matching
+    drop = PeftConfig(LoraConfig(dropout=0.1))
+    assert drop.to_dict()["lora"]["dropout"] == 0.1 and PeftConfig.from_dict(drop.to_dict()) == drop
+    with pytest.raises(ConfigError, match="LoRA dropout"):
+        LoraConfig(dropout=1.0)
+
+
+def test_mc_dropout_on_a_llama_needs_lora_dropout_which_is_off_outside_it(lm_dir, lm):
+    # Llama has no dropout: MC dropout there would be K identical passes, so it is refused in one line; with
+    # dropout on the LoRA input the passes differ, and a plain prediction (eval mode) ignores that dropout
+    data = for_backbone(quiz(), lm.model, lm.tokenizer)
+    loader = make_loader(tokenize(data, lm.tokenizer, 40)["test"], 4)
+    plain = train(Recipe(backbone=lm_dir, guide="mle", max_steps=3, batch_size=2, max_length=40, lr=3e-2), quiz(),
+                  backbone=lm, progress=False).posterior
+    assert not has_dropout(plain.model.backbone)
+    with pytest.raises(ConfigError, match=r"LoraConfig\(dropout=0.1\)"):
+        mc_dropout_predict(plain, loader, num_samples=2)
+    with pytest.raises(ConfigError, match="has none"):
+        train(Recipe(backbone=lm_dir, guide="mle", dropout=True, max_steps=1, batch_size=2, max_length=40), quiz(),
+              backbone=load_backbone(lm_dir), progress=False)
+    recipe = Recipe(backbone=lm_dir, guide="mle", dropout=True, peft=PeftConfig(LoraConfig(dropout=0.5)), max_steps=3,
+                    batch_size=2, max_length=40, lr=3e-2)
+    dropped = train(recipe, quiz(), backbone=load_backbone(lm_dir), progress=False).posterior
+    assert has_dropout(dropped.model.backbone)
+    mc = mc_dropout_predict(dropped, loader, num_samples=4, seed=0)
+    assert (torch.as_tensor(mc.mutual_information) > 0).all()
+    # in eval mode the dropout is off: the same model with the dropout layers removed predicts the same
+    with_dropout = predict(dropped, loader, num_samples=0).probs
+    for layer in dropped.model.modules():
+        if isinstance(layer, LoraLinear):
+            layer.dropout = torch.nn.Identity()
+    assert not has_dropout(dropped.model.backbone)
+    torch.testing.assert_close(torch.as_tensor(with_dropout), torch.as_tensor(predict(dropped, loader, num_samples=0).probs))
 
 
 def test_winogrande_subsets_are_nested_and_sized_as_the_official_ones():

@@ -25,7 +25,7 @@ from pyro_bhpeft.cli import main
 from pyro_bhpeft.compare.methods import TFB_THRESHOLD
 from pyro_bhpeft.recipe import PRESETS
 from pyro_bhpeft.compare import METHODS, Method, Protocol, Scored, register_method, run_compare, summarize
-from pyro_bhpeft.config import ConfigError, PeftConfig
+from pyro_bhpeft.config import ConfigError, LoraConfig, PeftConfig
 from pyro_bhpeft.data import load_files
 from helpers import reviews
 
@@ -135,7 +135,7 @@ def test_trainable_counts_follow_from_what_each_method_fits(compared):
     lora = cell(compared, "lora", 0)["trainable"]
     assert lora > 0
     counts = {m: cell(compared, m, 0)["trainable"] for m in METHODS}
-    for same in ("map", "mc-dropout", "laplace", "laplace-glm"):
+    for same in ("map", "mc-dropout", "mc-dropout-lora", "laplace", "laplace-glm"):
         assert counts[same] == lora, same
     assert counts["ensemble"] == 2 * lora  # ensemble_size 2
     assert counts["temperature"] == lora + 1  # the temperature
@@ -162,6 +162,7 @@ def test_shared_fits_are_fitted_once_each_under_their_recipes_key(compared, tiny
     expected = {fit_name(p.recipe(s)) for s in (0, 1, 1000, 1001)}  # lora, temperature, laplace, ensemble
     for s in SEEDS:
         expected |= {fit_name(p.recipe(s, dropout=True)), fit_name(p.recipe(s, guide="map")),
+                     fit_name(p.recipe(s, dropout=True, peft=PeftConfig(LoraConfig(dropout=0.1)))),
                      fit_name(p.recipe(s, guide="mean-field", peft=hybrid)),
                      fit_name(p.recipe(s, guide="low-rank", peft=hybrid)),
                      fit_name(p.recipe(s, guide="mean-field")), f"laplace-seed{s}",

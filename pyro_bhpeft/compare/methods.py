@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..config import ConfigError, PeftConfig
+from ..config import ConfigError, LoraConfig, PeftConfig
 from ..io import atomic_dir, write_json
 from ..peft.gates import GatedLoraConfig
 from ..registry import Registry
@@ -31,6 +31,7 @@ __all__ = ["Method", "METHODS", "DEFAULT_METHODS", "register_method"]
 
 LAPLACE = "laplace"  # the post-hoc Laplace posterior, saved as fits/laplace-seed{seed}
 _DROPOUT = {"dropout": True}
+_LORA_DROPOUT = {"dropout": True, "peft": PeftConfig(LoraConfig(dropout=0.1))}  # the peers' LoRA dropout rate
 _HYBRID = {"peft": PeftConfig.hybrid()}
 
 
@@ -114,13 +115,17 @@ def register_method(name: str, method: Method, *, replace: bool = False) -> Meth
     return METHODS.register(name, method, replace=replace)
 
 
-def _mc_dropout(bench: Bench, seed: int) -> Scored:
+def _mc_dropout(bench: Bench, seed: int, changes: Mapping[str, Any] = _DROPOUT) -> Scored:
     from ..baselines import mc_dropout_predict
 
-    posterior, facts = bench.fitted(bench.protocol.recipe(seed, **_DROPOUT))
+    posterior, facts = bench.fitted(bench.protocol.recipe(seed, **changes))
     k = bench.protocol.samples
     preds = bench.predict_all(lambda loader: mc_dropout_predict(posterior, loader, num_samples=k, seed=seed))
     return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"])
+
+
+def _mc_dropout_lora(bench: Bench, seed: int) -> Scored:
+    return _mc_dropout(bench, seed, _LORA_DROPOUT)
 
 
 def _ensemble(bench: Bench, seed: int) -> Scored:
@@ -300,6 +305,9 @@ register_method("peft-lora", Method("LoRA trained through the peft library", _pe
                                     requires=_PEFT))
 register_method("mc-dropout", Method("MC dropout on LoRA (backbone dropout in training and K test passes)",
                                      _mc_dropout, base_fit=_DROPOUT))
+register_method("mc-dropout-lora", Method("MC dropout on the LoRA input (rate 0.1, as BLoB and Laplace-LoRA run it "
+                                          "on LLMs whose backbone has no dropout)", _mc_dropout_lora,
+                                          base_fit=_LORA_DROPOUT))
 register_method("ensemble", Method("deep ensemble of deterministic LoRAs", _ensemble, base_fit={}))
 register_method("laplace", Method("post-hoc diagonal-GGN Laplace around the LoRA fit, sampled predictive", _laplace,
                                   has_scales=True, base_fit={}, post_hoc=LAPLACE))

@@ -29,6 +29,8 @@ class LoraLinear(PeftLayer):
         self.base = base
         self.r = config.r
         self.scaling = config.scaling
+        # LoRA dropout (on only in train mode: MC dropout); an Identity keeps the layer's module tree fixed
+        self.dropout = nn.Dropout(config.dropout) if getattr(config, "dropout", 0.0) else nn.Identity()
 
     def site_specs(self) -> dict[str, Site]:
         fan_in, fan_out = self.base.in_features, self.base.out_features
@@ -42,7 +44,7 @@ class LoraLinear(PeftLayer):
         if self._weights is None:
             return y
         a, b = self._weights["lora_A"], self._weights["lora_B"]
-        x = x.to(a.dtype)  # a low-precision backbone: the delta in the weights' float32, added in its dtype
+        x = self.dropout(x.to(a.dtype))  # a low-precision backbone: the delta in float32, added in its dtype
         loc = self._weights.get("lora_A:loc")
         if self._samples is not None:  # K draws: (K, r, in) and (K, out, r) on K blocks of rows
             low = per_sample(x, self._samples) @ a.transpose(1, 2)
