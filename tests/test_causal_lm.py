@@ -3,6 +3,9 @@ every PEFT kind and guide on a tiny random Llama with a real byte-level BPE toke
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 from helpers import LABELS, quiz, save_tiny_causal_lm
@@ -214,6 +217,27 @@ def test_mc_dropout_on_a_llama_needs_lora_dropout_which_is_off_outside_it(lm_dir
             layer.dropout = torch.nn.Identity()
     assert not has_dropout(dropped.model.backbone)
     torch.testing.assert_close(torch.as_tensor(with_dropout), torch.as_tensor(predict(dropped, loader, num_samples=0).probs))
+
+
+def test_the_peers_compare_on_answer_letters_and_backbone_mc_dropout_is_refused(lm_dir, tmp_path):
+    # the causal-LM protocol's peer methods, through the harness on a tiny Llama: each cell is scored from its
+    # own predictions over the 3 answer letters; MC dropout of the (dropout-free) backbone stops in one line
+    from pyro_bhpeft.compare import Protocol, run_compare
+
+    protocol = Protocol(task="quiz", backbone=lm_dir, train_size=4, eval_size=4, epochs=2, batch_size=2,
+                        max_length=40, samples=3, ensemble_size=2, laplace_examples=4, max_steps=3, ood_task="",
+                        warmup_ratio=0.25, lr_decay="linear")
+    peers = ("map", "mc-dropout-lora", "ensemble", "ivon", "laplace-kfac")
+    run_compare(protocol, tmp_path / "cmp", methods=peers, seeds=(0,), data=quiz(), progress=False)
+    for method in peers:
+        cell = tmp_path / "cmp" / "cells" / f"{method}-seed0"
+        metrics = json.loads((cell / "metrics.json").read_text())
+        with np.load(cell / "predictions.npz") as f:
+            probs, labels = f["test_probs"], f["test_labels"]
+        assert probs.shape == (4, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+        assert metrics["accuracy"] == float(np.mean(probs.argmax(1) == labels)), method
+    with pytest.raises(ConfigError, match="has none"):
+        run_compare(protocol, tmp_path / "cmp", methods=("mc-dropout",), seeds=(0,), data=quiz(), progress=False)
 
 
 def test_winogrande_subsets_are_nested_and_sized_as_the_official_ones():
