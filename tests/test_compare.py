@@ -389,6 +389,28 @@ def test_a_method_registered_outside_the_package_runs_to_a_table_row(tiny_backbo
     assert list(cells_csv(out / "significance.csv")) == ["uniform"]
 
 
+def test_a_diverged_method_is_refused_in_one_line_and_leaves_no_cell(tiny_backbone, task_files, tmp_path):
+    from pyro_bhpeft.predict import class_prediction
+
+    def diverged(bench, seed: int) -> Scored:  # NaN probabilities on one example of each split, as a fit gone to NaN
+        def predict(loader):
+            labels = torch.cat([labels for _, labels in loader])
+            probs = torch.full((1, len(labels), 2), 0.5)
+            probs[0, 1] = float("nan")
+            return class_prediction(probs, labels)
+
+        return Scored(bench.predict_all(predict), train_seconds=0.0, peak_mb=0.0, trainable=0)
+
+    register_method("diverged", Method("a fit that diverged", diverged, point_mass=True))
+    try:
+        with pytest.raises(ConfigError, match="diverged at seed 0 predicted non-finite probabilities for 1 of 24 test"):
+            run_compare(protocol(tiny_backbone), tmp_path / "cmp", methods=("diverged",), seeds=(0,),
+                        data=task_files[0], progress=False)
+    finally:
+        METHODS.unregister("diverged")
+    assert not (tmp_path / "cmp" / "cells" / "diverged-seed0").exists()
+
+
 def test_method_records_are_checked_when_made_and_registered():
     with pytest.raises(ConfigError, match="has_scales needs"):
         Method("scales from nowhere", _uniform, has_scales=True)

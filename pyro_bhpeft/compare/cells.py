@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..config import ConfigError
 from ..io import atomic_dir, write_json
 from .bench import Bench, Scored
 from .methods import METHODS
@@ -41,6 +42,7 @@ def run_cell(bench: Bench, method: str, seed: int) -> dict[str, Any]:
     torch.manual_seed(seed)
     bench.predict_seconds = 0.0
     scored = METHODS[method].run(bench, seed)
+    _check_finite(scored, method, seed)
     result = cell_metrics(scored, predict_seconds=bench.predict_seconds, ood_shift=bench.ood_shift)
     scales = scale_rows(bench.out, method, seed, bench.protocol)
     with atomic_dir(path, overwrite=True) as stage:
@@ -50,6 +52,16 @@ def run_cell(bench: Bench, method: str, seed: int) -> dict[str, Any]:
             write_json(stage / "scales.json", scales)
     print(f"   accuracy {100 * result['accuracy']:.2f}%  NLL {result['nll']:.3f}  ECE {result['ece']:.2f}%", flush=True)
     return result
+
+
+def _check_finite(scored: Scored, method: str, seed: int) -> None:
+    """Refuse to save a cell whose predictions are not all finite probabilities (a diverged fit), in one line."""
+    for split, pred in scored.predictions.items():
+        bad = int((~torch.isfinite(pred.probs)).reshape(len(pred.probs), -1).any(1).sum())
+        if bad:
+            raise ConfigError(f"{method} at seed {seed} predicted non-finite probabilities for {bad} of "
+                              f"{len(pred.probs)} {split} examples (its fit diverged); the cell is not saved: lower "
+                              "the method's learning rate or check its fit")
 
 
 def cell_metrics(scored: Scored, predict_seconds: float, ood_shift: bool = False) -> dict[str, Any]:
