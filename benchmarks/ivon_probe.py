@@ -1,0 +1,67 @@
+"""Where IVON-LoRA goes wrong on a causal LM: the first steps of the comparison's IVON fit, printed.
+
+Runs the IVON fit of ``compare``'s ``ivon`` method (the peft LoRA plus the answer-row head, IVON with its authors'
+settings and ess = the training-set size, the protocol's warm-up and linear decay) for a few steps of seed 0, and
+prints each step's loss, its largest logit, the largest weight and the smallest Hessian entry; it stops at the
+first non-finite loss. ``--frozen-head`` leaves the head out of IVON (IVON-LoRA's authors sample LoRA weights only).
+
+    python benchmarks/ivon_probe.py --steps 60                  # WinoGrande-S on SmolLM2, as compared
+    python benchmarks/ivon_probe.py --steps 40 --frozen-head
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+
+import torch
+from torch.nn import functional as F
+
+from pyro_bhpeft.baselines import ivon_optimizer
+from pyro_bhpeft.compare import Protocol
+from pyro_bhpeft.compare.bench import Bench
+from pyro_bhpeft.compare.methods import _peft_model
+from pyro_bhpeft.data import load_task
+from pyro_bhpeft.infer import lr_factor
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="winogrande-s")
+    parser.add_argument("--backbone", default="smollm2")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--frozen-head", action="store_true", help="train the head not at all; IVON on LoRA only")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    protocol = Protocol(task=args.task, backbone=args.backbone, train_size=640, eval_size=300, epochs=5, batch_size=4,
+                        lr=1e-3, max_length=args.max_length, samples=10, ood_task="", warmup_ratio=0.06,
+                        lr_decay="linear")
+    bench = Bench(protocol, tempfile.mkdtemp(), load_task(args.task), None, progress=False)
+    model = _peft_model(bench, 0)
+    if args.frozen_head:
+        model.head.requires_grad_(False)
+    optimizer = ivon_optimizer(model.trainable(), bench.num_train)
+    total = protocol.epochs * len(bench.train_loader(0))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, warmup_ratio=protocol.warmup_ratio, decay=protocol.lr_decay))
+    torch.manual_seed(0)
+    for step, (inputs, labels) in enumerate(bench.train_loader(0), start=1):
+        with optimizer.sampled_params(train=True):
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        optimizer.step()
+        schedule.step()
+        weight = max(float(p.detach().abs().max()) for p in model.trainable())
+        hess = min(float(group["hess"].min()) for group in optimizer.param_groups)
+        print(f"step {step:3d}  loss {float(loss.detach()):8.3f}  max |logit| {float(logits.detach().abs().max()):7.1f}  "
+              f"max |weight| {weight:.3g}  min Hessian {hess:.3g}", flush=True)
+        if not math.isfinite(float(loss.detach())) or step >= args.steps:
+            break
+
+
+if __name__ == "__main__":
+    main()
