@@ -30,7 +30,7 @@ class LoraLinear(PeftLayer):
         self.r = config.r
         self.scaling = config.scaling
         # LoRA dropout (on only in train mode: MC dropout); an Identity keeps the layer's module tree fixed
-        self.dropout = nn.Dropout(config.dropout) if getattr(config, "dropout", 0.0) else nn.Identity()
+        self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
 
     def site_specs(self) -> dict[str, Site]:
         fan_in, fan_out = self.base.in_features, self.base.out_features
