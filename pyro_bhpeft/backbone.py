@@ -27,8 +27,8 @@ from torch import nn
 from .assets import ASSETS, cache_dir, fetch_asset
 from .io import atomic_dir
 
-__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "freeze", "dropout_active", "has_dropout", "dequantised_dir",
-           "DTYPES", "DEVICES", "resolve_device", "dtype_name"]
+__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "freeze", "dropout_active", "has_dropout",
+           "check_dropout", "dequantised_dir", "DTYPES", "DEVICES", "resolve_device", "dtype_name"]
 
 # precisions of the frozen backbone (PEFT weights, KL and likelihood stay float32)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -101,6 +101,16 @@ def has_dropout(module: nn.Module) -> bool:
         float(getattr(config, "attention_dropout", 0.0) or 0.0) > 0
 
 
+def check_dropout(module: nn.Module) -> None:
+    """Raise a one-line :class:`ConfigError` if ``module`` has no dropout for MC dropout to sample."""
+    if not has_dropout(module):
+        from .errors import ConfigError
+
+        raise ConfigError(f"MC dropout needs dropout, and this {type(module).__name__} has none (its dropout rates "
+                          "are 0, as in Llama-family models): put it on the LoRA input instead, LoraConfig(dropout=0.1) "
+                          "(compare method mc-dropout-lora)")
+
+
 @contextlib.contextmanager
 def dropout_active(model: nn.Module):
     """Switch on the dropout of ``model.backbone`` (or ``model``) inside the block: MC dropout.
@@ -109,12 +119,7 @@ def dropout_active(model: nn.Module):
     the backbone's own config) is turned on, and the previous mode is restored afterwards.
     """
     backbone = getattr(model, "backbone", model)
-    if not has_dropout(backbone):
-        from .errors import ConfigError
-
-        raise ConfigError(f"MC dropout needs dropout, and this {type(backbone).__name__} has none (its dropout rates "
-                          "are 0, as in Llama-family models): put it on the LoRA input instead, LoraConfig(dropout=0.1) "
-                          "(compare method mc-dropout-lora)")
+    check_dropout(backbone)
     was_training = backbone.training
     backbone.train()
     try:

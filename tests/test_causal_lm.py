@@ -219,9 +219,9 @@ def test_mc_dropout_on_a_llama_needs_lora_dropout_which_is_off_outside_it(lm_dir
     torch.testing.assert_close(torch.as_tensor(with_dropout), torch.as_tensor(predict(dropped, loader, num_samples=0).probs))
 
 
-def test_the_peers_compare_on_answer_letters_and_backbone_mc_dropout_is_refused(lm_dir, tmp_path):
+def test_the_peers_compare_on_answer_letters(lm_dir, tmp_path):
     # the causal-LM protocol's peer methods, through the harness on a tiny Llama: each cell is scored from its
-    # own predictions over the 3 answer letters; MC dropout of the (dropout-free) backbone stops in one line
+    # own predictions over the 3 answer letters
     from pyro_bhpeft.compare import Protocol, run_compare
 
     protocol = Protocol(task="quiz", backbone=lm_dir, train_size=4, eval_size=4, epochs=2, batch_size=2,
@@ -236,8 +236,18 @@ def test_the_peers_compare_on_answer_letters_and_backbone_mc_dropout_is_refused(
             probs, labels = f["test_probs"], f["test_labels"]
         assert probs.shape == (4, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
         assert metrics["accuracy"] == float(np.mean(probs.argmax(1) == labels)), method
-    with pytest.raises(ConfigError, match="has none"):
-        run_compare(protocol, tmp_path / "cmp", methods=("mc-dropout",), seeds=(0,), data=quiz(), progress=False)
+
+
+def test_backbone_mc_dropout_on_a_llama_is_refused_before_any_cell_runs(lm_dir, tmp_path):
+    # Llama has no dropout: mc-dropout is refused in one line up front, not after hours of the cells before it
+    from pyro_bhpeft.compare import Protocol, run_compare
+
+    protocol = Protocol(task="quiz", backbone=lm_dir, train_size=4, eval_size=4, epochs=1, batch_size=2,
+                        max_length=40, samples=2, max_steps=1, ood_task="")
+    with pytest.raises(ConfigError, match="has none.*mc-dropout-lora"):
+        run_compare(protocol, tmp_path / "cmp", methods=("lora", "mc-dropout"), seeds=(0,), data=quiz(),
+                    progress=False)
+    assert not (tmp_path / "cmp").exists()
 
 
 def test_winogrande_subsets_are_nested_and_sized_as_the_official_ones():

@@ -44,6 +44,10 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
         raise ConfigError("give at least one seed")
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
+    if any(METHODS[name].backbone_dropout for name in methods):  # e.g. mc-dropout on SmolLM2, refused up front
+        from ..backbone import check_dropout, load_backbone
+
+        check_dropout(load_backbone(protocol.backbone).model)
     out = Path(out)
     data = data if data is not None else load_task(protocol.task)
     from ..models import TASK_KINDS

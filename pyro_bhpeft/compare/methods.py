@@ -47,6 +47,8 @@ class Method:
     fits outside the cache. ``post_hoc``: the name of the posterior it builds on ``base_fit`` and keeps
     at :func:`post_hoc_dir` (the Laplace approximation), or None. ``requires``: the optional modules it
     imports and the command that installs them, checked before any cell runs (:meth:`check_installed`).
+    ``backbone_dropout``: it samples the backbone's own dropout, so a backbone without any (Llama-family
+    models) is refused before any cell runs.
     """
 
     description: str
@@ -56,6 +58,7 @@ class Method:
     base_fit: Mapping[str, Any] | None = None
     post_hoc: str | None = None
     requires: tuple[tuple[str, ...], str] | None = None
+    backbone_dropout: bool = False
 
     def check_installed(self, name: str) -> None:
         """Raise a one-line :class:`ConfigError` naming the install command if a required module is missing."""
@@ -304,7 +307,7 @@ _PEFT = (("peft",), "pip install peft")
 register_method("peft-lora", Method("LoRA trained through the peft library", _peft_lora, point_mass=True,
                                     requires=_PEFT))
 register_method("mc-dropout", Method("MC dropout on LoRA (backbone dropout in training and K test passes)",
-                                     _mc_dropout, base_fit=_DROPOUT))
+                                     _mc_dropout, base_fit=_DROPOUT, backbone_dropout=True))
 register_method("mc-dropout-lora", Method("MC dropout on the LoRA input (rate 0.1, as BLoB and Laplace-LoRA run it "
                                           "on LLMs whose backbone has no dropout)", _mc_dropout_lora,
                                           base_fit=_LORA_DROPOUT))
