@@ -15,7 +15,6 @@ noise) did not.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
@@ -45,7 +44,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write gates_deploy-{task}-{label}.md here")
     parser.add_argument("--label", default=None, help="the file's label (default: the method)")
     args = parser.parse_args()
-    protocol = Protocol(**{**json.loads((args.comparison / "protocol.json").read_text()), "ood_task": ""})
+    protocol = Protocol.read(args.comparison, ood_task="")
     fits = args.fit or [fit_dir(args.comparison, protocol.recipe(int(s), **METHODS[args.method].base_fit))
                         for s in args.seeds.split(",")]
     missing = [str(f) for f in fits if not (f / "fit.json").exists()]

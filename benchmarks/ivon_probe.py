@@ -7,6 +7,7 @@ first non-finite loss. ``--frozen-head`` leaves the head out of IVON (IVON-LoRA'
 
     python benchmarks/ivon_probe.py --steps 60                  # WinoGrande-S on SmolLM2, as compared
     python benchmarks/ivon_probe.py --steps 40 --frozen-head
+    python benchmarks/ivon_probe.py docs/compare/arc-easy       # another comparison's protocol
 """
 
 from __future__ import annotations
@@ -28,17 +29,14 @@ from pyro_bhpeft.infer import lr_factor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--task", default="winogrande-s")
-    parser.add_argument("--backbone", default="smollm2")
+    parser.add_argument("comparison", nargs="?", default="docs/compare/winogrande-s",
+                        help="the comparison folder whose protocol.json to run under")
     parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--frozen-head", action="store_true", help="train the head not at all; IVON on LoRA only")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    protocol = Protocol(task=args.task, backbone=args.backbone, train_size=640, eval_size=300, epochs=5, batch_size=4,
-                        lr=1e-3, max_length=args.max_length, samples=10, ood_task="", warmup_ratio=0.06,
-                        lr_decay="linear")
-    bench = Bench(protocol, tempfile.mkdtemp(), load_task(args.task), None, progress=False)
+    protocol = Protocol.read(args.comparison, ood_task="")
+    bench = Bench(protocol, tempfile.mkdtemp(), load_task(protocol.task), None, progress=False)
     model = _peft_model(bench, 0)
     if args.frozen_head:
         model.head.requires_grad_(False)

@@ -34,7 +34,6 @@ within 1 point of LoRA's; among several, the lowest NLL.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import datasets
@@ -82,15 +81,15 @@ def main() -> None:
     parser.add_argument("--methods", default=None, help="default: every candidate of the protocol")
     args = parser.parse_args()
     if args.protocol == "demo":
-        saved, seeds = json.loads(Path("docs/compare/demo-seeds/protocol.json").read_text()), (0, 1, 2)
+        folder, seeds = "docs/compare/demo-seeds", (0, 1, 2)
         methods = args.methods or "lora,mean-field,bh-peft-fs,bayes-lora-fs,bayes-lora-fs-mean"
     elif args.protocol == "gates":
-        saved, seeds = json.loads(Path("docs/compare/sentiment/protocol.json").read_text()), (0, 1, 2)
+        folder, seeds = "docs/compare/sentiment", (0, 1, 2)
         methods = args.methods or "lora,gates-rank-1,gates-rank0,gates-rank1,gates-nonoise"
     else:
-        saved, seeds = json.loads(Path("docs/compare/sentiment/protocol.json").read_text()), (0,)
+        folder, seeds = "docs/compare/sentiment", (0,)
         methods = args.methods or "lora,blob," + ",".join(CANDIDATES)
-    protocol = Protocol(**{**saved, "ood_task": ""})
+    protocol = Protocol.read(folder, ood_task="")
     for name, method in CANDIDATES.items():
         if name not in METHODS:
             register_method(name, method)

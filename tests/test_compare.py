@@ -467,6 +467,21 @@ def test_another_protocol_in_the_same_directory_is_refused_unless_overwrite(tiny
     run_compare(protocol(tiny_backbone, epochs=2), out, methods=("lora",), seeds=(0,), data=data, progress=False,
                 overwrite=True)
     assert json.loads((out / "protocol.json").read_text())["epochs"] == 2
+    assert Protocol.read(out) == protocol(tiny_backbone, epochs=2)  # the saved protocol reads back as run
+    assert Protocol.read(out, epochs=3) == protocol(tiny_backbone, epochs=3)  # with changes
+    with pytest.raises(ConfigError, match="no protocol.json"):
+        Protocol.read(tmp_path)
+
+
+def test_every_committed_comparison_reads_back_its_protocol():
+    # the benchmarks and the summary rebuild protocols from these files: each must still load and round-trip
+    from pathlib import Path
+
+    folders = sorted(p.parent for p in (Path(__file__).parents[1] / "docs" / "compare").glob("*/protocol.json"))
+    assert len(folders) >= 10
+    for folder in folders:
+        saved = json.loads((folder / "protocol.json").read_text())
+        assert Protocol.read(folder).to_dict() == saved, folder
 
 
 def test_bad_methods_and_tasks_are_clear_errors(tiny_backbone, task_files, tmp_path, capsys):

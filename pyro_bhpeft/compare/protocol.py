@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
@@ -67,6 +69,20 @@ class Protocol:
                       batch_size=self.batch_size, lr=self.lr, max_length=self.max_length, seed=seed,
                       warmup_ratio=self.warmup_ratio, lr_decay=self.lr_decay)
         return base.with_(**changes)
+
+    @classmethod
+    def read(cls, out: str | Path, **changes: Any) -> "Protocol":
+        """The protocol a comparison folder ``out`` was run under (its ``protocol.json``), with ``changes``.
+
+        Example::
+
+            >>> Protocol.read("docs/compare/winogrande-s", ood_task="").max_length
+            64
+        """
+        saved = Path(out) / "protocol.json"
+        if not saved.is_file():
+            raise ConfigError(f"{out} has no protocol.json; give a folder that pyro-bhpeft compare wrote")
+        return cls(**{**json.loads(saved.read_text()), **changes})
 
     def to_dict(self) -> dict[str, Any]:
         """The protocol as saved in ``protocol.json``; fields added since 0.2 only when set (older

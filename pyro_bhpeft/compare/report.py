@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from pathlib import Path
@@ -50,11 +49,12 @@ def summarize(out: str | Path, methods: Sequence[str], seeds: Sequence[int]) -> 
     """Write ``comparison.md``, ``comparison.csv``, ``significance.csv`` and ``figures/`` from the saved
     cells of ``methods`` x ``seeds`` in ``out`` (missing cells are left out). Returns ``comparison.md``."""
     out = Path(out)
-    saved = json.loads((out / "protocol.json").read_text())
+    protocol = Protocol.read(out)
+    saved = protocol.to_dict()
     cells = load_cells(out, methods, seeds)
     table, rows = cell_table(cells)
     sig_md, sig_rows = significance(out, cells, seeds)
-    figures = draw_figures(out, list(cells), seeds[0], Protocol(**saved))
+    figures = draw_figures(out, list(cells), seeds[0], protocol)
     _write_csv(out / "comparison.csv", rows)
     _write_csv(out / "significance.csv", sig_rows)
     shifted = bool(rows) and "ood_accuracy_mean" in rows[0]  # cell_table added the shift columns
