@@ -1,12 +1,14 @@
-"""Where IVON-LoRA goes wrong on a causal LM: the first steps of the comparison's IVON fit, printed.
+"""IVON-LoRA on a causal LM, step by step: the first steps of the comparison's IVON fit, printed.
 
 Runs the IVON fit of ``compare``'s ``ivon`` method (the peft LoRA plus the answer-row head, IVON with its authors'
-settings and ess = the training-set size, the protocol's warm-up and linear decay) for a few steps of seed 0, and
-prints each step's loss, its largest logit, the largest weight and the smallest Hessian entry; it stops at the
-first non-finite loss. ``--frozen-head`` leaves the head out of IVON (IVON-LoRA's authors sample LoRA weights only).
+settings and the task's effective sample size, the protocol's warm-up and linear decay) for a few steps of seed 0,
+and prints each step's loss, its largest logit, the largest weight and the smallest Hessian entry; it stops at the
+first non-finite loss. ``--ess-n`` runs the setting the comparison used before (ess = the number of training
+questions, IVON's default learning-rate rescaling and weight decay 1e-4), which diverges on SmolLM2.
+``--frozen-head`` leaves the head out of IVON (IVON-LoRA's authors score with the frozen LM head).
 
     python benchmarks/ivon_probe.py --steps 60                  # WinoGrande-S on SmolLM2, as compared
-    python benchmarks/ivon_probe.py --steps 40 --frozen-head
+    python benchmarks/ivon_probe.py --steps 60 --ess-n          # the earlier setting: NaN by step 4
     python benchmarks/ivon_probe.py docs/compare/arc-easy       # another comparison's protocol
 """
 
@@ -22,7 +24,7 @@ from torch.nn import functional as F
 from pyro_bhpeft.baselines import ivon_optimizer
 from pyro_bhpeft.compare import Protocol
 from pyro_bhpeft.compare.bench import Bench
-from pyro_bhpeft.compare.methods import _peft_model
+from pyro_bhpeft.compare.methods import _ivon_authors, _ivon_ess_n, _peft_model
 from pyro_bhpeft.data import load_task
 from pyro_bhpeft.infer import lr_factor
 
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("comparison", nargs="?", default="docs/compare/winogrande-s",
                         help="the comparison folder whose protocol.json to run under")
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--ess-n", action="store_true", help="ess = the training-set size, as the comparison ran before")
     parser.add_argument("--frozen-head", action="store_true", help="train the head not at all; IVON on LoRA only")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -40,7 +43,7 @@ def main() -> None:
     model = _peft_model(bench, 0)
     if args.frozen_head:
         model.head.requires_grad_(False)
-    optimizer = ivon_optimizer(model.trainable(), bench.num_train)
+    optimizer = ivon_optimizer(model.trainable(), **(_ivon_ess_n if args.ess_n else _ivon_authors)(bench))
     total = protocol.epochs * len(bench.train_loader(0))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup_ratio=protocol.warmup_ratio, decay=protocol.lr_decay))

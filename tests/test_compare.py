@@ -458,6 +458,34 @@ def test_the_peft_peers_train_under_the_protocols_learning_rate_schedule(method,
     assert seen == [(0.25, "linear")]
 
 
+def test_ivon_runs_with_its_authors_settings_for_the_task(tiny_backbone, task_files, tmp_path, monkeypatch):
+    # IVON-LoRA's public scripts: ess far above the data size, per task, and no learning-rate rescaling
+    from pyro_bhpeft.baselines import IVON_SETTINGS, ivon_task_settings
+
+    assert ivon_task_settings("winogrande-s") == {"ess": 1e7, "hess_init": 3e-4}
+    assert ivon_task_settings("arc-easy") == {"ess": 1e6, "hess_init": 1e-3}
+    assert ivon_task_settings("reviews") == {"ess": 1e7, "hess_init": 3e-4}  # a task they did not run: their defaults
+    assert IVON_SETTINGS["rescale_lr"] is False and IVON_SETTINGS["weight_decay"] == 0
+    built = []
+    make = pyro_bhpeft.baselines.ivon_optimizer
+
+    def recording(*args, **kwargs):
+        built.append(make(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(pyro_bhpeft.baselines, "ivon_optimizer", recording)
+    data, _ = task_files
+    run_compare(protocol(tiny_backbone), tmp_path / "cmp", methods=("ivon",), seeds=(0,), data=data, progress=False)
+    (group,) = built[0].param_groups
+    assert (group["ess"], group["lr"], group["clip_radius"], built[0].rescale_lr) == (1e7, 0.03, 1e-3, False)
+    assert float(group["hess"].max()) > 0 and group["weight_decay"] == 0
+    # the earlier setting, kept under its own name for the cells it produced: ess = the training-set size
+    run_compare(protocol(tiny_backbone), tmp_path / "cmp", methods=("ivon-ess-n",), seeds=(0,), data=data,
+                progress=False)
+    (group,) = built[1].param_groups
+    assert (group["ess"], group["weight_decay"], built[1].rescale_lr) == (protocol(tiny_backbone).train_size, 1e-4, True)
+
+
 def test_another_protocol_in_the_same_directory_is_refused_unless_overwrite(tiny_backbone, task_files, tmp_path):
     data, _ = task_files
     out = tmp_path / "cmp"

@@ -25,7 +25,7 @@ Example::
 """
 
 from .ensemble import ensemble_predict
-from .ivon import IVON_SETTINGS, ivon_optimizer, ivon_predict
+from .ivon import IVON_SETTINGS, IVON_TASKS, ivon_optimizer, ivon_predict, ivon_task_settings
 from .laplace import LaplaceFit, ggn_diagonal, laplace_posterior
 from .laplace_torch import LAPLACE_TORCH_INSTALL, LaplaceTorchFit, laplace_torch_fit, laplace_torch_predict
 from .linearised import linearised_predict
@@ -37,5 +37,5 @@ from .tfb import TFBFit, rotate_lora, tfb_posterior
 __all__ = ["mc_dropout_predict", "ensemble_predict", "laplace_posterior", "LaplaceFit", "ggn_diagonal",
            "linearised_predict",
            "fit_temperature", "tempered", "PeftLoraModel", "train_peft_lora", "peft_predict", "tfb_posterior",
-           "TFBFit", "rotate_lora", "IVON_SETTINGS", "ivon_optimizer", "ivon_predict", "LAPLACE_TORCH_INSTALL",
-           "LaplaceTorchFit", "laplace_torch_fit", "laplace_torch_predict"]
+           "TFBFit", "rotate_lora", "IVON_SETTINGS", "IVON_TASKS", "ivon_optimizer", "ivon_task_settings", "ivon_predict",
+           "LAPLACE_TORCH_INSTALL", "LaplaceTorchFit", "laplace_torch_fit", "laplace_torch_predict"]

@@ -212,36 +212,51 @@ def _peft_model(bench: Bench, seed: int):
                          default_pooling(backbone), answer_ids=answers)  # num_labels None: one score per choice
 
 
-def _train_peft(bench: Bench, seed: int, ivon: bool = False):
-    """``seed``'s peft LoRA trained with Adam (or IVON) on the protocol's budget: (model, optimizer, facts)."""
+def _train_peft(bench: Bench, seed: int, ivon: Mapping[str, Any] | None = None):
+    """``seed``'s peft LoRA trained with Adam, or with IVON under the ``ivon`` settings (``ess`` and changes to
+    :data:`~pyro_bhpeft.baselines.IVON_SETTINGS`), on the protocol's budget: (model, optimizer, facts)."""
     from ..baselines import ivon_optimizer, train_peft_lora
 
     recipe = bench.protocol.recipe(seed)
     with PeakMemory() as peak:
         model = _peft_model(bench, seed)
-        optimizer = ivon_optimizer(model.trainable(), bench.num_train) if ivon else None
+        optimizer = ivon_optimizer(model.trainable(), **ivon) if ivon is not None else None
         fit = train_peft_lora(model, bench.train_loader(seed), epochs=recipe.epochs, lr=recipe.lr,
                               max_steps=recipe.max_steps, progress=bench.progress, optimizer=optimizer,
-                              sample=(lambda: optimizer.sampled_params(train=True)) if ivon else None,
-                              clip_norm=None if ivon else 1.0, warmup_ratio=recipe.warmup_ratio,
+                              sample=(lambda: optimizer.sampled_params(train=True)) if optimizer else None,
+                              clip_norm=None if optimizer else 1.0, warmup_ratio=recipe.warmup_ratio,
                               lr_decay=recipe.lr_decay)
     return model, optimizer, {"seconds": fit.seconds, "peak_mb": peak.mb,
                               "trainable": sum(p.numel() for p in model.trainable())}
 
 
-def _peft_lora(bench: Bench, seed: int, ivon: bool = False) -> Scored:
-    """LoRA through the peft library, trained with Adam; or (``ivon``) with IVON and sampled at prediction."""
-    from ..baselines import ivon_predict, peft_predict
+def _peft_lora(bench: Bench, seed: int) -> Scored:
+    """LoRA through the peft library, trained with Adam: the fit the Laplace-LoRA peers share, trained once."""
+    from ..baselines import peft_predict
 
-    if ivon:
-        model, optimizer, facts = _train_peft(bench, seed, ivon=True)
-    else:  # the fit the Laplace-LoRA peers share, trained once
-        model, facts = _trained_peft(bench, seed)
-    k = bench.protocol.samples
-    predict = (lambda loader: ivon_predict(model, optimizer, loader, num_samples=k, seed=seed)) if ivon \
-        else (lambda loader: peft_predict(model, loader))
-    preds = bench.predict_all(predict)
+    model, facts = _trained_peft(bench, seed)
+    preds = bench.predict_all(lambda loader: peft_predict(model, loader))
     return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"])
+
+
+def _ivon(bench: Bench, seed: int, settings: Callable[[Bench], Mapping[str, Any]]) -> Scored:
+    """IVON-LoRA: the peft LoRA trained by IVON under ``settings(bench)``, its posterior sampled at prediction."""
+    from ..baselines import ivon_predict
+
+    model, optimizer, facts = _train_peft(bench, seed, ivon=settings(bench))
+    k = bench.protocol.samples
+    preds = bench.predict_all(lambda loader: ivon_predict(model, optimizer, loader, num_samples=k, seed=seed))
+    return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"])
+
+
+def _ivon_authors(bench: Bench) -> dict[str, Any]:
+    from ..baselines import ivon_task_settings
+
+    return ivon_task_settings(bench.protocol.task)
+
+
+def _ivon_ess_n(bench: Bench) -> dict[str, Any]:
+    return {"ess": bench.num_train, "hess_init": 3e-4, "rescale_lr": True, "weight_decay": 1e-4}
 
 
 PEFT_LORA = "peft-lora"  # seed s's trained peft LoRA, kept at fits/peft-lora-seed{s} for the Laplace-LoRA peers
@@ -400,9 +415,13 @@ def gates_method(changes: dict[str, Any] | None = None) -> Method:
     return Method("LoRA with Bayesian rank and bit gates (Meo et al. 2024), deployed hard", run, base_fit=recipe)
 
 
-register_method("ivon", Method("IVON-LoRA (Cong et al. 2024): LoRA trained by IVON, its posterior sampled",
-                               lambda bench, seed: _peft_lora(bench, seed, ivon=True),
-                               requires=(("peft", "ivon"), "pip install peft ivon-opt")))
+_IVON = (("peft", "ivon"), "pip install peft ivon-opt")
+register_method("ivon", Method("IVON-LoRA (Cong et al. 2024): LoRA trained by IVON with its authors' per-task "
+                               "settings, its posterior sampled", lambda bench, seed: _ivon(bench, seed, _ivon_authors),
+                               requires=_IVON))
+register_method("ivon-ess-n", Method("IVON with ess = the training-set size and ivon-opt's defaults (lr rescaling, "
+                                     "weight decay 1e-4): our earlier setting, not the authors'",
+                                     lambda bench, seed: _ivon(bench, seed, _ivon_ess_n), requires=_IVON))
 register_method("lora-gates", gates_method())
 register_method("lora-gates-nonoise", gates_method(  # the first version (no relaxation noise), kept to compare
     {"peft": PeftConfig(lora=None, **{"gated-lora": GatedLoraConfig(noise="none", rank_prior=-1.0)})}))
