@@ -42,7 +42,7 @@ from pyro_bhpeft.guides import Delta
 from pyro_bhpeft.io import write_json, write_text
 from pyro_bhpeft.meta import MetaConfig, adapt, meta_fit, support_and_query, task_batches, to_posterior
 from pyro_bhpeft.models import MultipleChoice
-from pyro_bhpeft.peft.delta import DeltaConfig
+from pyro_bhpeft.layers.delta import DeltaConfig
 from pyro_bhpeft.posterior import Posterior
 from pyro_bhpeft.priors import Normal
 from pyro_bhpeft.recipe import PRESETS, Recipe, build_guide, fit_options

@@ -23,7 +23,7 @@ from pyro_bhpeft.compare import METHODS, Protocol
 from pyro_bhpeft.compare.bench import Bench, fit_dir
 from pyro_bhpeft.data import load_task
 from pyro_bhpeft.io import write_text
-from pyro_bhpeft.peft.gates import GATE_SITES, GatedLoraLinear, gate_value, hard_gates
+from pyro_bhpeft.layers.gates import GATE_SITES, GatedLoraLinear, gate_value, hard_gates
 from pyro_bhpeft.posterior import Posterior
 from pyro_bhpeft.predict import predict
 

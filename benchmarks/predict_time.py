@@ -30,7 +30,7 @@ from pyro_bhpeft.analysis.tables import markdown_table
 from pyro_bhpeft.guides import MeanField
 from pyro_bhpeft.io import write_text
 from pyro_bhpeft.models import AnswerChoice, SequenceClassifier
-from pyro_bhpeft.peft.arch import architecture
+from pyro_bhpeft.layers.arch import architecture
 from pyro_bhpeft.posterior import Posterior
 
 SEQ = 64

@@ -41,7 +41,7 @@ import datasets
 from pyro_bhpeft.compare import METHODS, Method, Protocol, register_method, run_compare
 from pyro_bhpeft.compare.methods import gates_method, tfb_method
 from pyro_bhpeft.config import PeftConfig
-from pyro_bhpeft.peft.gates import GatedLoraConfig
+from pyro_bhpeft.layers.gates import GatedLoraConfig
 from pyro_bhpeft.data import load_task
 from pyro_bhpeft.recipe import PRESETS
 

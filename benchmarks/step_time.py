@@ -27,7 +27,7 @@ from pyro_bhpeft import LoraConfig, PeftConfig, fit, load_backbone
 from pyro_bhpeft.guides import MeanField
 from pyro_bhpeft.infer import KLStep
 from pyro_bhpeft.models import AnswerChoice, SequenceClassifier
-from pyro_bhpeft.peft.arch import architecture
+from pyro_bhpeft.layers.arch import architecture
 from pyro_bhpeft.recipe import PRESETS, Recipe, build_guide
 
 R = 8

@@ -23,7 +23,7 @@ from torch import nn
 from pyro_bhpeft.backbone import freeze
 from pyro_bhpeft.guides.common import scoped_guide
 from pyro_bhpeft.config import ConfigError, PeftConfig
-from pyro_bhpeft.peft import PeftLayer, Site, architecture, inject
+from pyro_bhpeft.layers import PeftLayer, Site, architecture, inject
 from pyro_bhpeft.priors import Normal, Prior
 
 __all__ = ["BayesianPeftModel", "POOLINGS", "kl_scaled", "pool", "default_pooling"]

@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pyro_bhpeft.config import ConfigError, PeftConfig
-from pyro_bhpeft.peft import Site
-from pyro_bhpeft.peft.base import normal_init, zeros_init
+from pyro_bhpeft.layers import Site
+from pyro_bhpeft.layers.base import normal_init, zeros_init
 from pyro_bhpeft.priors import Prior
 
 from .base import BayesianPeftModel

@@ -16,7 +16,7 @@ Example::
     prediction = predict(result.posterior, test_loader, num_samples=16)
 """
 
-from . import peft as _peft  # noqa: F401  (registers the built-in PEFT kinds before any config is built)
+from . import layers as _layers  # noqa: F401  (registers the built-in PEFT kinds before any config is built)
 from . import priors
 from .backbone import load_backbone
 from .continual import PosteriorPrior, posterior_prior

@@ -4,7 +4,7 @@
 ``smollm2``; fetched on first use, see :mod:`pyro_bhpeft.assets`), a local directory saved with
 ``save_pretrained``, or a Hugging Face hub id when a hub is reachable (any Llama, Qwen or Mistral id).
 
-A decoder (``decoder=True`` in :mod:`pyro_bhpeft.peft.arch`) is loaded with its language-model head,
+A decoder (``decoder=True`` in :mod:`pyro_bhpeft.layers.arch`) is loaded with its language-model head,
 kept frozen as the base model's ``lm_head`` submodule: answer-token scoring slices it to the answers' rows.
 
 Example::
@@ -107,7 +107,7 @@ def check_dropout(module: nn.Module) -> None:
         from .errors import ConfigError
 
         raise ConfigError(f"MC dropout needs dropout, and this {type(module).__name__} has none (its dropout rates "
-                          "are 0, as in Llama-family models): put it on the LoRA input instead, LoraConfig(dropout=0.1) "
+                          "are 0, as in Llama-family models): put it on the LoRA input instead, LoraConfig(lora_dropout=0.1) "
                           "(compare method mc-dropout-lora)")
 
 
@@ -182,7 +182,7 @@ def _resolve(name_or_path: str) -> str:
 def _is_decoder(source: str) -> bool:
     from transformers import AutoConfig
 
-    from .peft.arch import ARCHITECTURES
+    from .layers.arch import ARCHITECTURES
 
     model_type = AutoConfig.from_pretrained(source).model_type
     return model_type in ARCHITECTURES and ARCHITECTURES[model_type].decoder

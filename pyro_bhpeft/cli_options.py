@@ -59,7 +59,7 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone", default=Recipe.backbone, help="packaged alias (minilm, smollm2), local folder or hub id "
                                                                f"(default: {Recipe.backbone})")
     from .guides import GUIDES, SCALE_PARAMS
-    from .peft import PEFT_KINDS
+    from .layers import PEFT_KINDS
     from .priors import PRIORS
     from .recipe import PRESETS
 
@@ -69,11 +69,11 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--peft", default=peft, type=csv_list,
                    help=f"PEFT parts, a comma list of {', '.join(PEFT_KINDS)} (default: {peft})")
     g.add_argument("--lora-r", type=int, default=LoraConfig.r)
-    g.add_argument("--lora-alpha", type=float, default=LoraConfig.alpha)
-    g.add_argument("--lora-targets", type=csv_list, default=LoraConfig.targets)
+    g.add_argument("--lora-alpha", type=float, default=LoraConfig.lora_alpha)
+    g.add_argument("--lora-targets", type=csv_list, default=LoraConfig.target_modules)
     g.add_argument("--adapter-size", type=int, default=AdapterConfig.bottleneck, help="adapter bottleneck width")
     g.add_argument("--prefix-length", type=int, default=PrefixConfig.length)
-    from .peft.gates import NOISES, GatedLoraConfig
+    from .layers.gates import NOISES, GatedLoraConfig
 
     g.add_argument("--rank-prior", type=float, default=GatedLoraConfig.rank_prior,
                    help="gated LoRA: prior mean of the rank-gate logits (lower: fewer components)")
@@ -176,14 +176,14 @@ def preset_defaults(name: str) -> dict[str, Any]:
     if peft is not None:
         out["peft"] = peft.kinds
         if peft.lora is not None:
-            out.update(lora_r=peft.lora.r, lora_alpha=peft.lora.alpha, lora_targets=peft.lora.targets)
+            out.update(lora_r=peft.lora.r, lora_alpha=peft.lora.lora_alpha, lora_targets=peft.lora.target_modules)
         if peft.adapter is not None:
             out["adapter_size"] = peft.adapter.bottleneck
         if peft.prefix is not None:
             out["prefix_length"] = peft.prefix.length
         gated = peft.get("gated-lora")
         if gated is not None:
-            out.update(lora_r=gated.r, lora_alpha=gated.alpha, lora_targets=gated.targets,
+            out.update(lora_r=gated.r, lora_alpha=gated.lora_alpha, lora_targets=gated.target_modules,
                        rank_prior=gated.rank_prior, bit_prior=gated.bit_prior, gate_noise=gated.noise)
     return out
 
@@ -197,12 +197,12 @@ def recipe_from(args: argparse.Namespace):
     from .config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
     from .recipe import Recipe
 
-    from .peft import PEFT_KINDS
+    from .layers import PEFT_KINDS
 
     unknown = set(args.peft) - set(PEFT_KINDS)
     if unknown or not args.peft:
         raise UserError(f"--peft {','.join(args.peft)}: choose a comma list of {', '.join(PEFT_KINDS)}")
-    lora_options = {"r": args.lora_r, "alpha": args.lora_alpha, "targets": args.lora_targets}
+    lora_options = {"r": args.lora_r, "lora_alpha": args.lora_alpha, "target_modules": args.lora_targets}
     shared = {**lora_options, "rank_prior": args.rank_prior, "bit_prior": args.bit_prior, "noise": args.gate_noise}
     others = {}  # other registered kinds: their defaults, with the --lora-* and gate options they have fields for
     for name in args.peft:

@@ -2,7 +2,7 @@
 
 Example::
 
-    cfg = PeftConfig(lora=LoraConfig(r=8, targets=("query", "value")),
+    cfg = PeftConfig(lora=LoraConfig(r=8, lora_alpha=16, target_modules=("query", "value")),
                      adapter=AdapterConfig(bottleneck=16),
                      prefix=PrefixConfig(length=8))
 """
@@ -18,7 +18,7 @@ from .registry import Registry
 
 __all__ = ["ConfigError", "LoraConfig", "AdapterConfig", "PrefixConfig", "PeftConfig", "PEFT_CONFIGS"]
 
-# PEFT kind name -> its config dataclass; filled by ``pyro_bhpeft.peft.register_peft_kind``.
+# PEFT kind name -> its config dataclass; filled by ``pyro_bhpeft.layers.register_peft_kind``.
 PEFT_CONFIGS: Registry[type] = Registry("PEFT kind")
 
 
@@ -40,41 +40,43 @@ def _check_layers(layers: tuple[int, ...] | None, owner: str) -> tuple[int, ...]
 
 @dataclass(frozen=True)
 class LoraConfig:
-    """LoRA: ``y = W x + (alpha / r) * B A x`` on every linear layer whose name ends with a target.
+    """LoRA: ``y = W x + (lora_alpha / r) * B A x`` on every linear layer whose name ends with a target.
 
-    ``targets`` follow Hugging Face module names (``query``, ``value`` for BERT; ``q_proj``,
+    Fields are named as in the peft library. ``target_modules`` follow Hugging Face module names (``query``, ``value`` for BERT; ``q_proj``,
     ``v_proj`` for Llama); ``None`` takes the model family's default (query and value projections,
-    from :mod:`pyro_bhpeft.peft.arch`). ``layers`` restricts to transformer blocks by index (None = all).
-    ``dropout``: dropout on the LoRA branch's input, ``B A dropout(x)`` as in the peft library; like the
+    from :mod:`pyro_bhpeft.layers.arch`). ``layers`` restricts to transformer blocks by index (None = all).
+    ``lora_dropout``: dropout on the LoRA branch's input, ``B A dropout(x)`` as in the peft library; like the
     backbone's own dropout it is on only where the backbone is in train mode (MC dropout), never in a plain fit.
     """
 
-    ADDED_FIELDS = ("dropout",)  # fields added after configs were first saved: written only when set
+    ADDED_FIELDS = ("lora_dropout",)  # fields added after configs were first saved: written only when set
+    RENAMED = {"alpha": "lora_alpha", "targets": "target_modules", "dropout": "lora_dropout"}  # files before 0.2
 
     r: int = 8
-    alpha: float = 16.0
-    targets: tuple[str, ...] | None = None
+    lora_alpha: float = 16.0
+    target_modules: tuple[str, ...] | None = None
     layers: tuple[int, ...] | None = None
-    dropout: float = 0.0
+    lora_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "r", _positive_int(self.r, "LoRA rank r", "r=8"))
-        if self.alpha <= 0:
-            raise ConfigError(f"LoRA alpha must be positive, got {self.alpha}")
-        if isinstance(self.targets, str):
-            object.__setattr__(self, "targets", (self.targets,))
-        if self.targets is not None:
-            if not self.targets:
-                raise ConfigError("LoRA targets is empty; name the linear layers, e.g. ('query', 'value'), "
+        if self.lora_alpha <= 0:
+            raise ConfigError(f"LoRA lora_alpha must be positive, got {self.lora_alpha}")
+        if isinstance(self.target_modules, str):
+            object.__setattr__(self, "target_modules", (self.target_modules,))
+        if self.target_modules is not None:
+            if not self.target_modules:
+                raise ConfigError("LoRA target_modules is empty; name the linear layers, e.g. ('query', 'value'), "
                                   "or pass None for the model family's default")
-            object.__setattr__(self, "targets", tuple(self.targets))
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
         object.__setattr__(self, "layers", _check_layers(self.layers, "LoraConfig"))
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ConfigError(f"LoRA dropout is a probability in [0, 1), got {self.dropout!r}")
+        d = self.lora_dropout
+        if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 <= d < 1:
+            raise ConfigError(f"LoRA lora_dropout is a probability in [0, 1), got {d!r}")
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.r
+        return self.lora_alpha / self.r
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ class PeftConfig:
     """Which PEFT parts to add: any subset of the registered kinds (a hybrid when several are given).
 
     ``PeftConfig()`` is LoRA alone; ``PeftConfig(lora=None, adapter=AdapterConfig())`` an adapter
-    alone; a kind registered with :func:`pyro_bhpeft.peft.register_peft_kind` is passed by its name,
+    alone; a kind registered with :func:`pyro_bhpeft.layers.register_peft_kind` is passed by its name,
     ``PeftConfig(my_kind=MyConfig())``. Parts are applied in registration order. Immutable.
     """
 
@@ -186,8 +188,9 @@ class PeftConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PeftConfig":
         def build(name: str, value: dict[str, Any]) -> Any:
-            value = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-            return PEFT_CONFIGS[name](**value)
+            kind = PEFT_CONFIGS[name]
+            renamed = getattr(kind, "RENAMED", {})
+            return kind(**{renamed.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in value.items()})
 
         parts = {name: build(name, value) for name, value in d.items() if value is not None}
         parts.setdefault("lora", None)

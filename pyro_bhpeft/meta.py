@@ -7,7 +7,7 @@ The model, for tasks ``i`` with data ``D_i``::
     phi_i,s ~ N(mu_s, sigma_s^2)       every weight site s of task i       (inside plate("tasks", T))
     y_ij    ~ p(y | x_ij, phi_i)       the task's examples                 (inside plate("data", N_i))
 
-with, for a weight matrix (a :class:`~pyro_bhpeft.peft.delta.DeltaLinear` site ``(out, in)``), the global mean
+with, for a weight matrix (a :class:`~pyro_bhpeft.layers.delta.DeltaLinear` site ``(out, in)``), the global mean
 and scale low rank, parameterised by LoRA factors::
 
     mu_s    = B_mu A_mu                              (starts at 0: B_mu = 0, A_mu Kaiming-uniform, as LoRA)
@@ -437,8 +437,8 @@ def _meta_model(bb: Any, tasks: Sequence[str]):
     from .data import TASKS
     from .data.prompts import answer_token_ids, prompt_style
     from .models import AnswerChoice, MultipleChoice
-    from .peft.arch import architecture
-    from .peft.delta import DeltaConfig
+    from .layers.arch import architecture
+    from .layers.delta import DeltaConfig
 
     peft = PeftConfig(lora=None, delta=DeltaConfig())
     if not architecture(bb.model).decoder:

@@ -21,7 +21,7 @@ from .backbone import DTYPES, dropout_active, load_backbone, resolve_device
 from .config import ConfigError, PeftConfig
 from .infer import FitResult, KLStep, fit
 from .io import asdict_since
-from .peft.gates import GatedLoraConfig
+from .layers.gates import GatedLoraConfig
 from .priors import PRIORS, Prior
 from .registry import Registry
 
@@ -112,7 +112,7 @@ class Recipe:
         """Learning rates of particular sites' locations for :func:`~pyro_bhpeft.infer.fit` (the gates')."""
         if self.gate_lr is None:
             return None
-        from .peft.gates import GATE_SITES
+        from .layers.gates import GATE_SITES
 
         return {f"*.{name}": self.gate_lr for name in GATE_SITES}
 

@@ -21,7 +21,7 @@ from pyro_bhpeft.models.base import pool
 from pyro_bhpeft.models.classifier import choice_scores, flatten_choices
 from pyro_bhpeft.predict import class_prediction
 
-LORA = PeftConfig(lora=LoraConfig(r=2, targets=("query", "value")))
+LORA = PeftConfig(lora=LoraConfig(r=2, target_modules=("query", "value")))
 
 
 def point_posterior(model, weights=None) -> Posterior:

@@ -15,7 +15,7 @@ from pyro_bhpeft.baselines import rotate_lora, tfb_posterior
 from pyro_bhpeft.guides import Delta, MeanField
 from pyro_bhpeft.infer import KLStep, blob_kl_weight, scale_warnings
 from pyro_bhpeft.models import SequenceClassifier
-from pyro_bhpeft.peft.lora import flipout_lora
+from pyro_bhpeft.layers.lora import flipout_lora
 from pyro_bhpeft.recipe import PRESETS, Recipe, build_guide
 
 

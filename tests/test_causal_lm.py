@@ -18,8 +18,8 @@ from pyro_bhpeft.data import DataError, load_task, make_loader, tokenize
 from pyro_bhpeft.data.prompts import PROMPT_STYLES, answer_token_ids, for_backbone, prompt_style
 from pyro_bhpeft.infer import lr_factor
 from pyro_bhpeft.models import AnswerChoice
-from pyro_bhpeft.peft.lora import LoraLinear
-from pyro_bhpeft.peft.gates import GatedLoraConfig
+from pyro_bhpeft.layers.lora import LoraLinear
+from pyro_bhpeft.layers.gates import GatedLoraConfig
 from pyro_bhpeft.posterior import Posterior
 from pyro_bhpeft.predict import predict
 from pyro_bhpeft.recipe import Recipe, build_model, train
@@ -115,7 +115,7 @@ def test_peft_lora_scores_answer_letters_as_our_answer_choice_does(lm_dir, lm):
     from pyro_bhpeft.config import LoraConfig
 
     data = for_backbone(quiz(), lm.model, lm.tokenizer)
-    lora = LoraConfig(r=2, targets=("q_proj", "v_proj"))
+    lora = LoraConfig(r=2, target_modules=("q_proj", "v_proj"))
     ours = AnswerChoice(lm.model, PeftConfig(lora=lora), answer_ids=data.spec.answer_ids)
     theirs = PeftLoraModel(load_backbone(lm_dir).model, lora, None, "last", answer_ids=data.spec.answer_ids)
     torch.testing.assert_close(theirs.head.weight, ours.answer_weight)  # the pretrained scoring at the start
@@ -184,11 +184,11 @@ def test_new_recipe_fields_leave_older_fit_keys_alone():
 
 
 def test_lora_dropout_is_saved_only_when_set_and_checked():
-    assert "dropout" not in PeftConfig().to_dict()["lora"]  # older fit keys and saved runs keep matching
-    drop = PeftConfig(LoraConfig(dropout=0.1))
-    assert drop.to_dict()["lora"]["dropout"] == 0.1 and PeftConfig.from_dict(drop.to_dict()) == drop
-    with pytest.raises(ConfigError, match="LoRA dropout"):
-        LoraConfig(dropout=1.0)
+    assert "lora_dropout" not in PeftConfig().to_dict()["lora"]  # older fit keys and saved runs keep matching
+    drop = PeftConfig(LoraConfig(lora_dropout=0.1))
+    assert drop.to_dict()["lora"]["lora_dropout"] == 0.1 and PeftConfig.from_dict(drop.to_dict()) == drop
+    with pytest.raises(ConfigError, match="LoRA lora_dropout"):
+        LoraConfig(lora_dropout=1.0)
 
 
 def test_mc_dropout_on_a_llama_needs_lora_dropout_which_is_off_outside_it(lm_dir, lm):
@@ -199,12 +199,12 @@ def test_mc_dropout_on_a_llama_needs_lora_dropout_which_is_off_outside_it(lm_dir
     plain = train(Recipe(backbone=lm_dir, guide="mle", max_steps=3, batch_size=2, max_length=40, lr=3e-2), quiz(),
                   backbone=lm, progress=False).posterior
     assert not has_dropout(plain.model.backbone)
-    with pytest.raises(ConfigError, match=r"LoraConfig\(dropout=0.1\)"):
+    with pytest.raises(ConfigError, match=r"LoraConfig\(lora_dropout=0.1\)"):
         mc_dropout_predict(plain, loader, num_samples=2)
     with pytest.raises(ConfigError, match="has none"):
         train(Recipe(backbone=lm_dir, guide="mle", dropout=True, max_steps=1, batch_size=2, max_length=40), quiz(),
               backbone=load_backbone(lm_dir), progress=False)
-    recipe = Recipe(backbone=lm_dir, guide="mle", dropout=True, peft=PeftConfig(LoraConfig(dropout=0.5)), max_steps=3,
+    recipe = Recipe(backbone=lm_dir, guide="mle", dropout=True, peft=PeftConfig(LoraConfig(lora_dropout=0.5)), max_steps=3,
                     batch_size=2, max_length=40, lr=3e-2)
     dropped = train(recipe, quiz(), backbone=load_backbone(lm_dir), progress=False).posterior
     assert has_dropout(dropped.model.backbone)

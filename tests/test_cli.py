@@ -285,7 +285,7 @@ def test_cli_defaults_are_the_library_defaults():
     fit = _defaults("fit")
     overlap = {k: v for k, v in plain_defaults(Recipe).items() if k in fit}
     assert len(overlap) >= 14 and {k: fit[k] for k in overlap} == overlap
-    parts = {"lora_r": LoraConfig.r, "lora_alpha": LoraConfig.alpha, "lora_targets": LoraConfig.targets,
+    parts = {"lora_r": LoraConfig.r, "lora_alpha": LoraConfig.lora_alpha, "lora_targets": LoraConfig.target_modules,
              "adapter_size": AdapterConfig.bottleneck, "prefix_length": PrefixConfig.length}
     assert {k: fit[k] for k in parts} == parts
     args = build_parser().parse_args(["fit", "--train", "x.csv", "--out", "run"])
@@ -321,7 +321,7 @@ def test_a_recipe_preset_sets_the_defaults_and_flags_still_win():
 def test_the_gates_preset_keeps_its_gate_config_and_the_gate_options_change_it():
     from pyro_bhpeft.cli import parse_args
     from pyro_bhpeft.cli_options import recipe_from as _recipe
-    from pyro_bhpeft.peft.gates import GatedLoraConfig
+    from pyro_bhpeft.layers.gates import GatedLoraConfig
     from pyro_bhpeft.recipe import PRESETS, Recipe
 
     base = ["fit", "--train", "x.csv", "--out", "run", "--recipe", "lora-gates"]

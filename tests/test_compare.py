@@ -162,7 +162,7 @@ def test_shared_fits_are_fitted_once_each_under_their_recipes_key(compared, tiny
     expected = {fit_name(p.recipe(s)) for s in (0, 1, 1000, 1001)}  # lora, temperature, laplace, ensemble
     for s in SEEDS:
         expected |= {fit_name(p.recipe(s, dropout=True)), fit_name(p.recipe(s, guide="map")),
-                     fit_name(p.recipe(s, dropout=True, peft=PeftConfig(LoraConfig(dropout=0.1)))),
+                     fit_name(p.recipe(s, dropout=True, peft=PeftConfig(LoraConfig(lora_dropout=0.1)))),
                      fit_name(p.recipe(s, guide="mean-field", peft=hybrid)),
                      fit_name(p.recipe(s, guide="low-rank", peft=hybrid)),
                      fit_name(p.recipe(s, guide="mean-field")), f"laplace-seed{s}",

@@ -10,9 +10,9 @@ from torch import nn
 from pyro_bhpeft import LoraConfig, PeftConfig, fit, predict, priors
 from pyro_bhpeft.guides import MeanField
 from pyro_bhpeft.models import SequenceClassifier
-from pyro_bhpeft.peft.gates import (OPEN_LOGIT, GatedLoraConfig, GatedLoraLinear, bit_operations, gate_summary,
+from pyro_bhpeft.layers.gates import (OPEN_LOGIT, GatedLoraConfig, GatedLoraLinear, bit_operations, gate_summary,
                                     gate_value, hard_gates, quantize_levels, quantize_nested)
-from pyro_bhpeft.peft.lora import LoraLinear
+from pyro_bhpeft.layers.lora import LoraLinear
 from pyro_bhpeft.posterior import Posterior
 
 BITS = (2, 4, 8, 16)
@@ -158,7 +158,7 @@ def test_gate_lr_moves_only_the_gate_logits_at_their_own_rate():
 
 def test_gated_lora_or_delta_beside_lora_on_the_same_layers_is_refused_in_one_line():
     from pyro_bhpeft.config import ConfigError
-    from pyro_bhpeft.peft.delta import DeltaConfig
+    from pyro_bhpeft.layers.delta import DeltaConfig
 
     for extra in ({"gated-lora": GatedLoraConfig(r=2)}, {"delta": DeltaConfig()}):
         with pytest.raises(ConfigError, match="already wrapped by another PEFT kind.*drop lora"):

@@ -13,7 +13,7 @@ from pyro_bhpeft import PeftConfig, predict
 from pyro_bhpeft.config import ConfigError
 from pyro_bhpeft.meta import HierarchicalPrior, MetaConfig, adapt, meta_fit, to_posterior
 from pyro_bhpeft.models import MultipleChoice, Regressor
-from pyro_bhpeft.peft.delta import DeltaConfig
+from pyro_bhpeft.layers.delta import DeltaConfig
 from pyro_bhpeft.guides import Delta
 from pyro_bhpeft.posterior import Posterior
 
@@ -85,7 +85,7 @@ def test_beta_zero_decouples_the_tasks():
 
 
 def test_hierarchical_prior_is_low_rank_for_matrices_starts_at_c_and_round_trips():
-    model = MultipleChoice(tiny_bert(), PeftConfig(lora=None, delta=DeltaConfig(targets=("query",))))
+    model = MultipleChoice(tiny_bert(), PeftConfig(lora=None, delta=DeltaConfig(target_modules=("query",))))
     prior = HierarchicalPrior.for_model(model, rank=2, c_ratio=0.1)
     name = "encoder.layer.0.attention.self.query.delta"
     weight = model.backbone.encoder.layer[0].attention.self.query.base.weight
@@ -106,7 +106,7 @@ def test_hierarchical_prior_is_low_rank_for_matrices_starts_at_c_and_round_trips
 def test_tiny_meta_fit_end_to_end_adapts_saves_loads_and_predicts(tmp_path):
     """Random tiny BERT, two multiple-choice tasks: theta moves, a new task adapts in 3 steps, and its posterior
     saves, loads and predicts like any other (the same probabilities)."""
-    model = MultipleChoice(tiny_bert(), PeftConfig(lora=None, delta=DeltaConfig(targets=("query", "value"))))
+    model = MultipleChoice(tiny_bert(), PeftConfig(lora=None, delta=DeltaConfig(target_modules=("query", "value"))))
     tasks = {}
     for t in range(2):
         batch = token_batch(6, 7, choices=3, seed=t)

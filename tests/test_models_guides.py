@@ -20,16 +20,16 @@ from pyro_bhpeft.guides import Delta, LowRank, MeanField
 from pyro_bhpeft.infer import kl_schedule
 from pyro_bhpeft.models import MultipleChoice, Regressor, SequenceClassifier
 from pyro_bhpeft.models.base import pool
-from pyro_bhpeft.peft.delta import DeltaConfig
+from pyro_bhpeft.layers.delta import DeltaConfig
 
 N, SEQ, CHOICES, LABELS = 6, 7, 3, 3
 TARGETS = {"bert": ("query", "value"), "llama": ("q_proj", "v_proj")}
 KINDS = {
-    "lora": lambda t: PeftConfig(LoraConfig(r=2, targets=t)),
+    "lora": lambda t: PeftConfig(LoraConfig(r=2, target_modules=t)),
     "adapter": lambda t: PeftConfig(None, AdapterConfig(bottleneck=4)),
     "prefix": lambda t: PeftConfig(None, None, PrefixConfig(length=3)),
-    "hybrid": lambda t: PeftConfig(LoraConfig(r=2, targets=t), AdapterConfig(bottleneck=4), PrefixConfig(length=3)),
-    "delta": lambda t: PeftConfig(lora=None, delta=DeltaConfig(targets=t)),  # ABMLL's full-matrix task weights
+    "hybrid": lambda t: PeftConfig(LoraConfig(r=2, target_modules=t), AdapterConfig(bottleneck=4), PrefixConfig(length=3)),
+    "delta": lambda t: PeftConfig(lora=None, delta=DeltaConfig(target_modules=t)),  # ABMLL's full-matrix task weights
 }
 GUIDES = {"meanfield": MeanField, "lowrank": lambda m: LowRank(m, rank=2), "delta": Delta}
 MODELS = {

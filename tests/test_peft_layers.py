@@ -14,8 +14,8 @@ from torch.nn import functional as F
 
 from pyro_bhpeft import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
 from pyro_bhpeft.models import SequenceClassifier
-from pyro_bhpeft.peft import AdapterLayer, LoraLinear, peft_layers
-from pyro_bhpeft.peft.prefix import ATTN_NAME, prefix_attention
+from pyro_bhpeft.layers import AdapterLayer, LoraLinear, peft_layers
+from pyro_bhpeft.layers.prefix import ATTN_NAME, prefix_attention
 
 TARGETS = {"bert": ("query", "value"), "llama": ("q_proj", "v_proj")}
 
@@ -70,7 +70,7 @@ LLAMA_HYBRID_SITES = [
 
 
 def hybrid(family: str) -> PeftConfig:
-    return PeftConfig(LoraConfig(r=2, targets=TARGETS[family]), AdapterConfig(bottleneck=4), PrefixConfig(length=3))
+    return PeftConfig(LoraConfig(r=2, target_modules=TARGETS[family]), AdapterConfig(bottleneck=4), PrefixConfig(length=3))
 
 
 def latent_sites(trace) -> list[tuple[str, tuple[int, ...]]]:
@@ -95,7 +95,7 @@ def test_traced_sites_are_exactly_the_documented_names_shapes_and_order(family, 
 
 
 def test_layers_option_restricts_each_kind_to_the_chosen_blocks(make_bert):
-    peft = PeftConfig(LoraConfig(r=1, targets=("key",), layers=(1,)), AdapterConfig(bottleneck=2, layers=(0,)),
+    peft = PeftConfig(LoraConfig(r=1, target_modules=("key",), layers=(1,)), AdapterConfig(bottleneck=2, layers=(0,)),
                       PrefixConfig(length=1, layers=(1,)))
     model = SequenceClassifier(make_bert(), peft)
     assert {n: s.shape for n, s in model.sites.items()} == {
@@ -116,7 +116,7 @@ def test_layers_option_restricts_each_kind_to_the_chosen_blocks(make_bert):
 def test_lora_layer_computes_w_x_plus_scaled_b_a_x():
     torch.manual_seed(0)
     base = nn.Linear(5, 3)
-    layer = LoraLinear(base, "blk.lin", 0, LoraConfig(r=2, alpha=3.0))
+    layer = LoraLinear(base, "blk.lin", 0, LoraConfig(r=2, lora_alpha=3.0))
     x = torch.randn(4, 6, 5)
     a, b = torch.randn(2, 5), torch.randn(3, 2)
     assert torch.equal(layer(x), base(x))  # unbound: the frozen layer, bit for bit
@@ -128,7 +128,7 @@ def test_lora_layer_computes_w_x_plus_scaled_b_a_x():
 
 
 def test_delta_layer_computes_w_x_plus_delta_x_and_k_stacked_draws_on_their_rows():
-    from pyro_bhpeft.peft.delta import DeltaConfig, DeltaLinear
+    from pyro_bhpeft.layers.delta import DeltaConfig, DeltaLinear
 
     torch.manual_seed(0)
     base = nn.Linear(5, 3)

@@ -14,7 +14,7 @@ from helpers import VOCAB
 from pyro_bhpeft import AdapterConfig, ConfigError, LoraConfig, PeftConfig, PrefixConfig, priors
 from pyro_bhpeft.guides import LowRank
 from pyro_bhpeft.models import MultipleChoice, Regressor, SequenceClassifier
-from pyro_bhpeft.peft import peft_layers
+from pyro_bhpeft.layers import peft_layers
 
 X = torch.tensor([[-2.5, -0.3, 0.0, 0.7], [1.1, 3.0, -0.05, 12.0], [0.2, -7.0, 0.4, 1e-3]])
 
@@ -104,13 +104,15 @@ def test_unknown_prior_type_is_named():
 
 
 def test_peft_config_round_trips_and_hybrid_has_all_three_parts():
-    cfg = PeftConfig(LoraConfig(r=4, alpha=8.0, targets=("query", "key"), layers=(0, 1)),
+    cfg = PeftConfig(LoraConfig(r=4, lora_alpha=8.0, target_modules=("query", "key"), layers=(0, 1)),
                      AdapterConfig(bottleneck=8, activation="relu", layers=(1,)), PrefixConfig(length=5))
     assert PeftConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert PeftConfig.hybrid(r=2, bottleneck=3, prefix_length=4).kinds == ("lora", "adapter", "prefix")
     assert PeftConfig().kinds == ("lora",) and PeftConfig(lora=None).kinds == ()
-    assert LoraConfig(targets="query").targets == ("query",)
-    assert LoraConfig(r=4, alpha=8.0).scaling == 2.0
+    assert LoraConfig(target_modules="query").target_modules == ("query",)
+    old = {"lora": {"r": 4, "alpha": 8.0, "targets": ["query"], "layers": None, "dropout": 0.1}}  # a run saved by 0.1
+    assert PeftConfig.from_dict(old).lora == LoraConfig(r=4, lora_alpha=8.0, target_modules=("query",), lora_dropout=0.1)
+    assert LoraConfig(r=4, lora_alpha=8.0).scaling == 2.0
 
 
 def tiny_mpnet() -> MPNetModel:
@@ -120,8 +122,8 @@ def tiny_mpnet() -> MPNetModel:
 
 @pytest.mark.parametrize("make_bad, needle", [
     (lambda: LoraConfig(r=0), "LoRA rank r must be a positive integer, got 0"),
-    (lambda: LoraConfig(alpha=0.0), "alpha must be positive"),
-    (lambda: LoraConfig(targets=()), "targets is empty"),
+    (lambda: LoraConfig(lora_alpha=0.0), "lora_alpha must be positive"),
+    (lambda: LoraConfig(target_modules=()), "target_modules is empty"),
     (lambda: LoraConfig(layers=(-1,)), "block indices >= 0"),
     (lambda: AdapterConfig(bottleneck=0), "adapter bottleneck must be a positive integer, got 0"),
     (lambda: AdapterConfig(activation="swish"), "gelu, relu, tanh, silu"),
@@ -135,7 +137,7 @@ def test_invalid_config_values_raise_config_error(make_bad, needle):
 
 
 @pytest.mark.parametrize("make_bad, needle", [
-    (lambda b: SequenceClassifier(b, PeftConfig(LoraConfig(targets=("q_proj",)))),
+    (lambda b: SequenceClassifier(b, PeftConfig(LoraConfig(target_modules=("q_proj",)))),
      r"match no linear layer of BertModel; its linear layers are named \['dense', 'key', 'query', 'value'\]"),
     (lambda b: SequenceClassifier(b, PeftConfig(LoraConfig(layers=(0, 2)))),
      r"LoRA layers \[2\] do not exist: the model has blocks 0..1"),
@@ -166,7 +168,7 @@ def test_injecting_twice_into_one_backbone_is_refused(make_bert):
 
 @pytest.mark.parametrize("family, peft", [
     ("bert", PeftConfig(LoraConfig(r=2), AdapterConfig(bottleneck=2), PrefixConfig(length=2, layers=(5,)))),
-    ("mpnet", PeftConfig(LoraConfig(r=2, targets=("q", "v")), AdapterConfig(bottleneck=2), PrefixConfig(length=2))),
+    ("mpnet", PeftConfig(LoraConfig(r=2, target_modules=("q", "v")), AdapterConfig(bottleneck=2), PrefixConfig(length=2))),
 ])
 def test_a_refused_config_leaves_the_backbone_untouched(family, peft, make_bert):
     """A config error must not half-inject: the same backbone should still take a corrected config."""

@@ -14,8 +14,8 @@ from helpers import tiny_bert, tiny_llama, token_batch
 from pyro_bhpeft import ConfigError, LoraConfig, PeftConfig, fit, predict, priors
 from pyro_bhpeft.guides import GUIDES, Delta, GuideKind, MeanField
 from pyro_bhpeft.models import TASK_KINDS, SequenceClassifier
-from pyro_bhpeft.peft import ARCHITECTURES, PeftLayer, Site, architecture, register_peft_kind, unregister_peft_kind
-from pyro_bhpeft.peft.base import zeros_init
+from pyro_bhpeft.layers import ARCHITECTURES, PeftLayer, Site, architecture, register_peft_kind, unregister_peft_kind
+from pyro_bhpeft.layers.base import zeros_init
 from pyro_bhpeft.registry import Registry
 
 

@@ -17,7 +17,7 @@ from pyro_bhpeft.models.base import pool
 from pyro_bhpeft.models.classifier import choice_scores, flatten_choices
 
 from ..config import ConfigError, LoraConfig
-from ..peft.arch import architecture
+from ..layers.arch import architecture
 from ..predict import ClassPrediction, class_prediction
 
 __all__ = ["PeftLoraModel", "PeftFit", "train_peft_lora", "peft_predict"]
@@ -41,7 +41,7 @@ class PeftLoraModel(nn.Module):
             from peft import LoraConfig as PeftLoraConfig, get_peft_model
         except ImportError:
             raise ConfigError("the peft-lora baseline needs the peft library; pip install peft") from None
-        config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0, target_modules=list(lora.targets or architecture(backbone).lora_targets),
+        config = PeftLoraConfig(r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=0.0, target_modules=list(lora.target_modules or architecture(backbone).lora_targets),
                                 layers_to_transform=list(lora.layers) if lora.layers is not None else None)
         self.body = get_peft_model(backbone, config)
         self.pooling = pooling

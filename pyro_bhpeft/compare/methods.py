@@ -22,7 +22,7 @@ import torch
 
 from ..config import ConfigError, LoraConfig, PeftConfig
 from ..io import atomic_dir, write_json
-from ..peft.gates import GatedLoraConfig
+from ..layers.gates import GatedLoraConfig
 from ..registry import Registry
 from .bench import Bench, PeakMemory, Scored, fit_dir, post_hoc_dir
 from .protocol import Protocol
@@ -31,7 +31,7 @@ __all__ = ["Method", "METHODS", "DEFAULT_METHODS", "register_method"]
 
 LAPLACE = "laplace"  # the post-hoc Laplace posterior, saved as fits/laplace-seed{seed}
 _DROPOUT = {"dropout": True}
-_LORA_DROPOUT = {"dropout": True, "peft": PeftConfig(LoraConfig(dropout=0.1))}  # the peers' LoRA dropout rate
+_LORA_DROPOUT = {"dropout": True, "peft": PeftConfig(LoraConfig(lora_dropout=0.1))}  # the peers' LoRA dropout rate
 _HYBRID = {"peft": PeftConfig.hybrid()}
 
 
@@ -401,7 +401,7 @@ def gates_method(changes: dict[str, Any] | None = None) -> Method:
     recipe = {**_preset("lora-gates"), **(changes or {})}
 
     def run(bench: Bench, seed: int) -> Scored:
-        from ..peft.gates import bit_operations, gate_summary, hard_gates
+        from ..layers.gates import bit_operations, gate_summary, hard_gates
         from ..predict import predict
 
         posterior, facts = bench.fitted(bench.protocol.recipe(seed, **recipe))

@@ -109,7 +109,7 @@ def encode_prompts(spec: TaskSpec, tokenizer: Any, settings: dict) -> Callable[[
 def for_backbone(data: TaskData, model: Any, tokenizer: Any) -> TaskData:
     """``data`` as ``model`` (a backbone) scores it: a multiple-choice task on a decoder becomes
     ``answer_choice`` (answers and their token ids in the spec); anything else comes back unchanged."""
-    from ..peft.arch import architecture
+    from ..layers.arch import architecture
 
     spec = data.spec
     if spec.kind != "multiple_choice" or not architecture(model).decoder:

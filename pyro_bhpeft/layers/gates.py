@@ -60,12 +60,14 @@ ACTIVATION_BITS = 16
 
 @dataclass(frozen=True)
 class GatedLoraConfig:
-    """Gated LoRA: rank ``r`` at most, ``alpha`` as LoRA's; ``bits`` the quantization levels (the last is full
+    """Gated LoRA: rank ``r`` at most, ``lora_alpha`` as LoRA's; ``bits`` the quantization levels (the last is full
     precision); ``rank_prior`` / ``bit_prior`` the prior means of the gate logits; ``temperature`` the gates'."""
 
+    RENAMED = {"alpha": "lora_alpha", "targets": "target_modules"}  # files written before 0.2
+
     r: int = 8
-    alpha: float = 16.0
-    targets: tuple[str, ...] | None = None
+    lora_alpha: float = 16.0
+    target_modules: tuple[str, ...] | None = None
     layers: tuple[int, ...] | None = None
     bits: tuple[int, ...] = (2, 4, 8, 16)
     rank_prior: float = 1.0  # chosen on validation (docs/selection-gates); the first version had -1
@@ -75,23 +77,23 @@ class GatedLoraConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "r", _positive_int(self.r, "gated LoRA rank r", "r=8"))
-        if isinstance(self.targets, str):
-            object.__setattr__(self, "targets", (self.targets,))
-        if self.targets is not None:
-            object.__setattr__(self, "targets", tuple(self.targets))
+        if isinstance(self.target_modules, str):
+            object.__setattr__(self, "target_modules", (self.target_modules,))
+        if self.target_modules is not None:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
         bits = tuple(int(b) for b in self.bits)
         if len(bits) < 2 or bits[0] != 2 or any(b2 != 2 * b1 for b1, b2 in zip(bits, bits[1:])):
             raise ConfigError(f"gated LoRA bits must double from 2 (e.g. (2, 4, 8, 16)), got {list(self.bits)}")
         object.__setattr__(self, "bits", bits)
-        if not self.temperature > 0 or self.alpha <= 0:
-            raise ConfigError("gated LoRA temperature and alpha must be positive")
+        if not self.temperature > 0 or self.lora_alpha <= 0:
+            raise ConfigError("gated LoRA temperature and lora_alpha must be positive")
         object.__setattr__(self, "layers", _check_layers(self.layers, "GatedLoraConfig"))
         if self.noise not in NOISES:
             raise ConfigError(f"gated LoRA noise must be one of {', '.join(NOISES)}, got {self.noise!r}")
 
     @property
     def scaling(self) -> float:
-        return self.alpha / self.r
+        return self.lora_alpha / self.r
 
 
 def gate_value(logit: torch.Tensor, temperature: float, hard: bool = False) -> torch.Tensor:

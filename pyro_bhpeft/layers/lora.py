@@ -16,7 +16,7 @@ __all__ = ["LoraLinear", "add_lora", "flipout_lora", "lora_targets", "wrap_linea
 
 
 class LoraLinear(PeftLayer):
-    """``y = W x + b + (alpha / r) * B (A x)``, with ``A`` (r, in) and ``B`` (out, r) random.
+    """``y = W x + b + (lora_alpha / r) * B (A x)``, with ``A`` (r, in) and ``B`` (out, r) random.
 
     ``A`` starts Kaiming-uniform and ``B`` at zero, as in LoRA, so the wrapped layer starts exact.
     """
@@ -30,7 +30,7 @@ class LoraLinear(PeftLayer):
         self.r = config.r
         self.scaling = config.scaling
         # LoRA dropout (on only in train mode: MC dropout); an Identity keeps the layer's module tree fixed
-        self.dropout = nn.Dropout(config.dropout) if config.dropout else nn.Identity()
+        self.dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout else nn.Identity()
 
     def site_specs(self) -> dict[str, Site]:
         fan_in, fan_out = self.base.in_features, self.base.out_features
@@ -87,7 +87,7 @@ def lora_targets(target: Target, targets: tuple[str, ...] | None, layers: tuple[
     targets = targets if targets is not None else target.arch.lora_targets
     if not targets:
         raise ConfigError(f"{kind} has no default targets for {type(target.model).__name__}; "
-                          "name them, e.g. LoraConfig(targets=('q_proj', 'v_proj'))")
+                          "name them, e.g. LoraConfig(target_modules=('q_proj', 'v_proj'))")
     found = [(f"{target.path}.{i}.{rel}", i, module) for i in target.chosen(layers, kind)
              for rel, module in list(target.blocks[i].named_modules())
              if isinstance(module, nn.Linear) and any(rel == t or rel.endswith("." + t) for t in targets)]
@@ -105,10 +105,10 @@ def lora_targets(target: Target, targets: tuple[str, ...] | None, layers: tuple[
 
 
 def wrap_linears(target: Target, cfg: Any, layer_class: type[PeftLayer], kind: str = "LoRA") -> list[PeftLayer]:
-    """Wrap every linear layer :func:`lora_targets` finds for ``cfg`` (its ``targets`` and ``layers``) in
+    """Wrap every linear layer :func:`lora_targets` finds for ``cfg`` (its ``target_modules`` and ``layers``) in
     ``layer_class(module, path, block, cfg)``: the add-function of every kind that adapts LoRA's layers."""
     added: list[PeftLayer] = []
-    for path, i, module in lora_targets(target, cfg.targets, cfg.layers, kind):
+    for path, i, module in lora_targets(target, cfg.target_modules, cfg.layers, kind):
         layer = layer_class(module, path, i, cfg)
         target.replace(layer.path, layer)
         added.append(layer)

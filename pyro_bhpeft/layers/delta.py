@@ -21,17 +21,19 @@ __all__ = ["DeltaConfig", "DeltaLinear", "add_deltas"]
 
 @dataclass(frozen=True)
 class DeltaConfig:
-    """Which linear layers get a full-matrix delta: ``targets`` (name suffixes; None: the family's LoRA
+    """Which linear layers get a full-matrix delta: ``target_modules`` (name suffixes; None: the family's LoRA
     targets) in blocks ``layers`` (None: all)."""
 
-    targets: tuple[str, ...] | None = None
+    RENAMED = {"targets": "target_modules"}  # files written before 0.2
+
+    target_modules: tuple[str, ...] | None = None
     layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.targets, str):
-            object.__setattr__(self, "targets", (self.targets,))
-        if self.targets is not None:
-            object.__setattr__(self, "targets", tuple(self.targets))
+        if isinstance(self.target_modules, str):
+            object.__setattr__(self, "target_modules", (self.target_modules,))
+        if self.target_modules is not None:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
         object.__setattr__(self, "layers", _check_layers(self.layers, "DeltaConfig"))
 
 

@@ -66,7 +66,7 @@ def add_adapters(target: Target, cfg: AdapterConfig) -> list[PeftLayer]:
         if not isinstance(unwrap(module), nn.Linear):
             raise ConfigError(f"{type(target.model).__name__} has no linear feed-forward output "
                               f"({rel or 'none in its architecture entry'}) in block {i}; drop 'adapter' "
-                              "from the PEFT parts or fix its entry in pyro_bhpeft.peft.arch.ARCHITECTURES")
+                              "from the PEFT parts or fix its entry in pyro_bhpeft.layers.arch.ARCHITECTURES")
         layer = AdapterLayer(module, unwrap(module).out_features, f"{target.path}.{i}.{rel}", i, cfg)
         target.replace(layer.path, layer)
         added.append(layer)

@@ -1,7 +1,7 @@
 """Put Bayesian PEFT layers into a frozen backbone, following a :class:`PeftConfig`.
 
-The backbone's blocks come from its architecture entry (:mod:`pyro_bhpeft.peft.arch`); each part of
-the config is added by its registered kind (:mod:`pyro_bhpeft.peft.kinds`), in registration order.
+The backbone's blocks come from its architecture entry (:mod:`pyro_bhpeft.layers.arch`); each part of
+the config is added by its registered kind (:mod:`pyro_bhpeft.layers.kinds`), in registration order.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ pooled. Nothing else in the library sniffs class or attribute names.
 
 Add a family with one line::
 
-    from pyro_bhpeft.peft.arch import ARCHITECTURES, Architecture
+    from pyro_bhpeft.layers.arch import ARCHITECTURES, Architecture
     ARCHITECTURES.register("my_model", Architecture(blocks="encoder.layer", lora_targets=("q", "v"),
                                                     ffn_output="ffn.out", attention="attn", pooling="mean"))
 """
@@ -60,7 +60,7 @@ def architecture(model: nn.Module) -> Architecture:
     if model_type not in ARCHITECTURES:
         raise ConfigError(f"no architecture facts for model type {model_type!r} ({type(model).__name__}); "
                           f"known: {', '.join(ARCHITECTURES)}; register it with "
-                          "pyro_bhpeft.peft.arch.ARCHITECTURES.register(model_type, Architecture(...))")
+                          "pyro_bhpeft.layers.arch.ARCHITECTURES.register(model_type, Architecture(...))")
     return ARCHITECTURES[model_type]
 
 
@@ -73,5 +73,5 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
         blocks = None
     if not isinstance(blocks, nn.ModuleList):
         raise ConfigError(f"{type(model).__name__} has no block list at {path!r}; fix its entry in "
-                          "pyro_bhpeft.peft.arch.ARCHITECTURES")
+                          "pyro_bhpeft.layers.arch.ARCHITECTURES")
     return path, blocks

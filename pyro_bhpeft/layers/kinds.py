@@ -5,7 +5,7 @@ A kind's module ends with its one registration line::
     register_peft_kind("lora", LoraConfig, add_lora)
 
 where ``add_lora(target, config) -> list[PeftLayer]`` wraps the modules of ``target.model``'s
-chosen blocks and returns the new layers. :func:`~pyro_bhpeft.peft.inject` loops over the kinds a
+chosen blocks and returns the new layers. :func:`~pyro_bhpeft.layers.inject` loops over the kinds a
 :class:`~pyro_bhpeft.config.PeftConfig` names, in registration order.
 """
 
