@@ -109,6 +109,13 @@ class PrefixConfig:
 _DEFAULT: Any = object()
 
 
+def _ensure_builtin_kinds() -> None:
+    """Register the built-in PEFT kinds on first use (they register themselves when :mod:`pyro_bhpeft.layers` is
+    imported), so that importing this module stays free of torch."""
+    if "lora" not in PEFT_CONFIGS:
+        from . import layers  # noqa: F401
+
+
 class PeftConfig:
     """Which PEFT parts to add: any subset of the registered kinds (a hybrid when several are given).
 
@@ -121,6 +128,7 @@ class PeftConfig:
 
     def __init__(self, lora: LoraConfig | None = _DEFAULT, adapter: AdapterConfig | None = None,
                  prefix: PrefixConfig | None = None, **parts: Any) -> None:
+        _ensure_builtin_kinds()
         given = {"lora": LoraConfig() if lora is _DEFAULT else lora, "adapter": adapter, "prefix": prefix, **parts}
         for name, value in given.items():
             kind = PEFT_CONFIGS[name] if value is not None else None
@@ -187,6 +195,7 @@ class PeftConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PeftConfig":
+        _ensure_builtin_kinds()
         def build(name: str, value: dict[str, Any]) -> Any:
             kind = PEFT_CONFIGS[name]
             renamed = getattr(kind, "RENAMED", {})
