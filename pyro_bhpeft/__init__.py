@@ -2,33 +2,54 @@
 
 A frozen Hugging Face transformer gets LoRA, Adapter and prefix-tuning weights declared as
 ``pyro.sample`` sites with priors; guides (mean-field, low-rank, point mass) approximate their
-posterior by SVI; predictions come with predictive entropy and mutual information.
+posterior by SVI; predictions come with predictive entropy and mutual information, and the posterior
+becomes the prior of the next round.
 
 Example::
 
-    from pyro_bhpeft import PeftConfig, fit, load_backbone, predict, priors
-    from pyro_bhpeft.guides import MeanField
-    from pyro_bhpeft.models import SequenceClassifier
+    from pyro_bhpeft import BayesianPEFT, load_task
+    from pyro_bhpeft.priors import Laplace
 
-    backbone, tokenizer, name = load_backbone("minilm")
-    model = SequenceClassifier(backbone, PeftConfig.hybrid(), priors.Normal(1.0), num_labels=2)
-    result = fit(model, MeanField(model), train_loader, epochs=1)
-    prediction = predict(result.posterior, test_loader, num_samples=16)
+    data = load_task("sentiment", max_examples=256)
+    model = BayesianPEFT("minilm", task=data, r=8, lora_alpha=16, prior=Laplace(0.1), guide="low-rank")
+    model.fit(data, epochs=1)
+    pred = model.predict(["a gripping, funny film"], samples=8)
+
+Names are imported on first use (PEP 562), so ``import pyro_bhpeft`` and the command line's ``--help``
+do not load torch.
 """
 
-from . import layers as _layers  # noqa: F401  (registers the built-in PEFT kinds before any config is built)
-from . import priors
-from .backbone import load_backbone
-from .continual import PosteriorPrior, posterior_prior
-from .config import AdapterConfig, ConfigError, LoraConfig, PeftConfig, PrefixConfig
-from .infer import FitResult, fit
-from .posterior import Posterior, SiteMarginal
-from .predict import ClassPrediction, RegressionPrediction, predict
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-__all__ = [
-    "load_backbone", "PeftConfig", "LoraConfig", "AdapterConfig", "PrefixConfig", "ConfigError",
-    "priors", "fit", "FitResult", "predict", "ClassPrediction", "RegressionPrediction",
-    "Posterior", "SiteMarginal", "posterior_prior", "PosteriorPrior", "__version__",
-]
+__version__ = "0.2.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "BayesianPEFT": ".front", "load_task": ".data",
+    "load_backbone": ".backbone", "PeftConfig": ".config", "LoraConfig": ".config", "AdapterConfig": ".config",
+    "PrefixConfig": ".config", "ConfigError": ".errors", "Recipe": ".recipe",
+    "fit": ".infer", "FitResult": ".infer", "predict": ".predict", "ClassPrediction": ".predict",
+    "RegressionPrediction": ".predict", "Posterior": ".posterior", "SiteMarginal": ".posterior",
+    "posterior_prior": ".continual", "PosteriorPrior": ".continual",
+    "export_peft_adapter": ".peft_io", "import_peft_adapter": ".peft_io",
+}
+_SUBMODULES = ("priors",)
+
+__all__ = [*_EXPORTS, *_SUBMODULES, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

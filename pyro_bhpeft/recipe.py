@@ -13,22 +13,24 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .backbone import DTYPES, dropout_active, load_backbone, resolve_device
 from .config import ConfigError, PeftConfig
-from .infer import FitResult, KLStep, fit
 from .io import asdict_since
-from .layers.gates import GatedLoraConfig
-from .priors import PRIORS, Prior
 from .registry import Registry
 
-__all__ = ["Recipe", "PRESETS", "build_model", "build_guide", "train", "fit_options", "loaders", "recipe_backbone", "EVAL_BATCH_SIZE"]
+if TYPE_CHECKING:  # importing this module stays free of torch: the command line reads its defaults
+    import torch
+
+    from .infer import FitResult
+    from .priors import Prior
+
+__all__ = ["Recipe", "PRESETS", "PRESET_NAMES", "build_model", "build_guide", "train", "fit_options", "loaders",
+           "recipe_backbone", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
 LR_DECAYS = ("none", "linear")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")  # the keys of backbone.DTYPES (a test checks they agree)
 _ADDED = ("warmup_ratio", "lr_decay", "dtype", "gate_lr")  # fields added later, written only when set (see Recipe.to_dict)
 
 
@@ -68,7 +70,9 @@ class Recipe:
     gate_lr: float | None = None  # learning rate of the gate logits of gated LoRA (None: lr)
 
     def __post_init__(self) -> None:
+        from .backbone import DTYPES
         from .guides import GUIDES, SCALE_PARAMS
+        from .priors import PRIORS
 
         GUIDES[self.guide], PRIORS[self.prior]  # unknown names: one line listing the choices
         if self.scale_param not in SCALE_PARAMS:
@@ -117,6 +121,8 @@ class Recipe:
         return {f"*.{name}": self.gate_lr for name in GATE_SITES}
 
     def make_prior(self) -> Prior:
+        from .priors import PRIORS
+
         return PRIORS[self.prior](self.prior_scale)
 
 
@@ -148,6 +154,8 @@ def loaders(recipe: Recipe, data: Any, tokenizer: Any, splits: tuple[str, ...] =
 
 def recipe_backbone(recipe: Recipe):
     """The recipe's backbone, loaded in its precision."""
+    from .backbone import DTYPES, load_backbone
+
     return load_backbone(recipe.backbone, dtype=DTYPES[recipe.dtype])
 
 
@@ -155,7 +163,12 @@ def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bo
           meta: dict | None = None, backbone: Any = None, checkpoint: Any = None, device: Any = None) -> FitResult:
     """Fit ``recipe`` on ``data`` (a :class:`pyro_bhpeft.data.TaskData`) on ``device`` (default: where the
     backbone is); returns the FitResult. ``checkpoint``: a :class:`~pyro_bhpeft.checkpoint.Checkpoint`."""
+    import torch
+
     from pyro_bhpeft.data.prompts import for_backbone
+
+    from .backbone import dropout_active, resolve_device
+    from .infer import fit
 
     bb = backbone or recipe_backbone(recipe)
     data = for_backbone(data, bb.model, bb.tokenizer)  # multiple choice on a causal LM: answer tokens
@@ -174,6 +187,8 @@ def fit_options(recipe: Recipe) -> dict[str, Any]:
     """The keyword arguments of :func:`~pyro_bhpeft.infer.fit` that ``recipe`` sets (all but the data)."""
     from pyro_bhpeft.guides import GUIDES
 
+    from .infer import KLStep
+
     return {"epochs": recipe.epochs, "max_steps": recipe.max_steps, "lr": recipe.lr, "scale_lr": recipe.scale_lr,
             "kl_weight": recipe.kl_weight if GUIDES[recipe.guide].uses_prior else 0.0,
             "kl_anneal_steps": recipe.kl_anneal_steps,
@@ -182,21 +197,49 @@ def fit_options(recipe: Recipe) -> dict[str, Any]:
             "site_lr": recipe.site_lr(), "seed": recipe.seed, "backbone_name": recipe.backbone}
 
 
-# Named recipes: the changes each makes to a :class:`Recipe` (``Recipe().with_(**PRESETS[name])``).
-PRESETS: Registry[dict[str, Any]] = Registry("recipe preset")
-PRESETS.register("bh-peft-0.1", {"peft": PeftConfig.hybrid()})  # the 0.1 demo recipe: N(0, 1) on every weight
-PRESETS.register("blob", {  # BLoB as its authors run it (Wang et al. 2024)
-    "peft": PeftConfig(), "guide": "mean-field", "prior": "blob", "prior_scale": 0.2,
-    "deterministic": ("*.lora_B", "head.*"), "scale_param": "rho2",
-    "init_scale": (0.05 / 2 ** 0.5) ** 2, "init_scale_high": 0.05 ** 2,  # rho ~ U(0.0354, 0.05)
-    "flipout": True, "kl_step_lr": 0.02, "kl_reweighting": "blob"})
-PRESETS.register("bh-peft-fs", {  # the hybrid with variance where it matters, under a function-space prior
-    "peft": PeftConfig.hybrid(), "guide": "mean-field", "prior": "function-space", "prior_scale": 1.0,
-    "deterministic": ("*.lora_B", "*.adapter_up", "*.adapter_up_bias", "*.adapter_down_bias", "*.prefix", "head.*"),
-    "scale_param": "log", "scale_lr": 0.05, "flipout": True})
-PRESETS.register("bayes-lora-fs", {  # the same on LoRA alone: variance on A, B and the head point masses
-    **PRESETS["bh-peft-fs"], "peft": PeftConfig()})
-PRESETS.register("lora-gates", {  # Bayesian rank and bit gates (Meo et al. 2024): the gates random, the weights MLE
-    "peft": PeftConfig(lora=None, **{"gated-lora": GatedLoraConfig()}), "guide": "mean-field", "prior": "flat",
-    "deterministic": ("*.lora_A", "*.lora_B", "head.*"), "scale_param": "log", "scale_lr": 0.05,
-    "gate_lr": 0.1})  # chosen on validation (docs/selection): the gates need their own rate to move at all
+# Named recipes: the changes each makes to a :class:`Recipe` (``Recipe().with_(**PRESETS[name])``). Built on first
+# use (their PEFT configs need the layer registry, and so torch); their names are known without building them.
+PRESET_NAMES = ("bh-peft-0.1", "blob", "bh-peft-fs", "bayes-lora-fs", "lora-gates")
+
+
+def _builtin_presets(presets: Registry) -> None:
+    from .layers.gates import GatedLoraConfig
+
+    presets.register("bh-peft-0.1", {"peft": PeftConfig.hybrid()})  # the 0.1 demo recipe: N(0, 1) on every weight
+    presets.register("blob", {  # BLoB as its authors run it (Wang et al. 2024)
+        "peft": PeftConfig(), "guide": "mean-field", "prior": "blob", "prior_scale": 0.2,
+        "deterministic": ("*.lora_B", "head.*"), "scale_param": "rho2",
+        "init_scale": (0.05 / 2 ** 0.5) ** 2, "init_scale_high": 0.05 ** 2,  # rho ~ U(0.0354, 0.05)
+        "flipout": True, "kl_step_lr": 0.02, "kl_reweighting": "blob"})
+    presets.register("bh-peft-fs", {  # the hybrid with variance where it matters, under a function-space prior
+        "peft": PeftConfig.hybrid(), "guide": "mean-field", "prior": "function-space", "prior_scale": 1.0,
+        "deterministic": ("*.lora_B", "*.adapter_up", "*.adapter_up_bias", "*.adapter_down_bias", "*.prefix", "head.*"),
+        "scale_param": "log", "scale_lr": 0.05, "flipout": True})
+    presets.register("bayes-lora-fs", {  # the same on LoRA alone: variance on A, B and the head point masses
+        **presets["bh-peft-fs"], "peft": PeftConfig()})
+    presets.register("lora-gates", {  # Bayesian rank and bit gates (Meo et al. 2024): the gates random, the weights MLE
+        "peft": PeftConfig(lora=None, **{"gated-lora": GatedLoraConfig()}), "guide": "mean-field", "prior": "flat",
+        "deterministic": ("*.lora_A", "*.lora_B", "head.*"), "scale_param": "log", "scale_lr": 0.05,
+        "gate_lr": 0.1})  # chosen on validation (docs/selection): the gates need their own rate to move at all
+
+
+class _LazyRegistry(Registry):
+    """A :class:`Registry` that fills itself by calling ``load(self)`` the first time it is read."""
+
+    def __init__(self, what: str, load: Any) -> None:
+        self._load, self._loaded = load, False
+        super().__init__(what)
+
+    @property
+    def _entries(self) -> dict[str, Any]:
+        if not self._loaded:
+            self._loaded = True
+            self._load(self)
+        return self.__dict__["_table"]
+
+    @_entries.setter
+    def _entries(self, table: dict[str, Any]) -> None:
+        self.__dict__["_table"] = table
+
+
+PRESETS: Registry[dict[str, Any]] = _LazyRegistry("recipe preset", _builtin_presets)
