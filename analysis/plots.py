@@ -84,7 +84,8 @@ def _panels(n: int, height: float = 4.2, columns: int = 4) -> tuple[Figure, np.n
 
 def draw_reliability(ax: Axes, probs: Any, labels: Any, n_bins: int = 15, *, color: Any = COLORS[0],
                      title: str = "") -> Axes:
-    """Accuracy per confidence bin (bars) against the diagonal, the gap to mean confidence shaded."""
+    """Accuracy per confidence bin (bars) against the diagonal, the gap to mean confidence shaded; the number
+    of examples in each bin is printed above its bar (a bar of 3 examples says little)."""
     bins = metrics.reliability_bins(probs, labels, n_bins)
     keep = bins.counts > 0
     centers, width = (bins.edges[:-1] + bins.edges[1:])[keep] / 2, 1.0 / len(bins.counts)
@@ -93,6 +94,8 @@ def draw_reliability(ax: Axes, probs: Any, labels: Any, n_bins: int = 15, *, col
     ax.bar(centers, np.abs(conf - acc), bottom=np.minimum(acc, conf), width=width, color="tab:red", alpha=0.3,
            hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    for x, y, n in zip(centers, np.maximum(acc, conf), bins.counts[keep]):  # how many examples each bar rests on
+        ax.text(x, min(y + 0.01, 0.93), f"{int(n)}", ha="center", va="bottom", fontsize=6, rotation=90)
     ece = metrics.ece(probs, labels, n_bins)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy",
            title=f"{title}\nECE {ece:.2f}%" if title else f"ECE {ece:.2f}%")
@@ -251,11 +254,18 @@ def scale_forest(rows: Sequence[Any], path: str | Path) -> Path:
 
 
 def draw_accuracy_over_rounds(ax: Axes, curves: Mapping[str, Sequence[float]], xlabel: str = "round",
-                              ylabel: str = "accuracy", title: str = "Accuracy over rounds") -> Axes:
-    """Accuracy after each round (1, 2, ...) per method, one line with markers each."""
+                              ylabel: str = "accuracy", title: str = "Accuracy over rounds",
+                              errors: Mapping[str, Sequence[float]] | None = None) -> Axes:
+    """Accuracy after each round (1, 2, ...) per method, one line with markers each; ``errors[name]`` (e.g. the
+    sd over seeds) draws error bars of that half-length, slightly offset per method so they do not overlap."""
     _nonempty(curves, "curves")
+    errors = errors or {}
     for i, (name, acc) in enumerate(curves.items()):
-        ax.plot(np.arange(1, len(acc) + 1), acc, marker="o", color=_color(i), label=name)
+        x = np.arange(1, len(acc) + 1) + (0.04 * (i - (len(curves) - 1) / 2) if errors else 0.0)
+        if name in errors:
+            ax.errorbar(x, acc, yerr=errors[name], marker="o", color=_color(i), label=name, capsize=3)
+        else:
+            ax.plot(x, acc, marker="o", color=_color(i), label=name)
     ax.set_xticks(np.arange(1, max(len(a) for a in curves.values()) + 1))
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
@@ -263,10 +273,12 @@ def draw_accuracy_over_rounds(ax: Axes, curves: Mapping[str, Sequence[float]], x
 
 
 def accuracy_over_rounds(curves: Mapping[str, Sequence[float]], path: str | Path, xlabel: str = "round",
-                         ylabel: str = "accuracy", title: str = "Accuracy over rounds") -> Path:
-    """Accuracy curves across rounds (e.g. forgetting in continual updates) for each method."""
+                         ylabel: str = "accuracy", title: str = "Accuracy over rounds",
+                         errors: Mapping[str, Sequence[float]] | None = None) -> Path:
+    """Accuracy curves across rounds (e.g. forgetting in continual updates) for each method, with error bars
+    ``errors`` (e.g. the sd over seeds) where given."""
     fig, ax = _figure()
-    return _write(fig, path, lambda: draw_accuracy_over_rounds(ax, curves, xlabel, ylabel, title))
+    return _write(fig, path, lambda: draw_accuracy_over_rounds(ax, curves, xlabel, ylabel, title, errors))
 
 
 def posterior_forest(idata: Any, path: str | Path, var_names: Sequence[str]) -> Path:

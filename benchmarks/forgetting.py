@@ -146,7 +146,7 @@ def summarize(cells: dict[str, list[list[list[dict]]]], seeds: list[int], out: P
         values = list(values)
         return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
 
-    curves = {}
+    curves, spread = {}, {}
     for method, runs in cells.items():
         lines.append(f"| {method} | {len(runs)} | {ms(100 * forgetting(r) for r in runs)} | "
                      f"{ms(100 * r[-1][0]['accuracy'] for r in runs)} | "
@@ -154,11 +154,14 @@ def summarize(cells: dict[str, list[list[list[dict]]]], seeds: list[int], out: P
                      f"{ms(statistics.mean(m['nll'] for m in r[-1]) for r in runs)} | "
                      f"{ms(statistics.mean(m['ece'] for m in r[-1]) for r in runs)} |")
         curves[method] = [statistics.mean(r[k][0]["accuracy"] for r in runs) for k in range(len(ROUNDS))]
+        spread[method] = [statistics.stdev(r[k][0]["accuracy"] for r in runs) if len(runs) > 1 else 0.0
+                          for k in range(len(ROUNDS))]
     table = "\n".join(lines)
     write_text(out / "forgetting.md", f"Rounds: {' -> '.join(ROUNDS)}; mean ± sd over seeds "
                f"{', '.join(map(str, seeds))}.\n\n{table}\n")
     plots.accuracy_over_rounds(curves, out / "forgetting.png", xlabel="round (1 = movie, 2 = amazon, 3 = tweets)",
-                              ylabel="accuracy on round-1 (movie) test", title="Forgetting of the first domain")
+                              ylabel="accuracy on round-1 (movie) test", errors=spread,
+                              title="Forgetting of the first domain (mean ± sd over seeds)")
     print(table)
 
 

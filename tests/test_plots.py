@@ -44,7 +44,21 @@ CASES = {
     "forest": lambda out: plots.scale_forest([("layer.0.lora_A", 0.01, 1.0), ("head.weight", 0.3, 1.0),
                                               _Row("layer.1.lora_B", 2.0, 1.0)], out),
     "rounds": lambda out: plots.accuracy_over_rounds({"a": [0.9, 0.8, 0.7], "b": [0.9, 0.88]}, out),
+    "rounds-errors": lambda out: plots.accuracy_over_rounds({"a": [0.9, 0.8, 0.7], "b": [0.9, 0.88]}, out,
+                                                            errors={"a": [0.02, 0.05, 0.1]}),
 }
+
+
+def test_reliability_prints_each_bins_count():
+    """Each non-empty bin's number of examples is written above its bar."""
+    fig = Figure()
+    ax = fig.add_subplot()
+    probs, labels = _results()["bayes"]
+    plots.draw_reliability(ax, probs, labels, 15)
+    from pyro_bhpeft.analysis import metrics as m
+
+    counts = m.reliability_bins(probs, labels, 15).counts
+    assert sorted(int(t.get_text()) for t in ax.texts) == sorted(int(c) for c in counts if c > 0)
 
 
 def _assert_png(path):
