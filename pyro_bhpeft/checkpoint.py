@@ -1,6 +1,7 @@
 """Checkpoint and resume a fit, and stop it cleanly on Ctrl-C.
 
-A checkpoint is one file holding everything the rest of a fit depends on: the step reached, the guide's
+A checkpoint is one safetensors file (tensors in its body, the rest as JSON in its header; no pickle, so a
+planted file runs no code) holding everything the rest of a fit depends on: the step reached, the guide's
 parameters (and any learned prior scales), the optimisers' and schedules' state, the random-number
 generators (torch, Python, NumPy) and the curves so far. It is written atomically (a temporary file
 renamed into place), so an interruption leaves the previous checkpoint. Resuming replays the data
@@ -9,14 +10,13 @@ is the one an uninterrupted fit with the same seed gives.
 
 Example::
 
-    ckpt = Checkpoint("runs/sst.checkpoint.pt", every=100)
+    ckpt = Checkpoint("runs/sst.checkpoint.safetensors", every=100)
     fit(model, guide, loader, checkpoint=ckpt)                  # Ctrl-C: saved at the step boundary
     fit(model, guide, loader, checkpoint=ckpt.resuming())       # continues from the saved step
 """
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import threading
@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Checkpoint", "FitInterrupted", "StopOnInterrupt", "save_state", "load_state", "rng_state", "set_rng_state"]
+__all__ = ["Checkpoint", "FitInterrupted", "StopOnInterrupt", "save_state", "load_state", "saved_identity", "resumable",
+           "rng_state", "set_rng_state"]
 
 
 @dataclass(frozen=True)
@@ -80,27 +81,58 @@ class StopOnInterrupt:
 
 
 def save_state(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stage = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """Write ``state`` to ``path`` atomically, as safetensors plus JSON (no pickle); its ``identity`` is also
+    kept apart in the header, so a resume checks it before reading any tensor."""
+    from .safe_state import write_state
+
+    write_state(path, state, header={"identity": state.get("identity")})
+
+
+def saved_identity(path: str | Path) -> Any:
+    """The identity (e.g. the recipe) of the checkpoint at ``path``, read from its JSON header only."""
+    from .safe_state import read_header
+
+    header = read_header(path)
+    return header.get("identity") if isinstance(header, dict) else None
+
+
+def resumable(path: str | Path, identity: Any) -> bool:
+    """Whether ``path`` holds a readable checkpoint of the fit ``identity`` names (only its header is read)."""
+    from .safe_state import StateError
+
     try:
-        torch.save(state, stage)
-        os.replace(stage, path)
-    finally:
-        stage.unlink(missing_ok=True)
+        return Path(path).is_file() and _same(saved_identity(path), identity)
+    except StateError:
+        return False
+
+
+def _same(saved: Any, identity: Any) -> bool:
+    """JSON-equal: an identity is compared as it reads back from the file (tuples as lists)."""
+    import json
+
+    return json.loads(json.dumps(saved)) == json.loads(json.dumps(identity))
 
 
 def load_state(checkpoint: Checkpoint) -> dict[str, Any]:
-    """The saved state of ``checkpoint``, or a one-line error: no checkpoint, or one of another fit."""
+    """The saved state of ``checkpoint``, or a one-line error: no checkpoint, not ours, or one of another fit.
+
+    The identity is checked from the file's JSON header before any tensor is read; nothing is unpickled."""
+    from .safe_state import StateError, read_state
+
     path = Path(checkpoint.path)
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path} to resume from; run without --resume to start the fit")
-    state = torch.load(path, weights_only=False)  # our own file: RNG states are Python objects
-    if checkpoint.identity is not None and state.get("identity") != checkpoint.identity:
+    try:
+        saved = saved_identity(path)
+    except StateError as err:
+        raise ValueError(f"{err}; it is not read (delete it to start the fit again)") from None
+    if checkpoint.identity is not None and not _same(saved, checkpoint.identity):
         raise ValueError(f"the checkpoint at {path} belongs to a fit with another recipe; resume with the same "
                          "options, or delete it to start again")
-    return state
+    try:
+        return read_state(path)
+    except StateError as err:
+        raise ValueError(f"{err}; delete it to start the fit again") from None
 
 
 def rng_state() -> dict[str, Any]:
@@ -109,5 +141,10 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["random"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_tuples(state["random"]))
+    np.random.set_state(tuple(state["numpy"]))
+
+
+def _tuples(value: Any) -> Any:
+    """Lists back to the tuples Python's ``random.setstate`` wants."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

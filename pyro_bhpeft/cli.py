@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
-                   help="save the fit's state to OUT.checkpoint.pt every K steps (Ctrl-C always saves it)")
-    p.add_argument("--resume", action="store_true", help="continue the fit from OUT.checkpoint.pt")
+                   help="save the fit's state to OUT.checkpoint.safetensors every K steps (Ctrl-C always saves it)")
+    p.add_argument("--resume", action="store_true", help="continue the fit from OUT.checkpoint.safetensors")
     add_device_arg(p)
 
     p = sub.add_parser("evaluate", help="accuracy/NLL/Brier/ECE (or MSE) of a saved run")

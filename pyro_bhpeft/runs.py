@@ -23,7 +23,7 @@ from .posterior import Posterior, read_config
 from .predict import DEFAULT_SAMPLES
 from .recipe import Recipe
 
-__all__ = ["DataSource", "COLUMNS", "file_columns", "random_rows", "training_subset", "fit_run", "checkpoint_path",
+__all__ = ["DataSource", "COLUMNS", "file_columns", "random_rows", "training_subset", "fit_run", "fit_identity", "checkpoint_path",
            "save_run", "load_run",
            "data_hash", "evaluate_split", "eval_loader", "evaluate_run", "predict_run", "run_meta", "update_run",
            "lineage", "format_lineage"]
@@ -110,8 +110,7 @@ def fit_run(recipe: Recipe, data: Any, out: str | Path, *, source: DataSource | 
     if world_size > 1 and (checkpoint_every or resume):
         raise ValueError("checkpoints are single-process for now; drop --checkpoint-every/--resume under torchrun")
     checkpoint = None if world_size > 1 else Checkpoint(
-        checkpoint_path(out), every=checkpoint_every, resume=resume,
-        identity={"recipe": recipe.to_dict(), "source": dict(source or {})})
+        checkpoint_path(out), every=checkpoint_every, resume=resume, identity=fit_identity(recipe, source))
     result = train(recipe, data, prior=prior, progress=progress, backbone=backbone, checkpoint=checkpoint,
                    device=device)
     if source is not None:
@@ -126,10 +125,16 @@ def fit_run(recipe: Recipe, data: Any, out: str | Path, *, source: DataSource | 
     return result
 
 
+def fit_identity(recipe: Recipe, source: DataSource | None = None) -> dict[str, Any]:
+    """What a checkpoint must record to be resumed by a fit of ``recipe`` on ``source``."""
+    return {"recipe": recipe.to_dict(), "source": dict(source or {})}
+
+
 def checkpoint_path(out: str | Path) -> Path:
-    """Where the fit of run ``out`` keeps its checkpoint: beside it, ``<out>.checkpoint.pt``."""
+    """Where the fit of run ``out`` keeps its checkpoint: beside it, ``<out>.checkpoint.safetensors`` (safetensors
+    plus JSON; the ``<out>.checkpoint.pt`` pickles of older versions are never read)."""
     out = Path(out)
-    return out.with_name(out.name + ".checkpoint.pt")
+    return out.with_name(out.name + ".checkpoint.safetensors")
 
 
 def save_run(path: str | Path, result: FitResult, *, overwrite: bool = False,

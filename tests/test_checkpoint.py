@@ -105,7 +105,7 @@ def test_ctrl_c_in_the_cli_keeps_a_checkpoint_and_resume_finishes_the_run(tiny_b
         assert main(args + ["--checkpoint-every", "2"]) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "interrupted at step 3 of 10" in err and "--resume" in err
-    assert not run.exists() and (tmp_path / "run.checkpoint.pt").is_file()
+    assert not run.exists() and (tmp_path / "run.checkpoint.safetensors").is_file()
     assert main(args + ["--resume"]) == 0
-    assert not (tmp_path / "run.checkpoint.pt").exists()
+    assert not (tmp_path / "run.checkpoint.safetensors").exists()
     assert (run / "guide.safetensors").read_bytes() == (tmp_path / "whole" / "guide.safetensors").read_bytes()

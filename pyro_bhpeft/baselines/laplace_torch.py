@@ -41,7 +41,8 @@ STRUCTURES = ("kron", "diag")
 LINKS = ("mc", "probit")
 AUTHORS_MC_SAMPLES = 100_000  # logit draws per example ("mc_corr_100000")
 AUTHORS_MARGLIK_STEPS = 1000
-_LABELS = "labels"  # the key laplace-torch reads targets from in a dict batch
+_LABELS = "labels"
+STATE_FILE = "state.safetensors"  # a kept fit's laplace-torch state  # the key laplace-torch reads targets from in a dict batch
 
 
 def _laplace():
@@ -99,17 +100,29 @@ class LaplaceTorchFit:
     seconds: float
 
     def write_to(self, folder: Path) -> None:
-        """Keep the fit in ``folder`` (``state.pt``: laplace-torch's state; ``laplace.json``: the facts)."""
-        torch.save(self.laplace.state_dict(), Path(folder) / "state.pt")
+        """Keep the fit in ``folder`` (``state.safetensors``: laplace-torch's state as safetensors plus JSON, no
+        pickle; ``laplace.json``: the facts)."""
+        from ..safe_state import write_state
+
+        write_state(Path(folder) / STATE_FILE, self.laplace.state_dict())
         write_json(Path(folder) / "laplace.json", {"structure": self.structure, "prior_precision": self.prior_precision,
                                                     "examples": self.examples, "seconds": self.seconds})
 
     @classmethod
     def load(cls, model: nn.Module, folder: Path) -> "LaplaceTorchFit":
         """The fit kept in ``folder`` around ``model`` (the weights it was fitted at)."""
+        from ..safe_state import StateError, read_state
+
         facts = json.loads((Path(folder) / "laplace.json").read_text())
+        state = Path(folder) / STATE_FILE
+        if not state.is_file():  # an older version's state.pt is a pickle: never read
+            raise ConfigError(f"{folder} keeps no {STATE_FILE} (an older version's state.pt is not read, as it could "
+                              "run code); delete the folder to refit")
         la = _new_laplace(model, facts["structure"])
-        la.load_state_dict(torch.load(Path(folder) / "state.pt", weights_only=False))  # our own file
+        try:
+            la.load_state_dict(read_state(state))
+        except StateError as err:
+            raise ConfigError(f"{err}; delete {folder} to refit") from None
         return cls(la, facts["structure"], facts["prior_precision"], facts["examples"], facts["seconds"])
 
 

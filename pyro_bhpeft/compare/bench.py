@@ -85,7 +85,8 @@ class Bench:
         from ..data import TASKS
         from ..posterior import Posterior
         from ..recipe import recipe_backbone
-        from ..runs import DataSource, checkpoint_path, fit_run
+        from ..checkpoint import resumable
+        from ..runs import DataSource, checkpoint_path, fit_identity, fit_run
 
         path = fit_dir(self.out, recipe)
         if (path / "fit.json").exists():  # the recipe's backbone, in its precision
@@ -106,7 +107,9 @@ class Bench:
             peak_mb = peak.now
             result = fit_run(recipe, self.data, path, source=source, backbone=recipe_backbone(recipe),
                              overwrite=True, progress=self.progress, extra=fit_facts, checkpoint_every=CHECKPOINT_EVERY,
-                             resume=checkpoint_path(path).is_file())  # an interrupted comparison resumes mid-fit
+                             # an interrupted comparison resumes mid-fit: only its own checkpoint (safetensors
+                             # plus JSON, the recipe checked from the header first); any other file is replaced
+                             resume=resumable(checkpoint_path(path), fit_identity(recipe, source)))
         return result.posterior, facts
 
 
