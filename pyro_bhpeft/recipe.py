@@ -11,7 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -162,25 +161,13 @@ def recipe_backbone(recipe: Recipe):
 def train(recipe: Recipe, data: Any, *, prior: Prior | None = None, progress: bool = True,
           meta: dict | None = None, backbone: Any = None, checkpoint: Any = None, device: Any = None) -> FitResult:
     """Fit ``recipe`` on ``data`` (a :class:`pyro_bhpeft.data.TaskData`) on ``device`` (default: where the
-    backbone is); returns the FitResult. ``checkpoint``: a :class:`~pyro_bhpeft.checkpoint.Checkpoint`."""
-    import torch
+    backbone is); returns the FitResult. ``checkpoint``: a :class:`~pyro_bhpeft.checkpoint.Checkpoint`.
+    The same path as :class:`~pyro_bhpeft.front.BayesianPEFT`'s ``fit``: this is that front door, built from a
+    recipe."""
+    from .front import BayesianPEFT
 
-    from pyro_bhpeft.data.prompts import for_backbone
-
-    from .backbone import dropout_active, resolve_device
-    from .infer import fit
-
-    bb = backbone or recipe_backbone(recipe)
-    data = for_backbone(data, bb.model, bb.tokenizer)  # multiple choice on a causal LM: answer tokens
-    targets = torch.tensor(data.splits["train"]["label"], dtype=torch.float32)  # regression standardises by them
-    model = build_model(recipe, data.spec, bb.model, prior, targets)
-    if device is not None:
-        model.to(resolve_device(device))
-    guide = build_guide(recipe, model)
-    train_loader = loaders(recipe, data, bb.tokenizer)["train"]
-    with dropout_active(model) if recipe.dropout else contextlib.nullcontext():
-        return fit(model, guide, train_loader, **fit_options(recipe), progress=progress, checkpoint=checkpoint,
-                   meta={"recipe": recipe.to_dict(), **(meta or {})})
+    front = BayesianPEFT.from_recipe(recipe, backbone=backbone, prior=prior, device=device)
+    return front.fit(data, progress=progress, checkpoint=checkpoint, meta=meta).result
 
 
 def fit_options(recipe: Recipe) -> dict[str, Any]:

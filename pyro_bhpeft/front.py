@@ -1,0 +1,424 @@
+"""The front door: a Hugging Face model with Bayesian PEFT weights, in a handful of verbs.
+
+:class:`BayesianPEFT` wraps a frozen backbone (a packaged alias, a local folder, a hub id, or a
+``transformers`` model you already hold), puts LoRA (and optionally adapter and prefix) weights on it as
+``pyro.sample`` sites under a prior, and approximates their posterior with a guide. LoRA is configured
+in the peft library's words (``r``, ``lora_alpha``, ``target_modules``, ``lora_dropout``; a
+``peft.LoraConfig`` is accepted too). Everything else of a fit (epochs, learning rate, sequence length,
+...) is a field of :class:`~pyro_bhpeft.recipe.Recipe`, passed by name.
+
+Example::
+
+    from pyro_bhpeft import BayesianPEFT, load_task
+    from pyro_bhpeft.priors import Laplace
+
+    data = load_task("sentiment", max_examples=256)
+    model = BayesianPEFT("minilm", task=data, r=8, lora_alpha=16, prior=Laplace(0.1), guide="low-rank")
+    model.fit(data, epochs=1)
+    pred = model.predict(["a gripping, funny film"], samples=8)     # probs, entropy, mutual information
+    nxt = model.next_round()                                        # the posterior is the next prior
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError, LoraConfig, PeftConfig
+from .recipe import PRESETS, Recipe
+
+__all__ = ["BayesianPEFT", "peft_parts"]
+
+_LORA_WORDS = ("r", "lora_alpha", "target_modules", "lora_dropout")
+_RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
+
+
+def peft_parts(peft: Any = None, **lora_words: Any) -> PeftConfig:
+    """The PEFT parts from ``peft`` (a :class:`PeftConfig`, ``"lora"``, ``"hybrid"``, or a ``peft.LoraConfig``)
+    with the LoRA fields in ``lora_words`` (peft's names: ``r``, ``lora_alpha``, ``target_modules``,
+    ``lora_dropout``) changed."""
+    words = {k: v for k, v in lora_words.items() if v is not None}
+    if isinstance(words.get("target_modules"), list):
+        words["target_modules"] = tuple(words["target_modules"])
+    if peft is None or peft == "lora":
+        parts = PeftConfig()
+    elif peft == "hybrid":
+        parts = PeftConfig.hybrid()
+    elif isinstance(peft, PeftConfig):
+        parts = peft
+    elif isinstance(peft, LoraConfig):
+        parts = PeftConfig(peft)
+    elif str(getattr(peft, "peft_type", "")).upper().endswith("LORA"):  # the peft library's LoraConfig
+        parts = PeftConfig(lora_from_peft(peft))
+    else:
+        raise ConfigError(f"peft must be a PeftConfig, 'lora', 'hybrid' or a peft.LoraConfig, got {peft!r}")
+    if words:
+        if parts.lora is None:
+            raise ConfigError(f"{', '.join(words)} configure LoRA, but these PEFT parts have none")
+        parts = PeftConfig(**{**parts.parts, "lora": replace(parts.lora, **words)})
+    return parts
+
+
+def lora_from_peft(config: Any) -> LoraConfig:
+    """Our :class:`LoraConfig` from a ``peft.LoraConfig`` (or its ``adapter_config.json`` as a dict)."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    targets = get("target_modules")
+    if isinstance(targets, str):  # peft allows a regular expression here; we match name suffixes
+        raise ConfigError(f"target_modules {targets!r} is a regular expression; give a list of module names")
+    layers = get("layers_to_transform")
+    return LoraConfig(r=int(get("r", 8)), lora_alpha=float(get("lora_alpha", 8)),
+                      target_modules=tuple(targets) if targets else None,
+                      lora_dropout=float(get("lora_dropout", 0.0) or 0.0),
+                      layers=(layers,) if isinstance(layers, int) else (tuple(layers) if layers else None))
+
+
+class BayesianPEFT:
+    """A frozen transformer with Bayesian PEFT weights: ``fit``, ``predict``, ``evaluate``,
+    ``inference_data``, ``next_round``, ``save`` / ``load``.
+
+    ``backbone``: a packaged alias (``minilm``, ``mpnet``, ``smollm2``), a local Hugging Face folder, a hub
+    id, or a model object with ``tokenizer=``. ``task``: a :class:`~pyro_bhpeft.data.TaskData` (from
+    ``load_task``), a registered task name, a :class:`~pyro_bhpeft.data.TaskSpec`, ``"regression"``, or
+    leave it out and pass ``num_labels=`` (or let :meth:`fit` read the classes from the data).
+    ``prior``: a :class:`~pyro_bhpeft.priors.Prior` or a registered name (scale ``prior_scale``);
+    ``guide``: a registered name (``mean-field``, ``low-rank``, ``map``, ``mle``) or a callable
+    ``model -> guide``. ``recipe``: a :class:`Recipe` or preset name to start from; ``options`` change any
+    of its fields (``epochs``, ``lr``, ``max_length``, ``rank``, ...).
+    """
+
+    def __init__(self, backbone: Any = None, task: Any = None, *, tokenizer: Any = None, num_labels: int | None = None,
+                 peft: Any = None, r: int | None = None, lora_alpha: float | None = None,
+                 target_modules: Sequence[str] | None = None, lora_dropout: float | None = None,
+                 prior: Any = None, guide: Any = None, recipe: Recipe | str | None = None,
+                 device: Any = None, **options: Any) -> None:
+        base = recipe if isinstance(recipe, Recipe) else Recipe().with_(**PRESETS[recipe]) if recipe else Recipe()
+        unknown = sorted(set(options) - set(_RECIPE_FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}; BayesianPEFT takes the Recipe fields: "
+                              f"{', '.join(_RECIPE_FIELDS)}")
+        words = {"r": r, "lora_alpha": lora_alpha, "target_modules": target_modules, "lora_dropout": lora_dropout}
+        changes = dict(options)
+        if peft is not None or any(v is not None for v in words.values()):
+            changes["peft"] = peft_parts(peft if peft is not None else base.peft, **words)
+        if isinstance(prior, str):
+            changes["prior"] = prior
+        if isinstance(guide, str):
+            changes["guide"] = guide
+        if isinstance(backbone, str):
+            changes["backbone"] = backbone
+        self.recipe = base.with_(**changes)
+        self._prior = None if prior is None or isinstance(prior, str) else prior
+        self._guide_builder = None if guide is None or isinstance(guide, str) else guide
+        self._backbone_arg, self._tokenizer_arg, self.device = backbone, tokenizer, device
+        self._bb: Any = None
+        self.spec = _task_spec(task, num_labels)
+        self.model: Any = None
+        self.result: Any = None  # the last fit's FitResult
+        self.round, self.parent = 1, None
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, *, backbone: Any = None, prior: Any = None, device: Any = None
+                    ) -> "BayesianPEFT":
+        """The front door for a :class:`Recipe` (``backbone``: an already loaded :class:`Backbone`)."""
+        front = cls(recipe=recipe, prior=prior, device=device)
+        front._bb = backbone
+        return front
+
+    # ---- what the fit runs on --------------------------------------------------------------
+    @property
+    def backbone(self):
+        """The loaded :class:`~pyro_bhpeft.backbone.Backbone` (model, tokenizer, name), loaded on first use."""
+        if self._bb is None:
+            from .backbone import Backbone, freeze
+            from .recipe import recipe_backbone
+
+            given = self._backbone_arg
+            if given is None or isinstance(given, str):
+                self._bb = recipe_backbone(self.recipe)
+            else:
+                if self._tokenizer_arg is None:
+                    raise ConfigError("a model object needs its tokenizer: BayesianPEFT(model, tokenizer=tokenizer)")
+                name = getattr(getattr(given, "config", None), "_name_or_path", None) or None
+                self._bb = Backbone(freeze(_base_model(given)), self._tokenizer_arg, name)
+                if name:
+                    self.recipe = self.recipe.with_(backbone=name)
+        return self._bb
+
+    @property
+    def posterior(self):
+        """The fitted :class:`~pyro_bhpeft.posterior.Posterior` (an error before :meth:`fit`)."""
+        if self.result is None:
+            raise ConfigError("nothing is fitted yet; call fit(data) first (or BayesianPEFT.load(path))")
+        return self.result.posterior
+
+    @property
+    def prior(self):
+        return self._prior if self._prior is not None else self.recipe.make_prior()
+
+    @contextlib.contextmanager
+    def _in_force(self):
+        """Rounds share one model (and backbone); the prior in force is this round's."""
+        if self.model is not None:
+            self.model.prior = self.prior
+        yield
+
+    def _build(self, data: Any) -> Any:
+        """The model for ``data``'s task on the backbone (made once; later rounds share it)."""
+        import torch
+
+        from .backbone import resolve_device
+        from .recipe import build_model
+
+        if self.model is None:
+            targets = torch.tensor(data.splits["train"]["label"], dtype=torch.float32)  # regression standardises
+            self.model = build_model(self.recipe, data.spec, self.backbone.model, self.prior, targets)
+            if self.device is not None:
+                self.model.to(resolve_device(self.device))
+            self.spec = data.spec
+        return self.model
+
+    def _new_guide(self, model: Any) -> Any:
+        from .recipe import build_guide
+
+        return self._guide_builder(model) if self._guide_builder is not None else build_guide(self.recipe, model)
+
+    # ---- verbs ----------------------------------------------------------------------------
+    def fit(self, data: Any, *, progress: bool = True, checkpoint: Any = None, meta: dict | None = None,
+            **options: Any) -> "BayesianPEFT":
+        """Fit the posterior on ``data``: a ``TaskData``, a ``datasets.Dataset``/``DatasetDict``, a pandas
+        DataFrame, a dict of columns, ``(texts, labels)``, or a loader of tokenised ``(inputs, labels)`` batches.
+        ``options`` change recipe fields for this fit (``epochs``, ``max_steps``, ``lr``, ...). Returns self."""
+        import contextlib as _cl
+
+        from .backbone import dropout_active
+        from .data.prompts import for_backbone
+        from .infer import fit
+        from .recipe import fit_options, loaders
+
+        if options:
+            self.recipe = self.recipe.with_(**options)
+        bb = self.backbone
+        if _is_loader(data):
+            if self.model is None:
+                raise ConfigError("a loader of tokenised batches needs the task up front: BayesianPEFT(..., task=...)"
+                                  " or fit a TaskData / DataFrame / (texts, labels) first")
+            model, train_loader = self.model, data
+        else:
+            data = for_backbone(_as_task_data(data, self.spec), bb.model, bb.tokenizer)
+            model = self._build(data)
+        with self._in_force():
+            guide = self._new_guide(model)
+            if not _is_loader(data):
+                train_loader = loaders(self.recipe, data, bb.tokenizer)["train"]
+            opts = fit_options(self.recipe)
+            if self._guide_builder is not None:
+                opts["kl_weight"] = self.recipe.kl_weight
+            facts = {"recipe": self.recipe.to_dict(), "round": self.round, **self._task_meta(), **(meta or {})}
+            with dropout_active(model) if self.recipe.dropout else _cl.nullcontext():
+                self.result = fit(model, guide, train_loader, **opts, progress=progress, checkpoint=checkpoint,
+                                  meta=facts)
+        return self
+
+    def _task_meta(self) -> dict[str, Any]:
+        spec = self.spec
+        if spec is None:
+            return {}
+        return {"task": spec.name, "kind": spec.kind, "label_names": list(spec.label_names),
+                "num_choices": spec.num_choices}
+
+    def loader(self, data: Any, *, split: str = "test", batch_size: int | None = None) -> Any:
+        """Tokenised batches of ``data`` (anything :meth:`fit` takes, or a list of texts: no labels needed)."""
+        from .data import make_loader, tokenize
+        from .data.prompts import for_backbone
+        from .recipe import EVAL_BATCH_SIZE
+
+        if _is_loader(data):
+            return data
+        texts_only = _is_texts(data)
+        if self.spec is None:
+            raise ConfigError("the task is not known yet; fit first or pass task= to BayesianPEFT")
+        task = _as_task_data(_dummy_labelled(data, self.spec) if texts_only else data, self.spec, split=split)
+        task = for_backbone(task, self.backbone.model, self.backbone.tokenizer)
+        if split not in task.splits:
+            split = next(s for s in ("test", "validation", "train") if s in task.splits)
+        batches = make_loader(tokenize(task, self.backbone.tokenizer, self.recipe.max_length)[split],
+                              batch_size or EVAL_BATCH_SIZE)
+        return [inputs for inputs, _ in batches] if texts_only else batches
+
+    def predict(self, data: Any, *, samples: int | None = None, seed: int = 0, split: str = "test", **kwargs: Any):
+        """Predictions with uncertainty: a :class:`~pyro_bhpeft.predict.ClassPrediction` (``probs``,
+        ``predictive_entropy``, ``mutual_information``) or ``RegressionPrediction``. ``data``: a list of texts
+        (no labels needed) or anything :meth:`fit` takes (its ``split``); ``samples`` posterior draws (0: the
+        posterior mean)."""
+        from .predict import DEFAULT_SAMPLES, predict
+
+        k = DEFAULT_SAMPLES if samples is None else samples
+        return predict(self.posterior, self.loader(data, split=split), num_samples=k, seed=seed, **kwargs)
+
+    def evaluate(self, data: Any, *, samples: int | None = None, seed: int = 0, split: str = "test") -> dict:
+        """Accuracy, NLL, Brier, ECE (or MSE, Gaussian NLL, coverage) of labelled ``data`` under the posterior."""
+        from .predict import DEFAULT_SAMPLES
+        from .runs import evaluate_split
+
+        k = DEFAULT_SAMPLES if samples is None else samples
+        return evaluate_split(self.posterior, self.loader(data, split=split), k, seed=seed)
+
+    def inference_data(self, data: Any = None, *, samples: int = 100, seed: int = 0, split: str = "train"):
+        """ArviZ ``InferenceData`` of the posterior (with ``data``: predictive, observed and log-likelihood)."""
+        from .analysis.inference_data import to_inference_data
+
+        batches = None if data is None else self.loader(data, split=split)
+        with self._in_force():
+            return to_inference_data(self.posterior, batches, num_samples=samples, seed=seed)
+
+    def next_round(self, *, temper: float = 1.0) -> "BayesianPEFT":
+        """A new round on the same backbone and model whose prior is this posterior (``temper`` multiplies every
+        prior variance: 1 is exact Bayesian updating). Nothing is reloaded; this round's posterior is kept."""
+        from .continual import posterior_prior
+
+        with self._in_force():
+            prior = posterior_prior(self.posterior, temper=temper)
+        nxt = BayesianPEFT.__new__(BayesianPEFT)
+        nxt.__dict__.update(self.__dict__)
+        nxt._prior, nxt.result, nxt.round, nxt.parent = prior, None, self.round + 1, self
+        return nxt
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save the posterior as a run directory (JSON + safetensors) that ``load`` and the CLI read."""
+        from .runs import save_run
+
+        with self._in_force():
+            self.posterior.backbone_name = self.posterior.backbone_name or self.recipe.backbone
+            self.posterior.meta.update({"recipe": self.recipe.to_dict(), "round": self.round, **self._task_meta()})
+            return save_run(path, self.result, overwrite=overwrite)
+
+    @classmethod
+    def load(cls, path: str | Path, *, backbone: Any = None, device: Any = None) -> "BayesianPEFT":
+        """A saved run or posterior, ready to predict or to start the next round."""
+        from types import SimpleNamespace
+
+        from .data import TaskSpec
+        from .posterior import Posterior
+
+        posterior = Posterior.load(path, backbone=backbone, device=device)
+        meta = posterior.meta
+        recipe = Recipe.from_dict(meta["recipe"]) if "recipe" in meta else Recipe(backbone=posterior.backbone_name)
+        front = cls(recipe=recipe, prior=posterior.model.prior, device=device)
+        front.model, front.round = posterior.model, int(meta.get("round", 1))
+        if meta.get("kind"):
+            front.spec = TaskSpec(meta.get("task") or "task", meta["kind"], label_names=tuple(meta.get("label_names")
+                                  or ()), num_choices=int(meta.get("num_choices") or 0))
+        front.result = SimpleNamespace(posterior=posterior, history=[], nll=[], kl=[], kl_weights=[], step_seconds=[],
+                                       seconds=0.0, scale_steps=[], scale_trace={}, warnings=[])
+        return front
+
+    def __repr__(self) -> str:
+        fitted = "fitted" if self.result is not None else "not fitted"
+        return (f"BayesianPEFT({self.recipe.backbone!r}, peft={self.recipe.peft!r}, prior={self.prior!r}, "
+                f"guide={self.recipe.guide if self._guide_builder is None else self._guide_builder!r}, "
+                f"round {self.round}, {fitted})")
+
+
+# ---- data in any reasonable form -> TaskData ------------------------------------------------
+def _base_model(model: Any) -> Any:
+    """The bare transformer of a Hugging Face model object (a decoder keeps its LM head as ``lm_head``)."""
+    from .layers.arch import architecture
+
+    base = getattr(model, "base_model", model)
+    if base is not model and architecture(base).decoder and hasattr(model, "get_output_embeddings"):
+        base.lm_head = model.get_output_embeddings()
+    return base
+
+
+def _is_loader(data: Any) -> bool:
+    import torch
+
+    return isinstance(data, torch.utils.data.DataLoader)
+
+
+def _is_texts(data: Any) -> bool:
+    return isinstance(data, (list, tuple)) and len(data) > 0 and all(isinstance(t, str) for t in data)
+
+
+def _dummy_labelled(texts: Sequence[str], spec: Any) -> dict[str, list]:
+    label = 0.0 if spec.kind == "regression" else 0  # never read: predictions of texts have no labels
+    return {"text": list(texts), "label": [label] * len(texts)}
+
+
+def _task_spec(task: Any, num_labels: int | None):
+    """A TaskSpec from what the user said about the task (None: read it from the first data)."""
+    from .data import TASKS, TaskData, TaskSpec
+
+    if isinstance(task, TaskData):
+        return task.spec
+    if isinstance(task, TaskSpec):
+        return task
+    if task == "regression":
+        return TaskSpec("regression", "regression")
+    if isinstance(task, str):
+        if task not in TASKS:
+            raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}, or pass num_labels=")
+        return TASKS[task]
+    if task is not None:
+        raise ConfigError(f"task must be a TaskData, a TaskSpec, a registered task name or 'regression', got {task!r}")
+    if num_labels is not None:
+        return TaskSpec("classification", "classification", label_names=tuple(str(i) for i in range(int(num_labels))))
+    return None
+
+
+def _columns(data: Any) -> dict[str, list]:
+    """``data`` as a dict of columns (text/label, or question/choices/label)."""
+    if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], str):
+        return {"text": list(data[0]), "label": list(data[1])}
+    if isinstance(data, dict):
+        return {k: list(v) for k, v in data.items()}
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # a pandas DataFrame
+        return {str(c): data[c].tolist() for c in data.columns}
+    if hasattr(data, "column_names") and hasattr(data, "to_dict"):  # a datasets.Dataset
+        return data.to_dict()
+    raise ConfigError(f"cannot read data of type {type(data).__name__}; pass a TaskData, a datasets.Dataset or "
+                      "DatasetDict, a pandas DataFrame, a dict of columns or (texts, labels)")
+
+
+def _infer_spec(labels: list) -> Any:
+    from .data import TaskSpec
+
+    if all(isinstance(y, str) for y in labels):
+        return TaskSpec("classification", "classification", label_names=tuple(sorted(set(labels))))
+    if all(isinstance(y, int) or float(y).is_integer() for y in labels):
+        return TaskSpec("classification", "classification",
+                        label_names=tuple(str(i) for i in range(int(max(labels)) + 1)))
+    return TaskSpec("regression", "regression")
+
+
+def _as_task_data(data: Any, spec: Any, *, split: str = "train"):
+    """``data`` as a :class:`TaskData` of ``spec`` (inferred from the labels when None), in split ``split``."""
+    import datasets
+
+    from .data import TaskData
+    from .data.types import features_for
+
+    if isinstance(data, TaskData):
+        return data
+    if isinstance(data, datasets.DatasetDict):
+        splits = {name: _columns(part) for name, part in data.items()}
+    else:
+        splits = {split: _columns(data)}
+    first = next(iter(splits.values()))
+    if "label" not in first:
+        raise ConfigError(f"the data has no 'label' column (columns: {', '.join(first)}); rename the target column")
+    spec = spec or _infer_spec(first["label"])
+    names = list(spec.label_names)
+    out = datasets.DatasetDict()
+    for name, columns in splits.items():
+        if spec.kind != "regression" and names and any(isinstance(y, str) for y in columns["label"]):
+            unseen = sorted({y for y in columns["label"] if y not in names})
+            if unseen:
+                raise ConfigError(f"labels {unseen[:5]} are not among the task's classes {names[:10]}")
+            columns = {**columns, "label": [names.index(y) for y in columns["label"]]}
+        kept = {k: columns[k] for k in features_for(spec)}
+        out[name] = datasets.Dataset.from_dict(kept, features=features_for(spec))
+    return TaskData(spec, out)
+
