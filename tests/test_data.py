@@ -438,7 +438,7 @@ BAD = {
     "choices_vary": r"row 2 has 3 choices, earlier rows 2; every row needs the same number",
     "answer_range": r"label 2 \(row 2, column 'label'\) is not a choice index 0..1",
     "empty": r"train.csv is empty",
-    "suffix": r"train.xlsx: unsupported file type '.xlsx'; use one of .csv, .jsonl, .json, .parquet",
+    "suffix": r"train.xlsx: unsupported file type '.xlsx'; use one of .csv, .tsv, .txt, .jsonl, .json, .parquet",
     "nofile": r"data file .*nothing.csv not found; check the path",
     "garbage": r"t.parquet could not be read as parquet \(.*\); check the file's format",
 }
@@ -455,7 +455,8 @@ def test_bad_user_files(case, tmp_path):
 def test_bad_eval_file_and_arguments(tmp_path):
     train = _write(pd.DataFrame({"text": ["a", "b"] * 10, "label": ["pos", "neg"] * 10}), tmp_path / "train.csv")
     test = _write(pd.DataFrame({"text": ["c"], "label": ["neutral"]}), tmp_path / "test.csv")
-    with pytest.raises(DataError, match=r"test.csv: label 'neutral' \(row 1, column 'label'\) is not one of"):
+    with pytest.raises(DataError, match=r"^test.csv: 1 row has a class not among the training classes: 'neutral' "
+                                        r"\(1 row\); drop them with --drop-unseen, or fit on data that has these"):
         load_files(train, eval_files={"test": test})
     with pytest.raises(DataError, match="unknown task kind 'bogus'"):
         load_files(train, kind="bogus")

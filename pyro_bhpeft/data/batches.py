@@ -72,14 +72,16 @@ def tokenize(data: TaskData, tokenizer: Any, max_length: int = 64) -> datasets.D
     for name, split in data.splits.items():
         tokenized = split.map(encode, batched=True, batch_size=1000, keep_in_memory=True,
                               new_fingerprint=generate_random_fingerprint(), desc=f"tokenize {name}")
-        tokenized.set_format("torch", columns=[*MODEL_INPUTS, "label"])
+        tokenized.set_format("torch", columns=[c for c in (*MODEL_INPUTS, "label") if c in tokenized.column_names])
         out[name] = tokenized
     return out
 
 
-def _to_batch(rows: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _to_batch(rows: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     inputs = {k: torch.as_tensor(rows[k], dtype=torch.long) for k in MODEL_INPUTS}  # (B, L) or (B, C, L)
     inputs = trim_left_padding(inputs)
+    if "label" not in rows:  # texts to predict, without labels
+        return inputs, None
     labels = torch.as_tensor(rows["label"])
     return inputs, labels.float() if labels.is_floating_point() else labels.long()
 
@@ -100,7 +102,9 @@ def make_loader(tokenized: datasets.Dataset, batch_size: int, *, shuffle: bool =
     """Batches ``(inputs, labels)`` of a tokenized split; the order is reproducible from ``seed``.
 
     ``inputs`` holds ``input_ids`` and ``attention_mask``, LongTensors (B, L), or (B, C, L) for
-    multiple choice; ``labels`` is a LongTensor (B,), or a FloatTensor (B,) for regression. Each pass
+    multiple choice; ``labels`` is a LongTensor (B,), or a FloatTensor (B,) for regression, or None
+    when the split has no ``label`` column (texts to predict). A label of -1 (NaN for regression)
+    marks a row without a usable label (:func:`~pyro_bhpeft.data.files.load_eval_file`). Each pass
     over the loader draws the next shuffle from the same seeded generator, so a new loader with the
     same seed replays the same epochs.
 
@@ -109,7 +113,7 @@ def make_loader(tokenized: datasets.Dataset, batch_size: int, *, shuffle: bool =
         for inputs, labels in make_loader(tokenized["train"], 16, shuffle=True, seed=0):
             logits = model(**inputs)
     """
-    missing = [c for c in (*MODEL_INPUTS, "label") if c not in tokenized.column_names]
+    missing = [c for c in MODEL_INPUTS if c not in tokenized.column_names]
     if missing:
         raise DataError(f"the split has no {', '.join(missing)} column; tokenize it first with "
                         "pyro_bhpeft.data.tokenize(data, tokenizer)")

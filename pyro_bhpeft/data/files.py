@@ -1,7 +1,11 @@
-"""The user's own data: CSV, JSON Lines (or a JSON array) or Parquet files with named columns, validated.
+"""The user's own data: CSV/TSV (delimiter sniffed), JSON Lines (or a JSON array) or Parquet files with
+named columns, validated: :func:`load_files` for training (and its evaluation files), :func:`load_eval_file`
+for a file scored or predicted by a fitted run.
 
 Every problem is a one-line :class:`DataError` naming the file, the column or row, and the fix
-(the CLI flags that set column names are named: ``--text-column`` and friends).
+(the CLI flags that set column names are named: ``--text-column`` and friends). What the user should
+know but is not an error comes back in one-line ``notes`` and ``warnings`` on the :class:`TaskData`
+(the task kind inferred, splits held out of the training file, case-variant or unseen classes).
 """
 
 from __future__ import annotations
@@ -15,66 +19,30 @@ from typing import Any
 
 import datasets
 
+from .labels import case_variants, class_id, ids_allowed, infer_kind, label_key, missing, numeric_classes, screen_labels
 from .splits import carve
-from .types import DATA_KINDS, KINDS, DataError, TaskData, TaskSpec, features_for
+from .tables import SUFFIXES, read_table, wrong_delimiter_hint
+from .types import DATA_KINDS, KINDS, DataError, SplitSource, TaskData, TaskSpec, features_for
 
-__all__ = ["load_files", "read_table", "UserFile", "read_classes", "read_numbers", "read_choices", "SUFFIXES"]
+__all__ = ["load_files", "load_eval_file", "read_table", "UserFile", "read_classes", "read_numbers", "read_choices",
+           "SUFFIXES"]
 
-SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 FLAGS = {"text": "--text-column", "label": "--label-column", "question": "--question-column",
          "choices": "--choices-column"}
 
 
-def read_table(path: str | Path):
-    """A pandas DataFrame from a ``.csv``, ``.jsonl``/``.json`` or ``.parquet`` file, or a :class:`DataError`.
-
-    Example::
-
-        df = read_table("reviews.csv")
-    """
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data file {path} not found; check the path")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise DataError(f"{path.name}: unsupported file type {path.suffix or '(none)'!r}; "
-                        f"use one of {', '.join(SUFFIXES)}")
-    with path.open("rb") as fh:
-        head = fh.read(4096).lstrip()
-    if not head:
-        raise DataError(f"{path} is empty; it needs a header (or keys) and at least one row")
-    try:
-        if suffix == ".csv":
-            df = pd.read_csv(path)
-        elif suffix == ".parquet":
-            df = pd.read_parquet(path)
-        else:  # JSON Lines, or a .json file holding one array of records
-            df = pd.read_json(path, lines=not (suffix == ".json" and head.startswith(b"[")), orient="records")
-    except (ValueError, OSError) as err:  # parser, decoding and Arrow errors are ValueErrors
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path.name} could not be read as {suffix[1:]} ({reason}); check the file's format") from None
-    if len(df) == 0:
-        raise DataError(f"{path} has no rows; it needs at least one labelled example")
-    return df
-
-
 def _column(df, column: str, role: str, path: Path) -> list:
     if column not in df.columns:
-        raise DataError(f"{path.name} has no {role} column {column!r} (columns: {', '.join(map(str, df.columns))}); "
-                        f"name the right one with {FLAGS[role]}")
+        hint = wrong_delimiter_hint(df.columns)
+        raise DataError(f"{path.name} has no {role} column {column!r} (columns: {', '.join(map(str, df.columns))})"
+                        + (hint or f"; name the right one with {FLAGS[role]}"))
     return df[column].tolist()
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _texts(df, column: str, role: str, path: Path) -> list[str]:
     values = _column(df, column, role, path)
     for row, v in enumerate(values, start=1):
-        if _missing(v) or (isinstance(v, str) and not v.strip()):
+        if missing(v) or (isinstance(v, str) and not v.strip()):
             raise DataError(f"{path.name}: row {row} has no text in column {column!r}; fill or remove that row")
         if not isinstance(v, str):
             raise DataError(f"{path.name}: column {column!r} must hold text, but row {row} holds "
@@ -96,16 +64,9 @@ def _numbers(values: list, column: str, path: Path, what: str) -> list[float]:
     return out
 
 
-def _label_key(v: Any) -> str:
-    """The class name a label value stands for: ``1``, ``1.0`` and ``"1"`` are all ``"1"``."""
-    if isinstance(v, float) and v.is_integer():
-        return str(int(v))
-    return str(v).strip()
-
-
 def _class_names(values: list, column: str, path: Path) -> tuple[str, ...]:
     """The sorted distinct labels of the training file (numerically when they are all numbers)."""
-    keys = {_label_key(v) for v in values if not _missing(v)}
+    keys = {label_key(v) for v in values if not missing(v)}
     try:
         names = tuple(sorted(keys, key=float))
     except ValueError:
@@ -118,19 +79,16 @@ def _class_names(values: list, column: str, path: Path) -> tuple[str, ...]:
 
 def _class_ids(values: list, names: Sequence[str], column: str, path: Path) -> list[int]:
     index = {str(n): i for i, n in enumerate(names)}
-    ids_allowed = not any(n.lstrip("-").replace(".", "", 1).isdigit() for n in index)  # names are words
+    allowed = ids_allowed(names)  # integer labels may be class ids when the names are words
     out = []
     for row, v in enumerate(values, start=1):
-        if _missing(v):
+        if missing(v):
             raise DataError(f"{path.name}: row {row} has no label in column {column!r}; fill or remove that row")
-        key = _label_key(v)
-        if key in index:
-            out.append(index[key])
-        elif ids_allowed and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(names):
-            out.append(v)  # an integer class id, with the names given separately
-        else:
+        cid = class_id(v, index, allowed)
+        if cid is None:
             raise DataError(f"{path.name}: label {v!r} (row {row}, column {column!r}) is not one of the classes "
                             f"{list(index)}; fix the row, or train on data that has this class")
+        out.append(cid)
     return out
 
 
@@ -221,46 +179,143 @@ def read_choices(file: UserFile) -> tuple[TaskSpec, dict[str, list]]:
     return spec, {"question": questions, "choices": choices, "label": [int(y) for y in labels]}
 
 
-def _read(path: Path, spec: TaskSpec | None, kind: str, cols: dict[str, str],
+def _read(path: Path, table: Any, spec: TaskSpec | None, kind: str, cols: Mapping[str, str],
           label_names: Sequence[str] | None) -> tuple[TaskSpec, datasets.Dataset]:
-    """One file as a Dataset in our columns; the first file (``spec`` None) also fixes the spec."""
+    """One table as a Dataset in our columns; the first file (``spec`` None) also fixes the spec."""
     data_kind = DATA_KINDS[kind]
-    file = UserFile(read_table(path), path, kind, {role: cols[role] for role in data_kind.columns}, spec, label_names)
+    file = UserFile(table, path, kind, {role: cols[role] for role in data_kind.columns}, spec, label_names)
     spec, columns = data_kind.read(file)
     return spec, datasets.Dataset.from_dict(columns, features=features_for(spec))
 
 
-def load_files(train: str | Path, *, eval_files: dict[str, str | Path] | None = None, kind: str = "classification",
+def _class_warnings(spec: TaskSpec, table: Any, column: str) -> list[str]:
+    """Warnings about a classification training file's classes: case variants, real numbers as classes."""
+    if not DATA_KINDS[spec.kind].class_labels or column not in table.columns:
+        return []
+    lines = [case_variants(spec.label_names, table[column].tolist(), column), numeric_classes(spec.label_names, column)]
+    return [line for line in lines if line]
+
+
+def _carved(splits: dict, fractions: dict[str, float], seed: int, train: Path) -> tuple[dict, str]:
+    """Carve the missing evaluation splits out of train; the note that says so."""
+    splits.update(carve(splits.pop("train"), fractions, seed, what=train.name))
+    held = ", ".join(f"{name} {len(splits[name]):,}" for name in fractions)
+    note = (f"held out of {train.name} by seed {seed}: {held} rows ({sum(fractions.values()) * 100:g} %); "
+            f"training on the other {len(splits['train']):,} (pass --eval FILE to evaluate on a file of your own)")
+    return splits, note
+
+
+def load_files(train: str | Path, *, eval_files: dict[str, str | Path] | None = None, kind: str | None = None,
                text_column: str = "text", label_column: str = "label", question_column: str = "question",
                choices_column: str = "choices", label_names: Sequence[str] | None = None,
-               validation_fraction: float = 0.1, seed: int = 0) -> TaskData:
-    """A :class:`TaskData` from the user's files (``.csv``, ``.jsonl``/``.json``, ``.parquet``).
+               validation_fraction: float = 0.1, seed: int = 0, delimiter: str | None = None,
+               drop_unseen: bool = False) -> TaskData:
+    """A :class:`TaskData` from the user's files (``.csv``/``.tsv``/``.txt``, ``.jsonl``/``.json``, ``.parquet``).
 
+    ``kind`` None infers it from the training file (:func:`~pyro_bhpeft.data.labels.infer_kind`: a
+    real-valued label column is regression, words or a few whole numbers are classes, question and
+    choices columns without a text column are multiple choice) and says so in ``notes``.
     ``eval_files`` maps split names (``validation``, ``test``, or any extra name) to files; a missing
-    ``validation`` or ``test`` is carved from train (``validation_fraction`` of it each, by ``seed``).
-    Classification labels are class names (ids follow ``label_names``, or the sorted distinct training
-    labels, numerically sorted when they are numbers) or integer ids with ``label_names`` given.
-    Multiple choice: ``choices`` holds a list per row (a JSON list in CSV), ``label`` a 0-based index.
+    ``validation`` or ``test`` is carved from train (``validation_fraction`` of it each, by ``seed``),
+    said in ``notes`` and in ``sources``. Classification labels are class names (ids follow
+    ``label_names``, or the sorted distinct training labels, numerically sorted when they are numbers)
+    or integer ids with ``label_names`` given; names differing only in case stay separate classes and
+    get a line in ``warnings``. An evaluation file's class the training file lacks is an error naming
+    it and its rows, unless ``drop_unseen``. Multiple choice: ``choices`` holds a list per row (a JSON
+    list in CSV), ``label`` a 0-based index. ``delimiter`` (delimited text files): the column delimiter,
+    sniffed when None.
 
     Example::
 
         data = load_files("reviews.csv", text_column="review", label_column="stars",
                           eval_files={"test": "held_out.jsonl"})
         data.spec.label_names      # ("1", "2", "3", "4", "5")
+        data.notes                 # ("task kind: classification, inferred from column 'stars' (5 classes); ...", ...)
     """
-    if kind not in DATA_KINDS:
+    if kind is not None and kind not in DATA_KINDS:
         raise DataError(f"unknown task kind {kind!r}; use one of {', '.join(KINDS)} (--kind)")
     if not 0 < validation_fraction < 0.5:
         raise DataError(f"validation_fraction must be between 0 and 0.5, got {validation_fraction}")
     if "train" in (eval_files or {}):
         raise DataError("eval_files cannot have a 'train' entry; pass the training file as `train`")
     cols = {"text": text_column, "label": label_column, "question": question_column, "choices": choices_column}
-    spec, train_ds = _read(Path(train), None, kind, cols, label_names)
-    splits = {"train": train_ds}
+    train, table = Path(train), read_table(train, delimiter=delimiter)
+    notes = []
+    if kind is None:
+        kind, note = infer_kind(table, cols)
+        notes += [note] if note else []
+    spec, train_ds = _read(train, table, None, kind, cols, label_names)
+    warnings = _class_warnings(spec, table, label_column)
+    splits, sources = {"train": train_ds}, {}
     for split, path in (eval_files or {}).items():
-        splits[split] = _read(Path(path), spec, kind, cols, label_names)[1]
-    missing = {s: validation_fraction for s in ("validation", "test") if s not in splits}
-    if missing:
-        splits.update(carve(splits.pop("train"), missing, seed, what=Path(train).name))
+        part = load_eval_file(path, spec, columns=cols, drop_unseen=drop_unseen, delimiter=delimiter, split=split)
+        splits[split], sources[split] = part.splits[split], part.sources[split]
+        warnings += part.warnings
+    fractions = {s: validation_fraction for s in ("validation", "test") if s not in splits}
+    if fractions:
+        splits, note = _carved(splits, fractions, seed, train)
+        notes.append(note)
+        sources.update({s: SplitSource(str(train), len(splits[s]), "train", validation_fraction, seed) for s in fractions})
+    sources["train"] = SplitSource(str(train), len(splits["train"]))
     order = ["train", "validation", "test"]
-    return TaskData(spec, datasets.DatasetDict({k: splits[k] for k in order + [s for s in splits if s not in order]}))
+    names = order + [s for s in splits if s not in order]
+    return TaskData(spec, datasets.DatasetDict({k: splits[k] for k in names}), {k: sources[k] for k in names},
+                    tuple(notes), tuple(warnings))
+
+
+def _roles(columns: Mapping[str, str] | None) -> dict[str, str]:
+    """Column names by role from ``{"text": ...}`` or load_files' ``{"text_column": ...}`` keys (None: the role)."""
+    out = {role: role for role in FLAGS}
+    for key, value in (columns or {}).items():
+        role = key.removesuffix("_column")
+        if value is not None:
+            out[role] = value
+    return out
+
+
+def load_eval_file(path: str | Path, spec: TaskSpec, *, columns: Mapping[str, str | None] | None = None,
+                   require_labels: bool = True, drop_unseen: bool = False, delimiter: str | None = None,
+                   split: str = "test") -> TaskData:
+    """One file to score (``require_labels``) or predict (not) with a model fitted on task ``spec``,
+    as a :class:`TaskData` with the one split ``split``.
+
+    ``columns`` names the file's columns by role (``{"text": "review"}``) or by ``load_files``' argument
+    names (``{"text_column": "review"}``); unnamed roles use the role's name. Without
+    ``require_labels`` the label column may be absent (the split then has no ``label`` column; batches
+    are ``(inputs, None)``), and rows with an empty label or a class the task lacks are kept with label
+    -1 (NaN for regression), reported in ``warnings`` and ``sources[split]``. With ``require_labels``
+    an unseen class is an error naming each class and its row count, unless ``drop_unseen`` (those
+    rows are dropped, and a warning says so).
+
+    Example::
+
+        texts = load_eval_file("new_reviews.csv", run_spec, columns={"text": "review"}, require_labels=False)
+        texts.splits["test"].column_names    # ["text"]: no label column in the file
+    """
+    path, cols = Path(path), _roles(columns)
+    table, kind = read_table(path, delimiter=delimiter), DATA_KINDS[spec.kind]
+    cols = {role: cols.get(role, role) for role in kind.columns}
+    if cols["label"] not in table.columns and require_labels:
+        raise DataError(f"{path.name} has no label column {cols['label']!r} (columns: "
+                        f"{', '.join(map(str, table.columns))}){wrong_delimiter_hint(table.columns)}; scoring needs "
+                        "the labels: name the column with --label-column (predict works on text alone)")
+    has_labels = cols["label"] in table.columns
+    screened, warnings = screen_labels(table, path, spec, cols["label"], require_labels=require_labels,
+                                       drop_unseen=drop_unseen)
+    _, ds = _read(path, screened.table, spec, spec.kind, cols, None)
+    if not has_labels:
+        ds = ds.remove_columns("label")
+    elif screened.unusable:
+        ds = _unlabel(ds, screened.unusable, spec)
+    source = SplitSource(str(path), len(ds), unlabelled=len(screened.unusable), unseen=screened.unseen,
+                         dropped=screened.dropped)
+    notes = [f"{path.name}: no label column {cols['label']!r}; predicting text alone"] if not has_labels else []
+    return TaskData(spec, datasets.DatasetDict({split: ds}), {split: source}, tuple(notes), tuple(warnings))
+
+
+def _unlabel(ds: datasets.Dataset, rows: Sequence[int], spec: TaskSpec) -> datasets.Dataset:
+    """``ds`` with the label of ``rows`` set to -1 (NaN for a float label): no usable label."""
+    blank = -1 if ds.features["label"].dtype != "float64" else math.nan
+    labels, marked = ds["label"], set(rows)
+    values = [blank if i in marked else y for i, y in enumerate(labels)]
+    return ds.remove_columns("label").add_column("label", values, feature=ds.features["label"])

@@ -8,7 +8,8 @@ encoder), and the data error.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ from ..registry import Registry
 if TYPE_CHECKING:
     from .files import UserFile
 
-__all__ = ["TaskSpec", "TaskData", "DataError", "DataKind", "DATA_KINDS", "KINDS", "features_for"]
+__all__ = ["TaskSpec", "TaskData", "SplitSource", "DataError", "DataKind", "DATA_KINDS", "KINDS", "features_for"]
 
 
 class DataError(ValueError):
@@ -152,6 +153,44 @@ class TaskData:
 
     spec: TaskSpec
     splits: datasets.DatasetDict
+    sources: Mapping[str, SplitSource] = field(default_factory=dict)  # split -> where its rows came from
+    notes: tuple[str, ...] = ()  # one-line facts to tell the user (a task kind inferred, splits held out)
+    warnings: tuple[str, ...] = ()  # one-line warnings (case-variant classes, unseen or dropped labels)
+
+    def describe_splits(self) -> list[str]:
+        """One line per split whose source is known, e.g. ``validation: 10 % of train.csv (12 rows, seed 0)``."""
+        return [source.describe(name) for name, source in self.sources.items()]
+
+
+@dataclass(frozen=True)
+class SplitSource:
+    """Where one split's rows came from: a whole ``file``, or (``carved_from`` set) a seeded
+    ``fraction`` of the training file held out by ``seed``.
+
+    Example::
+
+        data = load_files("train.csv")
+        data.sources["validation"].describe("validation")  # "validation: 10 % of train.csv (12 rows, seed 0)"
+    """
+
+    file: str
+    rows: int
+    carved_from: str | None = None  # the split it was held out of ("train")
+    fraction: float | None = None
+    seed: int | None = None
+    unlabelled: int = 0  # rows without a usable label (label -1, or NaN for regression)
+    unseen: Mapping[str, int] = field(default_factory=dict)  # label -> rows, classes the task does not have
+    dropped: int = 0  # rows dropped for an unseen class
+
+    def describe(self, split: str) -> str:
+        name = Path(self.file).name
+        if self.carved_from is not None:
+            share = f"{self.fraction * 100:g} % of {name}" if self.fraction is not None else f"held out of {name}"
+            seed = f", seed {self.seed}" if self.seed is not None else ""
+            return f"{split}: {share} ({self.rows:,} rows{seed})"
+        extra = "".join([f", {self.unlabelled:,} without a label" if self.unlabelled else "",
+                         f", {self.dropped:,} dropped (unseen classes)" if self.dropped else ""])
+        return f"{split}: {name} ({self.rows:,} row{'s' * (self.rows != 1)}{extra})"
 
 
 def features_for(spec: TaskSpec) -> datasets.Features:
