@@ -15,10 +15,10 @@ Example::
 
 from . import kinds  # noqa: F401  (registers the built-in kinds in DATA_KINDS before any TaskSpec is made)
 from .batches import make_loader, tokenize
-from .files import load_files
+from .files import load_eval_file, load_files
 from .splits import random_rows
 from .tasks import TASKS, load_task
-from .types import DATA_KINDS, DataError, DataKind, TaskData, TaskSpec
+from .types import DATA_KINDS, DataError, DataKind, SplitSource, TaskData, TaskSpec
 
-__all__ = ["TaskSpec", "TaskData", "DataError", "DataKind", "DATA_KINDS", "TASKS", "load_task", "load_files",
-           "random_rows", "tokenize", "make_loader"]
+__all__ = ["TaskSpec", "TaskData", "SplitSource", "DataError", "DataKind", "DATA_KINDS", "TASKS", "load_task",
+           "load_files", "load_eval_file", "random_rows", "tokenize", "make_loader"]
