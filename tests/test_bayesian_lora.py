@@ -44,6 +44,24 @@ def test_flipout_is_the_mean_path_when_the_noise_is_zero():
     assert torch.allclose(flipout_lora(x, loc, torch.zeros_like(loc), b, 2.0), (x @ loc.T) @ (2.0 * b.T), atol=1e-6)
 
 
+@pytest.mark.parametrize("shape, group", [((4, 6), 1), ((4, 5, 6), 1), ((6, 5, 6), 3)])
+def test_flipout_output_is_exactly_the_one_the_layer_signs_give(shape, group):
+    """``((x * r) noise^T) * s`` with the signs drawn as the layer draws them: input side ``r`` and
+    output (rank) side ``s``, one set per example (``group`` rows), shared by its tokens."""
+    g = torch.Generator().manual_seed(0)
+    x, loc, noise = torch.randn(*shape, generator=g), torch.randn(2, 6, generator=g), torch.randn(2, 6, generator=g)
+    b = torch.randn(3, 2, generator=g)
+    torch.manual_seed(5)
+    out = flipout_lora(x, loc, noise, b, 2.0, group=group)
+    torch.manual_seed(5)  # the same draws, in the layer's order: r (examples, 1.., in), then s (examples, 1.., rank)
+    per = (shape[0] // group, *([1] * (len(shape) - 2)))
+    r = torch.empty(*per, 6).bernoulli_(0.5).mul_(2).sub_(1).repeat_interleave(group, dim=0)
+    s = torch.empty(*per, 2).bernoulli_(0.5).mul_(2).sub_(1).repeat_interleave(group, dim=0)
+    expected = (x @ loc.T + ((x * r) @ noise.T) * s) @ (2.0 * b.T)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert (s == -1).any() and (r == -1).any()  # both sides really flip something here
+
+
 # ---- BLoB's KL re-weighting ------------------------------------------------------------------------------
 def test_blob_kl_weights_double_each_step_and_sum_to_one_per_epoch():
     m = 7
