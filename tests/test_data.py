@@ -204,6 +204,26 @@ def test_random_rows_picks_the_pinned_rows(size, n, seed, draw, first):
     assert runs.random_rows is random_rows  # the comparison harness, demo and --train-size use this one
 
 
+# The rows each seed carves out (numpy's seeded permutation): task splits and users' held-out rows depend on them.
+PINNED_CARVES = [
+    (20, {"validation": 0.1, "test": 0.15}, 0, {"validation": [4, 19], "test": [2, 6, 13]}),
+    (20, {"validation": 0.1, "test": 0.15}, 1, {"validation": [1, 10], "test": [7, 16, 18]}),
+    (20, {"validation": 0.1, "test": 0.15}, 7, {"validation": [3, 8], "test": [12, 13, 14]}),
+    (1000, {"validation": 0.01}, 3, {"validation": [105, 133, 334, 388, 590, 618, 679, 714, 797, 888]}),
+]
+
+
+@pytest.mark.parametrize("size, fractions, seed, pinned", PINNED_CARVES)
+def test_carve_takes_the_pinned_rows_of_its_seed_in_disjoint_complete_ordered_parts(size, fractions, seed, pinned):
+    from pyro_bhpeft.data.splits import carve
+
+    parts = carve(datasets.Dataset.from_dict({"i": list(range(size))}), fractions, seed)
+    rows = {name: list(part["i"]) for name, part in parts.items()}
+    assert list(rows) == ["train", *fractions] and {k: rows[k] for k in fractions} == pinned
+    assert sorted(sum(rows.values(), [])) == list(range(size))  # disjoint and complete
+    assert all(r == sorted(r) for r in rows.values())  # each part keeps the original order
+
+
 def test_random_rows_edges():
     ds = datasets.Dataset.from_dict({"i": list(range(10))})
     assert random_rows(ds, 10, 0) is ds and random_rows(ds, 50, 0, draw="permutation") is ds
