@@ -255,7 +255,8 @@ def load_files(train: str | Path, *, eval_files: dict[str, str | Path] | None = 
     if fractions:
         splits, note = _carved(splits, fractions, seed, train)
         notes.append(note)
-        sources.update({s: SplitSource(str(train), len(splits[s]), "train", validation_fraction, seed) for s in fractions})
+        sources.update({s: SplitSource(str(train), len(splits[s]), "train", validation_fraction, seed)
+                        for s in fractions})
     sources["train"] = SplitSource(str(train), len(splits["train"]))
     order = ["train", "validation", "test"]
     names = order + [s for s in splits if s not in order]

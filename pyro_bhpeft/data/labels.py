@@ -140,8 +140,12 @@ def _placeholder(spec: TaskSpec) -> Any:
     return spec.label_names[0] if DATA_KINDS[spec.kind].class_labels else 0
 
 
+def _count(n: int) -> str:
+    return f"{n:,} row" if n == 1 else f"{n:,} rows"
+
+
 def _rows(n: int) -> str:
-    return f"{n:,} row has" if n == 1 else f"{n:,} rows have"
+    return f"{_count(n)} {'has' if n == 1 else 'have'}"
 
 
 def _unseen_text(unseen: Mapping[str, int], names: Sequence[str]) -> str:
@@ -149,8 +153,7 @@ def _unseen_text(unseen: Mapping[str, int], names: Sequence[str]) -> str:
     parts = []
     for label, rows in sorted(unseen.items(), key=lambda kv: -kv[1]):
         near = folded.get(" ".join(label.split()).casefold())
-        parts.append(f"{label!r} ({rows:,} row{'s' * (rows != 1)}" + (f", like {near!r} but for case)" if near
-                                                                      else ")"))
+        parts.append(f"{label!r} ({_count(rows)}" + (f", like {near!r} but for case)" if near else ")"))
     return ", ".join(parts)
 
 
@@ -170,7 +173,8 @@ def screen_labels(table: Any, path: Path, spec: TaskSpec, column: str, *, requir
     if kind.class_labels:
         index = {str(n): i for i, n in enumerate(spec.label_names)}
         allowed = ids_allowed(spec.label_names)
-        bad = [(i, v) for i, v in enumerate(table[column].tolist()) if missing(v) or class_id(v, index, allowed) is None]
+        bad = [(i, v) for i, v in enumerate(table[column].tolist())
+               if missing(v) or class_id(v, index, allowed) is None]
     elif kind.label_dtype == "float64" and not require_labels:
         bad = [(i, v) for i, v in enumerate(table[column].tolist()) if _number(v) is None]
     else:
@@ -191,7 +195,7 @@ def screen_labels(table: Any, path: Path, spec: TaskSpec, column: str, *, requir
         if not keep:
             raise DataError(f"{name}: every row has a class not among the training classes "
                             f"({_unseen_text(unseen, spec.label_names)}); nothing is left to score")
-        warnings.append(f"{name}: dropped {len(table) - len(keep):,} rows of classes not among the training classes: "
+        warnings.append(f"{name}: dropped {_count(len(table) - len(keep))} of classes not among the training classes: "
                         f"{_unseen_text(unseen, spec.label_names)}")
         dropped = len(table) - len(keep)
         table = table.iloc[keep].reset_index(drop=True)
