@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .config import ConfigError, LoraConfig, PeftConfig
+from .inputs import as_task_data, is_loader, is_texts, task_spec, unlabelled
 from .recipe import PRESETS, Recipe
 
 __all__ = ["BayesianPEFT", "peft_parts"]
@@ -99,24 +100,20 @@ class BayesianPEFT:
             raise ConfigError(f"unknown option(s) {', '.join(unknown)}; BayesianPEFT takes the Recipe fields: "
                               f"{', '.join(_RECIPE_FIELDS)}")
         words = {"r": r, "lora_alpha": lora_alpha, "target_modules": target_modules, "lora_dropout": lora_dropout}
-        changes = dict(options)
+        named = {"prior": prior, "guide": guide, "backbone": backbone}
+        changes = {**options, **{k: v for k, v in named.items() if isinstance(v, str)}}
         if peft is not None or any(v is not None for v in words.values()):
             changes["peft"] = peft_parts(peft if peft is not None else base.peft, **words)
-        if isinstance(prior, str):
-            changes["prior"] = prior
-        if isinstance(guide, str):
-            changes["guide"] = guide
-        if isinstance(backbone, str):
-            changes["backbone"] = backbone
         self.recipe = base.with_(**changes)
         self._prior = None if prior is None or isinstance(prior, str) else prior
         self._guide_builder = None if guide is None or isinstance(guide, str) else guide
         self._backbone_arg, self._tokenizer_arg, self.device = backbone, tokenizer, device
         self._bb: Any = None
-        self.spec = _task_spec(task, num_labels)
+        self.spec = task_spec(task, num_labels)
         self.model: Any = None
         self.result: Any = None  # the last fit's FitResult
         self.round, self.parent = 1, None
+        self._start: dict[str, Any] = {}  # site name -> where the guide starts (an imported peft adapter)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, *, backbone: Any = None, prior: Any = None, device: Any = None
@@ -125,6 +122,57 @@ class BayesianPEFT:
         front = cls(recipe=recipe, prior=prior, device=device)
         front._bb = backbone
         return front
+
+    @classmethod
+    def from_peft(cls, adapter: Any, task: Any = None, *, backbone: Any = None, tokenizer: Any = None,
+                  center_prior: bool = False, **kwargs: Any) -> "BayesianPEFT":
+        """Start from a LoRA adapter trained with the peft library (its folder, or a ``PeftModel``): its config
+        becomes ours, and the guide starts at its weights (so ``guide="mle"`` with no fit is the adapter as it
+        is, ready for :meth:`tfb`). ``center_prior``: centre the prior of its LoRA weights on them (a
+        variational fit then regularises toward the adapter). ``backbone`` defaults to the adapter's base."""
+        from .peft_io import import_peft_adapter, read_peft_adapter
+
+        read = read_peft_adapter(adapter)
+        base = backbone if backbone is not None else read.base_model
+        if base is None:
+            raise ConfigError("the adapter does not name its base model; pass backbone=")
+        front = cls(base, task, tokenizer=tokenizer, **kwargs)
+        adapted = import_peft_adapter(read, front.backbone.model)
+        front.recipe = front.recipe.with_(peft=PeftConfig(adapted.config))
+        front._start = {**adapted.weights, **(adapted.head or {})}
+        if center_prior:
+            from .continual import PosteriorPrior
+            import torch
+
+            scale = front.recipe.prior_scale
+            front._prior = PosteriorPrior({k: v.clone() for k, v in adapted.weights.items()},
+                                          {k: torch.full_like(v, scale) for k, v in adapted.weights.items()},
+                                          front.prior)
+        return front
+
+    def tfb(self, anchor: Any, *, threshold: float = 0.01, split: str = "train", **kwargs: Any) -> "BayesianPEFT":
+        """Training-free Bayesianization (TFB, Shi et al. 2025) of this point estimate: isotropic noise in each
+        LoRA's column space, its size the largest that changes the NLL of the model's own predictions on the
+        ``anchor`` data by at most ``threshold``. Unfitted, the point estimate is the guide's start (an imported
+        adapter). Returns a new round-1 front door holding the TFB posterior."""
+        from .baselines.tfb import tfb_posterior
+        from .data.prompts import for_backbone
+        from .posterior import Posterior
+
+        if self.result is None:
+            task = for_backbone(as_task_data(anchor, self.spec, split=split), self.backbone.model,
+                                self.backbone.tokenizer)
+            model = self._build(task)
+            with self._in_force():
+                point = Posterior(model, self._new_guide(model), backbone_name=self.recipe.backbone,
+                                  meta={"recipe": self.recipe.to_dict(), **self._task_meta()})
+        else:
+            point = self.posterior
+        fitted = tfb_posterior(point, self.loader(anchor, split=split), threshold=threshold, **kwargs)
+        out = BayesianPEFT.__new__(BayesianPEFT)
+        out.__dict__.update(self.__dict__)
+        out.result = _unfitted(fitted.posterior, seconds=fitted.seconds)  # sigma in posterior.meta["tfb"]
+        return out
 
     # ---- what the fit runs on --------------------------------------------------------------
     @property
@@ -182,7 +230,10 @@ class BayesianPEFT:
     def _new_guide(self, model: Any) -> Any:
         from .recipe import build_guide
 
-        return self._guide_builder(model) if self._guide_builder is not None else build_guide(self.recipe, model)
+        guide = self._guide_builder(model) if self._guide_builder is not None else build_guide(self.recipe, model)
+        if self._start:  # an imported adapter: the guide starts at its weights
+            _start_guide_at(model, guide, self._start)
+        return guide
 
     # ---- verbs ----------------------------------------------------------------------------
     def fit(self, data: Any, *, progress: bool = True, checkpoint: Any = None, meta: dict | None = None,
@@ -200,17 +251,17 @@ class BayesianPEFT:
         if options:
             self.recipe = self.recipe.with_(**options)
         bb = self.backbone
-        if _is_loader(data):
+        if is_loader(data):
             if self.model is None:
                 raise ConfigError("a loader of tokenised batches needs the task up front: BayesianPEFT(..., task=...)"
                                   " or fit a TaskData / DataFrame / (texts, labels) first")
             model, train_loader = self.model, data
         else:
-            data = for_backbone(_as_task_data(data, self.spec), bb.model, bb.tokenizer)
+            data = for_backbone(as_task_data(data, self.spec), bb.model, bb.tokenizer)
             model = self._build(data)
         with self._in_force():
             guide = self._new_guide(model)
-            if not _is_loader(data):
+            if not is_loader(data):
                 train_loader = loaders(self.recipe, data, bb.tokenizer)["train"]
             opts = fit_options(self.recipe)
             if self._guide_builder is not None:
@@ -234,12 +285,12 @@ class BayesianPEFT:
         from .data.prompts import for_backbone
         from .recipe import EVAL_BATCH_SIZE
 
-        if _is_loader(data):
+        if is_loader(data):
             return data
-        texts_only = _is_texts(data)
+        texts_only = is_texts(data)
         if self.spec is None:
             raise ConfigError("the task is not known yet; fit first or pass task= to BayesianPEFT")
-        task = _as_task_data(_dummy_labelled(data, self.spec) if texts_only else data, self.spec, split=split)
+        task = as_task_data(unlabelled(data, self.spec) if texts_only else data, self.spec, split=split)
         task = for_backbone(task, self.backbone.model, self.backbone.tokenizer)
         if split not in task.splits:
             split = next(s for s in ("test", "validation", "train") if s in task.splits)
@@ -297,8 +348,6 @@ class BayesianPEFT:
     @classmethod
     def load(cls, path: str | Path, *, backbone: Any = None, device: Any = None) -> "BayesianPEFT":
         """A saved run or posterior, ready to predict or to start the next round."""
-        from types import SimpleNamespace
-
         from .data import TaskSpec
         from .posterior import Posterior
 
@@ -310,8 +359,7 @@ class BayesianPEFT:
         if meta.get("kind"):
             front.spec = TaskSpec(meta.get("task") or "task", meta["kind"], label_names=tuple(meta.get("label_names")
                                   or ()), num_choices=int(meta.get("num_choices") or 0))
-        front.result = SimpleNamespace(posterior=posterior, history=[], nll=[], kl=[], kl_weights=[], step_seconds=[],
-                                       seconds=0.0, scale_steps=[], scale_trace={}, warnings=[])
+        front.result = _unfitted(posterior)
         return front
 
     def __repr__(self) -> str:
@@ -321,7 +369,6 @@ class BayesianPEFT:
                 f"round {self.round}, {fitted})")
 
 
-# ---- data in any reasonable form -> TaskData ------------------------------------------------
 def _base_model(model: Any) -> Any:
     """The bare transformer of a Hugging Face model object (a decoder keeps its LM head as ``lm_head``)."""
     from .layers.arch import architecture
@@ -332,93 +379,23 @@ def _base_model(model: Any) -> Any:
     return base
 
 
-def _is_loader(data: Any) -> bool:
+def _start_guide_at(model: Any, guide: Any, start: dict[str, Any]) -> None:
+    """Set ``guide`` up (it builds its parameters on first call) with its locations at ``start`` for those sites
+    (and the model's usual start elsewhere)."""
+    import pyro.poutine as poutine
     import torch
 
-    return isinstance(data, torch.utils.data.DataLoader)
+    usual = model.initial_values
+    model.initial_values = lambda: {**usual(), **{k: v.to(model._device()) for k, v in start.items()}}
+    try:
+        with torch.no_grad(), poutine.block():
+            guide(*model.dummy_data())
+    finally:
+        del model.initial_values
 
 
-def _is_texts(data: Any) -> bool:
-    return isinstance(data, (list, tuple)) and len(data) > 0 and all(isinstance(t, str) for t in data)
+def _unfitted(posterior: Any, seconds: float = 0.0) -> Any:
+    """A fit result for a posterior that no SVI run produced (loaded, or made post hoc): empty curves."""
+    from .infer import FitResult
 
-
-def _dummy_labelled(texts: Sequence[str], spec: Any) -> dict[str, list]:
-    label = 0.0 if spec.kind == "regression" else 0  # never read: predictions of texts have no labels
-    return {"text": list(texts), "label": [label] * len(texts)}
-
-
-def _task_spec(task: Any, num_labels: int | None):
-    """A TaskSpec from what the user said about the task (None: read it from the first data)."""
-    from .data import TASKS, TaskData, TaskSpec
-
-    if isinstance(task, TaskData):
-        return task.spec
-    if isinstance(task, TaskSpec):
-        return task
-    if task == "regression":
-        return TaskSpec("regression", "regression")
-    if isinstance(task, str):
-        if task not in TASKS:
-            raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}, or pass num_labels=")
-        return TASKS[task]
-    if task is not None:
-        raise ConfigError(f"task must be a TaskData, a TaskSpec, a registered task name or 'regression', got {task!r}")
-    if num_labels is not None:
-        return TaskSpec("classification", "classification", label_names=tuple(str(i) for i in range(int(num_labels))))
-    return None
-
-
-def _columns(data: Any) -> dict[str, list]:
-    """``data`` as a dict of columns (text/label, or question/choices/label)."""
-    if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], str):
-        return {"text": list(data[0]), "label": list(data[1])}
-    if isinstance(data, dict):
-        return {k: list(v) for k, v in data.items()}
-    if hasattr(data, "to_dict") and hasattr(data, "columns"):  # a pandas DataFrame
-        return {str(c): data[c].tolist() for c in data.columns}
-    if hasattr(data, "column_names") and hasattr(data, "to_dict"):  # a datasets.Dataset
-        return data.to_dict()
-    raise ConfigError(f"cannot read data of type {type(data).__name__}; pass a TaskData, a datasets.Dataset or "
-                      "DatasetDict, a pandas DataFrame, a dict of columns or (texts, labels)")
-
-
-def _infer_spec(labels: list) -> Any:
-    from .data import TaskSpec
-
-    if all(isinstance(y, str) for y in labels):
-        return TaskSpec("classification", "classification", label_names=tuple(sorted(set(labels))))
-    if all(isinstance(y, int) or float(y).is_integer() for y in labels):
-        return TaskSpec("classification", "classification",
-                        label_names=tuple(str(i) for i in range(int(max(labels)) + 1)))
-    return TaskSpec("regression", "regression")
-
-
-def _as_task_data(data: Any, spec: Any, *, split: str = "train"):
-    """``data`` as a :class:`TaskData` of ``spec`` (inferred from the labels when None), in split ``split``."""
-    import datasets
-
-    from .data import TaskData
-    from .data.types import features_for
-
-    if isinstance(data, TaskData):
-        return data
-    if isinstance(data, datasets.DatasetDict):
-        splits = {name: _columns(part) for name, part in data.items()}
-    else:
-        splits = {split: _columns(data)}
-    first = next(iter(splits.values()))
-    if "label" not in first:
-        raise ConfigError(f"the data has no 'label' column (columns: {', '.join(first)}); rename the target column")
-    spec = spec or _infer_spec(first["label"])
-    names = list(spec.label_names)
-    out = datasets.DatasetDict()
-    for name, columns in splits.items():
-        if spec.kind != "regression" and names and any(isinstance(y, str) for y in columns["label"]):
-            unseen = sorted({y for y in columns["label"] if y not in names})
-            if unseen:
-                raise ConfigError(f"labels {unseen[:5]} are not among the task's classes {names[:10]}")
-            columns = {**columns, "label": [names.index(y) for y in columns["label"]]}
-        kept = {k: columns[k] for k in features_for(spec)}
-        out[name] = datasets.Dataset.from_dict(kept, features=features_for(spec))
-    return TaskData(spec, out)
-
+    return FitResult(posterior, history=[], kl_weights=[], step_seconds=[], steps=0, seconds=seconds)
