@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..registry import Registry
@@ -118,7 +118,7 @@ def for_backbone(data: TaskData, model: Any, tokenizer: Any) -> TaskData:
     answer_spec = TaskSpec(spec.name, "answer_choice", label_names=answers, num_choices=spec.num_choices,
                            description=spec.description, hub_id=spec.hub_id,
                            answer_ids=answer_token_ids(tokenizer, answers))
-    return TaskData(answer_spec, data.splits)
+    return replace(data, spec=answer_spec)  # the splits, their sources, notes and warnings kept
 
 
 def check_answer_spec(spec: TaskSpec) -> None:
