@@ -182,6 +182,9 @@ def test_a_real_valued_target_never_becomes_a_class_per_value(tmp_path):
     assert explicit.warnings == ("column 'label' holds real numbers, now 1,165 separate classes; pass --kind "
                                  "regression if they are measurements",)
     assert load_files(_labels(tmp_path, [1, 2] * 10), kind="regression").spec.kind == "regression"
+    ids = load_files(_labels(tmp_path, [i % 30 for i in range(60) if i % 30 != 7]),
+                     label_names=[f"c{i}" for i in range(30)])
+    assert ids.spec.kind == "classification" and len(ids.spec.label_names) == 30  # names given: classes
 
 
 def test_question_and_choices_columns_without_text_are_multiple_choice(tmp_path):

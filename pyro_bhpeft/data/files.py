@@ -241,6 +241,8 @@ def load_files(train: str | Path, *, eval_files: dict[str, str | Path] | None = 
     cols = {"text": text_column, "label": label_column, "question": question_column, "choices": choices_column}
     train, table = Path(train), read_table(train, delimiter=delimiter)
     notes = []
+    if kind is None and label_names:
+        kind = "classification"  # class names given: the labels are classes
     if kind is None:
         kind, note = infer_kind(table, cols)
         notes += [note] if note else []
