@@ -10,7 +10,7 @@ Memory is the training footprint of one step, counted exactly rather than sample
 weights + trainable tensors (parameters, gradients, two Adam moments) + every tensor autograd saves
 for the backward pass (deduplicated by storage).
 
-    python benchmarks/step_time.py                       # prints a table and the ratios to peft LoRA
+    python benchmarks/step_time.py --out docs/scaling    # prints and writes the table and the ratios to peft LoRA
     python benchmarks/step_time.py --backbone smollm2    # the same on the causal LM
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -141,6 +142,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backbone", choices=SETTINGS, default=BACKBONE)
+    parser.add_argument("--out", default=None, help="write step_time-BACKBONE.md and .json here (e.g. docs/scaling)")
     args = parser.parse_args()
     BACKBONE = args.backbone
     torch.set_num_threads(args.threads)
@@ -170,9 +172,33 @@ def main() -> None:
     print(f"{BACKBONE}, batch {size} x {seq} tokens, LoRA r={R} on {targets}, {args.threads} threads, "
           f"median of {args.steps} steps")
     print(f"{'method':32s} {'step (s)':>9s} {'time ratio':>11s} {'memory (MB)':>12s} {'memory ratio':>13s}")
+    rows = {}
     for name, runner in runners.items():
         t, m = statistics.median(times[name]), footprint(runner)
+        rows[name] = {"step_seconds": t, "time_ratio": t / base_t, "memory_mb": m / 2**20, "memory_ratio": m / base_m,
+                      "steps_seconds": times[name]}
         print(f"{name:32s} {t:9.3f} {t / base_t:11.2f} {m / 2**20:12.1f} {m / base_m:13.2f}")
+    if args.out:
+        write(Path(args.out), args, size, seq, targets, rows)
+
+
+def write(out: Path, args, size: int, seq: int, targets: str, rows: dict) -> None:
+    """``step_time-{backbone}.md`` (the table) and ``.json`` (every timed step) under ``out``."""
+    from pyro_bhpeft.analysis.tables import markdown_table
+    from pyro_bhpeft.io import write_json, write_text
+
+    command = (f"python benchmarks/step_time.py --backbone {BACKBONE} --threads {args.threads} --steps {args.steps} "
+               f"--warmup {args.warmup} --out {out}")
+    table = markdown_table(["method", "step (s)", "time ratio", "memory (MB)", "memory ratio"],
+                           [[n, f"{r['step_seconds']:.3f}", f"{r['time_ratio']:.2f}", f"{r['memory_mb']:.1f}",
+                             f"{r['memory_ratio']:.2f}"] for n, r in rows.items()])
+    write_text(out / f"step_time-{BACKBONE}.md",
+               f"# Training-step time and memory against peft's deterministic LoRA ({BACKBONE})\n\n"
+               f"`{command}`: batch {size} x {seq} tokens, LoRA r={R} on {targets}, {args.threads} thread(s), "
+               f"median of {args.steps} interleaved steps after {args.warmup} warm-up rounds; memory is the "
+               f"training footprint of one step, counted exactly.\n\n{table}\n")
+    write_json(out / f"step_time-{BACKBONE}.json", {"command": command, "batch": size, "tokens": seq,
+                                                    "threads": args.threads, "results": rows})
 
 
 if __name__ == "__main__":
