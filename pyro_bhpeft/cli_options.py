@@ -1,7 +1,9 @@
 """The command line's options and how they become library values (a :class:`Recipe`, a :class:`Protocol`).
 
-Defaults are read from the library's dataclasses and signatures, never restated here; choices come
-from the registries (guides, priors, PEFT kinds, comparison methods, recipe presets).
+Defaults are read from the library's light dataclasses (Recipe, the PEFT configs); the few whose home imports
+torch are in :data:`STATIC`, each checked against its home by a test. Registry names (guides, priors, PEFT kinds,
+comparison methods, recipe presets) are checked after parsing against the registries, so the parser itself
+imports no torch, pyro, transformers or datasets.
 """
 
 from __future__ import annotations
@@ -11,12 +13,37 @@ import dataclasses
 import inspect
 from typing import Any
 
-__all__ = ["add_data_args", "add_recipe_args", "add_compare_args", "add_device_arg", "preset_defaults", "recipe_from", "protocol_from",
-           "csv_list", "library_default", "UserError"]
+__all__ = ["add_data_args", "add_recipe_args", "add_compare_args", "add_device_arg", "preset_defaults", "recipe_from",
+           "protocol_from", "check_choices", "csv_list", "library_default", "UserError", "COLUMNS", "STATIC"]
 
 
 class UserError(Exception):
     """A problem with the user's options: printed as one line, exit code 2."""
+
+
+# The parser is built without torch, pyro, transformers or datasets (`pyro-bhpeft --help` answers at once), so
+# the few values that live in heavy modules are written here; tests/test_cli.py checks each against its home.
+# Registry names are checked after parsing, against the registries themselves (:func:`check_choices`).
+COLUMNS = {"text_column": "text", "label_column": "label", "question_column": "question", "choices_column": "choices"}
+STATIC = {
+    "data_kinds": ("classification", "multiple_choice", "regression", "answer_choice"),  # data.types.DATA_KINDS
+    "guides": ("mean-field", "low-rank", "map", "mle"),  # guides.GUIDES
+    "scale_params": ("log", "softplus", "rho2"),  # guides.SCALE_PARAMS
+    "peft": ("lora",),  # config.PeftConfig().kinds
+    "peft_kinds": ("lora", "adapter", "prefix", "gated-lora", "delta"),  # layers.PEFT_KINDS
+    "priors": ("normal", "laplace", "student-t", "fan-in", "learned", "flat", "blob", "function-space"),  # priors.PRIORS
+    "gate_noises": ("logistic", "none"),  # layers.gates.NOISES
+    "gate_defaults": {"rank_prior": 1.0, "bit_prior": -1.0, "noise": "logistic"},  # layers.gates.GatedLoraConfig
+    "devices": ("auto", "cpu", "cuda", "mps"),  # backbone.DEVICES
+    "samples": 8,  # predict.DEFAULT_SAMPLES
+    "temper": 1.0,  # continual.posterior_prior's temper
+    "seeds": 3,  # len(compare.run_compare's seeds)
+    "protocol": {"task": "sentiment", "backbone": "minilm", "train_size": 1000, "eval_size": 500, "epochs": 2,
+                 "max_steps": None, "batch_size": 16, "lr": 0.002, "warmup_ratio": 0.0, "lr_decay": "none",
+                 "max_length": 64, "samples": 8, "ensemble_size": 3, "laplace_examples": 256},  # compare.Protocol
+    "meta": {"steps": 200, "tasks_per_step": 2, "support": 16, "query": 16, "inner_steps": 5, "inner_lr": 0.1,
+             "beta": 1.0, "gamma": 0.001, "lr": 0.001, "rank": 8, "c_ratio": 0.05, "seed": 0},  # meta.MetaConfig
+}
 
 
 def csv_list(value: str) -> tuple[str, ...]:
@@ -28,22 +55,27 @@ def library_default(fn: Any, name: str) -> Any:
     return inspect.signature(fn).parameters[name].default
 
 
-def add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
-    from .data import load_files
-    from .data.types import DATA_KINDS
-    from .runs import COLUMNS
+def _one_of(names: Any) -> str:
+    return ", ".join(names)
 
+
+def add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
     g = p.add_argument_group("data (a registered task, or your own files)")
     if for_fit:
         g.add_argument("--task", help="registered task name (see `pyro-bhpeft tasks`)")
-        g.add_argument("--train", help="your training file: .csv, .jsonl or .parquet")
-        g.add_argument("--eval", dest="eval_file", help="your evaluation file (default: split off the train file)")
-        g.add_argument("--kind", default=library_default(load_files, "kind"), choices=DATA_KINDS.names())
-        g.add_argument("--max-examples", type=int, help="cap every split at N rows (quick runs)")
+        g.add_argument("--train", help="your training file: .csv, .tsv, .jsonl or .parquet")
+        g.add_argument("--eval", dest="eval_file", help="your test file: what `evaluate RUN` scores (default: 10 %% of "
+                                                         "the train file is held out as test, 10 %% as validation)")
+        g.add_argument("--kind", default=None, help="task kind: " + _one_of(STATIC["data_kinds"]) +
+                       " (default: inferred from the label column, and said)")
+        g.add_argument("--max-examples", type=int, help="cap every split of a --task at N rows (quick runs)")
         g.add_argument("--train-size", type=int, help="train on N training rows drawn at random (seed 0)")
     else:
         g.add_argument("--split", default="test", help="split of the run's own data (default: test)")
         g.add_argument("--data", help="a file to use instead, read with the run's column names")
+        g.add_argument("--drop-unseen", action="store_true",
+                       help="with --data: leave out rows whose label is a class the run was not fitted on")
+    g.add_argument("--delimiter", help="column delimiter of .csv/.tsv/.txt files, e.g. ';' or '\\t' (default: sniffed)")
     for name, default in COLUMNS.items():  # None: not given (evaluate/predict then use the run's own)
         flag, what = "--" + name.replace("_", "-"), name.removesuffix("_column")
         g.add_argument(flag, help=f"column holding the {what} (default: " + (
@@ -51,46 +83,39 @@ def add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
 
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
-    from .config import AdapterConfig, LoraConfig, PeftConfig, PrefixConfig
-    from .backbone import DTYPES
-    from .recipe import LR_DECAYS, Recipe
+    from .config import AdapterConfig, LoraConfig, PrefixConfig
+    from .recipe import DTYPE_NAMES, LR_DECAYS, PRESET_NAMES, Recipe
 
     g = p.add_argument_group("model and inference")
     g.add_argument("--backbone", default=Recipe.backbone, help="packaged alias (minilm, smollm2), local folder or hub id "
                                                                f"(default: {Recipe.backbone})")
-    from .guides import GUIDES, SCALE_PARAMS
-    from .layers import PEFT_KINDS
-    from .priors import PRIORS
-    from .recipe import PRESETS
-
-    g.add_argument("--recipe", choices=PRESETS.names(), help="start from a named recipe (its values become the "
-                   f"defaults of every option below): {', '.join(PRESETS)}")
-    peft = ",".join(_peft_names(PeftConfig()))
+    g.add_argument("--recipe", help="start from a named recipe (its values become the defaults of every option "
+                   f"below): {_one_of(PRESET_NAMES)}")
+    peft = ",".join(STATIC["peft"])
     g.add_argument("--peft", default=peft, type=csv_list,
-                   help=f"PEFT parts, a comma list of {', '.join(PEFT_KINDS)} (default: {peft})")
+                   help=f"PEFT parts, a comma list of {_one_of(STATIC['peft_kinds'])} (default: {peft})")
     g.add_argument("--lora-r", type=int, default=LoraConfig.r)
     g.add_argument("--lora-alpha", type=float, default=LoraConfig.lora_alpha)
     g.add_argument("--lora-targets", type=csv_list, default=LoraConfig.target_modules)
     g.add_argument("--adapter-size", type=int, default=AdapterConfig.bottleneck, help="adapter bottleneck width")
     g.add_argument("--prefix-length", type=int, default=PrefixConfig.length)
-    from .layers.gates import NOISES, GatedLoraConfig
-
-    g.add_argument("--rank-prior", type=float, default=GatedLoraConfig.rank_prior,
+    gates = STATIC["gate_defaults"]
+    g.add_argument("--rank-prior", type=float, default=gates["rank_prior"],
                    help="gated LoRA: prior mean of the rank-gate logits (lower: fewer components)")
-    g.add_argument("--bit-prior", type=float, default=GatedLoraConfig.bit_prior,
+    g.add_argument("--bit-prior", type=float, default=gates["bit_prior"],
                    help="gated LoRA: prior mean of the bit-gate logits (lower: fewer bits)")
-    g.add_argument("--gate-noise", choices=NOISES, default=GatedLoraConfig.noise,
+    g.add_argument("--gate-noise", choices=STATIC["gate_noises"], default=gates["noise"],
                    help="gated LoRA: relaxation noise on the gate logits while fitting")
-    g.add_argument("--prior", default=Recipe.prior, choices=PRIORS.names())
+    g.add_argument("--prior", default=Recipe.prior, help=f"one of {_one_of(STATIC['priors'])} (default: {Recipe.prior})")
     g.add_argument("--prior-scale", type=float, default=Recipe.prior_scale)
-    g.add_argument("--guide", default=Recipe.guide, choices=GUIDES.names(),
-                   help="posterior family: " + "; ".join(f"{n}: {k.description}" for n, k in GUIDES.items()))
+    g.add_argument("--guide", default=Recipe.guide, help=f"posterior family: {_one_of(STATIC['guides'])} "
+                   f"(default: {Recipe.guide}; map/mle: point estimates)")
     g.add_argument("--rank", type=int, default=Recipe.rank, help="rank of the low-rank guide")
     g.add_argument("--init-scale", type=float, default=Recipe.init_scale, help="initial posterior standard deviation")
     g.add_argument("--init-scale-high", type=float, default=Recipe.init_scale_high,
                    help="draw each initial scale between --init-scale and this")
-    g.add_argument("--scale-param", default=Recipe.scale_param, choices=SCALE_PARAMS,
-                   help="how mean-field scales are parameterised (log: scale-free steps; rho2: BLoB's)")
+    g.add_argument("--scale-param", default=Recipe.scale_param, help="how mean-field scales are parameterised: "
+                   f"{_one_of(STATIC['scale_params'])} (log: scale-free steps; rho2: BLoB's)")
     g.add_argument("--deterministic", type=csv_list, default=Recipe.deterministic,
                    help="comma list of site-name globs kept point masses, e.g. '*.lora_B,head.*'")
     g.add_argument("--kl-weight", type=float, default=Recipe.kl_weight)
@@ -102,14 +127,14 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
                    help="decorrelate LoRA A's noise across the examples of a batch (mean-field)")
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=Recipe.epochs)
-    t.add_argument("--max-steps", type=int, default=Recipe.max_steps)
+    t.add_argument("--max-steps", type=int, default=Recipe.max_steps, help="cap on training steps (within --epochs)")
     t.add_argument("--batch-size", type=int, default=Recipe.batch_size)
     t.add_argument("--lr", type=float, default=Recipe.lr)
     t.add_argument("--scale-lr", type=float, default=Recipe.scale_lr,
                    help="learning rate of posterior scales (default: --lr)")
     t.add_argument("--gate-lr", type=float, default=Recipe.gate_lr,
                    help="learning rate of gated LoRA's gate logits (default: --lr)")
-    t.add_argument("--dtype", choices=DTYPES, default=Recipe.dtype,
+    t.add_argument("--dtype", choices=DTYPE_NAMES, default=Recipe.dtype,
                    help="precision of the frozen backbone (PEFT weights, KL and likelihood stay float32)")
     t.add_argument("--warmup-ratio", type=float, default=Recipe.warmup_ratio,
                    help="fraction of the steps with a linear learning-rate warm-up (default: none)")
@@ -120,21 +145,18 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
-    from .backbone import DEVICES
-
-    p.add_argument("--device", choices=DEVICES, default="auto",
+    p.add_argument("--device", choices=STATIC["devices"], default="auto",
                    help="where to compute (default: auto, a GPU when there is one, else the CPU)")
 
 
 def add_compare_args(p: argparse.ArgumentParser) -> None:
-    from .compare import DEFAULT_METHODS, METHODS, Protocol, run_compare
     from .recipe import LR_DECAYS
 
-    p.add_argument("--task", default=Protocol.task, help=f"registered task (default: {Protocol.task})")
-    p.add_argument("--methods", type=csv_list, default=DEFAULT_METHODS,
-                   help=f"comma list of {', '.join(METHODS)} (default: all)")
-    seeds = len(library_default(run_compare, "seeds"))
-    p.add_argument("--seeds", type=int, default=seeds, help=f"number of seeds, 0..N-1 (default: {seeds})")
+    d = STATIC["protocol"]
+    p.add_argument("--task", default=d["task"], help=f"registered task (default: {d['task']})")
+    p.add_argument("--methods", type=csv_list, default=None,
+                   help="comma list of comparison methods (default: all registered; an unknown name lists them)")
+    p.add_argument("--seeds", type=int, default=STATIC["seeds"], help=f"number of seeds, 0..N-1 (default: {STATIC['seeds']})")
     p.add_argument("--out", help="comparison directory (default: runs/compare-TASK); finished cells are reused")
     p.add_argument("--overwrite", action="store_true", help="discard a comparison made under another protocol")
     w = p.add_argument_group("workers (Ray; pip install 'pyro-bhpeft[ray]')")
@@ -143,24 +165,43 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     w.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (threads) per cell (default: 1)")
     w.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per cell (default: 0)")
     g = p.add_argument_group("protocol (the same for every method)")
-    g.add_argument("--backbone", default=Protocol.backbone)
-    g.add_argument("--train-size", type=int, default=Protocol.train_size, help="N training examples drawn at random (seed 0)")
-    g.add_argument("--eval-size", type=int, default=Protocol.eval_size,
+    g.add_argument("--backbone", default=d["backbone"])
+    g.add_argument("--train-size", type=int, default=d["train_size"], help="N training examples drawn at random (seed 0)")
+    g.add_argument("--eval-size", type=int, default=d["eval_size"],
                    help="N test / validation / OOD examples drawn at random (seed 0)")
-    g.add_argument("--epochs", type=int, default=Protocol.epochs)
-    g.add_argument("--max-steps", type=int, default=Protocol.max_steps, help="cap on training steps (quick runs)")
-    g.add_argument("--batch-size", type=int, default=Protocol.batch_size)
-    g.add_argument("--lr", type=float, default=Protocol.lr)
-    g.add_argument("--warmup-ratio", type=float, default=Protocol.warmup_ratio,
+    g.add_argument("--epochs", type=int, default=d["epochs"])
+    g.add_argument("--max-steps", type=int, default=d["max_steps"], help="cap on training steps (quick runs)")
+    g.add_argument("--batch-size", type=int, default=d["batch_size"])
+    g.add_argument("--lr", type=float, default=d["lr"])
+    g.add_argument("--warmup-ratio", type=float, default=d["warmup_ratio"],
                    help="fraction of the steps with a linear learning-rate warm-up (default: none)")
-    g.add_argument("--lr-decay", choices=LR_DECAYS, default=Protocol.lr_decay,
+    g.add_argument("--lr-decay", choices=LR_DECAYS, default=d["lr_decay"],
                    help="learning-rate decay after the warm-up (default: none)")
-    g.add_argument("--max-length", type=int, default=Protocol.max_length)
-    g.add_argument("--samples", type=int, default=Protocol.samples, help="posterior samples / MC dropout passes")
-    g.add_argument("--ensemble-size", type=int, default=Protocol.ensemble_size)
-    g.add_argument("--laplace-examples", type=int, default=Protocol.laplace_examples,
+    g.add_argument("--max-length", type=int, default=d["max_length"])
+    g.add_argument("--samples", type=int, default=d["samples"], help="posterior samples / MC dropout passes")
+    g.add_argument("--ensemble-size", type=int, default=d["ensemble_size"])
+    g.add_argument("--laplace-examples", type=int, default=d["laplace_examples"],
                    help="training examples for the Laplace curvature")
     g.add_argument("--ood", help="out-of-distribution task (default: one chosen per task; 'none' to skip)")
+
+
+def check_choices(args: argparse.Namespace) -> None:
+    """The registry-named options of a parsed command line, checked against the registries (which a plug-in
+    may have extended): one line naming the choices."""
+    checks = []
+    if getattr(args, "guide", None) is not None and getattr(args, "command", None) == "fit":
+        from .guides import GUIDES, SCALE_PARAMS
+        from .priors import PRIORS
+
+        checks += [("--guide", args.guide, GUIDES.names()), ("--prior", args.prior, PRIORS.names()),
+                   ("--scale-param", args.scale_param, list(SCALE_PARAMS))]
+    if getattr(args, "kind", None) is not None:
+        from .data.types import DATA_KINDS
+
+        checks.append(("--kind", args.kind, DATA_KINDS.names()))
+    for flag, value, names in checks:
+        if value not in names:
+            raise UserError(f"{flag} {value}: choose one of {_one_of(names)}")
 
 
 def _peft_names(peft: Any) -> tuple[str, ...]:
@@ -171,6 +212,8 @@ def preset_defaults(name: str) -> dict[str, Any]:
     """A recipe preset as parser defaults: its PEFT config spelled as --peft and the part options."""
     from .recipe import PRESETS
 
+    if name not in PRESETS.names():
+        raise UserError(f"--recipe {name}: choose one of {_one_of(PRESETS.names())}")
     out = dict(PRESETS[name])
     peft = out.pop("peft", None)
     if peft is not None:

@@ -33,7 +33,7 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
     from .guides import guide_kind
     from .infer import scale_warnings
     from .recipe import EVAL_BATCH_SIZE, Recipe
-    from .runs import DataSource, data_hash, load_run, random_rows
+    from .runs import data_hash, load_run, random_rows, recorded_data
 
     if draws < 10:
         raise ValueError(f"--draws must be at least 10 for a Pareto k-hat, got {draws}")
@@ -47,7 +47,7 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
     source = meta.get("source") or {}
     if "task" not in source and "train" not in source:
         raise ValueError(f"{run} does not record the data it was fitted on; diagnose runs written by fit or update")
-    data = DataSource(source).load()
+    data = recorded_data(run, meta)  # only the very files the fit read, never the network
     train = data.splits["train"]
     recorded = meta.get("data", {}).get("hash")
     if recorded is not None and recorded != data_hash(train):
@@ -57,7 +57,7 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
     subset = type(data)(data.spec, type(data.splits)({"train": random_rows(train, min(examples, num_data), seed)}))
     tokenizer = load_backbone(posterior.backbone_name).tokenizer
     subset = for_backbone(subset, posterior.model.backbone, tokenizer)
-    max_length = Recipe.from_dict(meta["recipe"]).max_length
+    max_length = Recipe.from_dict(meta["recipe"]).max_length if meta.get("recipe") else Recipe.max_length
     loader = make_loader(tokenize(subset, tokenizer, max_length)["train"], EVAL_BATCH_SIZE)
     idata = to_inference_data(posterior, loader, num_samples=draws, num_data=num_data, seed=seed)
     khat = pareto_khat(idata)
@@ -70,7 +70,7 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
     history = saved.get("loss", [])
     warnings = scale_warnings(saved.get("scale_steps", []), saved.get("scale_trace", {}))
     target = Path(out) if out is not None else Path(run) / "diagnostics"
-    with atomic_dir(target, overwrite=overwrite) as stage:
+    with atomic_dir(target, overwrite=overwrite, replaceable=_ours) as stage:
         figures = [plots.posterior_forest(idata, stage / "forest-rms.png", rms)]
         densities = _first_entries(idata, head[1:] + rms, limit=4)
         if densities:
@@ -97,6 +97,11 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
         lines += ["", *[f"![{Path(f).name}]({Path(f).name})" for f in figures]]
         write_text(stage / "diagnostics.md", "\n".join(lines) + "\n")
     return target / "diagnostics.md"
+
+
+def _ours(folder: Path) -> bool:
+    """A diagnostics folder this command wrote (or an empty one): the only kind it replaces."""
+    return (folder / "diagnostics.json").is_file() or not any(folder.iterdir())
 
 
 def _first_entries(idata: Any, names: list[str], limit: int) -> list[str]:

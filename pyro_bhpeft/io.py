@@ -7,11 +7,54 @@ import dataclasses
 import json
 import os
 import shutil
+import re
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
-__all__ = ["atomic_dir", "atomic_file", "write_json", "write_text", "write_rows", "asdict_since"]
+__all__ = ["atomic_dir", "atomic_file", "write_json", "write_text", "write_rows", "asdict_since", "clean_leftovers"]
+
+STALE_SECONDS = 24 * 3600  # a leftover whose name carries no process id is removed after a day
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_leftovers(path: str | Path) -> None:
+    """Remove what killed writes of ``path`` left beside it: ``.NAME.tmp-PID-*`` stages and ``.NAME.old-PID``
+    copies of processes no longer running (or, without a process id, older than a day). An ``.old`` copy is
+    the previous version itself when a kill fell between the two renames: it is put back, not removed."""
+    path = Path(path)
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(tmp|old)-(?:(\d+)(?:-|$))?")
+    try:
+        siblings = list(path.parent.iterdir())
+    except OSError:
+        return
+    for leftover in siblings:
+        match = pattern.match(leftover.name)
+        if not match:
+            continue
+        pid = int(match.group(2)) if match.group(2) else None
+        try:
+            if pid == os.getpid() or (pid is not None and _alive(pid)) or (
+                    pid is None and time.time() - leftover.lstat().st_mtime < STALE_SECONDS):
+                continue
+            if match.group(1) == "old" and not path.exists() and not path.is_symlink():
+                os.replace(leftover, path)  # the kill came between the renames: this is the saved version
+            elif leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        except OSError:
+            continue
 
 
 def asdict_since(value: Any, added: Sequence[str]) -> dict[str, Any]:
@@ -22,17 +65,29 @@ def asdict_since(value: Any, added: Sequence[str]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(path: str | Path, *, overwrite: bool = False,
+               replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield an empty staging directory that replaces ``path`` only if the block succeeds.
 
-    An existing ``path`` is refused unless ``overwrite``; it is swapped out by renames, so an
-    interruption leaves either the previous directory or the new one.
+    An existing ``path`` (other than an empty directory) is refused unless ``overwrite``, and, with ``replaceable``, unless
+    ``replaceable(path)`` says it is a directory of ours (a run, a comparison): never a user's folder. It is
+    swapped out by renames, so an interruption leaves either the previous directory or the new one; what
+    killed writes left beside ``path`` is cleaned first (:func:`clean_leftovers`).
     """
     path = Path(path)
-    if path.exists() and not overwrite:
+    if str(path) in ("", "."):
+        raise ValueError("the output directory is empty or '.'; give a new directory's name")
+    clean_leftovers(path)
+    taken = path.exists() or path.is_symlink()
+    if taken and path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        taken = False  # an empty directory: nothing in it to lose
+    if taken and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another output directory or allow overwriting")
+    if taken and (not path.is_dir() or path.is_symlink() or (replaceable and not replaceable(path))):
+        raise FileExistsError(f"{path} exists and is not a directory written by pyro-bhpeft; it is never replaced: "
+                              "choose another output directory")
     path.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
+    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-"))
     os.chmod(stage, 0o755)  # mkdtemp makes it private; results are for reading
     try:
         yield stage
@@ -62,7 +117,8 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    clean_leftovers(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-")
     os.close(fd)
     try:
         yield Path(tmp)

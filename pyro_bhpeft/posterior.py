@@ -29,7 +29,7 @@ from .config import PeftConfig
 from .io import atomic_dir, write_json
 from .priors import prior_from_dict
 
-__all__ = ["Posterior", "SiteMarginal", "PosteriorError", "FORMAT"]
+__all__ = ["Posterior", "SiteMarginal", "PosteriorError", "FORMAT", "is_run", "read_config", "check_sizes"]
 
 FORMAT = "pyro-bhpeft/1"
 
@@ -97,7 +97,8 @@ class Posterior:
         m = self.model
         dtype = next(m.backbone.parameters()).dtype
         precision = {} if dtype == torch.float32 else {"dtype": dtype_name(dtype)}
-        return {"format": FORMAT, "backbone": self.backbone_name, **precision,
+        return {"format": FORMAT, "backbone": self.backbone_name or _name_or_path(m.backbone), **precision,
+                "task": getattr(m, "task", "") or None,
                 "model": {"class": type(m).__name__, "kwargs": m.model_kwargs()},
                 "peft": m.peft_config.to_dict(), "prior": m.prior.to_dict(),
                 "guide": guide_config(self.guide), "meta": self.meta}
@@ -115,7 +116,7 @@ class Posterior:
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save atomically to the directory ``path``; refuses an existing one unless ``overwrite``."""
-        with atomic_dir(path, overwrite=overwrite) as stage:
+        with atomic_dir(path, overwrite=overwrite, replaceable=is_run) as stage:
             self.write_to(stage)
         return Path(path)
 
@@ -130,6 +131,7 @@ class Posterior:
 
         config = read_config(path)
         path = Path(path)
+        check_sizes(path, config)  # before the config's sizes allocate anything
         tensors = load_file(str(path / "prior.safetensors")) if (path / "prior.safetensors").exists() else {}
         prior = prior_from_dict(config["prior"], tensors)
         if backbone is None:
@@ -149,6 +151,52 @@ class Posterior:
             raise PosteriorError(f"{path / 'guide.safetensors'} is corrupt or does not match its config.json "
                                  f"({type(err).__name__}); refit, or restore the run directory") from None
         return cls(model, guide, backbone_name=config.get("backbone"), meta=config.get("meta"))
+
+
+SIZE_KEYS = ("num_labels", "num_choices", "rank", "r", "bottleneck", "length")  # config entries that size tensors
+
+
+def _name_or_path(backbone: Any) -> str | None:
+    """The hub id or folder a Hugging Face backbone was loaded from (None for one built from a config)."""
+    name = getattr(getattr(backbone, "config", None), "_name_or_path", "") or ""
+    return name or None
+
+
+def _sizes(value: Any, where: str = ""):
+    """``(where, value)`` of every :data:`SIZE_KEYS` entry nested in ``value``."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key in SIZE_KEYS and inner is not None:
+                yield f"{where}{key}", inner
+            else:
+                yield from _sizes(inner, f"{where}{key}.")
+
+
+def check_sizes(path: str | Path, config: dict[str, Any]) -> None:
+    """Refuse a config whose sizes (classes, ranks, widths) are not whole numbers within the dimensions of the
+    tensors ``guide.safetensors`` holds, read from its header: no tensor is built from a number nothing backs."""
+    from .safe_state import StateError, tensor_shapes
+
+    file = Path(path) / "guide.safetensors"
+    try:
+        shapes = tensor_shapes(file)
+    except StateError as err:
+        raise PosteriorError(f"{err}; refit, or restore the run directory") from None
+    largest = max((d for shape in shapes.values() for d in shape), default=0)
+    parts = {k: config.get(k) for k in ("model", "guide", "peft")}
+    for where, value in _sizes(parts):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= largest:
+            raise PosteriorError(f"{Path(path) / 'config.json'}: {where} = {value!r} is not backed by guide.safetensors "
+                                 f"(largest dimension {largest}); the run is corrupt or was edited: refit, or restore it")
+
+
+def is_run(path: str | Path) -> bool:
+    """Whether ``path`` is a directory a posterior was saved to (its ``config.json`` carries our format marker):
+    the only directories ``overwrite`` replaces."""
+    try:
+        return json.loads((Path(path) / "config.json").read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -19,13 +19,13 @@ from .data import DataError, load_files
 from .data.splits import random_rows
 from .infer import FitResult
 from .io import atomic_dir, write_json
-from .posterior import Posterior, read_config
+from .posterior import Posterior, is_run, read_config
 from .predict import DEFAULT_SAMPLES
 from .recipe import Recipe
 
 __all__ = ["DataSource", "COLUMNS", "file_columns", "random_rows", "training_subset", "fit_run", "fit_identity", "checkpoint_path",
            "save_run", "load_run",
-           "data_hash", "evaluate_split", "eval_loader", "evaluate_run", "predict_run", "run_meta", "update_run",
+           "data_hash", "source_files", "file_fingerprint", "recorded_data", "run_kind", "evaluate_split", "eval_loader", "evaluate_run", "predict_run", "run_meta", "update_run",
            "lineage", "format_lineage"]
 
 # load_files' column arguments and their defaults (the one home of "text", "label", ...)
@@ -65,8 +65,9 @@ class DataSource(dict):
             data = load_task(self["task"], source=self.get("source", "auto"),
                              max_examples=self.get("max_examples"), seed=self.get("seed", 0))
         else:
-            data = load_files(self["train"], eval_files=self.get("eval_files"), kind=self["kind"],
-                              **self.get("columns", {}))
+            extra = {"delimiter": self["delimiter"]} if self.get("delimiter") else {}
+            data = load_files(self["train"], eval_files=self.get("eval_files"), kind=self.get("kind"),
+                              **self.get("columns", {}), **extra)
         if "train_size" in self and "subset_seed" not in self:  # written before subsets were random
             return training_subset(data, self["train_size"], seed=None)
         return training_subset(data, self.get("train_size"), seed=self.get("subset_seed", 0))
@@ -84,9 +85,66 @@ def training_subset(data: Any, n: int | None, seed: int | None = 0):
     return type(data)(data.spec, datasets.DatasetDict(kept))
 
 
+def source_files(source: Mapping[str, Any]) -> list[str]:
+    """The files a file source reads: its training file, then its evaluation files."""
+    if "train" not in source:
+        return []
+    return [source["train"], *(source.get("eval_files") or {}).values()]
+
+
+def file_fingerprint(path: str | Path) -> dict[str, Any]:
+    """Size and SHA-256 of a file's bytes: what a run records of each data file it read."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"bytes": Path(path).stat().st_size, "sha256": h.hexdigest()}
+
+
+def _vouched(name: str, recorded: Mapping[str, Any]) -> bool:
+    """Whether ``name`` is an absolute path (no ``..``) to a regular file with the size and hash the run recorded:
+    a file is hashed only once its size matches, and never parsed or shown before it matches."""
+    path = Path(name)
+    if not path.is_absolute() or ".." in path.parts or not isinstance(recorded.get(name), dict) or not path.is_file():
+        return False
+    if path.stat().st_size != recorded[name].get("bytes"):
+        return False
+    return file_fingerprint(path) == recorded[name]
+
+
+def recorded_data(run: str | Path, meta: Mapping[str, Any]):
+    """The data run ``run`` was fitted on, as its config records it, read only where that is safe: a packaged
+    task (never the network), or the very files the fit read (absolute paths whose size and hash match the
+    recorded ones). Anything else is one line asking for the file on the command line."""
+    source = meta.get("source") or {}
+    if "task" in source:
+        if source.get("source", "auto") not in ("auto", "package"):
+            raise DataError(f"{run} records its data as task {source['task']!r} from {source['source']!r}; a run's "
+                            "config never sends pyro-bhpeft to the network: pass --data FILE")
+        return DataSource(source).load()
+    if "train" not in source:
+        raise DataError(f"{run} does not record the data it was fitted on (saved from Python?); pass --data FILE")
+    for name in source_files(source):
+        if not _vouched(str(name), meta.get("files") or {}):
+            raise DataError(f"{run} names the data file {name}, which is missing, changed since the fit or not "
+                            "recorded by it, so it is not read; pass --data FILE to choose the file")
+    return DataSource(source).load()
+
+
+def run_kind(run: str | Path, config: Mapping[str, Any]) -> str:
+    """The task kind of a saved run: its meta's, else the one its model records (runs saved from Python)."""
+    kind = (config.get("meta") or {}).get("kind") or config.get("task")
+    if not kind:
+        raise DataError(f"{run} does not record its task kind (saved by an older version from Python); refit it "
+                        "with `pyro-bhpeft fit`, or save it with meta={'kind': ...}")
+    return kind
+
+
 def run_meta(recipe: Recipe, source: DataSource, data: Any, parent: str | None = None) -> dict[str, Any]:
     train = data.splits["train"]
-    return {"round": 1, "recipe": recipe.to_dict(), "source": dict(source), "task": data.spec.name, "kind": data.spec.kind,
+    files = {str(name): file_fingerprint(name) for name in source_files(source) if Path(name).is_file()}
+    return {"round": 1, "recipe": recipe.to_dict(), "source": dict(source), "files": files,
+            "task": data.spec.name, "kind": data.spec.kind,
             "label_names": list(data.spec.label_names), "num_choices": data.spec.num_choices,
             "data": {"name": data.spec.name, "size": len(train), "hash": data_hash(train)},
             "parent": parent, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -140,7 +198,7 @@ def checkpoint_path(out: str | Path) -> Path:
 def save_run(path: str | Path, result: FitResult, *, overwrite: bool = False,
              extra: dict[str, Any] | None = None) -> Path:
     """Write posterior, history and any extra JSON files into ``path``, atomically."""
-    with atomic_dir(path, overwrite=overwrite) as stage:
+    with atomic_dir(path, overwrite=overwrite, replaceable=is_run) as stage:
         result.posterior.write_to(stage)
         write_json(stage / "history.json", {
             "loss": result.history, "nll": result.nll, "kl": [None if k != k else k for k in result.kl],
@@ -178,30 +236,40 @@ def evaluate_split(posterior: Posterior, loader: Any, num_samples: int, *, seed:
 
 
 def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path | None = None,
-                columns: Mapping[str, str | None] | None = None, batch_size: int = 64, device: Any = None):
+                columns: Mapping[str, str | None] | None = None, batch_size: int = 64, device: Any = None,
+                delimiter: str | None = None, drop_unseen: bool = False, labels: bool = True,
+                tell: Callable[[str], None] | None = None):
     """``(posterior, data, split, loader)`` to score run ``run`` on: ``split`` of the run's own data, or
-    ``data_file`` (as split ``test``) read with the run's column names, each overridden by ``columns``.
+    ``data_file`` (as split ``test``) read with the run's column names, each overridden by ``columns``. Without
+    ``labels`` (predicting) the file's label column is optional and unseen classes are kept, unlabelled;
+    with them an unseen class is an error unless ``drop_unseen``. ``tell`` hears the data's notes and warnings.
 
     The data is checked before the model is loaded, so a bad file fails fast.
     """
     from .backbone import load_backbone
-    from .data import make_loader, tokenize
+    from .data import TaskSpec, load_eval_file, make_loader, tokenize
     from .data.prompts import for_backbone
 
-    meta = read_config(run).get("meta", {})
+    config = read_config(run)
+    meta = config.get("meta") or {}
     if data_file:
-        data = load_files(data_file, eval_files={"validation": data_file, "test": data_file}, kind=meta["kind"],
-                          label_names=meta.get("label_names") or None,
-                          **file_columns(columns, meta["source"].get("columns")))
+        spec = TaskSpec(meta.get("task") or Path(data_file).stem, run_kind(run, config),
+                        label_names=tuple(meta.get("label_names") or ()), num_choices=meta.get("num_choices") or 0)
+        given = file_columns(columns, (meta.get("source") or {}).get("columns"))
+        data = load_eval_file(data_file, spec, columns=given, require_labels=labels, drop_unseen=drop_unseen,
+                              delimiter=delimiter)
         split = "test"
     else:
-        data = DataSource(meta["source"]).load()
+        data = recorded_data(run, meta)
         if split not in data.splits:
             raise DataError(f"split {split!r} does not exist; this run's data has {', '.join(data.splits)}")
+    for line in [*getattr(data, "notes", ()), *(f"warning: {w}" for w in getattr(data, "warnings", ()))]:
+        if tell is not None:
+            tell(line)
     posterior, _ = load_run(run, device)
     tokenizer = load_backbone(posterior.backbone_name).tokenizer
     data = for_backbone(data, posterior.model.backbone, tokenizer)
-    max_length = Recipe.from_dict(meta["recipe"]).max_length
+    max_length = Recipe.from_dict(meta["recipe"]).max_length if meta.get("recipe") else Recipe.max_length
     return posterior, data, split, make_loader(tokenize(data, tokenizer, max_length)[split], batch_size)
 
 
@@ -218,7 +286,7 @@ def predict_run(run: str | Path, *, samples: int = DEFAULT_SAMPLES, **where: Any
     in :func:`eval_loader`."""
     from .predict import predict, prediction_rows
 
-    posterior, data, split, loader = eval_loader(run, **where)
+    posterior, data, split, loader = eval_loader(run, labels=False, **where)
     rows = data.splits[split]
     texts = rows["text" if "text" in rows.column_names else "question"]
     return prediction_rows(predict(posterior, loader, num_samples=samples), texts,
@@ -252,7 +320,9 @@ def update_run(parent: str | Path, source: DataSource, out: str | Path, *, tempe
 
 
 def lineage(run: str | Path) -> list[dict[str, Any]]:
-    """The chain of rounds ending at ``run``, oldest first, each with its facts and saved metrics."""
+    """The chain of rounds ending at ``run``, oldest first, each with its facts and the metrics of its own data
+    (evaluations on other files, which carry ``data_file``, are not the run's). A parent is followed only when
+    recorded as an absolute path without ``..`` (as ``update`` records it); otherwise the chain ends there."""
     chain, seen = [], set()
     path: Path | None = Path(run).resolve()
     while path is not None:
@@ -260,12 +330,21 @@ def lineage(run: str | Path) -> list[dict[str, Any]]:
             raise ValueError(f"run lineage loops at {path}")
         seen.add(path)
         meta = read_config(path).get("meta", {})
-        metrics = {p.stem: json.loads(p.read_text()) for p in sorted(path.glob("metrics-*.json"))}
+        metrics = {}
+        for file in sorted(path.glob("metrics-*.json")):
+            content = json.loads(file.read_text())
+            if isinstance(content, dict) and "data_file" not in content:
+                metrics[file.stem] = content
         chain.append({"run": str(path), "round": meta.get("round", 1), "data": meta.get("data"),
-                      "guide": meta.get("recipe", {}).get("guide"), "created": meta.get("created"),
+                      "guide": (meta.get("recipe") or {}).get("guide"), "created": meta.get("created"),
                       "prior_from": meta.get("prior_from"), "metrics": metrics})
         parent = meta.get("parent")
-        path = Path(parent) if parent else None
+        path = None
+        if isinstance(parent, str) and parent:
+            if not Path(parent).is_absolute() or ".." in Path(parent).parts:
+                chain[-1]["unfollowed_parent"] = parent
+            else:
+                path = Path(parent)
     return chain[::-1]
 
 
@@ -275,6 +354,8 @@ def format_lineage(chain: list[dict[str, Any]]) -> str:
     for entry in chain:
         data, prior = entry["data"] or {}, entry["prior_from"]
         origin = "base" if not prior else f"posterior of round before (temper {prior['temper']:g})"
+        if "unfollowed_parent" in entry:
+            lines.append(f"(parent recorded as {entry['unfollowed_parent']!r}, not an absolute path: not followed)")
         lines.append(f"round {entry['round']}: {entry['run']}  data={data.get('name')} n={data.get('size')} "
                      f"hash={data.get('hash')}  guide={entry['guide']}  prior={origin}")
         for name, m in entry["metrics"].items():

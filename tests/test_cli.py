@@ -331,19 +331,54 @@ def test_the_gates_preset_keeps_its_gate_config_and_the_gate_options_change_it()
     assert changed.peft.lora is None
 
 
-def test_choices_come_from_the_registries(capsys):
+def test_choices_come_from_the_registries(tmp_path, capsys):
     from pyro_bhpeft.guides import GUIDES, Delta, GuideKind
     from pyro_bhpeft.cli import parse_args
-    from pyro_bhpeft.cli_options import recipe_from as _recipe
+    from pyro_bhpeft.cli_options import UserError, check_choices, recipe_from as _recipe
 
     argv = ["fit", "--train", "x.csv", "--out", "run", "--guide", "toy"]
-    with pytest.raises(SystemExit):
-        parse_args(argv)
-    assert "invalid choice: 'toy'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="--guide toy: choose one of mean-field, low-rank"):
+        check_choices(parse_args(argv))
+    assert run_cli("fit", "--train", "x.csv", "--out", tmp_path / "run", "--guide", "toy") == 2
+    assert "--guide toy: choose one of" in _error_line(capsys)
     GUIDES.register("toy", GuideKind(Delta, lambda model, r: Delta(model), point_mass=True))
     try:
+        check_choices(parse_args(argv))
         assert _recipe(parse_args(argv)).guide == "toy"
     finally:
         GUIDES.unregister("toy")
     assert run_cli("compare", "--methods", "lora,nope", "--out", "x") == 2
     assert "unknown comparison method 'nope'; choose from lora," in capsys.readouterr().err
+
+
+def test_the_parsers_static_values_are_those_of_their_homes():
+    """The parser imports no torch, so values whose home does are written in cli_options.STATIC: each checked here."""
+    import inspect
+
+    from pyro_bhpeft.backbone import DEVICES
+    from pyro_bhpeft.cli_options import COLUMNS, STATIC
+    from pyro_bhpeft.compare import Protocol, run_compare
+    from pyro_bhpeft.config import PeftConfig
+    from pyro_bhpeft.continual import posterior_prior
+    from pyro_bhpeft.data import load_files
+    from pyro_bhpeft.data.types import DATA_KINDS
+    from pyro_bhpeft.guides import GUIDES, SCALE_PARAMS
+    from pyro_bhpeft.layers import PEFT_KINDS
+    from pyro_bhpeft.layers.gates import NOISES, GatedLoraConfig
+    from pyro_bhpeft.meta import MetaConfig
+    from pyro_bhpeft.predict import DEFAULT_SAMPLES
+    from pyro_bhpeft.priors import PRIORS
+    from pyro_bhpeft.runs import COLUMNS as RUN_COLUMNS
+
+    assert COLUMNS == RUN_COLUMNS and tuple(STATIC["data_kinds"]) == tuple(DATA_KINDS.names())
+    assert tuple(STATIC["guides"]) == tuple(GUIDES.names()) and tuple(STATIC["scale_params"]) == tuple(SCALE_PARAMS)
+    assert tuple(STATIC["peft_kinds"]) == tuple(PEFT_KINDS) and STATIC["peft"] == PeftConfig().kinds
+    assert tuple(STATIC["priors"]) == tuple(PRIORS.names()) and tuple(STATIC["gate_noises"]) == tuple(NOISES)
+    gates = GatedLoraConfig()
+    assert STATIC["gate_defaults"] == {"rank_prior": gates.rank_prior, "bit_prior": gates.bit_prior, "noise": gates.noise}
+    assert tuple(STATIC["devices"]) == tuple(DEVICES) and STATIC["samples"] == DEFAULT_SAMPLES
+    assert STATIC["temper"] == inspect.signature(posterior_prior).parameters["temper"].default
+    assert STATIC["seeds"] == len(inspect.signature(run_compare).parameters["seeds"].default)
+    assert STATIC["protocol"] == {k: getattr(Protocol(), k) for k in STATIC["protocol"]}
+    assert STATIC["meta"] == MetaConfig().__dict__
+    assert inspect.signature(load_files).parameters["kind"].default is None  # --kind's default: inferred

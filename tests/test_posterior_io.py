@@ -96,9 +96,13 @@ def test_existing_directory_is_refused_untouched_unless_overwrite(make_bert, mak
     (target / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="already exists"):
         posterior.save(target)
+    with pytest.raises(FileExistsError, match="not a directory written by pyro-bhpeft"):  # not a run: never replaced
+        posterior.save(target, overwrite=True)
     assert [p.name for p in target.iterdir()] == ["notes.txt"] and (target / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
-    posterior.save(target, overwrite=True)
+    (target / "notes.txt").unlink()
+    posterior.save(target)  # an empty folder holds nothing to lose
+    posterior.save(target, overwrite=True)  # a run of ours is replaced
     assert sorted(p.name for p in target.iterdir()) == ["config.json", "guide.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     loaded = Posterior.load(target, backbone=make_bert())

@@ -1,0 +1,256 @@
+"""What each ``pyro-bhpeft`` command does once its options are parsed (see :mod:`pyro_bhpeft.cli`).
+
+Heavy libraries (torch, pyro, transformers, datasets) are imported inside the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from .cli_options import COLUMNS, UserError, check_choices, protocol_from, recipe_from
+
+__all__ = ["COMMANDS"]
+
+
+def _columns(args: argparse.Namespace) -> dict[str, str | None]:
+    """The column flags as given (None where not given)."""
+    return {name: getattr(args, name) for name in COLUMNS}
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else path
+
+
+def _source(args: argparse.Namespace, parent: dict[str, Any] | None = None):
+    """Where the fit's data comes from; ``update`` passes its ``parent``'s meta, whose columns and kind it reuses."""
+    from .runs import DataSource, file_columns
+
+    if bool(args.task) == bool(args.train):
+        raise UserError("give either --task NAME or --train FILE (see `pyro-bhpeft tasks`)")
+    if args.task:
+        source = DataSource(task=args.task, max_examples=args.max_examples, seed=args.seed)
+    else:
+        parent = parent or {}
+        saved = (parent.get("source") or {}).get("columns")
+        kind = args.kind or parent.get("kind")
+        source = DataSource(train=_absolute(args.train), kind=kind, columns=file_columns(_columns(args), saved))
+        if args.eval_file:
+            source["eval_files"] = {"test": _absolute(args.eval_file)}
+        if getattr(args, "delimiter", None):
+            source["delimiter"] = args.delimiter
+    if args.train_size is not None:
+        if args.train_size < 1:
+            raise UserError(f"--train-size must be a positive integer, got {args.train_size}")
+        source.update(train_size=args.train_size, subset_seed=0)
+    return source
+
+
+def _notes(args: argparse.Namespace, recipe: Any, source: dict[str, Any], data: Any, full_train: int | None) -> list[str]:
+    """One line for every option the data or the schedule caps or ignores, and one saying what was held out."""
+    notes = list(getattr(data, "notes", ())) + [f"warning: {w}" for w in getattr(data, "warnings", ())]
+    if args.train and args.max_examples is not None:
+        notes.append("--max-examples applies to a --task only; ignored for --train (use --train-size)")
+    n = len(data.splits["train"])
+    if args.train_size is not None and full_train is not None and args.train_size > full_train:
+        notes.append(f"--train-size {args.train_size} is capped at the {full_train} training rows there are")
+    per_epoch = math.ceil(n / recipe.batch_size)
+    total = recipe.epochs * per_epoch
+    if recipe.max_steps is not None and recipe.max_steps > total:
+        notes.append(f"--max-steps {recipe.max_steps} is capped at {total} steps: {recipe.epochs} epoch(s) of "
+                     f"{per_epoch} batches of {n} rows; raise --epochs to train longer")
+    steps = min(total, recipe.max_steps or total)
+    every = getattr(args, "checkpoint_every", 0)
+    if every and every >= steps:
+        notes.append(f"--checkpoint-every {every} is never reached in {steps} steps (Ctrl-C still saves one)")
+    sources = getattr(data, "sources", {}) or {}
+    if "test" in sources:
+        notes.append(f"`evaluate RUN` scores the test split, {sources['test'].describe('test')}"
+                     + ("" if source.get("eval_files") else "; pass --eval FILE to score your own"))
+    return notes
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from .cli_checks import OutputLock, check_checkpoint, check_max_length, check_output, check_writable
+
+    out = check_output(args.out, overwrite=args.overwrite)
+    if args.checkpoint_every < 0:
+        raise UserError(f"--checkpoint-every must be a number of steps >= 0, got {args.checkpoint_every}")
+    check_choices(args)
+    if Path(args.backbone).expanduser().exists():  # a local folder: recorded absolute, so the run loads from anywhere
+        args.backbone = _absolute(args.backbone)
+    recipe, source = recipe_from(args), _source(args)
+    from .backbone import resolve_device
+    from .distributed import init_from_env, is_main
+    from .runs import fit_run
+
+    device = resolve_device(args.device)
+    init_from_env(device)
+    main_rank = is_main()
+    with OutputLock(out) if main_rank else contextlib.nullcontext():
+        if main_rank:
+            check_checkpoint(out, resume=args.resume, overwrite=args.overwrite)
+            check_writable(out)
+        check_max_length(recipe.backbone, recipe.max_length)
+        data = source.load()
+        full = _train_rows(source) if source.get("train_size") else None
+        for line in _notes(args, recipe, source, data, full) if main_rank else ():
+            print(f"fit: {line}", file=sys.stderr)
+        result = fit_run(recipe, data, out, source=source, overwrite=args.overwrite,
+                         checkpoint_every=args.checkpoint_every, resume=args.resume, device=device)
+    if main_rank:
+        print(f"fit: {result.summary()}; run saved to {out}")
+
+
+def _train_rows(source: dict[str, Any]) -> int:
+    """The training rows before ``--train-size`` drew its subset."""
+    from .runs import DataSource
+
+    whole = DataSource({k: v for k, v in source.items() if k not in ("train_size", "subset_seed")})
+    return len(whole.load().splits["train"])
+
+
+def _where(args: argparse.Namespace) -> dict[str, Any]:
+    """Which data evaluate/predict score: ``--split`` of the run's data, or ``--data`` with column flags."""
+    given = {k: v for k, v in _columns(args).items() if v is not None}
+    if (given or args.delimiter or args.drop_unseen) and not args.data:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given) or ("--delimiter" if args.delimiter else "--drop-unseen")
+        raise UserError(f"{flags} only apply to a --data FILE; drop them to use split {args.split!r} of the run's data")
+    where = {"split": args.split, "data_file": _absolute(args.data), "columns": given, "device": args.device,
+             "tell": lambda line: print(f"{args.command}: {line}", file=sys.stderr)}
+    if args.data:
+        where.update(delimiter=args.delimiter, drop_unseen=args.drop_unseen)
+    return where
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .io import write_json
+    from .runs import evaluate_run, file_fingerprint
+
+    where = _where(args)
+    results = evaluate_run(args.run, samples=args.samples, **where)
+    if args.data:  # another file's metrics: beside the run's own, never over them
+        results["data_file"] = where["data_file"]
+        default = f"metrics-{Path(args.data).stem}-{file_fingerprint(args.data)['sha256'][:8]}.json"
+    else:
+        default = f"metrics-{results['split']}.json"
+    out = Path(args.out) if args.out else Path(args.run) / default
+    write_json(out, results)
+    print(json.dumps(results, indent=2))
+    print(f"metrics written to {out}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .io import write_rows
+    from .runs import predict_run
+
+    if Path(args.out).suffix not in (".csv", ".jsonl"):
+        raise UserError(f"--out {args.out}: use a .csv or .jsonl file name")
+    rows = predict_run(args.run, samples=args.samples, **_where(args))
+    write_rows(args.out, rows)
+    print(f"{len(rows)} predictions written to {args.out}")
+
+
+def cmd_update(args: argparse.Namespace) -> None:
+    from .cli_checks import OutputLock, check_output, check_writable
+    from .posterior import read_config
+    from .runs import update_run
+
+    out = check_output(args.out, overwrite=args.overwrite)
+    if not args.temper > 0:
+        raise UserError(f"--temper must be positive, got {args.temper}")
+    check_choices(args)
+    parent = read_config(args.parent).get("meta") or {}
+    overrides = {k: getattr(args, k) for k in ("epochs", "max_steps", "lr") if getattr(args, k) is not None}
+    overrides["seed"] = args.seed
+    with OutputLock(out):
+        check_writable(out)
+        result = update_run(args.parent, _source(args, parent), out, temper=args.temper, overrides=overrides,
+                            overwrite=args.overwrite)
+    round_ = result.posterior.meta["round"]
+    print(f"round {round_}: {result.steps} steps in {result.seconds:.0f} s; run saved to {args.out}")
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    from .runs import format_lineage, lineage
+
+    print(format_lineage(lineage(args.run)))
+
+
+def cmd_tasks(args: argparse.Namespace) -> None:
+    from .data import TASKS
+
+    for name, spec in TASKS.items():
+        print(f"{name:16s} {spec.kind:16s} {spec.description}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from .compare import DEFAULT_METHODS, run_compare
+
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {args.seeds}")
+    out = Path(args.out if args.out is not None else f"runs/compare-{args.task}")
+    if not str(args.out if args.out is not None else out).strip() or out == Path("."):
+        raise UserError("--out is empty; give the name of a directory for the comparison")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "protocol.json").is_file())):
+        raise UserError(f"{out} is not a comparison directory (no protocol.json); it is never written into or "
+                        "replaced: choose another --out")
+    report = run_compare(protocol_from(args), out, methods=args.methods or DEFAULT_METHODS,
+                         seeds=range(args.seeds), overwrite=args.overwrite, workers=args.workers,
+                         ray_address=args.ray_address, cpus_per_worker=args.cpus_per_worker,
+                         gpus_per_worker=args.gpus_per_worker)
+    print(f"comparison written to {report}")
+
+
+def cmd_diagnose(args: argparse.Namespace) -> None:
+    from .diagnose import diagnose
+
+    report = diagnose(args.run, args.out, draws=args.draws, examples=args.examples)
+    facts = json.loads((report.parent / "diagnostics.json").read_text())
+    verdict = "trustworthy" if facts["reliable"] else "NOT trustworthy (k >= 0.7)"
+    for line in facts.get("warnings", []):
+        print(f"pyro-bhpeft diagnose: warning: {line}", file=sys.stderr)
+    print(f"Pareto k-hat {facts['pareto_khat']:.2f}: {verdict}; report written to {report}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    report = run_demo(Path(args.out), quick=args.quick)
+    print(f"report written to {report}")
+
+
+def cmd_meta_fit(args: argparse.Namespace) -> None:
+    from .cli_checks import OutputLock, check_output
+    from .meta import MetaConfig, meta_fit_run
+
+    out = check_output(args.out, overwrite=args.overwrite)
+    if args.per_task < 1:
+        raise UserError(f"--per-task must be a positive integer, got {args.per_task}")
+    config = MetaConfig(**{k: getattr(args, k) for k in MetaConfig().__dict__})
+    tasks = [t for t in args.tasks.split(",") if t]
+    with OutputLock(out):
+        _, result = meta_fit_run(tasks, out, backbone=args.backbone, config=config, per_task=args.per_task,
+                                 max_length=args.max_length, overwrite=args.overwrite)
+    print(f"meta-fit: {config.steps} steps over {len(tasks)} tasks in {result.seconds:.0f} s, last outer loss "
+          f"{result.history[-1]:.4f} per example; run saved to {out}")
+
+
+def cmd_meta_evaluate(args: argparse.Namespace) -> None:
+    from .meta import meta_evaluate_run
+
+    if args.support < 1 or args.steps < 0 or args.samples < 0 or args.eval_size < 0:
+        raise UserError("--support must be >= 1 and --steps, --samples, --eval-size >= 0")
+    result = meta_evaluate_run(args.run, args.task, support=args.support, steps=args.steps, samples=args.samples,
+                               query=args.eval_size or None, seed=args.seed, out=args.save)
+    print(json.dumps(result, indent=2))
+
+
+COMMANDS = {"meta-fit": cmd_meta_fit, "meta-evaluate": cmd_meta_evaluate, "fit": cmd_fit, "evaluate": cmd_evaluate,
+            "predict": cmd_predict, "demo": cmd_demo, "compare": cmd_compare, "diagnose": cmd_diagnose,
+            "update": cmd_update, "history": cmd_history, "tasks": cmd_tasks}
