@@ -266,6 +266,8 @@ def test_an_unseen_class_is_one_line_with_its_rows_or_dropped_when_asked(tmp_pat
 
 def test_predicting_keeps_rows_with_unseen_or_empty_labels_as_minus_one(tmp_path, tokenizer):
     path = _labels(tmp_path, ["positive", "neutral", None, "negative"], "eval.csv")
+    dropped = load_eval_file(path, SPEC, require_labels=False, drop_unseen=True)
+    assert dropped.splits["test"]["label"] == [1, -1, 0] and dropped.sources["test"].unlabelled == 1
     data = load_eval_file(path, SPEC, require_labels=False)
     assert data.splits["test"]["label"] == [1, -1, -1, 0] and len(data.splits["test"]) == 4
     assert data.warnings == ("eval.csv: 1 row has a class not among the training classes: 'neutral' (1 row); "
@@ -279,9 +281,11 @@ def test_predicting_keeps_rows_with_unseen_or_empty_labels_as_minus_one(tmp_path
 
 def test_regression_and_multiple_choice_files_to_predict(tmp_path):
     reg = TaskSpec("prices", "regression")
-    path = _labels(tmp_path, [1.5, None, "n/a", 2.0], "eval.csv")
+    path = _labels(tmp_path, [1.5, None, "unknown", 2.0], "eval.csv")
     labels = load_eval_file(path, reg, require_labels=False).splits["test"]["label"]
     assert labels[0] == 1.5 and math.isnan(labels[1]) and math.isnan(labels[2]) and labels[3] == 2.0
+    assert load_eval_file(path, reg, require_labels=False).warnings == (
+        "eval.csv: 1 row has a label that is not a number (first 'unknown'); their label reads NaN",)
     with pytest.raises(DataError, match="regression labels in column 'label' must be numbers, row 2 holds"):
         load_eval_file(path, reg)
     mc = tmp_path / "mc.jsonl"

@@ -132,7 +132,6 @@ class Screened:
     table: Any
     unusable: list[int] = field(default_factory=list)  # positions in ``table`` whose label is a placeholder
     unseen: dict[str, int] = field(default_factory=dict)  # label -> rows, labels the task has no class for
-    unlabelled: int = 0  # rows without a label (an empty cell, or no label column at all)
     dropped: int = 0
 
 
@@ -157,6 +156,18 @@ def _unseen_text(unseen: Mapping[str, int], names: Sequence[str]) -> str:
     return ", ".join(parts)
 
 
+def _bad_rows(table: Any, spec: TaskSpec, column: str, require_labels: bool) -> list[tuple[int, Any]] | None:
+    """``(position, label)`` of the rows whose label the task cannot use, or None when the kind's reader
+    checks the labels itself (any kind with labels required, except the class kinds)."""
+    kind, values = DATA_KINDS[spec.kind], table[column].tolist()
+    if kind.class_labels:
+        index, allowed = {str(n): i for i, n in enumerate(spec.label_names)}, ids_allowed(spec.label_names)
+        return [(i, v) for i, v in enumerate(values) if missing(v) or class_id(v, index, allowed) is None]
+    if kind.label_dtype == "float64" and not require_labels:
+        return [(i, v) for i, v in enumerate(values) if _number(v) is None]
+    return None
+
+
 def screen_labels(table: Any, path: Path, spec: TaskSpec, column: str, *, require_labels: bool,
                   drop_unseen: bool) -> tuple[Screened, list[str]]:
     """The rows of an evaluation ``table`` its labels let us use, and one-line warnings about the rest.
@@ -167,53 +178,50 @@ def screen_labels(table: Any, path: Path, spec: TaskSpec, column: str, *, requir
     labels are kept as -1 (NaN for regression) too.
     """
     if column not in table.columns:
-        return Screened(table.assign(**{column: _placeholder(spec)}), list(range(len(table))),
-                        unlabelled=len(table)), []
-    kind = DATA_KINDS[spec.kind]
-    if kind.class_labels:
-        index = {str(n): i for i, n in enumerate(spec.label_names)}
-        allowed = ids_allowed(spec.label_names)
-        bad = [(i, v) for i, v in enumerate(table[column].tolist())
-               if missing(v) or class_id(v, index, allowed) is None]
-    elif kind.label_dtype == "float64" and not require_labels:
-        bad = [(i, v) for i, v in enumerate(table[column].tolist()) if _number(v) is None]
-    else:
-        return Screened(table), []  # the kind's reader checks the labels
-    unseen = dict(Counter(label_key(v) for _, v in bad if not missing(v)))
-    if not kind.class_labels:
-        unseen = {}
-    empty = sum(missing(v) for _, v in bad)
-    name, warnings = path.name, []
-    if unseen and require_labels and not drop_unseen:
-        raise DataError(f"{name}: {_rows(sum(unseen.values()))} a class not among the training classes: "
-                        f"{_unseen_text(unseen, spec.label_names)}; drop them with --drop-unseen, or fit on data "
-                        "that has these classes")
-    if require_labels and empty:  # the reader names the first empty row
+        return Screened(table.assign(**{column: _placeholder(spec)}), list(range(len(table)))), []
+    bad = _bad_rows(table, spec, column, require_labels)
+    if bad is None:
         return Screened(table), []
+    name, names = path.name, spec.label_names
+    filled = [(i, v) for i, v in bad if not missing(v)]  # a label, but not one the task has
+    unseen = dict(Counter(label_key(v) for _, v in filled)) if DATA_KINDS[spec.kind].class_labels else {}
+    if unseen and require_labels and not drop_unseen:
+        raise DataError(f"{name}: {_rows(len(filled))} a class not among the training classes: "
+                        f"{_unseen_text(unseen, names)}; drop them with --drop-unseen, or fit on data "
+                        "that has these classes")
+    warnings, dropped = [], 0
     if unseen and drop_unseen:
-        keep = [i for i in range(len(table)) if i not in {j for j, v in bad if not missing(v)}]
-        if not keep:
+        table, bad, dropped = _drop(table, bad, {i for i, _ in filled})
+        if not len(table):
             raise DataError(f"{name}: every row has a class not among the training classes "
-                            f"({_unseen_text(unseen, spec.label_names)}); nothing is left to score")
-        warnings.append(f"{name}: dropped {_count(len(table) - len(keep))} of classes not among the training classes: "
-                        f"{_unseen_text(unseen, spec.label_names)}")
-        dropped = len(table) - len(keep)
-        table = table.iloc[keep].reset_index(drop=True)
-        return _screened_rest(table, path, spec, column, require_labels, dropped, unseen, warnings)
-    if unseen:
-        warnings.append(f"{name}: {_rows(sum(unseen.values()))} a class not among the training classes: "
-                        f"{_unseen_text(unseen, spec.label_names)}; their label reads -1")
-    positions = [i for i, _ in bad]
-    fixed = table.copy()
-    if positions:
-        fixed[column] = fixed[column].astype(object)
-        fixed.loc[fixed.index[positions], column] = _placeholder(spec)
-    return Screened(fixed, positions, unseen, empty), warnings
+                            f"({_unseen_text(unseen, names)}); nothing is left to score")
+        warnings.append(f"{name}: dropped {_count(dropped)} of classes not among the training classes: "
+                        f"{_unseen_text(unseen, names)}")
+    elif unseen:
+        warnings.append(f"{name}: {_rows(len(filled))} a class not among the training classes: "
+                        f"{_unseen_text(unseen, names)}; their label reads -1")
+    elif filled:
+        warnings.append(f"{name}: {_rows(len(filled))} a label that is not a number (first {filled[0][1]!r}); "
+                        "their label reads NaN")
+    if require_labels:  # the kind's reader names the first empty label
+        return Screened(table, unseen=unseen, dropped=dropped), warnings
+    return Screened(_fill(table, column, [i for i, _ in bad], _placeholder(spec)), [i for i, _ in bad], unseen,
+                    dropped), warnings
 
 
-def _screened_rest(table: Any, path: Path, spec: TaskSpec, column: str, require_labels: bool, dropped: int,
-                   unseen: dict[str, int], warnings: list[str]) -> tuple[Screened, list[str]]:
-    """After dropping the unseen rows: placeholders for empty labels when they are allowed."""
-    again, _ = screen_labels(table, path, spec, column, require_labels=require_labels, drop_unseen=False)
-    again.unseen, again.dropped = unseen, dropped
-    return again, warnings
+def _drop(table: Any, bad: list[tuple[int, Any]], rows: set[int]) -> tuple[Any, list[tuple[int, Any]], int]:
+    """``table`` without ``rows``, the positions of the other ``bad`` rows in it, and how many were dropped."""
+    keep = [i for i in range(len(table)) if i not in rows]
+    moved = {old: new for new, old in enumerate(keep)}
+    return (table.iloc[keep].reset_index(drop=True), [(moved[i], v) for i, v in bad if i in moved],
+            len(table) - len(keep))
+
+
+def _fill(table: Any, column: str, rows: list[int], value: Any) -> Any:
+    """A copy of ``table`` with ``value`` in ``column`` at ``rows`` (positions)."""
+    if not rows:
+        return table
+    table = table.copy()
+    table[column] = table[column].astype(object)
+    table.loc[table.index[rows], column] = value
+    return table
