@@ -5,16 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoDelta
 
 from .common import model_init, scoped_guide
+from .contract import ContractGuide
 
 __all__ = ["Delta"]
 
 
 @scoped_guide
-class Delta(AutoDelta):
+class Delta(ContractGuide, AutoDelta):
     """A point mass at ``loc``: the deterministic baseline."""
+
+    elbo = TraceMeanField_ELBO
+    point_mass = True
 
     def __init__(self, model) -> None:
         super().__init__(model, init_loc_fn=model_init(model))
@@ -28,7 +33,3 @@ class Delta(AutoDelta):
 
     def config(self) -> dict[str, Any]:
         return {}
-
-    @classmethod
-    def from_config(cls, model, kwargs: dict[str, Any]) -> "Delta":
-        return cls(model, **kwargs)

@@ -10,12 +10,13 @@ from pyro.infer.autoguide import AutoLowRankMultivariateNormal
 from pyro_bhpeft.config import ConfigError
 
 from .common import model_init, scoped_guide
+from .contract import ContractGuide, JointCovariance
 
 __all__ = ["LowRank"]
 
 
 @scoped_guide
-class LowRank(AutoLowRankMultivariateNormal):
+class LowRank(ContractGuide, AutoLowRankMultivariateNormal):
     """``q(w) = MVN(loc, D (F F^T + I) D)`` over all sites jointly, with ``F`` of width ``rank``.
 
     ``rank`` is required: Pyro's default (sqrt of the latent dimension) is enormous at PEFT scale.
@@ -47,12 +48,13 @@ class LowRank(AutoLowRankMultivariateNormal):
             pos += size
         return out
 
+    def joint_covariance(self) -> JointCovariance:
+        """``D (F F^T + I) D`` as ``F' F'^T + diag(d)`` over every site, in packing order."""
+        _, factor, diag = self.low_rank()
+        return JointCovariance(tuple(self.site_slices()), factor, diag)
+
     def variance_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for n, p in self.named_parameters() if "scale" in n or "cov_factor" in n]
+        return [p for n, p in self.named_parameters() if n in ("scale_unconstrained", "cov_factor")]
 
     def config(self) -> dict[str, Any]:
         return {"rank": self.rank, "init_scale": self._init_scale}
-
-    @classmethod
-    def from_config(cls, model, kwargs: dict[str, Any]) -> "LowRank":
-        return cls(model, **kwargs)

@@ -1,15 +1,8 @@
 """Mean-field Gaussian posterior over the PEFT and head sites, with a choice of scale parameterisation.
 
 ``q(w) = prod_s Normal(w_s | loc_s, scale_s)``; sites matching ``deterministic`` are point masses.
-The scale parameterisation decides how fast an optimiser can move a scale:
-
-=============  =============================  =================================================
-``log``        ``scale = exp(raw)``           scale-free: an Adam step changes log-scale by ~lr,
-                                              so a scale crosses a decade in ``2.3 / lr`` steps
-``softplus``   ``scale = softplus(raw)``      Pyro's ``AutoNormal``; log-like below ~0.1, linear
-                                              above (runs saved before 0.2 use it)
-``rho2``       ``scale = raw ** 2``           BLoB's ``sigma = rho^2`` (Wang et al. 2024)
-=============  =============================  =================================================
+The scale parameterisation (:mod:`.scale`: ``log``, ``softplus``, ``rho2``) decides how fast an optimiser
+can move a scale.
 
 Example::
 
@@ -28,6 +21,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
+from pyro.infer import TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.autoguide.initialization import InitMessenger
 from pyro.infer.autoguide.utils import deep_setattr
@@ -36,22 +30,14 @@ from pyro.nn.module import PyroModule, PyroParam
 from pyro_bhpeft.config import ConfigError
 
 from .common import check_global_real, local_params, model_init, scoped_guide
+from .contract import ContractGuide
+from .scale import DEFAULT_SCALE_PARAM, LEGACY_SCALE_PARAM, SCALE_PARAMS, ScaleParam
 
 __all__ = ["MeanField", "SCALE_PARAMS"]
 
-SCALE_PARAMS = ("log", "softplus", "rho2")
-
-
-def _to_raw(scale: torch.Tensor, how: str) -> torch.Tensor:
-    if how == "log":
-        return scale.log()
-    if how == "rho2":
-        return scale.sqrt()
-    return scale  # softplus: PyroParam's softplus_positive constraint stores the inverse itself
-
 
 @scoped_guide
-class MeanField(AutoGuide):
+class MeanField(ContractGuide, AutoGuide):
     """Independent Normals per site; ``deterministic`` globs (e.g. ``("*.lora_B",)``) are point masses.
 
     ``init_scale`` is one starting scale, or ``(low, high)``: each entry's start drawn uniformly
@@ -59,8 +45,11 @@ class MeanField(AutoGuide):
     draws ``rho ~ U(0.0354, 0.05)``), the scale itself for ``softplus``.
     """
 
+    elbo = TraceMeanField_ELBO  # analytic KL per site
+    factorised = True
+
     def __init__(self, model, *, init_scale: float | Sequence[float] = 1e-2, deterministic: Sequence[str] = (),
-                 scale_param: str = "log") -> None:
+                 scale_param: str = DEFAULT_SCALE_PARAM) -> None:
         if scale_param not in SCALE_PARAMS:
             raise ConfigError(f"unknown scale parameterisation {scale_param!r}; choose one of {', '.join(SCALE_PARAMS)}")
         low, high = (init_scale, init_scale) if isinstance(init_scale, (int, float)) else tuple(init_scale)
@@ -69,6 +58,7 @@ class MeanField(AutoGuide):
         self.init_scale = float(low) if low == high else (float(low), float(high))
         self.deterministic = tuple(deterministic)
         self.scale_param = scale_param
+        self.scaling: ScaleParam = SCALE_PARAMS[scale_param]
         super().__init__(InitMessenger(model_init(model))(model))
 
     def is_deterministic(self, name: str) -> bool:
@@ -80,15 +70,15 @@ class MeanField(AutoGuide):
     def _initial_scale(self, like: torch.Tensor) -> torch.Tensor:
         low, high = (self.init_scale, self.init_scale) if isinstance(self.init_scale, float) else self.init_scale
         if low == high:
-            return _to_raw(torch.full_like(like, low), self.scale_param)
-        lo, hi = _to_raw(torch.tensor(low), self.scale_param), _to_raw(torch.tensor(high), self.scale_param)
+            return self.scaling.from_scale(torch.full_like(like, low))
+        lo, hi = self.scaling.from_scale(torch.tensor(low)), self.scaling.from_scale(torch.tensor(high))
         return torch.empty_like(like).uniform_(float(lo), float(hi))
 
     def _setup_prototype(self, *args, **kwargs) -> None:
         super()._setup_prototype(*args, **kwargs)
         self.event_dims: dict[str, int] = {}
         self.locs, self.scales = PyroModule(), PyroModule()
-        constraint = constraints.softplus_positive if self.scale_param == "softplus" else constraints.real
+        constraint = self.scaling.constraint
         for name, site in self.prototype_trace.iter_stochastic_nodes():
             check_global_real(site, "MeanField")
             loc = site["value"].detach().clone()
@@ -107,12 +97,10 @@ class MeanField(AutoGuide):
         """The posterior scale of ``name`` (None for a point mass), differentiable."""
         if self.is_deterministic(name):
             return None
-        raw = attrgetter(name)(self.scales)
-        if self.scale_param == "log":
-            return raw.exp()
-        if self.scale_param == "rho2":
-            return raw.square()
-        return raw  # softplus: the PyroParam constraint already applied it
+        return self.scaling.to_scale(attrgetter(name)(self.scales))
+
+    def site_loc(self, name: str) -> torch.Tensor | None:
+        return None if self.is_deterministic(name) else self.loc(name)
 
     def forward(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         if self.prototype_trace is None:
@@ -148,7 +136,7 @@ class MeanField(AutoGuide):
     @classmethod
     def from_config(cls, model, kwargs: dict[str, Any]) -> "MeanField":
         """Rebuild from :meth:`config`; configs saved before 0.2 (no ``scale_param``) used softplus scales."""
-        return cls(model, **{"scale_param": "softplus", **kwargs})
+        return cls(model, **{"scale_param": LEGACY_SCALE_PARAM, **kwargs})
 
     @classmethod
     @local_params
@@ -173,8 +161,7 @@ class MeanField(AutoGuide):
                                  "must be positive")
             deep_setattr(guide.locs, name, PyroParam(loc.detach().clone(), constraints.real, event_dim))
             if scale is not None:
-                raw = _to_raw(scale.detach().clone(), guide.scale_param)
-                constraint = constraints.softplus_positive if guide.scale_param == "softplus" else constraints.real
-                deep_setattr(guide.scales, name, PyroParam(raw, constraint, event_dim))
+                raw = guide.scaling.from_scale(scale.detach().clone())
+                deep_setattr(guide.scales, name, PyroParam(raw, guide.scaling.constraint, event_dim))
         return guide
 

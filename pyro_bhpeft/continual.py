@@ -119,7 +119,7 @@ def posterior_prior(posterior: Posterior, *, temper: float = 1.0, point_scale: f
     standard deviation put around point-mass sites; ``base`` (default: the posterior's own prior)
     covers sites the posterior does not have.
     """
-    from pyro_bhpeft.guides import LowRank
+    from pyro_bhpeft.guides import joint_covariance
 
     if not temper > 0 or not point_scale > 0:
         raise ValueError(f"temper and point_scale must be positive, got {temper} and {point_scale}")
@@ -130,10 +130,9 @@ def posterior_prior(posterior: Posterior, *, temper: float = 1.0, point_scale: f
         locs[name] = marginal.loc.detach().clone()
         scale = marginal.scale if marginal.scale is not None else torch.full_like(marginal.loc, point_scale)
         scales[name] = scale.detach().clone() * root
-    if isinstance(posterior.guide, LowRank):
-        _, factor, diag = posterior.guide.low_rank()
-        joint = tuple(posterior.guide.site_slices())
-        return PosteriorPrior(locs, scales, base, joint, factor * root, diag * temper)
+    joint = joint_covariance(posterior.guide)  # a low-rank guide's correlations across sites
+    if joint is not None:
+        return PosteriorPrior(locs, scales, base, joint.sites, joint.factor * root, joint.diag * temper)
     return PosteriorPrior(locs, scales, base)
 
 

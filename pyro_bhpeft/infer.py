@@ -139,11 +139,10 @@ def _param_groups(guide: torch.nn.Module, lr: float, scale_lr: float, weight_dec
                   site_lr: Mapping[str, float] | None = None) -> list[dict]:
     """Posterior scales (and low-rank factors) may learn at their own rate, and so may the locations of the
     sites whose names match a pattern of ``site_lr`` (the first matching pattern wins)."""
+    from pyro_bhpeft.guides import variance_parameters
+
     params = [p for p in guide.parameters() if p.requires_grad]
-    if hasattr(guide, "variance_parameters"):
-        ids = {id(p) for p in guide.variance_parameters()}
-    else:  # a user's guide: go by Pyro's parameter names
-        ids = {id(p) for n, p in guide.named_parameters() if "scale" in n or "cov_factor" in n}
+    ids = {id(p) for p in variance_parameters(guide)}
     own: dict[str, list] = {pattern: [] for pattern in site_lr or {}}
     for name, p in guide.named_parameters():  # locations of sites with a learning rate of their own
         site = name.removeprefix("locs.").removesuffix("_unconstrained")  # PyroParam's storage name
@@ -233,7 +232,7 @@ class _Steps:
         recorder = _Likelihood()
         self.model.kl_weight = self.scaled_guide.weight = beta
         if self.flipout:
-            self.model.flipout_locs = lambda name: None if self.guide.is_deterministic(name) else self.guide.loc(name)
+            self.model.flipout_locs = self.guide.site_loc
         try:
             with recorder:
                 loss = self.loss_fn(inputs, labels) / self.model.num_data
@@ -270,11 +269,9 @@ class _Steps:
 
 
 def _elbo_for(guide: Any, num_particles: int):
-    from pyro_bhpeft.guides import guide_kind
+    from pyro_bhpeft.guides import elbo_for
 
-    kind = guide_kind(guide)  # analytic KL where the guide's sites allow it; Monte Carlo otherwise
-    elbo = kind.elbo if kind is not None else Trace_ELBO
-    return elbo(num_particles=num_particles, vectorize_particles=False)
+    return elbo_for(guide, num_particles)  # analytic KL where the guide's sites allow it; Monte Carlo otherwise
 
 
 def lr_factor(step: int, total: int, final_factor: float = 1.0, warmup_ratio: float = 0.0,
@@ -322,9 +319,9 @@ def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, nu
         raise ValueError(f"epochs must be >= 1, got {epochs} (max_steps only caps the steps of those epochs)")
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps must be >= 1 when given, got {max_steps}")
-    from pyro_bhpeft.guides import MeanField
+    from pyro_bhpeft.guides import is_factorised
 
-    if flipout and not isinstance(guide, MeanField):
+    if flipout and not is_factorised(guide):
         raise ValueError(f"flipout needs a mean-field guide (per-site loc and scale), not {type(guide).__name__}")
     pyro.set_rng_seed(seed)
     model.num_data = _num_data(data, num_data)
@@ -426,19 +423,18 @@ def _hyper(model: Any) -> list[torch.Tensor]:
 def _check_priors(model: Any, guide: Any) -> None:
     """One line instead of an unbounded objective: a random site under a flat prior, or learned prior scales
     under a point mass (joint MAP over weights and prior scales has no maximum)."""
-    from pyro_bhpeft.guides import MeanField, guide_kind
+    from pyro_bhpeft.guides import is_factorised, is_point_mass
 
     prior, sites = getattr(model, "prior", None), getattr(model, "sites", {})
-    kind = guide_kind(guide)
-    if prior is not None and prior.parameters() and kind is not None and kind.point_mass:
+    if prior is not None and prior.parameters() and is_point_mass(guide):
         raise ValueError("learned prior scales need a posterior with variance (e.g. --guide mean-field): with a "
                          "point mass the prior scale of a zero-initialised weight runs to 0")
-    if not isinstance(guide, MeanField) or prior is None:
+    if not is_factorised(guide) or prior is None:  # per-site marginals: a flat prior on a random site is unbounded
         return
     joint = set(getattr(prior, "joint", ()))
     site_prior = getattr(model, "site_prior", lambda n: sites[n].prior or prior)
-    for name in guide.site_names():
-        if name in sites and name not in joint and guide.scale(name) is not None and isinstance(
+    for name, (_, scale) in guide.marginals().items():
+        if name in sites and name not in joint and scale is not None and isinstance(
                 site_prior(name).distribution(name, sites[name].shape), pyro.distributions.ImproperUniform):
             raise ValueError(f"site {name!r} has no prior (flat) but a random posterior, so its KL is unbounded; "
                              "make it a point mass (deterministic=...) or give it a prior")

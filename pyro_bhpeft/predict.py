@@ -83,10 +83,10 @@ def predict(posterior: Posterior, data: Iterable, *, num_samples: int = DEFAULT_
     """
     if num_samples < 0:
         raise ValueError(f"num_samples must be >= 0 (0 = posterior mean only), got {num_samples}")
-    from pyro.infer.autoguide import AutoDelta
+    from pyro_bhpeft.guides import is_point_mass
 
     model = posterior.model
-    point_mass = isinstance(posterior.guide, AutoDelta)  # every draw would be the same: predict once
+    point_mass = is_point_mass(posterior.guide)  # every draw would be the same: predict once
     draws = [posterior.mean()] if num_samples == 0 or point_mass else posterior.sample(num_samples, seed=seed)
     outs, labels = [], []
     for item in tqdm(data, desc="predict", disable=not progress, unit="batch"):
