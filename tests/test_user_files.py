@@ -314,3 +314,25 @@ def test_batches_of_a_labelled_split_are_unchanged(tmp_path, tokenizer):
     data = load_files(_labels(tmp_path, ["bad", "good"] * 10))
     inputs, labels = next(iter(make_loader(tokenize(data, tokenizer, max_length=8)["train"], 4)))
     assert isinstance(labels, torch.Tensor) and labels.dtype == torch.long and inputs["input_ids"].shape == (4, 8)
+
+
+def test_a_fitted_classifier_predicts_a_file_of_texts_alone(tiny_backbone, tmp_path):
+    from transformers import AutoTokenizer, BertModel
+
+    from pyro_bhpeft import LoraConfig, PeftConfig, fit, predict
+    from pyro_bhpeft.guides import MeanField
+    from pyro_bhpeft.models import SequenceClassifier
+    from pyro_bhpeft.predict import prediction_rows
+
+    tok = AutoTokenizer.from_pretrained(tiny_backbone)
+    train = load_files(_text(tmp_path / "train.csv", _lines("text,label", ["good movie,pos", "awful plot,neg"] * 4)))
+    model = SequenceClassifier(BertModel.from_pretrained(tiny_backbone), PeftConfig(lora=LoraConfig(r=2)),
+                               num_labels=2)
+    posterior = fit(model, MeanField(model), make_loader(tokenize(train, tok, 8)["train"], 4), num_data=6, epochs=1,
+                    progress=False).posterior
+    texts = load_eval_file(_text(tmp_path / "new.csv", _lines("text", ["a good film", "the plot was awful"])),
+                           train.spec, require_labels=False)
+    pred = predict(posterior, make_loader(tokenize(texts, tok, 8)["test"], 4), num_samples=2)
+    assert pred.labels is None and pred.probs.shape == (2, 2)
+    rows = prediction_rows(pred, texts.splits["test"]["text"], train.spec.label_names)
+    assert [(r["text"], r["label"]) for r in rows] == [("a good film", None), ("the plot was awful", None)]
