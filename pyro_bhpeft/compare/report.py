@@ -240,6 +240,9 @@ RESULT_COLUMNS: dict[str, tuple[str, str | None, float, int]] = {
     "ood_accuracy": ("OOD accuracy %", "ood_accuracy", 100.0, 2), "ood_nll": ("OOD NLL", "ood_nll", 1.0, 3),
     "ood_ece": ("OOD ECE %", "ood_ece", 1.0, 2), "train_seconds": ("train s", "train_seconds", 1.0, 0),
     "predict_seconds": ("predict s", "predict_seconds", 1.0, 0), "mi": ("MI (nats)", "mutual_information", 1.0, 4),
+    "bops": ("bit operations / LoRA r=8 at 16 bits", "bops_ratio", 1.0, 4),
+    "temperature": ("fitted temperature", "temperature", 1.0, -3),  # digits -3: three significant digits
+    "first_label": ("first answer correct %", None, 100.0, 1),
     "confidence": ("mean confidence %", None, 100.0, 1), "first_answer": ("predicts the first answer %", None, 100.0, 1),
 }
 
@@ -266,6 +269,8 @@ def _cell_value(folder: Path, method: str, seed: int, name: str, cache: dict) ->
         return float(probs.max(1).mean())
     if name == "first_answer":
         return float((probs.argmax(1) == 0).mean())
+    if name == "first_label":
+        return float((_cell_arrays(folder, method, seed, cache)["test_labels"] == 0).mean())
     raise ValueError(f"unknown column {name!r}")
 
 
@@ -275,12 +280,17 @@ def _seeds_of(folder: Path, method: str, seeds: Sequence[int] | None) -> list[in
     return [s for s in found if seeds is None or s in seeds]
 
 
+def _num(value: float, digits: int) -> str:
+    """``digits`` decimals, or ``-digits`` significant digits when negative."""
+    return f"{value:.{-digits}g}" if digits < 0 else f"{value:.{digits}f}"
+
+
 def _fmt(values: Sequence[float], mult: float, digits: int) -> str:
     """``mean ± sd`` over several values, the value alone for one (never a fake ``± 0.00``), – for none."""
     mean, sd = mean_sd(values)
     if math.isnan(mean):
         return "–"
-    return f"{mean * mult:.{digits}f}" if len(values) == 1 else f"{mean * mult:.{digits}f} ± {sd * mult:.{digits}f}"
+    return _num(mean * mult, digits) if len(values) == 1 else f"{_num(mean * mult, digits)} ± {_num(sd * mult, digits)}"
 
 
 def _methods_in(folder: Path) -> list[str]:
@@ -289,13 +299,17 @@ def _methods_in(folder: Path) -> list[str]:
         return [row["method"] for row in csv.DictReader(f)]
 
 
+TARGET = ("the calibration target: ECE at most half the baseline's at no more than 1.5 accuracy points below it; "
+          "'on the mean' compares the means over the shared seeds, 'seed by seed' counts the seeds that meet both")
+
+
 def compare_table(folder: Path, methods: Sequence[str] | None = None, columns: Sequence[str] = (
         "accuracy", "nll", "ece", "ece_floor"), seeds: Sequence[int] | None = None, baseline: str = "lora",
                   cache: dict | None = None) -> str:
     """Mean ± sd over each method's seeds (``n``: how many) of ``columns``, from the cells of ``folder``.
 
     Besides :data:`RESULT_COLUMNS`: ``ratio`` (mean ECE over the baseline's mean ECE on the same seeds),
-    ``ratio_seeds`` (that ratio seed by seed), ``halved`` (seeds whose ECE is at most half the baseline's),
+    ``ratio_seeds`` (that ratio seed by seed), ``target`` (:data:`TARGET`, on the mean and seed by seed), ``halved`` (seeds whose ECE is at most half the baseline's),
     ``ece_below`` / ``nll_below`` (seeds below the baseline), ``dacc`` (mean accuracy minus the baseline's on
     the same seeds, points) and ``NAME_seeds`` (a column's values seed by seed)."""
     cache = {} if cache is None else cache
@@ -306,7 +320,8 @@ def compare_table(folder: Path, methods: Sequence[str] | None = None, columns: S
         headers.append({"ratio": f"ECE / {baseline}'s", "ratio_seeds": f"ECE / {baseline}'s, per seed",
                         "halved": f"seeds with ECE ≤ 0.5x {baseline}'s", "ece_below": f"seeds with ECE below {baseline}'s",
                         "nll_below": f"seeds with NLL below {baseline}'s",
-                        "dacc": f"Δ accuracy vs {baseline} (pts)"}.get(c) or
+                        "dacc": f"Δ accuracy vs {baseline} (pts)",
+                        "target": "target met: on the mean; seed by seed"}.get(c) or
                        (RESULT_COLUMNS[base][0] + (", per seed" if base != c else "")))
     rows = []
     for m in methods:
@@ -322,15 +337,24 @@ def compare_table(folder: Path, methods: Sequence[str] | None = None, columns: S
                 row.append(_fmt(values, mult, digits))
             elif c.endswith("_seeds") and c[:-6] in RESULT_COLUMNS:
                 _, _, mult, digits = RESULT_COLUMNS[c[:-6]]
-                row.append(" / ".join(f"{_cell_value(folder, m, s, c[:-6], cache) * mult:.{digits}f}" for s in ss))
+                per_seed = [_cell_value(folder, m, s, c[:-6], cache) for s in ss]
+                row.append(" / ".join("–" if v is None else _num(v * mult, digits) for v in per_seed))
             else:
                 ece = {s: _cell_value(folder, m, s, "ece", cache) for s in shared}
                 ece0 = {s: _cell_value(folder, baseline, s, "ece", cache) for s in shared}
+                acc = {s: _cell_value(folder, m, s, "accuracy", cache) for s in shared}
+                acc0 = {s: _cell_value(folder, baseline, s, "accuracy", cache) for s in shared}
                 if c == "ratio":
-                    row.append(f"{statistics.fmean(ece.values()) / statistics.fmean(ece0.values()):.2f}"
+                    row.append(f"{statistics.fmean(ece.values()) / statistics.fmean(ece0.values()):.3f}"
                                if shared else "–")
                 elif c == "ratio_seeds":
-                    row.append("–" if m == baseline else " / ".join(f"{ece[s] / ece0[s]:.2f}" for s in shared) or "–")
+                    row.append("–" if m == baseline else " / ".join(f"{ece[s] / ece0[s]:.3f}" for s in shared) or "–")
+                elif c == "target":  # one standard for every method: TARGET
+                    mean_met = (statistics.fmean(ece.values()) <= 0.5 * statistics.fmean(ece0.values()) and
+                                100 * (statistics.fmean(acc.values()) - statistics.fmean(acc0.values())) >= -1.5)
+                    seeds_met = sum(ece[s] <= 0.5 * ece0[s] and 100 * (acc[s] - acc0[s]) >= -1.5 for s in shared)
+                    row.append("–" if m == baseline else
+                               f"{'yes' if mean_met else 'no'}; {seeds_met}/{len(shared)} seeds")
                 elif c == "halved":
                     row.append("–" if m == baseline else f"{sum(ece[s] <= 0.5 * ece0[s] for s in shared)}/{len(shared)}")
                 elif c in ("ece_below", "nll_below"):
