@@ -107,6 +107,12 @@ def test_sniff_delimiter(sample, default, expected):
     assert sniff_delimiter(sample, default) == expected
 
 
+def test_a_long_csv_with_quoted_line_breaks_is_still_comma_separated(tmp_path):
+    rows = [f'"line one of {i}; more\nline two, {"x" * 9000}",{i % 2}' for i in range(40)]  # past the sniffed sample
+    path = _text(tmp_path / "long.csv", _lines("text,label", rows))
+    assert read_table(path).columns.tolist() == ["text", "label"] and len(read_table(path)) == 40
+
+
 def test_tsv_and_txt_files_are_read_as_tab_separated(tmp_path):
     for name in ("train.tsv", "train.txt"):
         path = _text(tmp_path / name, _lines("text\tlabel", [f"a, b {i}\t{i % 2}" for i in range(10)]))

@@ -38,7 +38,9 @@ def _rows(sample: str, delimiter: str) -> list[list[str]]:
         rows = [r for r in csv.reader(io.StringIO(sample), delimiter=delimiter) if r]
     except csv.Error:
         return []
-    return rows[:SAMPLE_ROWS]
+    if len(rows) > SAMPLE_ROWS:
+        return rows[:SAMPLE_ROWS]
+    return rows[:-1] if len(rows) > 2 else rows  # the sample's last row may be cut off inside a quoted field
 
 
 def sniff_delimiter(sample: str, default: str = ",") -> str:
