@@ -342,3 +342,17 @@ def test_a_fitted_classifier_predicts_a_file_of_texts_alone(tiny_backbone, tmp_p
     assert pred.labels is None and pred.probs.shape == (2, 2)
     rows = prediction_rows(pred, texts.splits["test"]["text"], train.spec.label_names)
     assert [(r["text"], r["label"]) for r in rows] == [("a good film", None), ("the plot was awful", None)]
+
+
+def test_a_decoders_answer_choice_task_keeps_where_the_rows_came_from(tmp_path):
+    from dataclasses import replace
+
+    from helpers import quiz, save_tiny_causal_lm
+    from pyro_bhpeft.backbone import load_backbone
+    from pyro_bhpeft.data.prompts import for_backbone
+
+    lm = load_backbone(save_tiny_causal_lm(tmp_path / "lm"))
+    data = replace(quiz(), sources={"train": SplitSource("quiz.csv", 4)}, notes=("a note",), warnings=("a warning",))
+    scored = for_backbone(data, lm.model, lm.tokenizer)
+    assert scored.spec.kind == "answer_choice"
+    assert (scored.sources, scored.notes, scored.warnings) == (data.sources, data.notes, data.warnings)
