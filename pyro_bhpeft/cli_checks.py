@@ -25,12 +25,15 @@ MIN_FREE_BYTES = 64 * 2**20  # a run (PEFT weights, config, history) plus its ch
 
 def check_output(out: str, *, overwrite: bool, flag: str = "--out") -> Path:
     """The run directory ``out`` to write: refused when empty, when it holds a run (unless ``overwrite``), and
-    always when it is a file or a folder that is not a run of ours (``--overwrite`` never replaces those)."""
+    always when it is a file or a folder that is not a run of ours (``--overwrite`` never replaces those).
+    What killed saves left beside it is cleaned first (:func:`~pyro_bhpeft.io.clean_leftovers`)."""
+    from .io import clean_leftovers
     from .posterior import is_run
 
     if not out or not out.strip() or Path(out) == Path("."):
         raise UserError(f"{flag} is empty; give the name of a new directory for the run")
     path = Path(out)
+    clean_leftovers(path)  # a run a killed save left half-swapped is put back first
     if path.is_symlink() or (path.exists() and not path.is_dir()):
         raise UserError(f"{path} exists and is not a directory; choose another {flag}")
     if path.is_dir() and any(path.iterdir()):
