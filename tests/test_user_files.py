@@ -144,6 +144,16 @@ def test_a_header_split_by_the_wrong_delimiter_names_delimiter(header, delimiter
     assert "\n" not in str(err.value)
 
 
+def test_a_delimiter_given_for_a_json_file_is_said_to_be_ignored(tmp_path):
+    path = _six_jsonl(tmp_path)
+    assert load_files(path, label_column="emotion", delimiter=";").notes[0] == (
+        "emotions.jsonl: --delimiter applies to .csv, .tsv, .txt files only; ignored for this file")
+    spec = TaskSpec("e", "classification", ("anger", "fear", "joy", "love", "sadness", "surprise"))
+    assert load_eval_file(path, spec, columns={"label": "emotion"}, delimiter="\t").notes == (
+        "emotions.jsonl: --delimiter applies to .csv, .tsv, .txt files only; ignored for this file",)
+    assert load_files(_two_class(tmp_path), delimiter=",").notes[0].startswith("task kind: classification")
+
+
 def test_bad_delimiter_and_non_utf8_files(tmp_path):
     path = _text(tmp_path / "train.csv", _lines("text,label", ["a,1", "b,0"] * 5))
     with pytest.raises(DataError, match=r"^delimiter must be one character .*got 'ab'; fix --delimiter$"):

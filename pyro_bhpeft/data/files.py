@@ -21,7 +21,7 @@ import datasets
 
 from .labels import case_variants, class_id, ids_allowed, infer_kind, label_key, missing, numeric_classes, screen_labels
 from .splits import carve
-from .tables import SUFFIXES, read_table, wrong_delimiter_hint
+from .tables import SUFFIXES, delimiter_ignored, read_table, wrong_delimiter_hint
 from .types import DATA_KINDS, KINDS, DataError, SplitSource, TaskData, TaskSpec, features_for
 
 __all__ = ["load_files", "load_eval_file", "read_table", "UserFile", "read_classes", "read_numbers", "read_choices",
@@ -240,7 +240,7 @@ def load_files(train: str | Path, *, eval_files: dict[str, str | Path] | None = 
         raise DataError("eval_files cannot have a 'train' entry; pass the training file as `train`")
     cols = {"text": text_column, "label": label_column, "question": question_column, "choices": choices_column}
     train, table = Path(train), read_table(train, delimiter=delimiter)
-    notes = []
+    notes = [line for line in [delimiter_ignored(train, delimiter)] if line]
     if kind is None and label_names:
         kind = "classification"  # class names given: the labels are classes
     if kind is None:
@@ -252,6 +252,7 @@ def load_files(train: str | Path, *, eval_files: dict[str, str | Path] | None = 
     for split, path in (eval_files or {}).items():
         part = load_eval_file(path, spec, columns=cols, drop_unseen=drop_unseen, delimiter=delimiter, split=split)
         splits[split], sources[split] = part.splits[split], part.sources[split]
+        notes += [n for n in part.notes if n not in notes]
         warnings += part.warnings
     fractions = {s: validation_fraction for s in ("validation", "test") if s not in splits}
     if fractions:
@@ -313,6 +314,7 @@ def load_eval_file(path: str | Path, spec: TaskSpec, *, columns: Mapping[str, st
     source = SplitSource(str(path), len(ds), unlabelled=len(screened.unusable), unseen=screened.unseen,
                          dropped=screened.dropped)
     notes = [f"{path.name}: no label column {cols['label']!r}; predicting text alone"] if not has_labels else []
+    notes += [line for line in [delimiter_ignored(path, delimiter)] if line]
     return TaskData(spec, datasets.DatasetDict({split: ds}), {split: source}, tuple(notes), tuple(warnings))
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .types import DataError
 
-__all__ = ["read_table", "sniff_delimiter", "normalize_delimiter", "SUFFIXES", "DELIMITED", "DELIMITERS"]
+__all__ = ["read_table", "sniff_delimiter", "normalize_delimiter", "delimiter_ignored", "SUFFIXES", "DELIMITED",
+           "DELIMITERS"]
 
 DELIMITED = {".csv": ",", ".tsv": "\t", ".txt": "\t"}  # delimited text files and the delimiter their suffix implies
 SUFFIXES = (".csv", ".tsv", ".txt", ".jsonl", ".json", ".parquet")
@@ -76,6 +77,14 @@ def _sample(path: Path) -> str:
     if len(head) > SAMPLE_BYTES:
         head = head[:head.rfind(b"\n", 0, SAMPLE_BYTES) + 1] or head[:SAMPLE_BYTES]
     return head.decode("utf-8-sig", errors="replace")
+
+
+def delimiter_ignored(path: str | Path, delimiter: str | None) -> str:
+    """One line when a ``delimiter`` was given for a file that has none (JSON, Parquet), else ''."""
+    path = Path(path)
+    if delimiter is None or path.suffix.lower() in DELIMITED:
+        return ""
+    return f"{path.name}: --delimiter applies to {', '.join(DELIMITED)} files only; ignored for this file"
 
 
 def wrong_delimiter_hint(columns) -> str:
