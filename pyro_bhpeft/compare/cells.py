@@ -1,6 +1,7 @@
 """One (method, seed) cell: run it once, save it under ``cells/{method}-seed{seed}``, read it back.
 
-A cell holds ``metrics.json`` (the metrics of its test predictions and its costs), ``predictions.npz``
+A cell holds ``metrics.json`` (the metrics of its test predictions and its costs, and since 0.2 the protocol,
+method settings and provenance it ran with: :func:`cell_record`), ``predictions.npz``
 (probabilities, entropies, mutual information and labels per split) and, for a method whose posterior
 has per-site scales, ``scales.json`` (so the scale figure outlives the uncommitted fit).
 """
@@ -21,7 +22,7 @@ from .bench import Bench, Scored
 from .methods import METHODS
 from .protocol import Protocol
 
-__all__ = ["cell_dir", "is_done", "run_cell", "cell_metrics", "load_metrics", "load_arrays", "scale_rows"]
+__all__ = ["cell_dir", "is_done", "run_cell", "cell_metrics", "cell_record", "load_metrics", "load_arrays", "scale_rows"]
 
 
 def cell_dir(out: Path, method: str, seed: int) -> Path:
@@ -44,6 +45,7 @@ def run_cell(bench: Bench, method: str, seed: int) -> dict[str, Any]:
     scored = METHODS[method].run(bench, seed)
     _check_finite(scored, method, seed)
     result = cell_metrics(scored, predict_seconds=bench.predict_seconds, ood_shift=bench.ood_shift)
+    result.update(cell_record(bench.protocol, method))
     scales = scale_rows(bench.out, method, seed, bench.protocol)
     with atomic_dir(path, overwrite=True) as stage:
         np.savez_compressed(stage / "predictions.npz", **_arrays(scored, ood_shift=bench.ood_shift))
@@ -52,6 +54,82 @@ def run_cell(bench: Bench, method: str, seed: int) -> dict[str, Any]:
             write_json(stage / "scales.json", scales)
     print(f"   accuracy {100 * result['accuracy']:.2f}%  NLL {result['nll']:.3f}  ECE {result['ece']:.2f}%", flush=True)
     return result
+
+
+def cell_record(protocol: Protocol, method: str) -> dict[str, Any]:
+    """What a cell records beside its metrics, so it can be read without the session that made it: the
+    protocol it ran under (train size, epochs, lr, samples, ...), the method's settings (its description,
+    whether it predicts with a point estimate, the fit it builds on, and the posterior samples it predicts
+    with where the method fixes its own), and its provenance (library, torch and Python versions, the git
+    commit of the checkout and whether it had uncommitted changes, when available, and the time)."""
+    import datetime
+    import platform
+
+    entry = METHODS[method]
+    samples = _samples(entry, protocol)
+    settings = {"name": method, "description": entry.description, "point_mass": entry.point_mass,
+                "base_fit": None if entry.base_fit is None else _jsonable(dict(entry.base_fit)), "post_hoc": entry.post_hoc,
+                "samples": samples}
+    return {"protocol": protocol.to_dict(), "method_settings": settings,
+            "provenance": {**_versions(), "python": platform.python_version(),
+                           "saved_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+
+
+def _samples(entry: Any, protocol: Protocol) -> int | None:
+    """The posterior samples a method predicts with: its own ``samples`` (an attribute, or the ``samples`` its
+    run closes over, as :meth:`Method.sampled` and TFB's do; None there means the protocol's), 0 for a point
+    estimate, else None (the entry does not say; read its code)."""
+    own = getattr(entry, "samples", None)
+    code, closure = getattr(entry.run, "__code__", None), getattr(entry.run, "__closure__", None)
+    if own is None and code is not None and closure and "samples" in code.co_freevars:
+        own = closure[code.co_freevars.index("samples")].cell_contents or protocol.samples
+    if entry.point_mass:
+        return 0
+    return own
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` as JSON can hold it: mappings and sequences element-wise, dataclasses (a PEFT config) as dicts,
+    anything else JSON cannot write as its ``repr``."""
+    import dataclasses
+
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"type": type(value).__name__, **_jsonable(dataclasses.asdict(value))}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def _versions() -> dict[str, Any]:
+    """The library and torch versions and, from a git checkout, the commit and whether it was dirty."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    import pyro_bhpeft
+
+    library = getattr(pyro_bhpeft, "__version__", None)
+    if library is None:
+        try:
+            library = version("pyro-bhpeft")
+        except PackageNotFoundError:
+            pass
+    out: dict[str, Any] = {"library_version": library, "torch_version": torch.__version__, "git_commit": None,
+                           "git_dirty": None}
+    root = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            out["git_commit"] = commit.stdout.strip()
+            status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=10)
+            out["git_dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
 
 
 def _check_finite(scored: Scored, method: str, seed: int) -> None:
