@@ -49,10 +49,12 @@ def test_logit_moments_match_100000_head_draws():
 
 
 def test_closed_form_is_close_to_the_full_sampler_where_only_the_head_is_random():
-    posterior = _head_only_posterior(scale=0.1)  # logit variances about 0.3: a posterior that is not a point
+    posterior = _head_only_posterior(scale=0.2)  # logit variances about 1: a posterior far from a point
     sampled = predict(posterior, _batches(), num_samples=4000, seed=0)
     closed = closed_form_predict(posterior, _batches())
-    assert (closed.probs - sampled.probs).abs().max() < 0.02  # the probit approximation's error
+    plain = predict(posterior, _batches(), num_samples=0)  # the mean's softmax, ignoring the variance
+    error, plain_error = (closed.probs - sampled.probs).abs().max(), (plain.probs - sampled.probs).abs().max()
+    assert error < 0.025 and error < plain_error / 2  # measured: 0.019 against 0.053
     assert closed.num_samples == 0 and closed.labels.tolist() == [0] * 6
     assert torch.allclose(closed.probs.sum(-1), torch.ones(6))
 
