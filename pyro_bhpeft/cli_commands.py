@@ -70,7 +70,7 @@ def _notes(args: argparse.Namespace, recipe: Any, source: dict[str, Any], data: 
         notes.append(f"--checkpoint-every {every} is never reached in {steps} steps (Ctrl-C still saves one)")
     sources = getattr(data, "sources", {}) or {}
     if "test" in sources:
-        notes.append(f"`evaluate RUN` scores the test split, {sources['test'].describe('test')}"
+        notes.append(f"`evaluate RUN` will score {sources['test'].describe('test')}"
                      + ("" if source.get("eval_files") else "; pass --eval FILE to score your own"))
     return notes
 
@@ -92,10 +92,11 @@ def cmd_fit(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     init_from_env(device)
     main_rank = is_main()
+    if main_rank:
+        check_writable(out)
     with OutputLock(out) if main_rank else contextlib.nullcontext():
         if main_rank:
             check_checkpoint(out, resume=args.resume, overwrite=args.overwrite)
-            check_writable(out)
         check_max_length(recipe.backbone, recipe.max_length)
         data = source.load()
         full = _train_rows(source) if source.get("train_size") else None
@@ -168,8 +169,8 @@ def cmd_update(args: argparse.Namespace) -> None:
     parent = read_config(args.parent).get("meta") or {}
     overrides = {k: getattr(args, k) for k in ("epochs", "max_steps", "lr") if getattr(args, k) is not None}
     overrides["seed"] = args.seed
+    check_writable(out)
     with OutputLock(out):
-        check_writable(out)
         result = update_run(args.parent, _source(args, parent), out, temper=args.temper, overrides=overrides,
                             overwrite=args.overwrite)
     round_ = result.posterior.meta["round"]

@@ -253,8 +253,14 @@ def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path |
     config = read_config(run)
     meta = config.get("meta") or {}
     if data_file:
-        spec = TaskSpec(meta.get("task") or Path(data_file).stem, run_kind(run, config),
-                        label_names=tuple(meta.get("label_names") or ()), num_choices=meta.get("num_choices") or 0)
+        kind, names = run_kind(run, config), tuple(meta.get("label_names") or ())
+        classes = (config.get("model") or {}).get("kwargs", {}).get("num_labels")
+        if not names and kind == "classification" and isinstance(classes, int):
+            names = tuple(str(i) for i in range(classes))  # saved from Python without class names: ids 0..K-1
+            if tell is not None:
+                tell(f"{run} records no class names; labels are read as class ids 0..{classes - 1}")
+        spec = TaskSpec(meta.get("task") or Path(data_file).stem, kind, label_names=names,
+                        num_choices=meta.get("num_choices") or 0)
         given = file_columns(columns, (meta.get("source") or {}).get("columns"))
         data = load_eval_file(data_file, spec, columns=given, require_labels=labels, drop_unseen=drop_unseen,
                               delimiter=delimiter)
