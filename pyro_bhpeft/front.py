@@ -22,57 +22,19 @@ Example::
 from __future__ import annotations
 
 import contextlib
-from dataclasses import fields, replace
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, LoraConfig, PeftConfig
+from .config import ConfigError, PeftConfig
 from .inputs import as_task_data, is_loader, is_texts, task_spec, unlabelled
+from .peft_io import peft_parts, start_guide_at
 from .recipe import PRESETS, Recipe
 
-__all__ = ["BayesianPEFT", "peft_parts"]
+__all__ = ["BayesianPEFT", "PREDICTIVE_MODES"]
 
-_LORA_WORDS = ("r", "lora_alpha", "target_modules", "lora_dropout")
+PREDICTIVE_MODES = ("auto", "sample", "closed-form")
 _RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
-
-
-def peft_parts(peft: Any = None, **lora_words: Any) -> PeftConfig:
-    """The PEFT parts from ``peft`` (a :class:`PeftConfig`, ``"lora"``, ``"hybrid"``, or a ``peft.LoraConfig``)
-    with the LoRA fields in ``lora_words`` (peft's names: ``r``, ``lora_alpha``, ``target_modules``,
-    ``lora_dropout``) changed."""
-    words = {k: v for k, v in lora_words.items() if v is not None}
-    if isinstance(words.get("target_modules"), list):
-        words["target_modules"] = tuple(words["target_modules"])
-    if peft is None or peft == "lora":
-        parts = PeftConfig()
-    elif peft == "hybrid":
-        parts = PeftConfig.hybrid()
-    elif isinstance(peft, PeftConfig):
-        parts = peft
-    elif isinstance(peft, LoraConfig):
-        parts = PeftConfig(peft)
-    elif str(getattr(peft, "peft_type", "")).upper().endswith("LORA"):  # the peft library's LoraConfig
-        parts = PeftConfig(lora_from_peft(peft))
-    else:
-        raise ConfigError(f"peft must be a PeftConfig, 'lora', 'hybrid' or a peft.LoraConfig, got {peft!r}")
-    if words:
-        if parts.lora is None:
-            raise ConfigError(f"{', '.join(words)} configure LoRA, but these PEFT parts have none")
-        parts = PeftConfig(**{**parts.parts, "lora": replace(parts.lora, **words)})
-    return parts
-
-
-def lora_from_peft(config: Any) -> LoraConfig:
-    """Our :class:`LoraConfig` from a ``peft.LoraConfig`` (or its ``adapter_config.json`` as a dict)."""
-    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
-    targets = get("target_modules")
-    if isinstance(targets, str):  # peft allows a regular expression here; we match name suffixes
-        raise ConfigError(f"target_modules {targets!r} is a regular expression; give a list of module names")
-    layers = get("layers_to_transform")
-    return LoraConfig(r=int(get("r", 8)), lora_alpha=float(get("lora_alpha", 8)),
-                      target_modules=tuple(targets) if targets else None,
-                      lora_dropout=float(get("lora_dropout", 0.0) or 0.0),
-                      layers=(layers,) if isinstance(layers, int) else (tuple(layers) if layers else None))
 
 
 class BayesianPEFT:
@@ -232,7 +194,7 @@ class BayesianPEFT:
 
         guide = self._guide_builder(model) if self._guide_builder is not None else build_guide(self.recipe, model)
         if self._start:  # an imported adapter: the guide starts at its weights
-            _start_guide_at(model, guide, self._start)
+            start_guide_at(model, guide, self._start)
         return guide
 
     # ---- verbs ----------------------------------------------------------------------------
@@ -298,15 +260,35 @@ class BayesianPEFT:
                               batch_size or EVAL_BATCH_SIZE)
         return [inputs for inputs, _ in batches] if texts_only else batches
 
-    def predict(self, data: Any, *, samples: int | None = None, seed: int = 0, split: str = "test", **kwargs: Any):
+    def predict(self, data: Any, *, samples: int | None = None, seed: int = 0, split: str = "test",
+                mode: str = "sample", **kwargs: Any):
         """Predictions with uncertainty: a :class:`~pyro_bhpeft.predict.ClassPrediction` (``probs``,
         ``predictive_entropy``, ``mutual_information``) or ``RegressionPrediction``. ``data``: a list of texts
-        (no labels needed) or anything :meth:`fit` takes (its ``split``); ``samples`` posterior draws (0: the
-        posterior mean)."""
+        (no labels needed) or anything :meth:`fit` takes (its ``split``). ``mode``: ``sample`` (``samples``
+        posterior draws; 0 = the posterior mean), ``closed-form`` (one forward: the head's Gaussian pushed through
+        in closed form, :mod:`pyro_bhpeft.closed_form`), or ``auto`` (:meth:`predictive_mode`)."""
         from .predict import DEFAULT_SAMPLES, predict
 
+        posterior, mode = self.posterior, self.predictive_mode(mode)
+        loader = self.loader(data, split=split)
+        if mode == "closed-form":
+            from .closed_form import closed_form_predict
+
+            return closed_form_predict(posterior, loader)
         k = DEFAULT_SAMPLES if samples is None else samples
-        return predict(self.posterior, self.loader(data, split=split), num_samples=k, seed=seed, **kwargs)
+        return predict(posterior, loader, num_samples=k, seed=seed, **kwargs)
+
+    def predictive_mode(self, mode: str = "auto") -> str:
+        """The mode ``predict`` uses: ``auto`` is the cheapest exact one, ``closed-form`` when the head is the
+        only random part of a classifier (its logits are then exactly Gaussian), else ``sample``."""
+        if mode not in PREDICTIVE_MODES:
+            raise ConfigError(f"unknown predictive mode {mode!r}; choose one of {', '.join(PREDICTIVE_MODES)}")
+        if mode != "auto":
+            return mode
+        marginals = self.posterior.marginals()
+        random = {name for name, m in marginals.items() if m.scale is not None}
+        head_only = bool(random) and all(name.startswith("head.") for name in random)
+        return "closed-form" if head_only and self.posterior.model.predicts_classes else "sample"
 
     def evaluate(self, data: Any, *, samples: int | None = None, seed: int = 0, split: str = "test") -> dict:
         """Accuracy, NLL, Brier, ECE (or MSE, Gaussian NLL, coverage) of labelled ``data`` under the posterior."""
@@ -377,21 +359,6 @@ def _base_model(model: Any) -> Any:
     if base is not model and architecture(base).decoder and hasattr(model, "get_output_embeddings"):
         base.lm_head = model.get_output_embeddings()
     return base
-
-
-def _start_guide_at(model: Any, guide: Any, start: dict[str, Any]) -> None:
-    """Set ``guide`` up (it builds its parameters on first call) with its locations at ``start`` for those sites
-    (and the model's usual start elsewhere)."""
-    import pyro.poutine as poutine
-    import torch
-
-    usual = model.initial_values
-    model.initial_values = lambda: {**usual(), **{k: v.to(model._device()) for k, v in start.items()}}
-    try:
-        with torch.no_grad(), poutine.block():
-            guide(*model.dummy_data())
-    finally:
-        del model.initial_values
 
 
 def _unfitted(posterior: Any, seconds: float = 0.0) -> Any:

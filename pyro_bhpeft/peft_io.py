@@ -24,9 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, LoraConfig
+from dataclasses import replace
 
-__all__ = ["PeftAdapter", "export_peft_adapter", "read_peft_adapter", "import_peft_adapter"]
+from .config import ConfigError, LoraConfig, PeftConfig
+
+__all__ = ["PeftAdapter", "export_peft_adapter", "read_peft_adapter", "import_peft_adapter", "peft_parts",
+           "lora_from_peft", "start_guide_at"]
 
 _PREFIX = "base_model.model."  # how peft names an adapter's tensors inside its wrapper
 _HEAD_FILE, _HEAD_FACTS = "bhpeft_head.safetensors", "bhpeft_head.json"
@@ -114,8 +117,6 @@ def read_peft_adapter(adapter: Any) -> PeftAdapter:
         facts = json.loads(config_file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"{config_file} is not valid JSON ({err})") from None
-    from dataclasses import replace
-
     from safetensors.torch import load_file
 
     head = load_file(str(folder / _HEAD_FILE)) if (folder / _HEAD_FILE).is_file() else None
@@ -135,8 +136,6 @@ def _from_peft_model(model: Any) -> PeftAdapter:
 
 
 def _adapter(facts: dict[str, Any], tensors: dict[str, Any]) -> PeftAdapter:
-    from .front import lora_from_peft
-
     if str(facts.get("peft_type", "")).upper() != "LORA":
         raise ConfigError(f"only LoRA adapters can be read; this one is {facts.get('peft_type')!r}")
     for flag in ("use_dora", "fan_in_fan_out", "use_rslora"):
@@ -201,3 +200,57 @@ def _block_module(blocks_path: str, blocks: Any, path: str) -> tuple[int, str, A
         return int(index), rel, blocks[int(index)].get_submodule(rel)
     except AttributeError:
         return int(index), rel, None
+
+
+def peft_parts(peft: Any = None, **lora_words: Any) -> PeftConfig:
+    """The PEFT parts from ``peft`` (a :class:`PeftConfig`, ``"lora"``, ``"hybrid"``, or a ``peft.LoraConfig``)
+    with the LoRA fields in ``lora_words`` (peft's names: ``r``, ``lora_alpha``, ``target_modules``,
+    ``lora_dropout``) changed."""
+    words = {k: v for k, v in lora_words.items() if v is not None}
+    if isinstance(words.get("target_modules"), list):
+        words["target_modules"] = tuple(words["target_modules"])
+    if peft is None or peft == "lora":
+        parts = PeftConfig()
+    elif peft == "hybrid":
+        parts = PeftConfig.hybrid()
+    elif isinstance(peft, PeftConfig):
+        parts = peft
+    elif isinstance(peft, LoraConfig):
+        parts = PeftConfig(peft)
+    elif str(getattr(peft, "peft_type", "")).upper().endswith("LORA"):  # the peft library's LoraConfig
+        parts = PeftConfig(lora_from_peft(peft))
+    else:
+        raise ConfigError(f"peft must be a PeftConfig, 'lora', 'hybrid' or a peft.LoraConfig, got {peft!r}")
+    if words:
+        if parts.lora is None:
+            raise ConfigError(f"{', '.join(words)} configure LoRA, but these PEFT parts have none")
+        parts = PeftConfig(**{**parts.parts, "lora": replace(parts.lora, **words)})
+    return parts
+
+
+def lora_from_peft(config: Any) -> LoraConfig:
+    """Our :class:`LoraConfig` from a ``peft.LoraConfig`` (or its ``adapter_config.json`` as a dict)."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    targets = get("target_modules")
+    if isinstance(targets, str):  # peft allows a regular expression here; we match name suffixes
+        raise ConfigError(f"target_modules {targets!r} is a regular expression; give a list of module names")
+    layers = get("layers_to_transform")
+    return LoraConfig(r=int(get("r", 8)), lora_alpha=float(get("lora_alpha", 8)),
+                      target_modules=tuple(targets) if targets else None,
+                      lora_dropout=float(get("lora_dropout", 0.0) or 0.0),
+                      layers=(layers,) if isinstance(layers, int) else (tuple(layers) if layers else None))
+
+
+def start_guide_at(model: Any, guide: Any, start: dict[str, Any]) -> None:
+    """Set ``guide`` up (it builds its parameters on first call) with its locations at ``start`` for those sites
+    (and the model's usual start elsewhere)."""
+    import pyro.poutine as poutine
+    import torch
+
+    usual = model.initial_values
+    model.initial_values = lambda: {**usual(), **{k: v.to(model._device()) for k, v in start.items()}}
+    try:
+        with torch.no_grad(), poutine.block():
+            guide(*model.dummy_data())
+    finally:
+        del model.initial_values

@@ -149,3 +149,13 @@ def test_readme_first_code_block_runs_as_written(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  (our own README)
     assert (tmp_path / "runs" / "first" / "config.json").is_file()
     assert namespace["pred"].probs.shape == (2, 2)
+
+
+def test_auto_mode_is_closed_form_only_where_the_head_is_the_only_random_part(bert_dir):
+    head_only = _fit(bert_dir, (TEXTS, LABELS), guide="mean-field", deterministic=("*.lora_A", "*.lora_B"))
+    everything = _fit(bert_dir, (TEXTS, LABELS), guide="mean-field")
+    assert head_only.predictive_mode("auto") == "closed-form" and everything.predictive_mode("auto") == "sample"
+    closed, sampled = head_only.predict(NEW, mode="auto"), head_only.predict(NEW, samples=2000)
+    assert closed.num_samples == 0 and (closed.probs - sampled.probs).abs().max() < 0.02
+    with pytest.raises(ConfigError, match="unknown predictive mode"):
+        head_only.predict(NEW, mode="laplace")
