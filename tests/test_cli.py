@@ -382,3 +382,25 @@ def test_the_parsers_static_values_are_those_of_their_homes():
     assert STATIC["protocol"] == {k: getattr(Protocol(), k) for k in STATIC["protocol"]}
     assert STATIC["meta"] == MetaConfig().__dict__
     assert inspect.signature(load_files).parameters["kind"].default is None  # --kind's default: inferred
+
+
+def test_the_parser_and_every_help_import_no_heavy_library():
+    """`pyro-bhpeft --help` answers at once: parsing imports none of torch, pyro, transformers, arviz, datasets."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from pyro_bhpeft.cli import build_parser, main
+parser = build_parser()
+commands = next(a for a in parser._actions if a.dest == "command").choices
+for argv in [["--help"]] + [[name, "--help"] for name in commands]:
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+print(sorted(m for m in ("torch", "pyro", "transformers", "arviz", "datasets") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
