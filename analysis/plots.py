@@ -85,7 +85,7 @@ def _panels(n: int, height: float = 4.2, columns: int = 4) -> tuple[Figure, np.n
 def draw_reliability(ax: Axes, probs: Any, labels: Any, n_bins: int = 15, *, color: Any = COLORS[0],
                      title: str = "") -> Axes:
     """Accuracy per confidence bin (bars) against the diagonal, the gap to mean confidence shaded; the number
-    of examples in each bin is printed above its bar (a bar of 3 examples says little)."""
+    of examples in each bin is printed at the foot of its bar (a bar of 3 examples says little)."""
     bins = metrics.reliability_bins(probs, labels, n_bins)
     keep = bins.counts > 0
     centers, width = (bins.edges[:-1] + bins.edges[1:])[keep] / 2, 1.0 / len(bins.counts)
@@ -94,8 +94,9 @@ def draw_reliability(ax: Axes, probs: Any, labels: Any, n_bins: int = 15, *, col
     ax.bar(centers, np.abs(conf - acc), bottom=np.minimum(acc, conf), width=width, color="tab:red", alpha=0.3,
            hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    for x, y, n in zip(centers, np.maximum(acc, conf), bins.counts[keep]):  # how many examples each bar rests on
-        ax.text(x, min(y + 0.01, 0.93), f"{int(n)}", ha="center", va="bottom", fontsize=6, rotation=90)
+    for x, n in zip(centers, bins.counts[keep]):  # how many examples each bar rests on, at its foot
+        ax.text(x, 0.015, f"n={int(n)}", ha="center", va="bottom", fontsize=6, rotation=90,
+                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none", "pad": 0.5})
     ece = metrics.ece(probs, labels, n_bins)
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy",
            title=f"{title}\nECE {ece:.2f}%" if title else f"ECE {ece:.2f}%")

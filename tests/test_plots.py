@@ -58,7 +58,7 @@ def test_reliability_prints_each_bins_count():
     from pyro_bhpeft.analysis import metrics as m
 
     counts = m.reliability_bins(probs, labels, 15).counts
-    assert sorted(int(t.get_text()) for t in ax.texts) == sorted(int(c) for c in counts if c > 0)
+    assert sorted(int(t.get_text().removeprefix("n=")) for t in ax.texts) == sorted(int(c) for c in counts if c > 0)
 
 
 def _assert_png(path):

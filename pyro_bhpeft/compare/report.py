@@ -61,12 +61,52 @@ def summarize(out: str | Path, methods: Sequence[str], seeds: Sequence[int]) -> 
     _write_csv(out / "significance.csv", sig_rows)
     shifted = bool(rows) and "ood_accuracy_mean" in rows[0]  # cell_table added the shift columns
     lines = [f"# Comparison of inference schemes on `{saved['task']}`", "", _setup(saved, seeds), "",
-             table, "", NOTES + (" " + SHIFT_NOTE if shifted else ""), "",
+             table, "", NOTES + (" " + SHIFT_NOTE if shifted else ""), "", _fewer_seeds(cells, seeds),
+             *_protocol_notes(list(cells), saved), "",
              "## Paired tests against deterministic LoRA (`lora`)", "", TESTS_NOTE, "", sig_md, "",
              "## Methods", ""]
     lines += [f"- `{m}`: {METHODS[m].description}" for m in cells]
     lines += ["", f"## Figures (seed {seeds[0]})", ""] + [f"![{f}]({f})" for f in figures]
     return write_text(out / "comparison.md", "\n".join(lines) + "\n")
+
+
+# Where a method departs from the comparison's protocol by design (its definition or its authors' code)
+PROTOCOL_NOTES = {
+    "ensemble": "`{ensemble_size}` deterministic LoRAs (seeds s, s+1000, ...), {ensemble_size}x the training",
+    "temperature": "`lora`'s fit plus one temperature fitted on the validation split (bounded at T <= 100 since "
+                   "the SmolLM2 comparisons; earlier cells may hold larger T)",
+    "laplace": "post-hoc diagonal-GGN Laplace around `lora`'s fit ({laplace_examples} training examples)",
+    "laplace-glm": "post-hoc diagonal-GGN Laplace around `lora`'s fit, linearised predictive",
+    "laplace-kfac": "laplace-torch around the peft library's LoRA; 100,000 logit draws, not {samples} samples",
+    "laplace-kfac-probit": "laplace-torch around the peft library's LoRA; probit predictive, no samples",
+    "laplace-diag": "laplace-torch around the peft library's LoRA; 100,000 logit draws, not {samples} samples",
+    "ivon": "the peft library's LoRA trained by ivon-opt at its authors' settings (lr 0.03), not Adam at lr {lr}",
+    "ivon-ess-n": "the peft library's LoRA trained by ivon-opt with ess = n (lr 0.03), not Adam at lr {lr}",
+    "blob": "predicts with 10 posterior samples (its authors' number)",
+    "tfb": "post-hoc around `lora`'s fit; predicts with 10 posterior samples (its authors' number)",
+}
+
+
+def _protocol_notes(methods: Sequence[str], protocol: dict[str, Any]) -> list[str]:
+    """One line per method here that departs from the protocol by design (:data:`PROTOCOL_NOTES`)."""
+    notes = []
+    for m in methods:
+        note = PROTOCOL_NOTES.get(m)
+        if note is None:
+            continue
+        if m in ("blob", "tfb") and protocol.get("samples") == 10:
+            note = note.replace("predicts with 10 posterior samples (its authors' number)",
+                                "10 posterior samples, as the protocol")
+        notes.append(f"- `{m}`: " + note.format(**protocol))
+    return ["", "Deliberate differences from the protocol:", "", *notes] if notes else []
+
+
+def _fewer_seeds(cells: dict[str, list[dict[str, Any]]], seeds: Sequence[int]) -> str:
+    """A sentence naming the rows over fewer seeds than the comparison's (``n`` column), or none."""
+    fewer = [f"`{m}` ({len(found)})" for m, found in cells.items() if len(found) < len(seeds)]
+    return (f"n: the seeds a row is over. Over fewer than the comparison's {len(seeds)}: {', '.join(fewer)}; a "
+            "row over one seed shows its value alone." if fewer else
+            f"n: the seeds a row is over (every row here is over all {len(seeds)}).")
 
 
 def _setup(p: dict[str, Any], seeds: Sequence[int]) -> str:
@@ -126,13 +166,16 @@ def cell_table(cells: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[s
         row: dict[str, Any] = {"method": method, "seeds": len(found)}
         md_row = [method, len(found)]
         for _, key, mult, digits, spread in columns:
-            mean, sd = mean_sd([c.get(key) for c in found])
+            values = [c.get(key) for c in found]
+            mean, sd = mean_sd(values)
             row[f"{key}_mean"], row[f"{key}_sd"] = mean * mult, sd * mult
-            md_row.append("–" if math.isnan(mean) else f"{mean * mult:.{digits}f} ± {sd * mult:.{digits}f}" if spread
-                          else f"{mean * mult:,.{digits}f}")
+            several = sum(v is not None and not (isinstance(v, float) and math.isnan(v)) for v in values) > 1
+            md_row.append("–" if math.isnan(mean) else f"{mean * mult:.{digits}f} ± {sd * mult:.{digits}f}"
+                          if spread and several else f"{mean * mult:,.{digits}f}" if not spread
+                          else f"{mean * mult:.{digits}f}")  # one seed: its value, no "± 0.00"
         md_rows.append(md_row)
         rows.append(row)
-    return markdown_table(["method", "seeds", *(c[0] for c in columns)], md_rows), rows
+    return markdown_table(["method", "n", *(c[0] for c in columns)], md_rows), rows
 
 
 def significance(out: Path, cells: dict[str, list[dict[str, Any]]], seeds: Sequence[int],
@@ -155,7 +198,7 @@ def significance(out: Path, cells: dict[str, list[dict[str, Any]]], seeds: Seque
     for name, _ in TESTED:
         for row, adjusted in zip(rows, stats.holm([r[f"p_{name}"] for r in rows])):
             row[f"p_{name}_holm"] = adjusted
-    headers = ["method", "seeds"]
+    headers = ["method", "n"]
     for label in ("Δ accuracy (pts)", "Δ NLL", "Δ ECE (pts)"):
         headers += [f"{label} [95% CI]", "p (Holm)"]
     md_rows = []
