@@ -56,6 +56,11 @@ def _notes(args: argparse.Namespace, recipe: Any, source: dict[str, Any], data: 
     notes = list(getattr(data, "notes", ())) + [f"warning: {w}" for w in getattr(data, "warnings", ())]
     if args.train and args.max_examples is not None:
         notes.append("--max-examples applies to a --task only; ignored for --train (use --train-size)")
+    if args.task:
+        given = {"--eval": args.eval_file, "--kind": args.kind, "--delimiter": args.delimiter,
+                 **{"--" + k.replace("_", "-"): v for k, v in _columns(args).items() if v != COLUMNS[k]}}
+        for flag in (flag for flag, value in given.items() if value):
+            notes.append(f"{flag} applies to --train files only; ignored for --task {args.task}")
     n = len(data.splits["train"])
     if args.train_size is not None and full_train is not None and args.train_size > full_train:
         notes.append(f"--train-size {args.train_size} is capped at the {full_train} training rows there are")

@@ -203,3 +203,16 @@ def test_a_real_valued_target_and_a_tsv_work_without_flags(tiny_backbone, tmp_pa
     assert json.loads((run / "config.json").read_text())["meta"]["kind"] == "regression"
     assert run_cli("evaluate", run, "--samples", 2) == 0
     assert "mse" in json.loads((run / "metrics-test.json").read_text())["samples"]
+
+
+def test_file_flags_given_with_a_task_are_said_to_be_ignored(tiny_backbone, train, tmp_path, capsys, monkeypatch):
+    import pyro_bhpeft.data
+    from pyro_bhpeft.data import load_files
+
+    data = load_files(train, text_column="review", label_column="sentiment")
+    monkeypatch.setattr(pyro_bhpeft.data, "load_task", lambda *a, **k: data)
+    assert run_cli("fit", "--task", "reviews", "--kind", "regression", "--text-column", "body", "--backbone",
+                   tiny_backbone, "--max-steps", 1, "--batch-size", 8, "--max-length", 16, "--out", tmp_path / "run") == 0
+    err = capsys.readouterr().err
+    assert "--kind applies to --train files only; ignored for --task reviews" in err
+    assert "--text-column applies to --train files only" in err
