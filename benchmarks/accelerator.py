@@ -84,7 +84,7 @@ class OurStep:
         from pyro_bhpeft.recipe import PRESETS, Recipe, build_guide
 
         peft = PeftConfig.hybrid(r=R) if method == "BH-PEFT hybrid" else PeftConfig()
-        recipe = Recipe(peft=peft).with_(**(PRESETS["blob"] if method == "BLoB" else {}), peft=peft)
+        recipe = Recipe().with_(**{**(PRESETS["blob"] if method == "BLoB" else {}), "peft": peft})
         self.model = AnswerChoice(_base_model(lm), peft, recipe.make_prior(), answer_ids=ANSWERS)
         self.guide = build_guide(recipe, self.model)
         self.options = {"flipout": recipe.flipout, "scale_lr": recipe.scale_lr, "num_data": 4000,

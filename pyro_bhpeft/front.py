@@ -33,7 +33,7 @@ from .recipe import PRESETS, Recipe
 
 __all__ = ["BayesianPEFT", "PREDICTIVE_MODES"]
 
-PREDICTIVE_MODES = ("auto", "sample", "closed-form")
+PREDICTIVE_MODES = ("auto", "sample", "closed-form", "shared-trunk")
 _RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
 
 
@@ -271,16 +271,21 @@ class BayesianPEFT:
 
         posterior, mode = self.posterior, self.predictive_mode(mode)
         loader = self.loader(data, split=split)
+        k = DEFAULT_SAMPLES if samples is None else samples
         if mode == "closed-form":
             from .closed_form import closed_form_predict
 
             return closed_form_predict(posterior, loader)
-        k = DEFAULT_SAMPLES if samples is None else samples
+        if mode == "shared-trunk":
+            from .trunk import shared_trunk_predict
+
+            return shared_trunk_predict(posterior, loader, num_samples=k, seed=seed)
         return predict(posterior, loader, num_samples=k, seed=seed, **kwargs)
 
     def predictive_mode(self, mode: str = "auto") -> str:
-        """The mode ``predict`` uses: ``auto`` is the cheapest exact one, ``closed-form`` when the head is the
-        only random part of a classifier (its logits are then exactly Gaussian), else ``sample``."""
+        """The mode ``predict`` uses: ``auto`` is the cheapest exact one: ``closed-form`` when the head is the
+        only random part of a classifier (its logits are then exactly Gaussian), ``shared-trunk`` when the lower
+        blocks are point masses (``random_blocks``), else ``sample``."""
         if mode not in PREDICTIVE_MODES:
             raise ConfigError(f"unknown predictive mode {mode!r}; choose one of {', '.join(PREDICTIVE_MODES)}")
         if mode != "auto":
@@ -288,7 +293,12 @@ class BayesianPEFT:
         marginals = self.posterior.marginals()
         random = {name for name, m in marginals.items() if m.scale is not None}
         head_only = bool(random) and all(name.startswith("head.") for name in random)
-        return "closed-form" if head_only and self.posterior.model.predicts_classes else "sample"
+        if head_only and self.posterior.model.predicts_classes:
+            return "closed-form"
+        from .trunk import first_random_block
+
+        shares = first_random_block(self.posterior) > 0 and self.posterior.model.predicts_classes
+        return "shared-trunk" if shares else "sample"
 
     def evaluate(self, data: Any, *, samples: int | None = None, seed: int = 0, split: str = "test") -> dict:
         """Accuracy, NLL, Brier, ECE (or MSE, Gaussian NLL, coverage) of labelled ``data`` under the posterior."""

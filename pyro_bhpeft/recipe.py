@@ -30,7 +30,7 @@ __all__ = ["Recipe", "PRESETS", "PRESET_NAMES", "build_model", "build_guide", "t
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
 LR_DECAYS = ("none", "linear")
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # the keys of backbone.DTYPES (a test checks they agree)
-_ADDED = ("warmup_ratio", "lr_decay", "dtype", "gate_lr")  # fields added later, written only when set (see Recipe.to_dict)
+_ADDED = ("warmup_ratio", "lr_decay", "dtype", "gate_lr", "random_blocks")  # fields added later, written only when set (see Recipe.to_dict)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class Recipe:
     warmup_ratio: float = 0.0  # fraction of the steps over which the learning rates warm up linearly from 0
     lr_decay: str = "none"  # "none" or "linear" (to 0 at the last step, after the warm-up; as BLoB's runs)
     gate_lr: float | None = None  # learning rate of the gate logits of gated LoRA (None: lr)
+    random_blocks: int | None = None  # variance only in the top N blocks and the head (predict shares the trunk)
 
     def __post_init__(self) -> None:
         from .backbone import DTYPES
@@ -87,6 +88,10 @@ class Recipe:
             raise ConfigError(f"gate_lr must be positive (or unset: the gates learn at lr), got {self.gate_lr}")
         if self.lr_decay not in LR_DECAYS:
             raise ConfigError(f"unknown lr_decay {self.lr_decay!r}; choose one of {', '.join(LR_DECAYS)}")
+        if self.random_blocks is not None and (isinstance(self.random_blocks, bool) or self.random_blocks < 1
+                                               or self.guide != "mean-field"):
+            raise ConfigError(f"random_blocks is a number of top blocks >= 1 for the mean-field guide, got "
+                              f"{self.random_blocks!r} with guide {self.guide!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio is a fraction of the steps in [0, 1), got {self.warmup_ratio}")
         object.__setattr__(self, "deterministic", tuple(self.deterministic))
@@ -137,6 +142,10 @@ def build_guide(recipe: Recipe, model: Any):
     """The recipe's guide on ``model``, from the guide registry."""
     from pyro_bhpeft.guides import GUIDES
 
+    if recipe.random_blocks is not None:  # the PEFT sites of the lower blocks are point masses
+        from .trunk import lower_block_sites
+
+        recipe = recipe.with_(deterministic=(*recipe.deterministic, *lower_block_sites(model, recipe.random_blocks)))
     return GUIDES[recipe.guide].build(model, recipe)
 
 

@@ -159,3 +159,15 @@ def test_auto_mode_is_closed_form_only_where_the_head_is_the_only_random_part(be
     assert closed.num_samples == 0 and (closed.probs - sampled.probs).abs().max() < 0.02
     with pytest.raises(ConfigError, match="unknown predictive mode"):
         head_only.predict(NEW, mode="laplace")
+
+
+def test_random_blocks_put_variance_in_the_top_blocks_and_auto_shares_the_trunk(bert_dir):
+    model = _fit(bert_dir, (TEXTS, LABELS), guide="mean-field", random_blocks=1)
+    scales = {n: m.scale for n, m in model.posterior.marginals().items()}
+    assert all(scales[n] is None for n in scales if n.startswith("encoder.layer.0."))
+    assert all(scales[n] is not None for n in scales if n.startswith("encoder.layer.1.") or n.startswith("head."))
+    assert model.predictive_mode("auto") == "shared-trunk"
+    torch.testing.assert_close(model.predict(NEW, mode="auto", samples=4).probs,
+                               model.predict(NEW, mode="sample", samples=4).probs, rtol=0, atol=1e-5)
+    with pytest.raises(ConfigError, match="random_blocks"):
+        Recipe(guide="low-rank", random_blocks=1)
