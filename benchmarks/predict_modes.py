@@ -2,16 +2,19 @@
 
 Settings, fixed before any number was seen: the committed sentiment protocol (``docs/compare/sentiment``:
 packaged MiniLM, 1,000 training snippets, 2 epochs, batch 16, lr 2e-3, 64 tokens, 500 SST-2 test
-sentences, 500 R8 news items as the OOD set), seeds 0-2. Two fits per seed: deterministic LoRA, and the
+sentences, 500 R8 news items as the OOD set), seeds 0-2. Three fits per seed: deterministic LoRA; the
 library's mean-field hybrid recipe (``Recipe(guide="mean-field", peft=hybrid)``: every PEFT weight and the
-head random). Modes, each on the same test and OOD batches:
+head random); and the same with variance only in the top 2 of MiniLM's 6 blocks and the head
+(``random_blocks=2``). Modes, each on the same test and OOD batches:
 
 - ``sample K=8``: the full sampler, 8 posterior draws (the reference);
 - ``mean``: the posterior mean, one forward (the cost baseline: a deterministic model);
 - ``closed form (own head)``: one forward at the mean PEFT weights, the run's own head posterior in closed
   form (probit + Laplace bridge; :mod:`pyro_bhpeft.closed_form`); only for runs with a random head;
 - ``closed form (last-layer Laplace)``: the same with a diagonal last-layer Laplace head fitted on the
-  training data, its prior precision chosen on validation NLL from (0.1, 1, 10, 100).
+  training data, its prior precision chosen on validation NLL from (0.1, 1, 10, 100);
+- ``shared trunk K=8``: the full sampler's 8 draws with the blocks below the first random one run once
+  (:mod:`pyro_bhpeft.trunk`); only for the ``random_blocks`` fit.
 
 Cost is the median over interleaved rounds of each mode's time on the test set divided by the ``mean``
 mode's, in one process. Metrics: test accuracy, NLL, ECE, and the OOD AUROC of predictive entropy.
@@ -40,14 +43,16 @@ from pyro_bhpeft.compare.protocol import Protocol
 from pyro_bhpeft.data import load_task
 from pyro_bhpeft.io import write_json, write_text
 from pyro_bhpeft.recipe import train
+from pyro_bhpeft.trunk import shared_trunk_predict
 
 PRECISIONS = (0.1, 1.0, 10.0, 100.0)
-ROUNDS = 5
+ROUNDS = 3
 
 
 def fits(protocol: Protocol, seed: int) -> dict[str, Any]:
-    return {"lora": protocol.recipe(seed),
-            "mean-field hybrid": protocol.recipe(seed, guide="mean-field", peft=PeftConfig.hybrid())}
+    hybrid = {"guide": "mean-field", "peft": PeftConfig.hybrid()}
+    return {"lora": protocol.recipe(seed), "mean-field hybrid": protocol.recipe(seed, **hybrid),
+            "mean-field hybrid, top 2 blocks": protocol.recipe(seed, **hybrid, random_blocks=2)}
 
 
 def laplace_head(posterior, bench: Bench):
@@ -62,12 +67,14 @@ def laplace_head(posterior, bench: Bench):
     return best, scored[best][1]
 
 
-def modes(posterior, bench: Bench, random_head: bool) -> tuple[dict[str, Callable], dict[str, Any]]:
+def modes(posterior, bench: Bench, recipe) -> tuple[dict[str, Callable], dict[str, Any]]:
     out: dict[str, Callable] = {"mean": lambda loader: predict(posterior, loader, num_samples=0)}
     facts: dict[str, Any] = {}
-    if random_head:
+    if recipe.guide != "mle":
         out["sample K=8"] = lambda loader: predict(posterior, loader, num_samples=8, seed=0)
         out["closed form (own head)"] = lambda loader: closed_form_predict(posterior, loader)
+    if recipe.random_blocks:
+        out["shared trunk K=8"] = lambda loader: shared_trunk_predict(posterior, loader, num_samples=8, seed=0)
     precision, head = laplace_head(posterior, bench)
     facts["laplace_prior_precision"] = precision
     out["closed form (last-layer Laplace)"] = lambda loader: closed_form_predict(posterior, loader, head=head)
@@ -100,7 +107,7 @@ def run_seed(protocol: Protocol, seed: int) -> dict[str, Any]:
     out = {}
     for name, recipe in fits(protocol, seed).items():
         result = train(recipe, bench.data, progress=False)
-        fns, facts = modes(result.posterior, bench, random_head=recipe.guide != "mle")
+        fns, facts = modes(result.posterior, bench, recipe)
         out[name] = {"modes": measure(fns, bench), **facts}
         print(f"seed {seed} {name}: " + ", ".join(f"{m} x{r['cost']:.2f} NLL {r['nll']:.3f}"
                                                   for m, r in out[name]["modes"].items()), flush=True)
