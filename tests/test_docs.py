@@ -100,3 +100,22 @@ def test_one_seed_rows_print_no_spread():
     table = results_table("compare docs/compare/arc-easy methods=lora,tfb columns=accuracy,ece", ROOT)
     tfb = next(line for line in table.splitlines() if line.startswith("| tfb "))
     assert "| 1 |" in tfb and "±" not in tfb
+
+
+def test_readme_method_table_numbers_are_on_the_pages_it_links():
+    """Every decimal in a cell of the README's "Which method when" table appears on a results page that cell
+    links to (where the regenerated tables are), so the summary cannot drift from its evidence unseen."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Which method when", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert rows
+    unsupported = []
+    for row in rows:
+        for cell in row.strip("|").split(" | ")[1:]:
+            pages = set(re.findall(r"\((docs/results/[\w.-]+\.md)", cell))
+            numbers = re.findall(r"\d+\.\d+", re.sub(r"\([^)]*\)", "", cell))
+            if numbers and not pages:
+                unsupported.append(f"{cell[:60]}... (no link)")
+            texts = [(ROOT / p).read_text() for p in pages]
+            unsupported += [f"{n} in {cell[:60]}..." for n in numbers if not any(n in t for t in texts)]
+    assert not unsupported, unsupported
