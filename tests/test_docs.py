@@ -43,12 +43,21 @@ def test_every_link_and_figure_resolves(page):
     text = FENCE.sub("", page.read_text())
     missing = []
     for target in LINK.findall(text):
-        if re.match(r"[a-z]+://|mailto:|#", target):
+        if re.match(r"[a-z]+://|mailto:", target):
             continue
-        path = (page.parent / target.split("#", 1)[0]).resolve()
+        name, _, anchor = target.partition("#")
+        path = (page.parent / name).resolve() if name else page
         if not path.exists():
             missing.append(target)
-    assert not missing, f"{page.name} links to files that do not exist: {missing}"
+        elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
+            missing.append(target)
+    assert not missing, f"{page.name} links to files or headings that do not exist: {missing}"
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", FENCE.sub("", page.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
 
 
 def test_every_results_page_is_linked_from_the_index():
