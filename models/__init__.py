@@ -10,10 +10,11 @@ from pyro_bhpeft.registry import Registry
 from .answer import AnswerChoice
 from .base import BayesianPeftModel
 from .classifier import MultipleChoice, SequenceClassifier
+from .cloze import ClozeChoice, ClozeChoiceMean
 from .regressor import Regressor
 
 TASK_KINDS: Registry[type[BayesianPeftModel]] = Registry("task kind")
-for _model in (SequenceClassifier, MultipleChoice, Regressor, AnswerChoice):
+for _model in (SequenceClassifier, MultipleChoice, Regressor, AnswerChoice, ClozeChoice, ClozeChoiceMean):
     TASK_KINDS.register(_model.task, _model)
 
 
@@ -25,4 +26,5 @@ def model_class(name: str) -> type[BayesianPeftModel]:
     return classes[name]
 
 
-__all__ = ["BayesianPeftModel", "SequenceClassifier", "MultipleChoice", "Regressor", "AnswerChoice", "TASK_KINDS", "model_class"]
+__all__ = ["BayesianPeftModel", "SequenceClassifier", "MultipleChoice", "Regressor", "AnswerChoice", "ClozeChoice",
+           "ClozeChoiceMean", "TASK_KINDS", "model_class"]

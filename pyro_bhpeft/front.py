@@ -123,7 +123,7 @@ class BayesianPEFT:
 
         if self.result is None:
             task = for_backbone(as_task_data(anchor, self.spec, split=split), self.backbone.model,
-                                self.backbone.tokenizer)
+                                self.backbone.tokenizer, self.recipe.mc_scoring)
             model = self._build(task)
             with self._in_force():
                 point = Posterior(model, self._new_guide(model), backbone_name=self.recipe.backbone,
@@ -219,7 +219,7 @@ class BayesianPEFT:
                                   " or fit a TaskData / DataFrame / (texts, labels) first")
             model, train_loader = self.model, data
         else:
-            data = for_backbone(as_task_data(data, self.spec), bb.model, bb.tokenizer)
+            data = for_backbone(as_task_data(data, self.spec), bb.model, bb.tokenizer, self.recipe.mc_scoring)
             model = self._build(data)
         with self._in_force():
             guide = self._new_guide(model)
@@ -253,7 +253,7 @@ class BayesianPEFT:
         if self.spec is None:
             raise ConfigError("the task is not known yet; fit first or pass task= to BayesianPEFT")
         task = as_task_data(unlabelled(data, self.spec) if texts_only else data, self.spec, split=split)
-        task = for_backbone(task, self.backbone.model, self.backbone.tokenizer)
+        task = for_backbone(task, self.backbone.model, self.backbone.tokenizer, self.recipe.mc_scoring)
         if split not in task.splits:
             split = next(s for s in ("test", "validation", "train") if s in task.splits)
         batches = make_loader(tokenize(task, self.backbone.tokenizer, self.recipe.max_length)[split],

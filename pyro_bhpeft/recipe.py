@@ -29,8 +29,9 @@ __all__ = ["Recipe", "PRESETS", "PRESET_NAMES", "build_model", "build_guide", "t
 
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
 LR_DECAYS = ("none", "linear")
+MC_SCORINGS = ("letters", "cloze", "cloze-mean")  # see pyro_bhpeft.data.prompts.for_backbone
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # the keys of backbone.DTYPES (a test checks they agree)
-_ADDED = ("warmup_ratio", "lr_decay", "dtype", "gate_lr", "random_blocks")  # fields added later, written only when set (see Recipe.to_dict)
+_ADDED = ("warmup_ratio", "lr_decay", "dtype", "gate_lr", "random_blocks", "mc_scoring")  # fields added later, written only when set (see Recipe.to_dict)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Recipe:
     lr_decay: str = "none"  # "none" or "linear" (to 0 at the last step, after the warm-up; as BLoB's runs)
     gate_lr: float | None = None  # learning rate of the gate logits of gated LoRA (None: lr)
     random_blocks: int | None = None  # variance only in the top N blocks and the head (predict shares the trunk)
+    mc_scoring: str = "letters"  # multiple choice on a causal LM: answer letters, or "cloze"/"cloze-mean"
 
     def __post_init__(self) -> None:
         from .backbone import DTYPES
@@ -92,6 +94,8 @@ class Recipe:
                                                or self.guide != "mean-field"):
             raise ConfigError(f"random_blocks is a number of top blocks >= 1 for the mean-field guide, got "
                               f"{self.random_blocks!r} with guide {self.guide!r}")
+        if self.mc_scoring not in MC_SCORINGS:
+            raise ConfigError(f"unknown mc_scoring {self.mc_scoring!r}; choose one of {', '.join(MC_SCORINGS)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio is a fraction of the steps in [0, 1), got {self.warmup_ratio}")
         object.__setattr__(self, "deterministic", tuple(self.deterministic))

@@ -18,6 +18,7 @@ from .types import DATA_KINDS, DataError, TaskData, TaskSpec
 __all__ = ["tokenize", "make_loader", "encode_text", "encode_pairs", "trim_left_padding", "MODEL_INPUTS"]
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
+EXTRA_INPUTS = ("continuation_mask",)  # per-token roles some kinds add (cloze: the choice's tokens)
 
 
 def encode_text(spec: TaskSpec, tokenizer: Any, settings: dict) -> Callable[[dict], dict]:
@@ -72,13 +73,14 @@ def tokenize(data: TaskData, tokenizer: Any, max_length: int = 64) -> datasets.D
     for name, split in data.splits.items():
         tokenized = split.map(encode, batched=True, batch_size=1000, keep_in_memory=True,
                               new_fingerprint=generate_random_fingerprint(), desc=f"tokenize {name}")
-        tokenized.set_format("torch", columns=[c for c in (*MODEL_INPUTS, "label") if c in tokenized.column_names])
+        kept = (*MODEL_INPUTS, *EXTRA_INPUTS, "label")
+        tokenized.set_format("torch", columns=[c for c in kept if c in tokenized.column_names])
         out[name] = tokenized
     return out
 
 
 def _to_batch(rows: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    inputs = {k: torch.as_tensor(rows[k], dtype=torch.long) for k in MODEL_INPUTS}  # (B, L) or (B, C, L)
+    inputs = {k: torch.as_tensor(rows[k], dtype=torch.long) for k in (*MODEL_INPUTS, *EXTRA_INPUTS) if k in rows}
     inputs = trim_left_padding(inputs)
     if "label" not in rows:  # texts to predict, without labels
         return inputs, None

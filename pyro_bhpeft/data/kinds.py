@@ -1,5 +1,6 @@
-"""The built-in data kinds: ``classification``, ``multiple_choice``, ``regression`` and ``answer_choice``
-(multiple choice scored by a causal LM's answer tokens, see :mod:`pyro_bhpeft.data.prompts`), one line each.
+"""The built-in data kinds: ``classification``, ``multiple_choice``, ``regression``, ``answer_choice``
+(multiple choice scored by a causal LM's answer tokens, see :mod:`pyro_bhpeft.data.prompts`) and the cloze
+kinds (scored by each choice's likelihood, :mod:`pyro_bhpeft.data.cloze`), one line each.
 
 A new kind is one more line (here, or in your own code before building a TaskSpec of the kind)::
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import datasets
 
 from .batches import encode_pairs, encode_text
+from .cloze import CLOZE_KINDS, encode_cloze
 from .files import read_choices, read_classes, read_numbers
 from .prompts import check_answer_spec, encode_prompts
 from .types import DATA_KINDS, DataError, DataKind, TaskSpec
@@ -49,3 +51,6 @@ DATA_KINDS.register("regression", DataKind({"text": TEXT}, "float64", read=read_
 DATA_KINDS.register("answer_choice", DataKind({"question": TEXT, "choices": CHOICES}, "int64", read=read_choices,
                                               encoder=encode_prompts, validate=check_answer_spec,
                                               keep_row=_has_num_choices))
+for _kind in CLOZE_KINDS.values():  # multiple choice scored by each choice's likelihood under a causal LM
+    DATA_KINDS.register(_kind, DataKind({"question": TEXT, "choices": CHOICES}, "int64", read=read_choices,
+                                        encoder=encode_cloze, validate=_two_choices, keep_row=_has_num_choices))

@@ -106,14 +106,21 @@ def encode_prompts(spec: TaskSpec, tokenizer: Any, settings: dict) -> Callable[[
     return encode
 
 
-def for_backbone(data: TaskData, model: Any, tokenizer: Any) -> TaskData:
+def for_backbone(data: TaskData, model: Any, tokenizer: Any, scoring: str = "letters") -> TaskData:
     """``data`` as ``model`` (a backbone) scores it: a multiple-choice task on a decoder becomes
-    ``answer_choice`` (answers and their token ids in the spec); anything else comes back unchanged."""
+    ``answer_choice`` (answers and their token ids in the spec; ``scoring="letters"``) or a cloze kind
+    (``scoring="cloze"`` or ``"cloze-mean"``: each choice's likelihood, :mod:`pyro_bhpeft.data.cloze`); anything
+    else comes back unchanged."""
     from ..layers.arch import architecture
+    from .cloze import CLOZE_KINDS, cloze_spec
 
     spec = data.spec
+    if scoring not in ("letters", *CLOZE_KINDS):
+        raise DataError(f"unknown multiple-choice scoring {scoring!r}; choose letters, {', '.join(CLOZE_KINDS)}")
     if spec.kind != "multiple_choice" or not architecture(model).decoder:
         return data
+    if scoring != "letters":
+        return replace(data, spec=cloze_spec(spec, scoring))
     answers = prompt_style(spec.name).answer_strings(spec.num_choices)
     answer_spec = TaskSpec(spec.name, "answer_choice", label_names=answers, num_choices=spec.num_choices,
                            description=spec.description, hub_id=spec.hub_id,

@@ -1,0 +1,76 @@
+"""Cloze scoring of multiple choice on a causal LM: each choice's own log-likelihood after its context, under
+one posterior draw shared by the question's choices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from helpers import quiz, save_tiny_causal_lm
+from pyro_bhpeft import BayesianPEFT, Recipe
+from pyro_bhpeft.data.cloze import cloze_context
+from pyro_bhpeft.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
+
+
+def _manual_scores(lm_dir, question: str, choices: list[str]) -> torch.Tensor:
+    """Each choice's summed token log-probability after the context, by the plain Hugging Face model."""
+    tok, lm = AutoTokenizer.from_pretrained(lm_dir), AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    context = tok.encode(cloze_context("quiz", question), add_special_tokens=False)
+    scores = []
+    for choice in choices:
+        ending = tok.encode(" " + choice, add_special_tokens=False)
+        ids = torch.tensor([context + ending])
+        with torch.no_grad():
+            logp = lm(input_ids=ids).logits[0].log_softmax(-1)
+        scores.append(sum(float(logp[len(context) + i - 1, t]) for i, t in enumerate(ending)))
+    return torch.tensor(scores)
+
+
+@pytest.mark.parametrize("scoring", ["cloze", "cloze-mean"])
+def test_cloze_scores_are_each_choices_log_likelihood(lm_dir, scoring):
+    data = quiz()
+    model = BayesianPEFT(lm_dir, task=data, mc_scoring=scoring, guide="mle", max_length=40, batch_size=4)
+    model.fit(data, max_steps=1, lr=1e-9, progress=False)  # B stays ~0: the adapted model is the base model
+    assert model.spec.kind == {"cloze": "cloze_choice", "cloze-mean": "cloze_choice_mean"}[scoring]
+    inputs = next(iter(model.loader(data)))[0]
+    with torch.no_grad():
+        scores = model.model.run(model.posterior.mean(), inputs)  # (questions, choices)
+    rows = data.splits["test"]
+    for q in range(len(rows)):
+        expected = _manual_scores(lm_dir, rows[q]["question"], rows[q]["choices"])
+        if scoring == "cloze-mean":
+            tok = AutoTokenizer.from_pretrained(lm_dir)
+            expected = expected / torch.tensor([len(tok.encode(" " + c, add_special_tokens=False))
+                                                for c in rows[q]["choices"]])
+        torch.testing.assert_close(scores[q], expected, rtol=0, atol=1e-4)
+
+
+def test_a_cloze_fit_predicts_saves_and_loads(lm_dir, tmp_path):
+    data = quiz()
+    model = BayesianPEFT(lm_dir, task=data, mc_scoring="cloze", r=2, max_length=40, batch_size=2, init_scale=0.05)
+    model.fit(data, epochs=2, progress=False)
+    pred = model.predict(data, samples=4)
+    assert pred.probs.shape == (4, 3) and torch.allclose(pred.probs.sum(-1), torch.ones(4))
+    assert float(pred.mutual_information.mean()) > 0
+    model.save(tmp_path / "run")
+    back = BayesianPEFT.load(tmp_path / "run")
+    torch.testing.assert_close(back.predict(data, samples=4).probs, pred.probs, rtol=0, atol=0)
+
+
+def test_unknown_scoring_and_a_choice_longer_than_max_length_are_one_line(lm_dir):
+    with pytest.raises(ConfigError, match="unknown mc_scoring"):
+        Recipe(mc_scoring="letter")
+    from pyro_bhpeft.data import DataError
+
+    data = quiz()
+    long = data.splits["train"].map(lambda row: {"choices": [c + " or a stone or a wood" for c in row["choices"]]})
+    data = type(data)(data.spec, type(data.splits)({"train": long}))
+    model = BayesianPEFT(lm_dir, task=data, mc_scoring="cloze", max_length=4)
+    with pytest.raises(DataError, match="raise max_length"):
+        model.fit(data, progress=False)
