@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Checkpoint", "FitInterrupted", "StopOnInterrupt", "save_state", "load_state", "saved_identity", "resumable",
+__all__ = ["Checkpoint", "FitInterrupted", "StopOnInterrupt", "save_state", "load_state", "check_resumable",
+           "saved_identity", "resumable",
            "rng_state", "set_rng_state"]
 
 
@@ -119,6 +120,18 @@ def load_state(checkpoint: Checkpoint) -> dict[str, Any]:
     The identity is checked from the file's JSON header before any tensor is read; nothing is unpickled."""
     from .safe_state import StateError, read_state
 
+    path = check_resumable(checkpoint)
+    try:
+        return read_state(path)
+    except StateError as err:
+        raise ValueError(f"{err}; delete it to start the fit again") from None
+
+
+def check_resumable(checkpoint: Checkpoint) -> Path:
+    """The path of ``checkpoint`` once its JSON header shows a checkpoint of this fit (no tensor is read), else a
+    one-line error: no checkpoint, not ours, or one of another fit."""
+    from .safe_state import StateError
+
     path = Path(checkpoint.path)
     if not path.is_file():
         raise ValueError(f"no checkpoint at {path} to resume from; run without --resume to start the fit")
@@ -129,10 +142,7 @@ def load_state(checkpoint: Checkpoint) -> dict[str, Any]:
     if checkpoint.identity is not None and not _same(saved, checkpoint.identity):
         raise ValueError(f"the checkpoint at {path} belongs to a fit with another recipe; resume with the same "
                          "options, or delete it to start again")
-    try:
-        return read_state(path)
-    except StateError as err:
-        raise ValueError(f"{err}; delete it to start the fit again") from None
+    return path
 
 
 def rng_state() -> dict[str, Any]:

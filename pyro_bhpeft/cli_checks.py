@@ -75,7 +75,8 @@ def check_writable(out: Path, need: int = MIN_FREE_BYTES) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise UserError(f"cannot write in {folder} ({err.strerror or type(err).__name__}); choose another --out") from None
+        why = err.strerror or type(err).__name__
+        raise UserError(f"cannot write in {folder} ({why}); choose another --out") from None
     free = shutil.disk_usage(folder).free
     if free < need:
         raise UserError(f"only {free / 2**20:.0f} MB free in {folder}; a run needs about {need / 2**20:.0f} MB: free "
@@ -131,8 +132,8 @@ class OutputLock:
             except FileExistsError:
                 owner = self._owner()
                 if owner is not None and owner != os.getpid() and _alive(owner):
-                    raise UserError(f"another command (process {owner}) is writing {self.path.with_suffix('')}; wait "
-                                    f"for it to finish or choose another --out (if it is gone, delete {self.path})") from None
+                    raise UserError(f"another command (process {owner}) is writing {self.path.with_suffix('')}; wait for "
+                                    f"it to finish or choose another --out (if it is gone, delete {self.path})") from None
                 self.path.unlink(missing_ok=True)  # stale: its process has ended
                 continue
             with os.fdopen(fd, "w") as f:

@@ -51,7 +51,8 @@ def _source(args: argparse.Namespace, parent: dict[str, Any] | None = None):
     return source
 
 
-def _notes(args: argparse.Namespace, recipe: Any, source: dict[str, Any], data: Any, full_train: int | None) -> list[str]:
+def _notes(args: argparse.Namespace, recipe: Any, source: dict[str, Any], data: Any,
+           full_train: int | None) -> list[str]:
     """One line for every option the data or the schedule caps or ignores, and one saying what was held out."""
     notes = list(getattr(data, "notes", ())) + [f"warning: {w}" for w in getattr(data, "warnings", ())]
     if args.train and args.max_examples is not None:
@@ -125,7 +126,8 @@ def _where(args: argparse.Namespace) -> dict[str, Any]:
     """Which data evaluate/predict score: ``--split`` of the run's data, or ``--data`` with column flags."""
     given = {k: v for k, v in _columns(args).items() if v is not None}
     if (given or args.delimiter or args.drop_unseen) and not args.data:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given) or ("--delimiter" if args.delimiter else "--drop-unseen")
+        flags = ", ".join("--" + k.replace("_", "-") for k in given) or (
+            "--delimiter" if args.delimiter else "--drop-unseen")
         raise UserError(f"{flags} only apply to a --data FILE; drop them to use split {args.split!r} of the run's data")
     where = {"split": args.split, "data_file": _absolute(args.data), "columns": given, "device": args.device,
              "tell": lambda line: print(f"{args.command}: {line}", file=sys.stderr)}

@@ -26,12 +26,12 @@ class UserError(Exception):
 # Registry names are checked after parsing, against the registries themselves (:func:`check_choices`).
 COLUMNS = {"text_column": "text", "label_column": "label", "question_column": "question", "choices_column": "choices"}
 STATIC = {
-    "data_kinds": ("classification", "multiple_choice", "regression", "answer_choice"),  # data.types.DATA_KINDS
     "guides": ("mean-field", "low-rank", "map", "mle"),  # guides.GUIDES
     "scale_params": ("log", "softplus", "rho2"),  # guides.SCALE_PARAMS
     "peft": ("lora",),  # config.PeftConfig().kinds
     "peft_kinds": ("lora", "adapter", "prefix", "gated-lora", "delta"),  # layers.PEFT_KINDS
-    "priors": ("normal", "laplace", "student-t", "fan-in", "learned", "flat", "blob", "function-space"),  # priors.PRIORS
+    "priors": ("normal", "laplace", "student-t", "fan-in", "learned", "flat", "blob",
+               "function-space"),  # priors.PRIORS
     "gate_noises": ("logistic", "none"),  # layers.gates.NOISES
     "gate_defaults": {"rank_prior": 1.0, "bit_prior": -1.0, "noise": "logistic"},  # layers.gates.GatedLoraConfig
     "devices": ("auto", "cpu", "cuda", "mps"),  # backbone.DEVICES
@@ -66,8 +66,8 @@ def add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
         g.add_argument("--train", help="your training file: .csv, .tsv, .jsonl or .parquet")
         g.add_argument("--eval", dest="eval_file", help="your test file: what `evaluate RUN` scores (default: 10 %% of "
                                                          "the train file is held out as test, 10 %% as validation)")
-        g.add_argument("--kind", default=None, help="task kind: " + _one_of(STATIC["data_kinds"]) +
-                       " (default: inferred from the label column, and said)")
+        g.add_argument("--kind", default=None, help="task kind, a registered one such as classification, regression, "
+                       "multiple_choice (default: inferred from the label column, and said)")
         g.add_argument("--max-examples", type=int, help="cap every split of a --task at N rows (quick runs)")
         g.add_argument("--train-size", type=int, help="train on N training rows drawn at random (seed 0)")
     else:
@@ -87,8 +87,8 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     from .recipe import DTYPE_NAMES, LR_DECAYS, PRESET_NAMES, Recipe
 
     g = p.add_argument_group("model and inference")
-    g.add_argument("--backbone", default=Recipe.backbone, help="packaged alias (minilm, smollm2), local folder or hub id "
-                                                               f"(default: {Recipe.backbone})")
+    g.add_argument("--backbone", default=Recipe.backbone,
+                   help=f"packaged alias (minilm, smollm2), local folder or hub id (default: {Recipe.backbone})")
     g.add_argument("--recipe", help="start from a named recipe (its values become the defaults of every option "
                    f"below): {_one_of(PRESET_NAMES)}")
     peft = ",".join(STATIC["peft"])
@@ -106,7 +106,8 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
                    help="gated LoRA: prior mean of the bit-gate logits (lower: fewer bits)")
     g.add_argument("--gate-noise", choices=STATIC["gate_noises"], default=gates["noise"],
                    help="gated LoRA: relaxation noise on the gate logits while fitting")
-    g.add_argument("--prior", default=Recipe.prior, help=f"one of {_one_of(STATIC['priors'])} (default: {Recipe.prior})")
+    g.add_argument("--prior", default=Recipe.prior,
+                   help=f"one of {_one_of(STATIC['priors'])} (default: {Recipe.prior})")
     g.add_argument("--prior-scale", type=float, default=Recipe.prior_scale)
     g.add_argument("--guide", default=Recipe.guide, help=f"posterior family: {_one_of(STATIC['guides'])} "
                    f"(default: {Recipe.guide}; map/mle: point estimates)")
@@ -156,7 +157,8 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default=d["task"], help=f"registered task (default: {d['task']})")
     p.add_argument("--methods", type=csv_list, default=None,
                    help="comma list of comparison methods (default: all registered; an unknown name lists them)")
-    p.add_argument("--seeds", type=int, default=STATIC["seeds"], help=f"number of seeds, 0..N-1 (default: {STATIC['seeds']})")
+    p.add_argument("--seeds", type=int, default=STATIC["seeds"],
+                   help=f"number of seeds, 0..N-1 (default: {STATIC['seeds']})")
     p.add_argument("--out", help="comparison directory (default: runs/compare-TASK); finished cells are reused")
     p.add_argument("--overwrite", action="store_true", help="discard a comparison made under another protocol")
     w = p.add_argument_group("workers (Ray; pip install 'pyro-bhpeft[ray]')")
@@ -166,7 +168,8 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     w.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per cell (default: 0)")
     g = p.add_argument_group("protocol (the same for every method)")
     g.add_argument("--backbone", default=d["backbone"])
-    g.add_argument("--train-size", type=int, default=d["train_size"], help="N training examples drawn at random (seed 0)")
+    g.add_argument("--train-size", type=int, default=d["train_size"],
+                   help="N training examples drawn at random (seed 0)")
     g.add_argument("--eval-size", type=int, default=d["eval_size"],
                    help="N test / validation / OOD examples drawn at random (seed 0)")
     g.add_argument("--epochs", type=int, default=d["epochs"])
@@ -233,7 +236,8 @@ def preset_defaults(name: str) -> dict[str, Any]:
 
 def _fields_from(cls: type, args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> dict[str, Any]:
     """The fields of dataclass ``cls`` that are options of this command, by name."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name not in skip and hasattr(args, f.name)}
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+            if f.name not in skip and hasattr(args, f.name)}
 
 
 def recipe_from(args: argparse.Namespace):

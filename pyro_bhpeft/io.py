@@ -69,8 +69,9 @@ def atomic_dir(path: str | Path, *, overwrite: bool = False,
                replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield an empty staging directory that replaces ``path`` only if the block succeeds.
 
-    An existing ``path`` (other than an empty directory) is refused unless ``overwrite``, and, with ``replaceable``, unless
-    ``replaceable(path)`` says it is a directory of ours (a run, a comparison): never a user's folder. It is
+    An existing ``path`` (other than an empty directory) is refused unless ``overwrite``, and, with
+    ``replaceable``, unless ``replaceable(path)`` says it is a directory of ours (a run, a comparison): never a
+    user's folder. It is
     swapped out by renames, so an interruption leaves either the previous directory or the new one; what
     killed writes left beside ``path`` is cleaned first (:func:`clean_leftovers`).
     """

@@ -186,8 +186,9 @@ def check_sizes(path: str | Path, config: dict[str, Any]) -> None:
     parts = {k: config.get(k) for k in ("model", "guide", "peft")}
     for where, value in _sizes(parts):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= largest:
-            raise PosteriorError(f"{Path(path) / 'config.json'}: {where} = {value!r} is not backed by guide.safetensors "
-                                 f"(largest dimension {largest}); the run is corrupt or was edited: refit, or restore it")
+            raise PosteriorError(f"{Path(path) / 'config.json'}: {where} = {value!r} is not backed by "
+                                 f"guide.safetensors (largest dimension {largest}); the run is corrupt or was edited: "
+                                 "refit, or restore it")
 
 
 def is_run(path: str | Path) -> bool:

@@ -23,9 +23,11 @@ from .posterior import Posterior, is_run, read_config
 from .predict import DEFAULT_SAMPLES
 from .recipe import Recipe
 
-__all__ = ["DataSource", "COLUMNS", "file_columns", "random_rows", "training_subset", "fit_run", "fit_identity", "checkpoint_path",
+__all__ = ["DataSource", "COLUMNS", "file_columns", "random_rows", "training_subset", "fit_run", "fit_identity",
+           "checkpoint_path",
            "save_run", "load_run",
-           "data_hash", "source_files", "file_fingerprint", "recorded_data", "run_kind", "evaluate_split", "eval_loader", "evaluate_run", "predict_run", "run_meta", "update_run",
+           "data_hash", "source_files", "file_fingerprint", "recorded_data", "run_kind", "evaluate_split", "eval_loader",
+           "evaluate_run", "predict_run", "run_meta", "update_run",
            "lineage", "format_lineage"]
 
 # load_files' column arguments and their defaults (the one home of "text", "label", ...)
@@ -160,7 +162,7 @@ def fit_run(recipe: Recipe, data: Any, out: str | Path, *, source: DataSource | 
     The fit checkpoints to :func:`checkpoint_path` every ``checkpoint_every`` steps and on Ctrl-C (raising
     :class:`~pyro_bhpeft.checkpoint.FitInterrupted`); ``resume`` continues from there. The checkpoint is
     removed once the run is saved."""
-    from .checkpoint import Checkpoint
+    from .checkpoint import Checkpoint, check_resumable
     from .distributed import is_main, world
     from .recipe import train
 
@@ -169,6 +171,8 @@ def fit_run(recipe: Recipe, data: Any, out: str | Path, *, source: DataSource | 
         raise ValueError("checkpoints are single-process for now; drop --checkpoint-every/--resume under torchrun")
     checkpoint = None if world_size > 1 else Checkpoint(
         checkpoint_path(out), every=checkpoint_every, resume=resume, identity=fit_identity(recipe, source))
+    if checkpoint is not None and resume:
+        check_resumable(checkpoint)  # before the backbone loads: a missing or foreign checkpoint is one line
     result = train(recipe, data, prior=prior, progress=progress, backbone=backbone, checkpoint=checkpoint,
                    device=device)
     if source is not None:

@@ -83,7 +83,8 @@ def test_relative_paths_are_stored_absolute_and_work_from_anywhere(tiny_backbone
     monkeypatch.chdir(work)
     assert run_cli(*fit_args("bb", "train.csv", "run", "--eval", "test.csv")) == 0
     meta = json.loads((work / "run" / "config.json").read_text())
-    assert meta["backbone"] == str(work / "bb") and meta["meta"]["source"]["eval_files"]["test"] == str(work / "test.csv")
+    assert meta["backbone"] == str(work / "bb")
+    assert meta["meta"]["source"]["eval_files"]["test"] == str(work / "test.csv")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert run_cli("evaluate", work / "run", "--samples", 2) == 0
@@ -212,7 +213,8 @@ def test_file_flags_given_with_a_task_are_said_to_be_ignored(tiny_backbone, trai
     data = load_files(train, text_column="review", label_column="sentiment")
     monkeypatch.setattr(pyro_bhpeft.data, "load_task", lambda *a, **k: data)
     assert run_cli("fit", "--task", "reviews", "--kind", "regression", "--text-column", "body", "--backbone",
-                   tiny_backbone, "--max-steps", 1, "--batch-size", 8, "--max-length", 16, "--out", tmp_path / "run") == 0
+                   tiny_backbone, "--max-steps", 1, "--batch-size", 8, "--max-length", 16,
+                   "--out", tmp_path / "run") == 0
     err = capsys.readouterr().err
     assert "--kind applies to --train files only; ignored for --task reviews" in err
     assert "--text-column applies to --train files only" in err
