@@ -76,8 +76,7 @@ def _notes(args: argparse.Namespace, recipe: Any, source: dict[str, Any], data: 
         notes.append(f"--checkpoint-every {every} is never reached in {steps} steps (Ctrl-C still saves one)")
     sources = getattr(data, "sources", {}) or {}
     if "test" in sources:
-        notes.append(f"`evaluate RUN` will score {sources['test'].describe('test')}"
-                     + ("" if source.get("eval_files") else "; pass --eval FILE to score your own"))
+        notes.append(f"`evaluate RUN` will score {sources['test'].describe('test')}")
     return notes
 
 

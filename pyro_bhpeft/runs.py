@@ -299,8 +299,16 @@ def predict_run(run: str | Path, *, samples: int = DEFAULT_SAMPLES, **where: Any
     posterior, data, split, loader = eval_loader(run, labels=False, **where)
     rows = data.splits[split]
     texts = rows["text" if "text" in rows.column_names else "question"]
-    return prediction_rows(predict(posterior, loader, num_samples=samples), texts,
-                           posterior.meta.get("label_names") or ())
+    pred = predict(posterior, loader, num_samples=samples)
+    unlabelled = pred.labels is None
+    if unlabelled and not posterior.model.predicts_classes:  # prediction_rows reads a label for every regression row
+        import dataclasses
+
+        import torch
+
+        pred = dataclasses.replace(pred, labels=torch.full_like(pred.mean, float("nan")))
+    out = prediction_rows(pred, texts, posterior.meta.get("label_names") or ())
+    return [{k: v for k, v in row.items() if k != "label"} for row in out] if unlabelled else out
 
 
 def update_run(parent: str | Path, source: DataSource, out: str | Path, *, temper: float = 1.0,

@@ -60,7 +60,7 @@ def test_the_eval_file_is_what_evaluate_scores_and_the_fit_says_what_it_held_out
     assert json.loads((run / "metrics-test.json").read_text())["samples"]["n"] == 20
     assert run_cli(*fit_args(tiny_backbone, train, tmp_path / "carved")) == 0
     err = capsys.readouterr().err
-    assert "`evaluate RUN` will score test: 10 % of train.csv (6 rows" in err and "pass --eval FILE" in err
+    assert "`evaluate RUN` will score test: 10 % of train.csv (6 rows" in err and "--eval FILE" in err
 
 
 def test_capped_and_ignored_flags_say_so_in_one_line(tiny_backbone, train, tmp_path, capsys):
@@ -204,6 +204,11 @@ def test_a_real_valued_target_and_a_tsv_work_without_flags(tiny_backbone, tmp_pa
     assert json.loads((run / "config.json").read_text())["meta"]["kind"] == "regression"
     assert run_cli("evaluate", run, "--samples", 2) == 0
     assert "mse" in json.loads((run / "metrics-test.json").read_text())["samples"]
+    texts = tmp_path / "texts.tsv"
+    frame[["review"]].head(4).to_csv(texts, sep="\t", index=False)
+    assert run_cli("predict", run, "--data", texts, "--samples", 2, "--out", tmp_path / "p.csv") == 0
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert len(table) == 4 and "mean" in table and "label" not in table
 
 
 def test_file_flags_given_with_a_task_are_said_to_be_ignored(tiny_backbone, train, tmp_path, capsys, monkeypatch):
