@@ -11,10 +11,12 @@ from .answer import AnswerChoice
 from .base import BayesianPeftModel
 from .classifier import MultipleChoice, SequenceClassifier
 from .cloze import ClozeChoice, ClozeChoiceMean
+from .lm import LanguageModel
 from .regressor import Regressor
 
 TASK_KINDS: Registry[type[BayesianPeftModel]] = Registry("task kind")
-for _model in (SequenceClassifier, MultipleChoice, Regressor, AnswerChoice, ClozeChoice, ClozeChoiceMean):
+for _model in (SequenceClassifier, MultipleChoice, Regressor, AnswerChoice, ClozeChoice, ClozeChoiceMean,
+               LanguageModel):
     TASK_KINDS.register(_model.task, _model)
 
 
@@ -27,4 +29,4 @@ def model_class(name: str) -> type[BayesianPeftModel]:
 
 
 __all__ = ["BayesianPeftModel", "SequenceClassifier", "MultipleChoice", "Regressor", "AnswerChoice", "ClozeChoice",
-           "ClozeChoiceMean", "TASK_KINDS", "model_class"]
+           "ClozeChoiceMean", "LanguageModel", "TASK_KINDS", "model_class"]

@@ -1,0 +1,154 @@
+"""Language modelling with a Bayesian PEFT posterior: response batches, token-level evaluation, and generated
+answers with their uncertainty.
+
+- :func:`lm_batches`: prompt + response sequences (the prompt cut from its start when too long), right padded,
+  with ``target_mask`` on the response's tokens (and the end-of-sequence token), for
+  :class:`~pyro_bhpeft.models.LanguageModel` and :func:`~pyro_bhpeft.infer.fit`.
+- :func:`token_metrics`: held-out perplexity, token accuracy, token ECE and NLL of the response tokens under the
+  posterior predictive (the mean over ``K`` draws of each next-token distribution; ``K = 0``: the mean weights).
+- :func:`generate`: greedy answers under the posterior mean; for each, its log-likelihood under ``K`` draws, the
+  predictive NLL ``-log mean_k p_k(answer)``, the expected NLL ``-mean_k log p_k(answer)``, and the summed
+  token-level predictive entropy and mutual information (the epistemic part) along the answer.
+- :func:`selective_answering`: accuracy against coverage when the most uncertain answers are withheld, and the
+  AUROC of an uncertainty score for telling wrong answers from right ones.
+
+Example::
+
+    batches = lm_batches(tokenizer, prompts, responses, max_length=64, batch_size=4, shuffle=True)
+    result = fit(LanguageModel(backbone, PeftConfig(), prior), guide, batches)
+    answers = generate(result.posterior, tokenizer, questions, num_samples=8)
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+
+__all__ = ["lm_batches", "token_metrics", "generate", "selective_answering", "normalise_answer"]
+
+
+def lm_batches(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *, max_length: int = 64,
+               batch_size: int = 8, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    """Batches ``(inputs, None)``: ``input_ids``, ``attention_mask``, ``target_mask`` (batch, max_length)."""
+    if len(prompts) != len(responses) or not prompts:
+        raise ValueError(f"need as many responses as prompts (got {len(prompts)} and {len(responses)}), at least one")
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    rows = []
+    for prompt, response in zip(prompts, responses):
+        answer = tokenizer.encode(response, add_special_tokens=False) + ([eos] if eos is not None else [])
+        if len(answer) >= max_length:
+            raise ValueError(f"a response is {len(answer)} tokens, at least max_length ({max_length}); raise it")
+        context = tokenizer.encode(prompt, add_special_tokens=False)[-(max_length - len(answer)):]
+        fill = max_length - len(context) - len(answer)
+        rows.append({"input_ids": context + answer + [pad] * fill,
+                     "attention_mask": [1] * (len(context) + len(answer)) + [0] * fill,
+                     "target_mask": [0] * len(context) + [1] * len(answer) + [0] * fill})
+    order = RandomSampler(rows, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(rows)
+    return DataLoader(rows, batch_size=batch_size, sampler=order,
+                      collate_fn=lambda b: ({k: torch.tensor([r[k] for r in b]) for k in b[0]}, None))
+
+
+def _draws(posterior: Any, num_samples: int, seed: int) -> list[dict]:
+    return [posterior.mean()] if num_samples == 0 else posterior.sample(num_samples, seed=seed)
+
+
+def _next_token_probs(model: Any, weights: dict, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``p(x_{t+1} | x_{<=t})`` over the vocabulary at every position, (batch, seq, vocab), float32."""
+    with model.bound(weights):
+        hidden = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+    return model.backbone.lm_head(hidden).float().softmax(-1)
+
+
+def _ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
+    from .analysis.metrics import bin_index
+
+    bins = bin_index(confidence, n_bins)
+    return float(sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).sum()
+                     for b in np.unique(bins)) / len(confidence))
+
+
+@torch.no_grad()
+def token_metrics(posterior: Any, batches: Any, *, num_samples: int = 8, seed: int = 0) -> dict[str, float]:
+    """Perplexity, NLL, token accuracy and ECE of the response tokens under the posterior predictive."""
+    model, draws = posterior.model, _draws(posterior, num_samples, seed)
+    nll, conf, correct = [], [], []
+    for inputs, _ in batches:
+        ids, mask, target = (inputs[k].to(model._device()) for k in ("input_ids", "attention_mask", "target_mask"))
+        probs = torch.stack([_next_token_probs(model, w, ids, mask)[:, :-1] for w in draws]).mean(0)
+        keep, nxt = target[:, 1:].bool(), ids[:, 1:]
+        p_true = probs.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)[keep]
+        top, arg = probs.max(-1)
+        nll.append(-p_true.clamp_min(1e-12).log())
+        conf.append(top[keep])
+        correct.append((arg == nxt)[keep].float())
+    nll_t, conf_t, correct_t = torch.cat(nll), torch.cat(conf).numpy(), torch.cat(correct).numpy()
+    mean_nll = float(nll_t.mean())
+    return {"nll": mean_nll, "perplexity": float(np.exp(mean_nll)), "token_accuracy": float(correct_t.mean()),
+            "token_ece": _ece(conf_t, correct_t), "tokens": int(len(nll_t)), "num_samples": num_samples}
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
+
+
+@torch.no_grad()
+def _greedy(model: Any, weights: dict, ids: list[int], max_new_tokens: int, eos: int | None) -> list[int]:
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        x = torch.tensor([ids + out], device=model._device())
+        token = int(_next_token_probs(model, weights, x, torch.ones_like(x))[0, -1].argmax())
+        if token == eos:
+            break
+        out.append(token)
+    return out
+
+
+@torch.no_grad()
+def generate(posterior: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 16,
+             num_samples: int = 8, seed: int = 0) -> list[dict[str, Any]]:
+    """Greedy answers under the posterior mean, each with its uncertainty under ``num_samples`` draws."""
+    model, mean = posterior.model, posterior.mean()
+    draws = _draws(posterior, num_samples, seed)
+    rows = []
+    for prompt in prompts:
+        context = tokenizer.encode(prompt, add_special_tokens=False)
+        answer = _greedy(model, mean, context, max_new_tokens, tokenizer.eos_token_id)
+        x = torch.tensor([context + answer], device=model._device())
+        span = slice(len(context) - 1, len(context) + len(answer) - 1)  # positions that predict the answer
+        probs = torch.stack([_next_token_probs(model, w, x, torch.ones_like(x))[0, span] for w in draws])  # (K, T, V)
+        target = torch.tensor(answer, device=x.device)
+        loglik = probs.gather(-1, target.expand(len(draws), -1).unsqueeze(-1)).squeeze(-1).clamp_min(1e-12).log().sum(-1)
+        predictive = probs.mean(0)
+        entropy = _entropy(predictive)
+        mutual = (entropy - _entropy(probs).mean(0)).clamp_min(0.0)
+        predictive_nll = float(-(torch.logsumexp(loglik, 0) - np.log(len(draws))))
+        rows.append({"prompt": prompt, "answer": tokenizer.decode(answer), "answer_ids": answer, "tokens": len(answer),
+                     "loglik_draws": loglik.tolist(), "expected_nll": float(-loglik.mean()),
+                     "predictive_nll": predictive_nll, "predictive_entropy": float(entropy.sum()),
+                     "mutual_information": float(mutual.sum())})
+    return rows
+
+
+def normalise_answer(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces: the usual normalised exact match."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def selective_answering(correct: Sequence[bool], uncertainty: Sequence[float]) -> dict[str, Any]:
+    """Accuracy of the answers kept at each coverage (most certain first), its area, and the AUROC of
+    ``uncertainty`` for flagging the wrong answers."""
+    from .analysis.metrics import accuracy_coverage_curve, ood_auroc
+
+    right = np.asarray(correct, dtype=bool)
+    u = np.asarray(uncertainty, dtype=float)
+    probs = np.stack([right, ~right], axis=1).astype(float)  # class 0 is "right": accuracy is the share right
+    curve = accuracy_coverage_curve(probs, np.zeros(len(right), dtype=int), u)
+    auroc = ood_auroc(u[right], u[~right]) if right.any() and (~right).any() else float("nan")
+    return {"coverage": curve.coverage.tolist(), "accuracy": curve.accuracy.tolist(),
+            "area": float(curve.accuracy.mean()), "auroc_wrong": auroc}

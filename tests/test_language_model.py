@@ -1,0 +1,104 @@
+"""Next-token training of a response given a prompt, token-level evaluation and generated answers with their
+uncertainty, on a tiny Llama built from a config."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from helpers import save_tiny_causal_lm
+from pyro_bhpeft import PeftConfig, Posterior, fit, priors
+from pyro_bhpeft.backbone import load_backbone
+from pyro_bhpeft.continual import posterior_prior
+from pyro_bhpeft.guides import Delta, MeanField
+from pyro_bhpeft.language import generate, lm_batches, normalise_answer, selective_answering, token_metrics
+from pyro_bhpeft.models import LanguageModel
+
+PROMPTS = ["Question: Which is a metal? Answer:", "Question: Which is a wood? Answer:",
+           "Question: Which is a stone? Answer:", "Question: Which is a metal or a stone? Answer:"]
+RESPONSES = [" iron", " oak", " granite", " copper"]
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
+
+
+def _model(lm_dir, prior=None):
+    lm = load_backbone(lm_dir)
+    return LanguageModel(lm.model, PeftConfig(), prior or priors.Normal(1.0)), lm.tokenizer
+
+
+def _ends(tokenizer) -> list[int]:
+    return [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+
+def _manual_response_logprob(lm_dir, tokenizer, prompt: str, response: str | list[int]) -> float:
+    """log p(response tokens | prompt) by the plain Hugging Face model: a text gets the end token, ids as given."""
+    hf = AutoModelForCausalLM.from_pretrained(lm_dir).eval()
+    context = tokenizer.encode(prompt, add_special_tokens=False)
+    answer = response if isinstance(response, list) else \
+        tokenizer.encode(response, add_special_tokens=False) + _ends(tokenizer)
+    with torch.no_grad():
+        logp = hf(input_ids=torch.tensor([context + answer])).logits[0].log_softmax(-1)
+    return sum(float(logp[len(context) + i - 1, t]) for i, t in enumerate(answer))
+
+
+def test_the_likelihood_is_the_responses_alone(lm_dir):
+    model, tok = _model(lm_dir)
+    posterior = Posterior(model, Delta(model))  # B = 0 at the start: the adapted model is the base model
+    inputs, _ = next(iter(lm_batches(tok, PROMPTS, RESPONSES, max_length=24, batch_size=4)))
+    logp, mask = model.run(posterior.mean(), inputs)
+    per_sequence = (logp * mask).sum(-1)
+    for i, (prompt, response) in enumerate(zip(PROMPTS, RESPONSES)):
+        assert per_sequence[i].item() == pytest.approx(_manual_response_logprob(lm_dir, tok, prompt, response),
+                                                       abs=1e-4)
+    assert int(mask.sum()) == sum(len(tok.encode(r, add_special_tokens=False)) + len(_ends(tok)) for r in RESPONSES)
+    import pyro.poutine as poutine
+
+    trace = poutine.trace(poutine.condition(model, data=posterior.mean())).get_trace(inputs, None)
+    trace.compute_log_prob()
+    assert trace.nodes["obs"]["log_prob_sum"].item() == pytest.approx(per_sequence.sum().item(), abs=1e-3)
+
+
+def test_fit_lowers_the_response_nll_and_a_second_round_starts_from_the_first(lm_dir, tmp_path):
+    model, tok = _model(lm_dir)
+    batches = lm_batches(tok, PROMPTS, RESPONSES, max_length=24, batch_size=2, shuffle=True)
+    guide = MeanField(model, init_scale=0.01)
+    before = token_metrics(Posterior(model, guide), lm_batches(tok, PROMPTS, RESPONSES, max_length=24), num_samples=0)
+    result = fit(model, guide, batches, num_data=400, epochs=15, lr=0.02, progress=False)  # KL small beside 400 rows
+    after = token_metrics(result.posterior, lm_batches(tok, PROMPTS, RESPONSES, max_length=24), num_samples=4)
+    assert after["nll"] < before["nll"] - 0.5 and after["perplexity"] == pytest.approx(math.exp(after["nll"]))
+    result.posterior.save(tmp_path / "round1")
+    back = Posterior.load(tmp_path / "round1")
+    for name, value in result.posterior.mean().items():
+        torch.testing.assert_close(back.mean()[name], value)
+    prior = posterior_prior(back)
+    second, _ = _model(lm_dir, prior)
+    guide2 = MeanField(second, init_scale=0.01)
+    fit(second, guide2, lm_batches(tok, PROMPTS[:2], RESPONSES[:2], max_length=24), epochs=1, progress=False)
+    assert set(prior.locs) == set(result.posterior.mean())
+
+
+def test_generated_answers_loglik_is_the_sum_of_token_logprobs_and_point_masses_have_no_epistemic_part(lm_dir):
+    model, tok = _model(lm_dir)
+    point = Posterior(model, Delta(model))
+    rows = generate(point, tok, PROMPTS[:2], max_new_tokens=4, num_samples=3)
+    for row in rows:
+        manual = _manual_response_logprob(lm_dir, tok, row["prompt"], row["answer_ids"])
+        assert row["tokens"] == 4 and row["loglik_draws"][0] == pytest.approx(manual, abs=1e-3)
+        assert row["mutual_information"] == pytest.approx(0.0, abs=1e-6)
+        assert row["predictive_nll"] == pytest.approx(row["expected_nll"], abs=1e-5)
+    random = Posterior(model, MeanField(model, init_scale=0.3))
+    noisy = generate(random, tok, PROMPTS[:2], max_new_tokens=4, num_samples=6)
+    assert all(r["mutual_information"] > 0 and r["predictive_nll"] < r["expected_nll"] for r in noisy)
+
+
+def test_selective_answering_and_normalised_match():
+    result = selective_answering([True, True, False, False], [0.1, 0.2, 0.8, 0.9])
+    assert result["auroc_wrong"] == 1.0 and result["accuracy"][:2] == [1.0, 1.0]
+    assert result["area"] == pytest.approx((1 + 1 + 2 / 3 + 0.5) / 4)
+    assert normalise_answer("The Iron!") == normalise_answer("iron")
