@@ -22,6 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # lab_methods, beside this script
+
+import lab_methods  # noqa: F401  (blob-mean and the other ablations, in their registry places)
 from pyro_bhpeft.compare import METHODS
 from pyro_bhpeft.compare.cells import is_done, load_arrays, load_metrics
 from pyro_bhpeft.compare.report import mean_sd

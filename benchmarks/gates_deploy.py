@@ -19,6 +19,12 @@ from pathlib import Path
 
 import torch
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # lab_methods, beside this script
+
+import lab_methods  # noqa: F401  (lora-gates-nonoise)
 from pyro_bhpeft.compare import METHODS, Protocol
 from pyro_bhpeft.compare.bench import Bench, fit_dir
 from pyro_bhpeft.data import load_task

@@ -24,7 +24,13 @@ from torch.nn import functional as F
 from pyro_bhpeft.baselines import ivon_optimizer
 from pyro_bhpeft.compare import Protocol
 from pyro_bhpeft.compare.bench import Bench
-from pyro_bhpeft.compare.methods import _ivon_authors, _ivon_ess_n, _peft_model
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # lab_methods, beside this script
+
+from lab_methods import ivon_ess_n
+from pyro_bhpeft.compare.peers import ivon_authors, peft_model
 from pyro_bhpeft.data import load_task
 from pyro_bhpeft.infer import lr_factor
 
@@ -40,10 +46,10 @@ def main() -> None:
     torch.set_num_threads(1)
     protocol = Protocol.read(args.comparison, ood_task="")
     bench = Bench(protocol, tempfile.mkdtemp(), load_task(protocol.task), None, progress=False)
-    model = _peft_model(bench, 0)
+    model = peft_model(bench, 0)
     if args.frozen_head:
         model.head.requires_grad_(False)
-    optimizer = ivon_optimizer(model.trainable(), **(_ivon_ess_n if args.ess_n else _ivon_authors)(bench))
+    optimizer = ivon_optimizer(model.trainable(), **(ivon_ess_n if args.ess_n else ivon_authors)(bench))
     total = protocol.epochs * len(bench.train_loader(0))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total, warmup_ratio=protocol.warmup_ratio, decay=protocol.lr_decay))

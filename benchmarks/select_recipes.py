@@ -38,6 +38,12 @@ from pathlib import Path
 
 import datasets
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # lab_methods, beside this script
+
+import lab_methods  # noqa: F401  (the ablations committed comparisons hold)
 from pyro_bhpeft.compare import METHODS, Method, Protocol, register_method, run_compare
 from pyro_bhpeft.compare.methods import gates_method, tfb_method
 from pyro_bhpeft.config import PeftConfig

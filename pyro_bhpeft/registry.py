@@ -37,14 +37,15 @@ class Registry(Generic[T]):
         self.what = what  # "PEFT kind", "guide", ... used in error messages
         self._entries: dict[str, T] = {}
 
-    def register(self, name: str, entry: T = _MISSING, *, replace: bool = False) -> Any:
+    def register(self, name: str, entry: T = _MISSING, *, replace: bool = False, after: str | None = None) -> Any:
         """Register ``entry`` under ``name``; without ``entry``, a decorator that registers what it decorates.
 
-        A second registration of the same name is an error unless ``replace=True``.
+        A second registration of the same name is an error unless ``replace=True``. ``after``: place the new
+        name right after that registered one (the order the CLI and summaries list them in), not last.
         """
         if entry is _MISSING:
             def decorate(obj: T) -> T:
-                self.register(name, obj, replace=replace)
+                self.register(name, obj, replace=replace, after=after)
                 return obj
 
             return decorate
@@ -52,6 +53,12 @@ class Registry(Generic[T]):
             raise ConfigError(f"a {self.what} needs a non-empty string name, got {name!r}")
         if name in self._entries and not replace:
             raise ConfigError(f"{self.what} {name!r} is already registered; pass replace=True to override it")
+        if after is not None and name not in self._entries:
+            self[after]  # an unknown anchor: one line naming the choices
+            items = list(self._entries.items())
+            at = [n for n, _ in items].index(after) + 1
+            self._entries = dict(items[:at] + [(name, entry)] + items[at:])
+            return entry
         self._entries[name] = entry
         return entry
 

@@ -11,6 +11,9 @@ import json
 import math
 import shutil
 import statistics
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -28,6 +31,10 @@ from pyro_bhpeft.compare import METHODS, Method, Protocol, Scored, register_meth
 from pyro_bhpeft.config import ConfigError, LoraConfig, PeftConfig
 from pyro_bhpeft.data import load_files
 from helpers import reviews
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+import lab_methods  # noqa: E402  (the experiment-only methods, so every registered method is compared)
 
 SEEDS = (0, 1)
 SCALED = [m for m in METHODS if METHODS[m].has_scales]
@@ -59,7 +66,7 @@ def compared(tiny_backbone, task_files, tmp_path_factory):
     """Every built-in method at seeds 0 and 1 with OOD examples, run once for the tests that only read it."""
     data, ood = task_files
     out = tmp_path_factory.mktemp("compared") / "cmp"
-    run_compare(protocol(tiny_backbone), out, seeds=SEEDS, data=data, ood=ood, progress=False)
+    run_compare(protocol(tiny_backbone), out, methods=tuple(METHODS), seeds=SEEDS, data=data, ood=ood, progress=False)
     return out
 
 
