@@ -43,24 +43,20 @@ def _draws(posterior, num_samples: int, seed: int) -> tuple[list[dict[str, torch
 
 def _log_joint(model, weights: dict[str, torch.Tensor], batches: list, scale: float) -> tuple[float, list]:
     """log p(w) + scale * sum_b log p(y_b | w), and the per-batch model outputs."""
-    saved, model.num_data = model.num_data, None
-    try:
-        log_prior, log_lik, outputs = 0.0, 0.0, []
-        for i, (inputs, labels) in enumerate(batches):
-            conditioned = poutine.condition(model, data=weights)
-            trace = poutine.trace(conditioned).get_trace(inputs, labels)
-            trace.compute_log_prob()
-            for name, site in trace.nodes.items():
-                if site["type"] != "sample":
-                    continue
-                if site["is_observed"] and name == "obs":
-                    log_lik += float(site["log_prob_sum"])
-                elif i == 0:
-                    log_prior += float(site["log_prob_sum"])
-            outputs.append(trace.nodes["_RETURN"]["value"])
-        return log_prior + scale * log_lik, outputs
-    finally:
-        model.num_data = saved
+    log_prior, log_lik, outputs = 0.0, 0.0, []  # the model unweighted: no DataSize or KLWeight around it
+    for i, (inputs, labels) in enumerate(batches):
+        conditioned = poutine.condition(model, data=weights)
+        trace = poutine.trace(conditioned).get_trace(inputs, labels)
+        trace.compute_log_prob()
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample":
+                continue
+            if site["is_observed"] and name == "obs":
+                log_lik += float(site["log_prob_sum"])
+            elif i == 0:
+                log_prior += float(site["log_prob_sum"])
+        outputs.append(trace.nodes["_RETURN"]["value"])
+    return log_prior + scale * log_lik, outputs
 
 
 def _predictive_draw(model, outputs: list, generator: torch.Generator) -> np.ndarray:

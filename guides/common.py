@@ -50,7 +50,7 @@ def local_params(fn: Callable) -> Callable:
 
 
 _SCOPED = ("__init__", "__call__", "__getattr__", "__setattr__", "forward", "median", "quantiles", "marginals", "get_posterior",
-           "_setup_prototype", "_loc_scale", "low_rank", "loc", "scale", "load_state_dict")
+           "_setup_prototype", "_loc_scale", "low_rank", "loc", "scale", "site_loc", "prior_model", "load_state_dict")
 
 
 def scoped_guide(cls: type) -> type:

@@ -2,10 +2,12 @@
 
 Generative story, for a batch of ``B`` out of ``N`` examples::
 
-    w_s ~ prior(s)                      for every PEFT and head site s (scaled by kl_weight)
+    w_s ~ prior(s)                      for every PEFT and head site s
     f   = head_w(pool(backbone_w(x)))   the frozen backbone with the sampled deltas bound
-    y_i ~ likelihood(f_i)               inside plate("data", N), so log p(y) is scaled by N / B
+    y_i ~ likelihood(f_i)               inside plate("data", B)
 
+A fit steers the model from outside with effect handlers (:mod:`.effects`): ``DataSize(N)`` scales the
+likelihood by ``N / B``, ``KLWeight(beta)`` the weight sites by ``beta``, ``Flipout`` perturbs per example.
 Subclasses define the head's sites, how features become outputs, and the likelihood.
 """
 
@@ -15,7 +17,6 @@ import contextlib
 from typing import Any, ClassVar, Mapping
 
 import pyro
-import pyro.poutine as poutine
 import torch
 from pyro.nn import PyroModule
 from torch import nn
@@ -26,19 +27,14 @@ from pyro_bhpeft.config import ConfigError, PeftConfig
 from pyro_bhpeft.layers import PeftLayer, Site, architecture, inject
 from pyro_bhpeft.priors import Normal, Prior
 
-__all__ = ["BayesianPeftModel", "POOLINGS", "kl_scaled", "pool", "default_pooling"]
+from .effects import DATA_PLATE, active_flipout
+
+__all__ = ["BayesianPeftModel", "POOLINGS", "pool", "default_pooling"]
 
 POOLINGS = ("auto", "mean", "cls", "last")
 FOLD_ROWS = {"cpu": 32, "default": 256}  # backbone rows per forward when posterior draws are folded (by device)
 _BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 Batch = Mapping[str, torch.Tensor]
-
-
-def kl_scaled(weight: float):
-    """Scale the log-densities of the weight sites by ``weight`` (0 masks them: maximum likelihood)."""
-    if weight == 1.0:
-        return contextlib.nullcontext()
-    return poutine.mask(mask=False) if weight == 0 else poutine.scale(scale=weight)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:
@@ -83,10 +79,7 @@ class BayesianPeftModel(PyroModule):
         self.pooling = default_pooling(backbone) if pooling == "auto" else pooling
         self.hidden_size = int(backbone.config.hidden_size)
         self.peft_layers: list[PeftLayer] = inject(backbone, self.peft_config)  # plain list: not submodules
-        self.num_data: int | None = None  # full data size, for minibatch scaling (set by fit)
-        self.kl_weight: float = 1.0  # weight of log p(w) - log q(w); fit anneals it
-        self.prior_only: bool = False  # True: sample the weights and stop (a KL-only pass, no forward)
-        self.flipout_locs: Any = None  # name -> posterior mean, while fit trains with flipout (BLoB)
+        self.flipout_locs: Any = None  # name -> posterior mean: flipout outside a fit (a fit uses effects.Flipout)
         self._layer_sites = [(layer, [(local, f"{layer.path}.{local}") for local in layer.site_specs()])
                              for layer in self.peft_layers]
         self._site_specs = {name: site for layer in self.peft_layers for name, site in layer.sites().items()}
@@ -135,15 +128,19 @@ class BayesianPeftModel(PyroModule):
 
     def sample_weights(self) -> dict[str, torch.Tensor]:
         device = self._device()
-        with kl_scaled(self.kl_weight):
-            weights = {name: pyro.sample(name, self.site_prior(name).distribution(name, site.shape, device))
-                       for name, site in self._site_specs.items()}
-            weights.update(self.extra_latents())
-            joint = getattr(self.prior, "joint_log_prob", None)  # a prior with correlations across sites
-            log_prob = joint(weights) if joint is not None else None
-            if log_prob is not None:
-                pyro.factor("prior.joint", log_prob)
+        weights = {name: pyro.sample(name, self.site_prior(name).distribution(name, site.shape, device))
+                   for name, site in self._site_specs.items()}
+        weights.update(self.extra_latents())
+        joint = getattr(self.prior, "joint_log_prob", None)  # a prior with correlations across sites
+        log_prob = joint(weights) if joint is not None else None
+        if log_prob is not None:
+            pyro.factor("prior.joint", log_prob)
         return weights
+
+    def prior_model(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """The model without its likelihood: the weights drawn from the prior, no forward pass (a KL-only
+        ELBO, as BLoB's split step takes)."""
+        return self.sample_weights()
 
     def site_prior(self, name: str) -> Prior:
         """The prior of site ``name``: the model's, unless the site carries its own (the gates of gated LoRA) and
@@ -158,14 +155,11 @@ class BayesianPeftModel(PyroModule):
 
     def forward(self, batch: Batch, labels: torch.Tensor | None = None) -> Any:
         weights = self.sample_weights()
-        if self.prior_only:
-            return None
         out = self.run(weights, batch)
         labels = labels.to(self._device()) if labels is not None else None
         size = next(iter(batch.values())).shape[0]
-        full = self.num_data if self.num_data is not None else size
-        with pyro.plate("data", size=full, subsample=torch.arange(size, device=self._device())):
-            self.likelihood(out, labels)
+        with pyro.plate(DATA_PLATE, size=size, subsample=torch.arange(size, device=self._device())):
+            self.likelihood(out, labels)  # effects.DataSize scales it to the full data
         return out
 
     def run(self, weights: Mapping[str, torch.Tensor], batch: Batch) -> Any:
@@ -194,7 +188,7 @@ class BayesianPeftModel(PyroModule):
         if max_rows is None:
             max_rows = FOLD_ROWS.get(self._device().type, FOLD_ROWS["default"])
         per_pass = max(1, max_rows // max(1, flat_rows))
-        foldable = self.flipout_locs is None and all(layer.batched_samples for layer in self.peft_layers)
+        foldable = self._flipout() is None and all(layer.batched_samples for layer in self.peft_layers)
         if not foldable or per_pass == 1 or len(draws) == 1:
             return [self.run(w, batch) for w in draws]
         outs: list[Any] = []
@@ -220,11 +214,12 @@ class BayesianPeftModel(PyroModule):
         """Bind sampled PEFT tensors to their layers for the duration of a forward pass; ``group`` backbone rows
         make one example (the choices of a question), so flipout gives them one perturbation; ``samples=K``:
         the tensors stack ``K`` draws and the rows are ``K`` copies of the batch (:meth:`run_samples`)."""
+        flipout = self._flipout()
         try:
             for layer, names in self._layer_sites:
                 mine = {local: weights[full] for local, full in names if full in weights}
-                if mine and self.flipout_locs is not None:  # the means too: flipout perturbs around them
-                    locs = {f"{local}:loc": self.flipout_locs(full) for local, full in names if full in weights}
+                if mine and flipout is not None:  # the means too: flipout perturbs around them
+                    locs = {f"{local}:loc": flipout(full) for local, full in names if full in weights}
                     mine.update({k: v for k, v in locs.items() if v is not None})
                     mine["flipout:group"] = group
                 layer.bind(mine or None, samples=samples if mine else None)  # no weights given: inactive
@@ -232,6 +227,10 @@ class BayesianPeftModel(PyroModule):
         finally:
             for layer in self.peft_layers:
                 layer.bind(None)
+
+    def _flipout(self) -> Any:
+        """The guide's means to perturb around: an active :class:`~.effects.Flipout`'s, else ``flipout_locs``."""
+        return active_flipout() or self.flipout_locs
 
     def _device(self) -> torch.device:
         return next(self.backbone.parameters()).device

@@ -19,33 +19,25 @@ Example::
     result = fit(model, MeanField(model), loader, epochs=1, lr=2e-3, scale_lr=0.05)
     result.nll[-1], result.kl[-1]       # the two terms of the final loss, per example
     result.warnings                     # e.g. "posterior scales never left their start ..."
+
+The options live in one dataclass, :class:`FitOptions`; the loop is :class:`~pyro_bhpeft.trainer.Trainer`
+(a step function and callbacks: progress, checkpoints, data parallelism).
 """
 
 from __future__ import annotations
 
-import contextlib
-import fnmatch
 import math
 import statistics
-import sys
-import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping
 
 import pyro
-import pyro.poutine as poutine
 import torch
-from pyro.infer import Trace_ELBO
-from pyro.poutine.messenger import Messenger
-from tqdm.auto import tqdm
 
-from .config import ConfigError
-from .checkpoint import Checkpoint, FitInterrupted, StopOnInterrupt, load_state, rng_state, save_state, set_rng_state
-from .distributed import world, wrap_loss
+from .checkpoint import Checkpoint
 from .posterior import Posterior
 
-__all__ = ["fit", "FitResult", "KLStep", "kl_schedule", "blob_kl_weight", "scale_warnings", "lr_factor"]
+__all__ = ["fit", "FitOptions", "FitResult", "KLStep", "kl_schedule", "blob_kl_weight", "scale_warnings", "lr_factor"]
 
 
 @dataclass(frozen=True)
@@ -69,6 +61,49 @@ class KLStep:
 
 
 @dataclass(frozen=True)
+class FitOptions:
+    """Everything :func:`fit` takes besides the model, guide and data, with its defaults.
+
+    ``scale_lr`` is the learning rate of the posterior scales (default: ``lr``); ``site_lr`` maps glob patterns
+    of site names to the learning rate of their locations (e.g. ``{"*.rank_gate": 0.05}``); every learning rate
+    warms up over the first ``warmup_ratio`` of the steps, then decays exponentially to ``final_lr_factor``
+    times its start by the last step, or with ``lr_decay="linear"`` linearly to 0 (:func:`lr_factor`);
+    ``kl_weight`` multiplies the KL term (1 = the true ELBO) and can be annealed in over ``kl_anneal_steps``;
+    ``kl_step`` switches to BLoB's split step; ``flipout`` (mean-field guides) decorrelates the LoRA ``A``
+    noise across the examples of a batch. The same ``seed`` gives the same posterior. ``checkpoint``: a
+    :class:`~pyro_bhpeft.checkpoint.Checkpoint`.
+    """
+
+    num_data: int | None = None
+    epochs: int = 1
+    max_steps: int | None = None
+    lr: float = 2e-3
+    scale_lr: float | None = None
+    final_lr_factor: float = 1.0
+    weight_decay: float = 0.0
+    kl_weight: float = 1.0
+    kl_anneal_steps: int = 0
+    kl_step: KLStep | None = None
+    flipout: bool = False
+    warmup_ratio: float = 0.0
+    lr_decay: str = "none"
+    site_lr: Mapping[str, float] | None = None
+    clip_norm: float | None = 1.0
+    num_particles: int = 1
+    seed: int = 0
+    progress: bool = True
+    backbone_name: str | None = None
+    meta: dict | None = None
+    checkpoint: Checkpoint | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs} (max_steps only caps the steps of those epochs)")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 when given, got {self.max_steps}")
+
+
+@dataclass(frozen=True)
 class FitResult:
     """What a fit produced: the posterior and its training curves (per example, one entry per step)."""
 
@@ -86,15 +121,15 @@ class FitResult:
 
     @property
     def final_loss(self) -> float:
-        return _tail_mean(self.history)
+        return tail_mean(self.history)
 
     @property
     def final_nll(self) -> float:
-        return _tail_mean(self.nll)
+        return tail_mean(self.nll)
 
     @property
     def final_kl(self) -> float:
-        return _tail_mean(self.kl)
+        return tail_mean(self.kl)
 
     def summary(self) -> str:
         """One line: steps, time, and the final NLL and KL per example."""
@@ -102,7 +137,7 @@ class FitResult:
         return f"{self.steps} steps in {self.seconds:.0f} s: NLL {self.final_nll:.4f}{kl} per example"
 
 
-def _tail_mean(values: list[float], n: int | None = None) -> float:
+def tail_mean(values: list[float], n: int | None = None) -> float:
     """Mean of the last ``n`` values (default: the last tenth)."""
     tail = values[-(n or max(1, len(values) // 10)):]
     return sum(tail) / len(tail) if tail else float("nan")
@@ -123,59 +158,6 @@ def blob_kl_weight(step: int, steps_per_epoch: int) -> float:
     return math.exp((i - m - 1) * math.log(2.0)) / (1.0 - 2.0 ** -(m + 1))
 
 
-class _Likelihood(Messenger):
-    """Records the (plate-scaled) log-likelihood of the observed sites inside the data plate."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.value = 0.0
-
-    def _postprocess_message(self, msg: dict) -> None:
-        if msg["type"] == "sample" and msg["is_observed"] and any(f.name == "data" for f in msg["cond_indep_stack"]):
-            self.value += float(msg["fn"].log_prob(msg["value"]).detach().sum()) * float(msg["scale"])
-
-
-def _param_groups(guide: torch.nn.Module, lr: float, scale_lr: float, weight_decay: float,
-                  site_lr: Mapping[str, float] | None = None) -> list[dict]:
-    """Posterior scales (and low-rank factors) may learn at their own rate, and so may the locations of the
-    sites whose names match a pattern of ``site_lr`` (the first matching pattern wins)."""
-    from pyro_bhpeft.guides import variance_parameters
-
-    params = [p for p in guide.parameters() if p.requires_grad]
-    ids = {id(p) for p in variance_parameters(guide)}
-    own: dict[str, list] = {pattern: [] for pattern in site_lr or {}}
-    for name, p in guide.named_parameters():  # locations of sites with a learning rate of their own
-        site = name.removeprefix("locs.").removesuffix("_unconstrained")  # PyroParam's storage name
-        pattern = next((pat for pat in own if fnmatch.fnmatchcase(site, pat)), None)
-        if name.startswith("locs.") and pattern is not None and p.requires_grad:
-            own[pattern].append(p)
-    if any(not ps for ps in own.values()):
-        raise ConfigError(f"no site of the guide matches the learning-rate pattern(s) {[k for k, v in own.items() if not v]}")
-    taken = {id(p) for ps in own.values() for p in ps}
-    locs = [p for p in params if id(p) not in ids and id(p) not in taken]
-    scales = [p for p in params if id(p) in ids]
-    groups = [{"params": locs, "lr": lr, "weight_decay": weight_decay}]
-    if scales:
-        groups.append({"params": scales, "lr": scale_lr, "weight_decay": 0.0})
-    groups += [{"params": ps, "lr": site_lr[pat], "weight_decay": 0.0} for pat, ps in own.items()]
-    return groups
-
-
-def _num_data(data: Iterable, num_data: int | None) -> int:
-    if num_data is not None:
-        return int(num_data)
-    dataset = getattr(data, "dataset", None)
-    if dataset is None:
-        raise ValueError("fit needs num_data (the full training size) when data is not a DataLoader")
-    return len(dataset)
-
-
-def _mean_scales(guide: Any) -> dict[str, float] | None:
-    if not hasattr(guide, "marginals"):
-        return None
-    return {name: float(scale.mean()) for name, (_, scale) in guide.marginals().items() if scale is not None}
-
-
 def scale_warnings(steps: list[int], trace: dict[str, list[float]]) -> list[str]:
     """One line per problem with the posterior scales: they never left their start (median change
     under 25 %), or they were still moving at the end (median change over 10 % in the last fifth)."""
@@ -194,86 +176,6 @@ def scale_warnings(steps: list[int], trace: dict[str, list[float]]) -> list[str]
     return out
 
 
-class _KLScaledGuide(torch.nn.Module):
-    """The guide with its log-density scaled by the current KL weight, matching the model's prior."""
-
-    def __init__(self, guide: torch.nn.Module) -> None:
-        super().__init__()
-        self.guide = guide
-        self.weight = 1.0
-
-    def forward(self, *args, **kwargs):
-        from pyro_bhpeft.models.base import kl_scaled
-
-        with kl_scaled(self.weight):
-            return self.guide(*args, **kwargs)
-
-
-@dataclass
-class _Steps:
-    """The optimisers and losses of one fit, and its curves."""
-
-    model: Any
-    guide: Any
-    loss_fn: Any
-    scaled_guide: _KLScaledGuide
-    optimizer: torch.optim.Optimizer
-    schedule: Any
-    params: list
-    clip_norm: float | None
-    kl_step: KLStep | None = None
-    kl_loss: Any = None
-    kl_optimizer: torch.optim.Optimizer | None = None
-    kl_schedule: Any = None
-    flipout: bool = False
-    num_particles: int = 1
-
-    def _nll_loss(self, inputs, labels, beta: float) -> tuple[torch.Tensor, float]:
-        recorder = _Likelihood()
-        self.model.kl_weight = self.scaled_guide.weight = beta
-        if self.flipout:
-            self.model.flipout_locs = self.guide.site_loc
-        try:
-            with recorder:
-                loss = self.loss_fn(inputs, labels) / self.model.num_data
-        finally:
-            self.model.flipout_locs = None
-        return loss, -recorder.value / self.num_particles / self.model.num_data
-
-    def take(self, inputs, labels, beta: float, pi: float) -> tuple[float, float, float]:
-        """One step; returns (loss, nll, kl) per example."""
-        if self.kl_step is None:
-            loss, nll = self._nll_loss(inputs, labels, beta)
-            self._step(loss, self.optimizer, self.schedule)
-            kl = (float(loss.detach()) - nll) / beta if beta > 0 else float("nan")
-            return float(loss.detach()), nll, kl
-        loss, nll = self._nll_loss(inputs, labels, 0.0)
-        self._step(loss, self.optimizer, self.schedule)
-        self.model.kl_weight = self.scaled_guide.weight = 1.0
-        self.model.prior_only = True
-        try:
-            kl_total = self.kl_loss(inputs, labels)
-        finally:
-            self.model.prior_only = False
-        self._step(beta * pi * kl_total, self.kl_optimizer, self.kl_schedule, clip=False)  # as BLoB: unclipped
-        kl = float(kl_total.detach()) / self.model.num_data
-        return nll + beta * kl, nll, kl
-
-    def _step(self, loss: torch.Tensor, optimizer, schedule, clip: bool = True) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip and self.clip_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
-        optimizer.step()
-        schedule.step()
-
-
-def _elbo_for(guide: Any, num_particles: int):
-    from pyro_bhpeft.guides import elbo_for
-
-    return elbo_for(guide, num_particles)  # analytic KL where the guide's sites allow it; Monte Carlo otherwise
-
-
 def lr_factor(step: int, total: int, final_factor: float = 1.0, warmup_ratio: float = 0.0,
               decay: str = "none") -> float:
     """The learning-rate multiplier at ``step`` (0-based) of ``total``: a linear warm-up over the first
@@ -288,139 +190,7 @@ def lr_factor(step: int, total: int, final_factor: float = 1.0, warmup_ratio: fl
     return final_factor ** (step / max(1, total - 1))
 
 
-def _decay(optimizer: torch.optim.Optimizer, factor: float, total: int, warmup_ratio: float = 0.0,
-           decay: str = "none"):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, factor, warmup_ratio, decay))
-
-
-def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], *, num_data: int | None = None,
-        epochs: int = 1, max_steps: int | None = None, lr: float = 2e-3, scale_lr: float | None = None,
-        final_lr_factor: float = 1.0, weight_decay: float = 0.0, kl_weight: float = 1.0, kl_anneal_steps: int = 0,
-        kl_step: KLStep | None = None, flipout: bool = False, warmup_ratio: float = 0.0, lr_decay: str = "none",
-        site_lr: Mapping[str, float] | None = None, clip_norm: float | None = 1.0,
-        num_particles: int = 1, seed: int = 0, progress: bool = True, backbone_name: str | None = None,
-        meta: dict | None = None, checkpoint: Checkpoint | None = None) -> FitResult:
-    """Run SVI over ``epochs`` passes of ``data`` (batches of ``(inputs, labels)``).
-
-    ``scale_lr`` is the learning rate of the posterior scales (default: ``lr``); ``site_lr`` maps glob patterns of
-    site names to the learning rate of their locations (e.g. ``{"*.rank_gate": 0.05}``); every learning rate
-    warms up over the first ``warmup_ratio`` of the steps, then decays exponentially to ``final_lr_factor``
-    times its start by the last step, or with ``lr_decay="linear"`` linearly to 0 (:func:`lr_factor`); ``kl_weight``
-    multiplies the KL term (1 = the true ELBO) and can be annealed in over ``kl_anneal_steps``;
-    ``kl_step`` switches to BLoB's split step; ``flipout`` (mean-field guides) decorrelates the
-    LoRA ``A`` noise across the examples of a batch. The same ``seed`` gives the same posterior.
-
-    With a :class:`~pyro_bhpeft.checkpoint.Checkpoint` the fit saves its state every ``checkpoint.every``
-    steps, and on Ctrl-C at the end of the current step (then raises
-    :class:`~pyro_bhpeft.checkpoint.FitInterrupted`); ``checkpoint.resume`` continues from the saved step to
-    the posterior an uninterrupted fit gives.
-    """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs} (max_steps only caps the steps of those epochs)")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps must be >= 1 when given, got {max_steps}")
-    from pyro_bhpeft.guides import is_factorised
-
-    if flipout and not is_factorised(guide):
-        raise ValueError(f"flipout needs a mean-field guide (per-site loc and scale), not {type(guide).__name__}")
-    pyro.set_rng_seed(seed)
-    model.num_data = _num_data(data, num_data)
-    batches = list(data) if not hasattr(data, "__len__") else data
-    with torch.no_grad(), poutine.block():
-        guide(*next(iter(batches)))  # set the guide's parameters up
-    _check_priors(model, guide)
-    total = epochs * len(batches) if max_steps is None else min(max_steps, epochs * len(batches))
-    schedule = {"factor": final_lr_factor, "total": total, "warmup_ratio": warmup_ratio, "decay": lr_decay}
-    steps = _make_steps(model, guide, lr, scale_lr, weight_decay, schedule, clip_norm, num_particles, kl_step, flipout,
-                        site_lr)
-    rank, world_size = world()
-    if world_size > 1:  # data parallel: gradients averaged across ranks, each rank's noise its own
-        steps.loss_fn = wrap_loss(steps.loss_fn)
-        pyro.set_rng_seed(seed + rank)
-        progress = progress and rank == 0
-    record_every = max(1, total // 50)
-    curves: dict[str, list] = {"loss": [], "nll": [], "kl": [], "beta": [], "time": [], "scale_steps": []}
-    trace: dict[str, list[float]] = {}
-    _record_scales(guide, 0, curves, trace)
-    step, resumed_rng, earlier = 0, None, 0.0  # earlier: seconds spent before the checkpoint
-    if checkpoint is not None and checkpoint.resume:
-        step, curves, trace, resumed_rng, earlier = _restore(load_state(checkpoint), steps, model)
-    bar = tqdm(total=total, initial=step, desc="fit", disable=not progress, unit="step", dynamic_ncols=True)
-    start, skip = time.perf_counter(), step  # resuming: replay the data order up to the saved step
-    stop = StopOnInterrupt() if checkpoint is not None else contextlib.nullcontext()
-    with stop:
-        while step < total:
-            for inputs, labels in batches:
-                if skip:
-                    skip -= 1
-                    continue
-                if resumed_rng is not None:  # here, not before the loop: a DataLoader's iterator draws from it
-                    set_rng_state(resumed_rng)
-                    resumed_rng = None
-                tick = time.perf_counter()
-                beta = kl_schedule(step, kl_weight, kl_anneal_steps)
-                pi = blob_kl_weight(step, len(batches)) if kl_step and kl_step.schedule == "blob" else 1.0 / len(batches)
-                loss, nll, kl = steps.take(inputs, labels, beta, pi)
-                for key, value in (("loss", loss), ("nll", nll), ("kl", kl), ("beta", beta),
-                                   ("time", time.perf_counter() - tick)):
-                    curves[key].append(value)
-                step += 1
-                bar.update(1)
-                if step % record_every == 0 or step == total:
-                    _record_scales(guide, step, curves, trace)
-                if step % 10 == 0:
-                    shown = {"nll": f"{_tail_mean(curves['nll'], 10):.4f}"}
-                    if beta > 0:  # a point estimate (or a fit with its KL switched off) has no KL to show
-                        shown.update(kl=f"{_tail_mean(curves['kl'], 10):.4f}", kl_w=f"{beta:.2f}")
-                    bar.set_postfix(shown)
-                if step >= total:
-                    break
-                if checkpoint is not None and (stop.requested or (checkpoint.every and step % checkpoint.every == 0)):
-                    save_state(checkpoint.path, _capture(steps, model, step, curves, trace, checkpoint.identity,
-                                                         earlier + time.perf_counter() - start))
-                    if stop.requested:
-                        bar.close()
-                        raise FitInterrupted(step, total, Path(checkpoint.path))
-    bar.close()
-    model.kl_weight = 1.0
-    warnings = scale_warnings(curves["scale_steps"], trace)
-    for line in warnings if progress else ():
-        print(f"fit: warning: {line}", file=sys.stderr)
-    posterior = Posterior(model, guide, backbone_name=backbone_name, meta=meta)
-    return FitResult(posterior, curves["loss"], curves["beta"], curves["time"], step, earlier + time.perf_counter() - start,
-                     curves["nll"], curves["kl"], curves["scale_steps"], trace, warnings)
-
-
-def _capture(steps: _Steps, model: Any, step: int, curves: dict, trace: dict, identity: Any,
-             seconds: float) -> dict[str, Any]:
-    """Everything the rest of the fit depends on (see :mod:`pyro_bhpeft.checkpoint`)."""
-    optimisers = [(steps.optimizer, steps.schedule), (steps.kl_optimizer, steps.kl_schedule)]
-    return {"step": step, "identity": identity, "seconds": seconds, "guide": steps.guide.state_dict(), "rng": rng_state(),
-            "prior": [p.detach().clone() for p in _hyper(model)], "curves": curves, "trace": trace,
-            "optimisers": [(o.state_dict(), s.state_dict()) if o is not None else None for o, s in optimisers]}
-
-
-def _restore(state: dict[str, Any], steps: _Steps, model: Any) -> tuple[int, dict, dict, dict, float]:
-    """Load the saved guide, prior scales and optimiser state; returns step, curves, trace, the RNG state
-    to set at the first step trained after the replayed ones, and the seconds spent before."""
-    steps.guide.load_state_dict(state["guide"])
-    with torch.no_grad():
-        for p, saved in zip(_hyper(model), state["prior"]):
-            p.copy_(saved)
-    for (optimizer, schedule), saved in zip([(steps.optimizer, steps.schedule), (steps.kl_optimizer, steps.kl_schedule)],
-                                            state["optimisers"]):
-        if optimizer is not None and saved is not None:
-            optimizer.load_state_dict(saved[0])
-            schedule.load_state_dict(saved[1])
-    return state["step"], state["curves"], state["trace"], state["rng"], state["seconds"]
-
-
-def _hyper(model: Any) -> list[torch.Tensor]:
-    """The learned prior scales of ``model`` (empirical Bayes), if any."""
-    return list(getattr(getattr(model, "prior", None), "parameters", lambda: [])())
-
-
-def _check_priors(model: Any, guide: Any) -> None:
+def check_priors(model: Any, guide: Any) -> None:
     """One line instead of an unbounded objective: a random site under a flat prior, or learned prior scales
     under a point mass (joint MAP over weights and prior scales has no maximum)."""
     from pyro_bhpeft.guides import is_factorised, is_point_mass
@@ -440,30 +210,29 @@ def _check_priors(model: Any, guide: Any) -> None:
                              "make it a point mass (deterministic=...) or give it a prior")
 
 
-def _record_scales(guide: Any, step: int, curves: dict[str, list], trace: dict[str, list[float]]) -> None:
-    scales = _mean_scales(guide)
-    if scales:
-        curves["scale_steps"].append(step)
-        for name, value in scales.items():
-            trace.setdefault(name, []).append(value)
+def fit(model: Any, guide: Any, data: Iterable[tuple[dict, torch.Tensor]], options: FitOptions | None = None,
+        **changes: Any) -> FitResult:
+    """Run SVI over ``options.epochs`` passes of ``data`` (batches of ``(inputs, labels)``); the options are a
+    :class:`FitOptions`, or its fields as keywords (``fit(model, guide, loader, epochs=2, lr=1e-2)``).
+
+    With a :class:`~pyro_bhpeft.checkpoint.Checkpoint` the fit saves its state every ``checkpoint.every``
+    steps, and on Ctrl-C at the end of the current step (then raises
+    :class:`~pyro_bhpeft.checkpoint.FitInterrupted`); ``checkpoint.resume`` continues from the saved step to
+    the posterior an uninterrupted fit gives.
+    """
+    from .trainer import Trainer
+
+    options = FitOptions(**changes) if options is None else replace(options, **changes)
+    from pyro_bhpeft.guides import is_factorised
+
+    if options.flipout and not is_factorised(guide):
+        raise ValueError(f"flipout needs a mean-field guide (per-site loc and scale), not {type(guide).__name__}")
+    return Trainer(model, guide, options).run(data)
 
 
-def _make_steps(model, guide, lr, scale_lr, weight_decay, schedule, clip_norm, num_particles, kl_step,
-                flipout, site_lr=None) -> _Steps:
-    groups = _param_groups(guide, lr, scale_lr or lr, weight_decay, site_lr)
-    hyper = _hyper(model)
-    if hyper:  # empirical Bayes: prior scales learn with the posterior scales
-        groups.append({"params": hyper, "lr": scale_lr or lr, "weight_decay": 0.0})
-    optimizer = torch.optim.Adam(groups)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    scaled_guide = _KLScaledGuide(guide)
-    steps = _Steps(model, guide, _elbo_for(guide, num_particles)(model, scaled_guide), scaled_guide, optimizer,
-                   _decay(optimizer, **schedule), params, clip_norm, flipout=flipout,
-                   num_particles=num_particles)
-    if kl_step is not None:
-        steps.kl_step = kl_step
-        steps.kl_loss = _elbo_for(guide, 1)(model, scaled_guide)
-        guide_params = [p for p in params if not any(p is h for h in hyper)]  # prior scales learn in the Adam step
-        steps.kl_optimizer = torch.optim.SGD(guide_params, lr=kl_step.lr)
-        steps.kl_schedule = _decay(steps.kl_optimizer, **schedule)
-    return steps
+def __getattr__(name: str) -> Any:
+    if name == "_Steps":  # the step function's earlier name (tests patch its ``take``)
+        from .trainer import Stepper
+
+        return Stepper
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

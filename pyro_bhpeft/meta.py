@@ -73,6 +73,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .config import ConfigError
+from .models.effects import DataSize, KLWeight
 from .priors import Prior, register_prior
 
 __all__ = ["HierarchicalPrior", "TaskGuide", "MetaConfig", "MetaResult", "adapt", "meta_fit", "meta_loss"]
@@ -190,13 +191,10 @@ class TaskGuide:
         return mu + sigma * self.z[name], sigma * self.u[name].exp()
 
     def __call__(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        from .models.base import kl_scaled
-
-        out = {}
-        with kl_scaled(self.model.kl_weight):  # the KL is weighted on both sides (TraceMeanField_ELBO reads the guide's)
-            for name in self.model.sites:
-                loc, scale = self.marginal(name)
-                out[name] = pyro.sample(name, dist.Normal(loc, scale).to_event(loc.dim()))
+        out = {}  # run under the model's KLWeight: the KL is weighted on both sides (TraceMeanField_ELBO reads the guide's)
+        for name in self.model.sites:
+            loc, scale = self.marginal(name)
+            out[name] = pyro.sample(name, dist.Normal(loc, scale).to_event(loc.dim()))
         return out
 
     @torch.no_grad()
@@ -212,8 +210,8 @@ class TaskGuide:
 
 def _task_loss(model: Any, guide: TaskGuide, batch: tuple, num_data: int, beta: float) -> torch.Tensor:
     """``-ELBO`` of one task on ``batch`` (its likelihood scaled to ``num_data`` examples, the KL by ``beta``)."""
-    model.num_data, model.kl_weight = num_data, beta
-    return TraceMeanField_ELBO().differentiable_loss(model, guide, *batch)
+    with DataSize(num_data), KLWeight(beta):
+        return TraceMeanField_ELBO().differentiable_loss(model, guide, *batch)
 
 
 def adapt(model: Any, prior: HierarchicalPrior, support: Sequence[tuple], *, steps: int = 10, lr: float = 0.1,
@@ -254,14 +252,13 @@ def meta_loss(model: Any, prior: HierarchicalPrior, tasks: Mapping[str, tuple[Ta
         pyro.factor("theta.hyperprior", gamma * prior.log_hyperprior())
         for i in pyro.plate("tasks", num_tasks, subsample=torch.arange(len(names))):
             guide, batch, n = tasks[names[i]]
-            model.num_data, model.kl_weight = n, beta
-            with scope(prefix=names[i]):
+            with scope(prefix=names[i]), DataSize(n), KLWeight(beta):
                 model(*batch)
 
     def meta_guide():
         for i in pyro.plate("tasks", num_tasks, subsample=torch.arange(len(names))):
             guide = tasks[names[i]][0]
-            with scope(prefix=names[i]):
+            with scope(prefix=names[i]), KLWeight(beta):
                 guide()
 
     return TraceMeanField_ELBO().differentiable_loss(meta_model, meta_guide)
@@ -351,7 +348,6 @@ def meta_fit(model: Any, tasks: Mapping[str, Sequence[tuple]], config: MetaConfi
         history.append(float(loss.detach()) / (len(names) * statistics.fmean(sizes.values())))
         kl_history.append(statistics.fmean(config.beta * g.kl() / n for g, _, n in episode.values()))
         bar.set_postfix(loss=f"{history[-1]:.4f}", kl=f"{kl_history[-1]:.4f}")
-    model.kl_weight, model.num_data = 1.0, None
     return MetaResult(prior, history, time.perf_counter() - start, kl_history)
 
 

@@ -20,6 +20,7 @@ from pyro_bhpeft.guides import Delta, LowRank, MeanField
 from pyro_bhpeft.infer import kl_schedule
 from pyro_bhpeft.models import MultipleChoice, Regressor, SequenceClassifier
 from pyro_bhpeft.models.base import pool
+from pyro_bhpeft.models.effects import DataSize, KLWeight
 from pyro_bhpeft.layers.delta import DeltaConfig
 
 N, SEQ, CHOICES, LABELS = 6, 7, 3, 3
@@ -242,16 +243,16 @@ def test_loss_is_the_scaled_likelihood_plus_kl_weight_times_the_prior_term(make_
             expected = float((num_data / N * nll - beta * log_prior) / num_data)
             assert _delta_loss(model, guide, data, beta, num_data) == pytest.approx(expected, rel=1e-5)
     assert all(torch.equal(v, w[n]) for n, v in guide.median().items())  # evaluated at the same point throughout
-    assert model.kl_weight == 1.0  # fit restores the true model
+    assert not {"kl_weight", "num_data", "prior_only"} & set(vars(model))  # fit steers by effects, sets nothing
 
 
 @pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
 def test_model_weights_its_prior_sites_by_kl_weight(beta, make_bert, make_tokens):
     """log p(y, w) of a traced model = (num_data / batch) log p(y | w) + beta log p(w), for any guide's ELBO."""
     model = Regressor(make_bert(), KINDS["lora"](TARGETS["bert"]), priors.Laplace(0.4))
-    model.num_data, model.kl_weight = 3 * N, beta
     batch, labels = labelled("regressor", make_tokens)
-    trace = poutine.trace(model).get_trace(batch, labels)
+    with KLWeight(beta), DataSize(3 * N):
+        trace = poutine.trace(model).get_trace(batch, labels)
     trace.compute_log_prob()
     w = {n: trace.nodes[n]["value"] for n in model.latent_names()}
     with torch.no_grad():
@@ -282,7 +283,6 @@ def test_kl_schedule_ramps_linearly_and_fit_records_it(make_bert, make_tokens):
     data = [labelled("classifier", make_tokens)]
     result = fit(model, MeanField(model), data, num_data=N, epochs=6, kl_anneal_steps=4, progress=False)
     assert result.kl_weights == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    assert model.kl_weight == 1.0
 
 
 def _fit_and_predict(seed: int, make_bert, make_tokens):
