@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from ..config import ConfigError, LoraConfig, PeftConfig
 from .bench import Bench, Scored
 from .peers import (LAPLACE, PEFT_LORA, TFB_SAMPLES, TFB_THRESHOLD, ivon_authors, ivon_method, laplace_fit,
-                    laplace_torch_method, peft_lora, peft_model, tfb_method)
+                    laplace_torch_method, peft_lora, tfb_method)
 from .record import METHODS, Method, available_methods, cached_fit, library_methods_registered, register_method
 
 __all__ = ["Method", "METHODS", "DEFAULT_METHODS", "register_method", "available_methods", "cached_fit",
