@@ -301,12 +301,28 @@ class BayesianPEFT:
         return "shared-trunk" if shares else "sample"
 
     def evaluate(self, data: Any, *, samples: int | None = None, seed: int = 0, split: str = "test") -> dict:
-        """Accuracy, NLL, Brier, ECE (or MSE, Gaussian NLL, coverage) of labelled ``data`` under the posterior."""
+        """Accuracy, NLL, Brier, ECE (or MSE, Gaussian NLL, coverage; a language model's token perplexity, accuracy,
+        ECE and NLL) of labelled ``data`` under the posterior."""
         from .predict import DEFAULT_SAMPLES
         from .runs import evaluate_split
 
         k = DEFAULT_SAMPLES if samples is None else samples
+        if self.spec is not None and self.spec.kind == "language_model":
+            from .language import token_metrics
+
+            return token_metrics(self.posterior, self.loader(data, split=split), num_samples=k, seed=seed)
         return evaluate_split(self.posterior, self.loader(data, split=split), k, seed=seed)
+
+    def generate(self, prompts: Sequence[str], *, samples: int | None = None, max_new_tokens: int = 16,
+                 seed: int = 0) -> list[dict]:
+        """Greedy answers under the posterior mean, each with its likelihood under ``samples`` posterior draws,
+        predictive and expected NLL, and token entropy and mutual information (:func:`pyro_bhpeft.language.generate`)."""
+        from .language import generate
+        from .predict import DEFAULT_SAMPLES
+
+        k = DEFAULT_SAMPLES if samples is None else samples
+        return generate(self.posterior, self.backbone.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                        num_samples=k, seed=seed)
 
     def inference_data(self, data: Any = None, *, samples: int = 100, seed: int = 0, split: str = "train"):
         """ArviZ ``InferenceData`` of the posterior (with ``data``: predictive, observed and log-likelihood)."""

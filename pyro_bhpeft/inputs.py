@@ -2,7 +2,8 @@
 
 Data: a ``TaskData``, a ``datasets.Dataset`` or ``DatasetDict``, a pandas DataFrame, a dict of columns, or
 ``(texts, labels)``; labels as class names (strings), class indices, or real values (regression). A task: a
-``TaskData``, a ``TaskSpec``, a registered task name, ``"regression"``, or ``num_labels``.
+``TaskData``, a ``TaskSpec``, a registered task name, ``"regression"``, ``"language-model"`` (``prompt`` and
+``response`` columns: the response is the target), or ``num_labels``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def task_spec(task: Any, num_labels: int | None):
         return task
     if task == "regression":
         return TaskSpec("regression", "regression")
+    if task == "language-model":
+        return TaskSpec("language-model", "language_model")
     if isinstance(task, str):
         if task not in TASKS:
             raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}, or pass num_labels=")
@@ -79,7 +82,7 @@ def as_task_data(data: Any, spec: Any, *, split: str = "train"):
     """``data`` as a :class:`TaskData` of ``spec`` (inferred from the labels when None), in split ``split``."""
     import datasets
 
-    from .data import TaskData
+    from .data import TaskData, TaskSpec
     from .data.types import features_for
 
     if isinstance(data, TaskData):
@@ -89,6 +92,10 @@ def as_task_data(data: Any, spec: Any, *, split: str = "train"):
     else:
         splits = {split: _columns(data)}
     first = next(iter(splits.values()))
+    if (spec is None or spec.kind == "language_model") and {"prompt", "response"} <= set(first):
+        spec = spec or TaskSpec("language-model", "language_model")
+        splits = {name: {**cols, "label": [0] * len(cols["prompt"])} for name, cols in splits.items()}
+        first = next(iter(splits.values()))
     if "label" not in first:
         raise ConfigError(f"the data has no 'label' column (columns: {', '.join(first)}); rename the target column")
     spec = spec or _infer_spec(first["label"])

@@ -34,20 +34,14 @@ __all__ = ["lm_batches", "token_metrics", "generate", "selective_answering", "no
 
 def lm_batches(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *, max_length: int = 64,
                batch_size: int = 8, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """Batches ``(inputs, None)``: ``input_ids``, ``attention_mask``, ``target_mask`` (batch, max_length)."""
+    """Batches ``(inputs, None)``: ``input_ids``, ``attention_mask``, ``target_mask`` (batch, max_length), as
+    :func:`~pyro_bhpeft.data.responses.response_rows` encodes them."""
+    from .data.responses import response_rows
+
     if len(prompts) != len(responses) or not prompts:
         raise ValueError(f"need as many responses as prompts (got {len(prompts)} and {len(responses)}), at least one")
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    rows = []
-    for prompt, response in zip(prompts, responses):
-        answer = tokenizer.encode(response, add_special_tokens=False) + ([eos] if eos is not None else [])
-        if len(answer) >= max_length:
-            raise ValueError(f"a response is {len(answer)} tokens, at least max_length ({max_length}); raise it")
-        context = tokenizer.encode(prompt, add_special_tokens=False)[-(max_length - len(answer)):]
-        fill = max_length - len(context) - len(answer)
-        rows.append({"input_ids": context + answer + [pad] * fill,
-                     "attention_mask": [1] * (len(context) + len(answer)) + [0] * fill,
-                     "target_mask": [0] * len(context) + [1] * len(answer) + [0] * fill})
+    encoded = response_rows(tokenizer, prompts, responses, max_length)
+    rows = [dict(zip(encoded, values)) for values in zip(*encoded.values())]
     order = RandomSampler(rows, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(rows)
     return DataLoader(rows, batch_size=batch_size, sampler=order,
                       collate_fn=lambda b: ({k: torch.tensor([r[k] for r in b]) for k in b[0]}, None))

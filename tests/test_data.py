@@ -518,14 +518,15 @@ def test_a_data_kind_registered_from_outside_loads_tokenizes_and_batches(tmp_pat
     finally:
         DATA_KINDS.unregister("ordinal")
     assert KINDS == ("classification", "multiple_choice", "regression", "answer_choice", "cloze_choice",
-                     "cloze_choice_mean")
+                     "cloze_choice_mean", "language_model")
     with pytest.raises(DataError, match="unknown task kind 'ordinal'"):
         load_files(train, kind="ordinal", text_column="review", label_column="stars")
 
 
 def test_an_unknown_kind_gets_one_line_that_names_the_registered_kinds(tmp_path):
     train = _write(pd.DataFrame({"text": ["a", "b"] * 10, "label": ["pos", "neg"] * 10}), tmp_path / "train.csv")
-    choices = "classification, multiple_choice, regression, answer_choice, cloze_choice, cloze_choice_mean"
+    choices = ("classification, multiple_choice, regression, answer_choice, cloze_choice, cloze_choice_mean, "
+               "language_model")
     cases = [(lambda: TaskSpec("t", "ordinal"), DataError,
               rf"^task 't': unknown kind 'ordinal'; use one of {choices}$"),
              (lambda: load_files(train, kind="ordinal"), DataError,

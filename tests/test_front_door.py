@@ -171,3 +171,13 @@ def test_random_blocks_put_variance_in_the_top_blocks_and_auto_shares_the_trunk(
                                model.predict(NEW, mode="sample", samples=4).probs, rtol=0, atol=1e-5)
     with pytest.raises(ConfigError, match="random_blocks"):
         Recipe(guide="low-rank", random_blocks=1)
+
+
+def test_package_names_are_the_functions_even_after_their_modules_are_imported():
+    import subprocess
+    import sys
+
+    code = ("import sys, pyro_bhpeft; assert 'torch' not in sys.modules; import pyro_bhpeft.predict; "
+            "from pyro_bhpeft import predict, fit, BayesianPEFT; assert callable(predict) and "
+            "predict.__module__ == 'pyro_bhpeft.predict' and pyro_bhpeft.predict is predict")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -102,3 +102,23 @@ def test_selective_answering_and_normalised_match():
     assert result["auroc_wrong"] == 1.0 and result["accuracy"][:2] == [1.0, 1.0]
     assert result["area"] == pytest.approx((1 + 1 + 2 / 3 + 0.5) / 4)
     assert normalise_answer("The Iron!") == normalise_answer("iron")
+
+
+def test_the_front_door_fits_a_language_model_from_prompt_and_response_columns(lm_dir, tmp_path):
+    from pyro_bhpeft import BayesianPEFT
+
+    data = {"prompt": PROMPTS, "response": RESPONSES}
+    model = BayesianPEFT(lm_dir, task="language-model", r=2, max_length=24, batch_size=2, init_scale=0.01)
+    model.fit(data, epochs=1, progress=False)
+    before = model.evaluate(data, samples=0, split="train")["nll"]
+    model.fit(data, epochs=10, lr=0.02, progress=False)
+    after = model.evaluate(data, samples=4, split="train")
+    assert model.spec.kind == "language_model" and after["nll"] < before and after["tokens"] == 4  # no end token here
+    rows = model.generate(PROMPTS[:1], samples=3, max_new_tokens=3)
+    assert rows[0]["tokens"] <= 3 and rows[0]["mutual_information"] >= 0
+    model.save(tmp_path / "run")
+    back = BayesianPEFT.load(tmp_path / "run")
+    assert back.generate(PROMPTS[:1], samples=3, max_new_tokens=3)[0]["answer"] == rows[0]["answer"]
+    second = model.next_round()
+    second.fit({"prompt": PROMPTS[:2], "response": RESPONSES[:2]}, epochs=1, progress=False)
+    assert second.round == 2

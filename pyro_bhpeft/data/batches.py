@@ -18,7 +18,7 @@ from .types import DATA_KINDS, DataError, TaskData, TaskSpec
 __all__ = ["tokenize", "make_loader", "encode_text", "encode_pairs", "trim_left_padding", "MODEL_INPUTS"]
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
-EXTRA_INPUTS = ("continuation_mask",)  # per-token roles some kinds add (cloze: the choice's tokens)
+EXTRA_INPUTS = ("continuation_mask", "target_mask")  # per-token roles: cloze choices, LM responses
 
 
 def encode_text(spec: TaskSpec, tokenizer: Any, settings: dict) -> Callable[[dict], dict]:

@@ -24,7 +24,7 @@ from .splits import carve
 from .tables import SUFFIXES, delimiter_ignored, read_table, wrong_delimiter_hint
 from .types import DATA_KINDS, KINDS, DataError, SplitSource, TaskData, TaskSpec, features_for
 
-__all__ = ["load_files", "load_eval_file", "read_table", "UserFile", "read_classes", "read_numbers", "read_choices",
+__all__ = ["load_files", "load_eval_file", "read_table", "UserFile", "read_classes", "read_numbers", "read_choices", "read_responses",
            "SUFFIXES"]
 
 FLAGS = {"text": "--text-column", "label": "--label-column", "question": "--question-column",
@@ -160,6 +160,12 @@ def read_numbers(file: UserFile) -> tuple[TaskSpec, dict[str, list]]:
     return spec, {"text": texts, "label": _numbers(labels, file.columns["label"], file.path, "regression labels")}
 
 
+def read_responses(file: UserFile) -> tuple[TaskSpec, dict[str, list]]:
+    """``prompt`` and ``response`` texts (a language-model task: the response's tokens are the target)."""
+    prompts, responses = file.texts("prompt"), file.texts("response")
+    return file.spec or file.new_spec(), {"prompt": prompts, "response": responses, "label": [0] * len(prompts)}
+
+
 def read_choices(file: UserFile) -> tuple[TaskSpec, dict[str, list]]:
     """``question``, ``choices`` (the same number per row; the training file fixes it) and a 0-based ``label``."""
     path, cols = file.path, file.columns
@@ -207,14 +213,15 @@ def _carved(splits: dict, fractions: dict[str, float], seed: int, train: Path) -
 
 def load_files(train: str | Path, *, eval_files: dict[str, str | Path] | None = None, kind: str | None = None,
                text_column: str = "text", label_column: str = "label", question_column: str = "question",
-               choices_column: str = "choices", label_names: Sequence[str] | None = None,
-               validation_fraction: float = 0.1, seed: int = 0, delimiter: str | None = None,
-               drop_unseen: bool = False) -> TaskData:
+               choices_column: str = "choices", prompt_column: str = "prompt", response_column: str = "response",
+               label_names: Sequence[str] | None = None, validation_fraction: float = 0.1, seed: int = 0,
+               delimiter: str | None = None, drop_unseen: bool = False) -> TaskData:
     """A :class:`TaskData` from the user's files (``.csv``/``.tsv``/``.txt``, ``.jsonl``/``.json``, ``.parquet``).
 
     ``kind`` None infers it from the training file (:func:`~pyro_bhpeft.data.labels.infer_kind`: a
     real-valued label column is regression, words or a few whole numbers are classes, question and
-    choices columns without a text column are multiple choice) and says so in ``notes``.
+    choices columns without a text column are multiple choice, prompt and response columns a language-model
+    task) and says so in ``notes``.
     ``eval_files`` maps split names (``validation``, ``test``, or any extra name) to files; a missing
     ``validation`` or ``test`` is carved from train (``validation_fraction`` of it each, by ``seed``),
     said in ``notes`` and in ``sources``. Classification labels are class names (ids follow
@@ -238,7 +245,8 @@ def load_files(train: str | Path, *, eval_files: dict[str, str | Path] | None = 
         raise DataError(f"validation_fraction must be between 0 and 0.5, got {validation_fraction}")
     if "train" in (eval_files or {}):
         raise DataError("eval_files cannot have a 'train' entry; pass the training file as `train`")
-    cols = {"text": text_column, "label": label_column, "question": question_column, "choices": choices_column}
+    cols = {"text": text_column, "label": label_column, "question": question_column, "choices": choices_column,
+            "prompt": prompt_column, "response": response_column}
     train, table = Path(train), read_table(train, delimiter=delimiter)
     notes = [line for line in [delimiter_ignored(train, delimiter)] if line]
     if kind is None and label_names:

@@ -16,8 +16,9 @@ import datasets
 
 from .batches import encode_pairs, encode_text
 from .cloze import CLOZE_KINDS, encode_cloze
-from .files import read_choices, read_classes, read_numbers
+from .files import read_choices, read_classes, read_numbers, read_responses
 from .prompts import check_answer_spec, encode_prompts
+from .responses import encode_responses
 from .types import DATA_KINDS, DataError, DataKind, TaskSpec
 
 __all__ = ["TEXT", "CHOICES"]
@@ -54,3 +55,5 @@ DATA_KINDS.register("answer_choice", DataKind({"question": TEXT, "choices": CHOI
 for _kind in CLOZE_KINDS.values():  # multiple choice scored by each choice's likelihood under a causal LM
     DATA_KINDS.register(_kind, DataKind({"question": TEXT, "choices": CHOICES}, "int64", read=read_choices,
                                         encoder=encode_cloze, validate=_two_choices, keep_row=_has_num_choices))
+DATA_KINDS.register("language_model", DataKind({"prompt": TEXT, "response": TEXT}, "int64", read=read_responses,
+                                               encoder=encode_responses))  # label unused: the response is the target

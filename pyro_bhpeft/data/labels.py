@@ -64,6 +64,10 @@ def infer_kind(table: Any, columns: Mapping[str, str]) -> tuple[str, str]:
     names = set(map(str, table.columns))
     text, label = columns.get("text", "text"), columns.get("label", "label")
     question, choices = columns.get("question", "question"), columns.get("choices", "choices")
+    prompt, response = columns.get("prompt", "prompt"), columns.get("response", "response")
+    if text not in names and prompt in names and response in names:
+        return "language_model", (f"task kind: language_model, inferred from the columns {prompt!r} and "
+                                  f"{response!r}; pass --kind to choose another")
     if text not in names and question in names and choices in names:
         return "multiple_choice", (f"task kind: multiple_choice, inferred from the columns {question!r} and "
                                    f"{choices!r}; pass --kind to choose another")
