@@ -325,11 +325,14 @@ def update_run(parent: str | Path, source: DataSource, out: str | Path, *, tempe
         raise FileExistsError("the new round cannot overwrite its parent; choose another output directory")
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; choose another output directory or allow overwriting")
+    kind = run_kind(parent, read_config(parent))
     previous, meta = load_run(parent)
-    recipe = Recipe.from_dict(meta["recipe"]).with_(**(overrides or {}))
+    # a parent saved from Python may record no recipe: its backbone, with the library's defaults
+    saved = Recipe.from_dict(meta["recipe"]) if meta.get("recipe") else Recipe(backbone=previous.backbone_name)
+    recipe = saved.with_(**(overrides or {}))
     data = source.load()
-    if data.spec.kind != meta["kind"]:
-        raise ValueError(f"the parent run is {meta['kind']} but the new data is {data.spec.kind}; "
+    if data.spec.kind != kind:
+        raise ValueError(f"the parent run is {kind} but the new data is {data.spec.kind}; "
                          "a round must keep the task kind")
     prior = posterior_prior(previous, temper=temper)
     facts = {**run_meta(recipe, source, data, parent=str(parent)), "round": int(meta.get("round", 1)) + 1,

@@ -168,6 +168,8 @@ def test_a_run_saved_from_python_loads_in_the_cli(tiny_backbone, train, tmp_path
     capsys.readouterr()
     assert run_cli("evaluate", run) == 2
     assert "does not record the data" in error_line(capsys)
+    assert run_cli("update", "--from", run, "--train", train, "--text-column", "review", "--label-column", "sentiment",
+                   "--max-steps", 1, "--out", tmp_path / "round2") == 0
 
 
 # ---- files nobody tuned the tool on ------------------------------------------------------------------------------
