@@ -62,7 +62,10 @@ def _decode(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "__tensor__" in value:
         return tensors[value["__tensor__"]]
     if "__ndarray__" in value:
-        return np.asarray(value["__ndarray__"], dtype=np.dtype(value["dtype"])).reshape(value["shape"])
+        dtype = np.dtype(value["dtype"])
+        if dtype.kind not in "biuf":  # numbers only: nothing in a state file builds objects
+            raise TypeError(f"array of dtype {dtype}")
+        return np.asarray(value["__ndarray__"], dtype=dtype).reshape(value["shape"])
     if "__tuple__" in value:
         return tuple(_decode(v, tensors) for v in value["__tuple__"])
     if "__items__" in value:
@@ -97,7 +100,7 @@ def _raw_header(path: Path) -> dict[str, Any]:
             raise StateError(f"{path} is not a safetensors file (its header length is impossible)")
         try:
             raw = json.loads(f.read(length).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             raise StateError(f"{path} is not a safetensors file (unreadable header)") from None
     if not isinstance(raw, dict):
         raise StateError(f"{path} is not a safetensors file (unreadable header)")
@@ -124,7 +127,7 @@ def read_header(path: str | Path) -> Any:
         raise StateError(f"{path} is not a pyro-bhpeft state file")
     try:
         return json.loads(meta["header"])
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, TypeError, json.JSONDecodeError, RecursionError):
         raise StateError(f"{path} is corrupt (unreadable header)") from None
 
 
@@ -140,6 +143,6 @@ def read_state(path: str | Path) -> Any:
         encoded = json.loads(meta["state"])
         tensors = load_file(str(path))
         return _decode(encoded, tensors)
-    except (KeyError, ValueError, TypeError, OSError) as err:
+    except (KeyError, ValueError, TypeError, OSError, RecursionError) as err:
         raise StateError(f"{path} is corrupt ({type(err).__name__}); delete it") from None
 

@@ -109,3 +109,29 @@ def test_ctrl_c_in_the_cli_keeps_a_checkpoint_and_resume_finishes_the_run(tiny_b
     assert main(args + ["--resume"]) == 0
     assert not (tmp_path / "run.checkpoint.safetensors").exists()
     assert (run / "guide.safetensors").read_bytes() == (tmp_path / "whole" / "guide.safetensors").read_bytes()
+
+
+def test_state_files_hold_nested_values_without_pickle_and_refuse_what_they_cannot_back(tmp_path):
+    import json
+    import random
+    import struct
+
+    import numpy as np
+
+    from pyro_bhpeft.safe_state import StateError, read_header, read_state, tensor_shapes, write_state
+
+    state = {"rng": {"torch": torch.get_rng_state(), "random": random.getstate(), "numpy": np.random.get_state()},
+             "optim": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2, 3)}},
+                       "param_groups": [{"lr": 0.1, "betas": (0.9, 0.999), "params": [0]}]},
+             "curves": {"kl": [float("nan"), 1.5]}, "step": 7}
+    path = write_state(tmp_path / "s.safetensors", state, header={"identity": {"recipe": 1}})
+    assert read_header(path) == {"identity": {"recipe": 1}} and tensor_shapes(path)
+    back = read_state(path)
+    assert back["optim"]["state"][0]["exp_avg"].equal(torch.ones(2, 3))
+    assert back["optim"]["param_groups"][0]["betas"] == (0.9, 0.999) and back["rng"]["random"] == random.getstate()
+    assert back["rng"]["numpy"][0] == "MT19937" and np.array_equal(back["rng"]["numpy"][1], np.random.get_state()[1])
+    assert back["rng"]["torch"].equal(torch.get_rng_state()) and back["curves"]["kl"][0] != back["curves"]["kl"][0]
+    header = json.dumps({"w": {"dtype": "F32", "shape": [10**6, 10**6], "data_offsets": [0, 4 * 10**12]}}).encode()
+    (tmp_path / "big.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    with pytest.raises(StateError, match="claims more than the file holds"):
+        read_state(tmp_path / "big.safetensors")
