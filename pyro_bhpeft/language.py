@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
-__all__ = ["lm_batches", "token_metrics", "generate", "selective_answering", "normalise_answer"]
+__all__ = ["lm_batches", "qa_pairs", "token_metrics", "generate", "selective_answering", "normalise_answer"]
 
 
 def lm_batches(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *, max_length: int = 64,
@@ -45,6 +45,16 @@ def lm_batches(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str],
     order = RandomSampler(rows, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(rows)
     return DataLoader(rows, batch_size=batch_size, sampler=order,
                       collate_fn=lambda b: ({k: torch.tensor([r[k] for r in b]) for k in b[0]}, None))
+
+
+def qa_pairs(data: Any, split: str = "train") -> tuple[list[str], list[str]]:
+    """``(prompts, responses)`` from a multiple-choice task's split: each question in the cloze frame
+    (:func:`~pyro_bhpeft.data.cloze.cloze_context`) and its gold answer's text as the response."""
+    from .data.cloze import cloze_context
+
+    rows = data.splits[split]
+    prompts = [cloze_context(data.spec.name, q) for q in rows["question"]]
+    return prompts, [" " + choices[y].strip() for choices, y in zip(rows["choices"], rows["label"])]
 
 
 def _draws(posterior: Any, num_samples: int, seed: int) -> list[dict]:

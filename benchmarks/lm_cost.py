@@ -1,0 +1,102 @@
+"""Language-model training and generation cost: our Bayesian LoRA step against peft's LoRA, and answers with
+their uncertainty against plain greedy answers, in one process.
+
+Settings (fixed): the packaged SmolLM2-135M; prompts and gold answers of packaged ARC-Easy questions
+(:func:`pyro_bhpeft.language.qa_pairs`), batch 4 x 64 tokens, the response's tokens the target; LoRA r=8 on
+q_proj/v_proj. Training: peft's LoRA (AdamW, its own masked next-token loss) and our mean-field LoRA through the
+public ``fit``, one step per call in interleaved rounds, the median over timed steps. Generation: 4 questions,
+up to 8 new tokens, greedy under the posterior mean alone, and with the answer's likelihood, entropy and mutual
+information under K = 8 draws (:func:`pyro_bhpeft.language.generate`).
+
+    python benchmarks/lm_cost.py --out docs/scaling/lm_cost       # writes .json and .md
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from pyro_bhpeft import PeftConfig, Posterior, fit, priors
+from pyro_bhpeft.backbone import load_backbone
+from pyro_bhpeft.data import load_task
+from pyro_bhpeft.guides import MeanField
+from pyro_bhpeft.io import write_json, write_text
+from pyro_bhpeft.language import _greedy, generate, lm_batches, qa_pairs
+from pyro_bhpeft.models import LanguageModel
+
+BATCH, SEQ, R = 4, 64, 8
+
+
+class PeftStep:
+    def __init__(self, inputs):
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM
+
+        from pyro_bhpeft.backbone import _resolve
+
+        lm = AutoModelForCausalLM.from_pretrained(_resolve("smollm2"))
+        self.model = get_peft_model(lm, LoraConfig(r=R, lora_alpha=16, lora_dropout=0.0,
+                                                   target_modules=["q_proj", "v_proj"]))
+        labels = inputs["input_ids"].masked_fill(inputs["target_mask"] == 0, -100)
+        self.inputs = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "labels": labels}
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
+
+    def __call__(self) -> None:
+        loss = self.model(**self.inputs).loss
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    lm = load_backbone("smollm2")
+    prompts, responses = qa_pairs(load_task("arc-easy", max_examples=BATCH * 2), "train")
+    batches = lm_batches(lm.tokenizer, prompts[:BATCH], responses[:BATCH], max_length=SEQ, batch_size=BATCH)
+    inputs = next(iter(batches))[0]
+    model = LanguageModel(lm.model, PeftConfig(), priors.Normal(1.0))
+    guide = MeanField(model, init_scale=0.01)
+    ours = lambda: fit(model, guide, batches, num_data=1000, max_steps=1, progress=False)  # noqa: E731
+    theirs = PeftStep(inputs)
+    times = {"peft LoRA": [], "mean-field LoRA (ours)": []}
+    for fn in (theirs, ours):  # warm-up
+        fn()
+    for _ in range(args.steps):
+        for name, fn in (("peft LoRA", theirs), ("mean-field LoRA (ours)", ours)):
+            tick = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - tick)
+    step = {name: statistics.median(t) for name, t in times.items()}
+    posterior, mean = Posterior(model, guide), None
+    mean = posterior.mean()
+    tick = time.perf_counter()
+    for p in prompts[:4]:
+        _greedy(model, mean, lm.tokenizer.encode(p, add_special_tokens=False), 8, lm.tokenizer.eos_token_id)
+    greedy = time.perf_counter() - tick
+    tick = time.perf_counter()
+    generate(posterior, lm.tokenizer, prompts[:4], max_new_tokens=8, num_samples=8)
+    uncertain = time.perf_counter() - tick
+    result = {"step_seconds": step, "step_ratio": step["mean-field LoRA (ours)"] / step["peft LoRA"],
+              "greedy_seconds": greedy, "generate_k8_seconds": uncertain, "generation_ratio": uncertain / greedy}
+    text = (f"SmolLM2-135M, batch {BATCH} x {SEQ} tokens, LoRA r={R} on q/v; median of {args.steps} steps.\n\n"
+            "| | seconds | ratio |\n|---|---|---|\n"
+            f"| peft LoRA step | {step['peft LoRA']:.2f} | 1.00 |\n"
+            f"| our mean-field LoRA step | {step['mean-field LoRA (ours)']:.2f} | {result['step_ratio']:.2f} |\n"
+            f"| greedy answers (4 x 8 tokens) | {greedy:.2f} | 1.00 |\n"
+            f"| answers with uncertainty, K = 8 | {uncertain:.2f} | {result['generation_ratio']:.2f} |\n")
+    print(text)
+    if args.out:
+        write_json(Path(f"{args.out}.json"), result)
+        write_text(Path(f"{args.out}.md"), text + "\nCommand: `python benchmarks/lm_cost.py --out " + args.out + "`\n")
+
+
+if __name__ == "__main__":
+    main()
