@@ -75,7 +75,7 @@ def main() -> None:
             fn()
             times[name].append(time.perf_counter() - tick)
     step = {name: statistics.median(t) for name, t in times.items()}
-    posterior, mean = Posterior(model, guide), None
+    posterior = Posterior(model, guide)
     mean = posterior.mean()
     tick = time.perf_counter()
     for p in prompts[:4]:
