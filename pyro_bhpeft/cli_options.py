@@ -24,7 +24,8 @@ class UserError(Exception):
 # The parser is built without torch, pyro, transformers or datasets (`pyro-bhpeft --help` answers at once), so
 # the few values that live in heavy modules are written here; tests/test_cli.py checks each against its home.
 # Registry names are checked after parsing, against the registries themselves (:func:`check_choices`).
-COLUMNS = {"text_column": "text", "label_column": "label", "question_column": "question", "choices_column": "choices"}
+COLUMNS = {"text_column": "text", "label_column": "label", "question_column": "question", "choices_column": "choices",
+           "prompt_column": "prompt", "response_column": "response"}  # data.load_files' column arguments
 STATIC = {
     "guides": ("mean-field", "low-rank", "map", "mle"),  # guides.GUIDES
     "scale_params": ("log", "softplus", "rho2"),  # guides.SCALE_PARAMS
