@@ -60,6 +60,13 @@ def check_checkpoint(out: Path, *, resume: bool, overwrite: bool) -> None:
         if not overwrite:
             raise UserError(f"{checkpoint} holds an interrupted fit of {out}; pass --resume to continue it, or delete "
                             "it (or pass --overwrite) to start again")
+        from .safe_state import StateError, read_header
+
+        try:
+            read_header(checkpoint)  # only a checkpoint of ours is removed
+        except StateError:
+            raise UserError(f"{checkpoint} is not a pyro-bhpeft checkpoint; it is left alone: move it or choose "
+                            "another --out") from None
         checkpoint.unlink()
 
 
@@ -112,7 +119,8 @@ def check_max_length(backbone: str, max_length: int) -> None:
 
 class OutputLock:
     """``<out>.lock``, created exclusively and holding this process's id, for as long as the block runs: a second
-    command writing the same run fails at once. A lock whose process is gone is taken over."""
+    command writing the same run fails at once. A lock whose process is gone is taken over; a file of that name
+    that is not a lock is never removed."""
 
     def __init__(self, out: Path) -> None:
         self.path = Path(out).with_name(Path(out).name + ".lock")
@@ -131,6 +139,9 @@ class OutputLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 owner = self._owner()
+                if owner is None and self.path.is_file() and self.path.stat().st_size > 0:
+                    raise UserError(f"{self.path} exists and is not a lock of pyro-bhpeft's; it is left alone: move it "
+                                    "or choose another --out") from None
                 if owner is not None and owner != os.getpid() and _alive(owner):
                     raise UserError(f"another command (process {owner}) is writing {self.path.with_suffix('')}; wait for "
                                     f"it to finish or choose another --out (if it is gone, delete {self.path})") from None

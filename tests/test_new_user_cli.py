@@ -146,6 +146,10 @@ def test_a_second_fit_to_a_locked_output_fails_at_once_and_a_stale_lock_is_taken
     lock.write_text(f"{child.pid}\n")  # its process has ended
     assert run_cli(*fit_args(tiny_backbone, train, run)) == 0
     assert run.is_dir() and not lock.exists()
+    other = tmp_path / "notes.lock"
+    other.write_text("my notes, not a lock")
+    assert run_cli(*fit_args(tiny_backbone, train, tmp_path / "notes")) == 2
+    assert "not a lock" in error_line(capsys) and other.read_text() == "my notes, not a lock"
 
 
 def test_a_run_saved_from_python_loads_in_the_cli(tiny_backbone, train, tmp_path, capsys):
