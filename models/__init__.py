@@ -1,11 +1,12 @@
 """Pyro models: a frozen transformer with Bayesian PEFT layers, a random head and a likelihood.
 
-``TASK_KINDS`` maps a task kind to the model class that serves it; a new kind is a model class
-(a :class:`BayesianPeftModel` subclass with ``task`` and ``for_task``) plus one line,
+``TASK_KINDS`` maps a task kind to the model class that serves it (the ``model`` of the kind's one record,
+:data:`pyro_bhpeft.task_kinds.TASK_KIND_RECORDS`, whose ``data`` the data layer fills); a new kind is a model
+class (a :class:`BayesianPeftModel` subclass with ``task`` and ``for_task``) plus one line,
 ``TASK_KINDS.register("my-kind", MyModel)``.
 """
 
-from pyro_bhpeft.registry import Registry
+from pyro_bhpeft.task_kinds import TASK_KINDS
 
 from .answer import AnswerChoice
 from .base import BayesianPeftModel
@@ -14,7 +15,6 @@ from .cloze import ClozeChoice, ClozeChoiceMean
 from .lm import LanguageModel
 from .regressor import Regressor
 
-TASK_KINDS: Registry[type[BayesianPeftModel]] = Registry("task kind")
 for _model in (SequenceClassifier, MultipleChoice, Regressor, AnswerChoice, ClozeChoice, ClozeChoiceMean,
                LanguageModel):
     TASK_KINDS.register(_model.task, _model)

@@ -10,16 +10,28 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from .errors import ConfigError
 from .io import asdict_since
-from .registry import Registry
+from .registry import RecordView, Registry
 
-__all__ = ["ConfigError", "LoraConfig", "AdapterConfig", "PrefixConfig", "PeftConfig", "PEFT_CONFIGS"]
+__all__ = ["ConfigError", "LoraConfig", "AdapterConfig", "PrefixConfig", "PeftConfig", "PeftKind", "PEFT_KINDS",
+           "PEFT_CONFIGS"]
 
-# PEFT kind name -> its config dataclass; filled by ``pyro_bhpeft.layers.register_peft_kind``.
-PEFT_CONFIGS: Registry[type] = Registry("PEFT kind")
+
+@dataclass(frozen=True)
+class PeftKind:
+    """A PEFT kind, one record: its config dataclass and ``add(target, config) -> layers``, the function that
+    adds its layers to a backbone (:mod:`pyro_bhpeft.layers`)."""
+
+    config: type | None = None
+    add: Callable[[Any, Any], list] | None = None
+
+
+# PEFT kind name -> its record; filled by ``pyro_bhpeft.layers.register_peft_kind`` (one line per kind).
+PEFT_KINDS: Registry[PeftKind] = Registry("PEFT kind")
+PEFT_CONFIGS = RecordView(PEFT_KINDS, "config", PeftKind)  # name -> config dataclass (a view of PEFT_KINDS)
 
 
 def _positive_int(value: object, what: str, example: str) -> int:

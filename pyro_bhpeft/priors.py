@@ -22,17 +22,29 @@ from typing import Any, Callable, ClassVar
 import pyro.distributions as dist
 import torch
 
-from .registry import Registry
+from .registry import RecordView, Registry
 
 __all__ = ["Prior", "Normal", "Laplace", "StudentT", "PerSite", "Flat", "FanIn", "Learned", "prior_from_dict",
-           "register_prior", "PRIORS"]
+           "register_prior", "PriorKind", "PRIOR_KINDS", "PRIORS"]
 
-_REGISTRY: dict[str, type["Prior"]] = {}
+
+@dataclass(frozen=True)
+class PriorKind:
+    """A prior, one record: its class (``cls``, rebuilt from a saved ``to_dict()`` of that ``type_name``) and/or
+    ``by_name(scale)``, the factory a recipe and the CLI use (``--prior NAME --prior-scale S``)."""
+
+    cls: type["Prior"] | None = None
+    by_name: Callable[[float], "Prior"] | None = None
+
+
+PRIOR_KINDS: Registry[PriorKind] = Registry("prior")
+PRIORS = RecordView(PRIOR_KINDS, "by_name", PriorKind)  # name -> factory of one scale (a view of PRIOR_KINDS)
+_CLASSES = RecordView(PRIOR_KINDS, "cls", PriorKind, "prior type")
 
 
 def register_prior(cls: type["Prior"]) -> type["Prior"]:
-    """Class decorator: make a prior loadable from its saved ``to_dict()`` form."""
-    _REGISTRY[cls.type_name] = cls
+    """Class decorator: make a prior loadable from its saved ``to_dict()`` form (its record's ``cls``)."""
+    _CLASSES.register(cls.type_name, cls, replace=True)
     return cls
 
 
@@ -76,7 +88,6 @@ def _positive(value: float, what: str) -> None:
         raise ValueError(f"{what} must be positive, got {value}")
 
 
-@register_prior
 @dataclass(frozen=True)
 class Normal(Prior):
     """Independent ``Normal(loc, scale)`` on every entry."""
@@ -92,7 +103,6 @@ class Normal(Prior):
         return _expand(dist.Normal(_scalar(self.loc, device), _scalar(self.scale, device)), shape)
 
 
-@register_prior
 @dataclass(frozen=True)
 class Laplace(Prior):
     """Independent ``Laplace(loc, scale)``: sparsity-favouring."""
@@ -108,7 +118,6 @@ class Laplace(Prior):
         return _expand(dist.Laplace(_scalar(self.loc, device), _scalar(self.scale, device)), shape)
 
 
-@register_prior
 @dataclass(frozen=True)
 class StudentT(Prior):
     """Independent Student-t with ``df`` degrees of freedom: heavy tails."""
@@ -127,7 +136,6 @@ class StudentT(Prior):
         return _expand(base, shape)
 
 
-@register_prior
 @dataclass(frozen=True)
 class PerSite(Prior):
     """``default`` everywhere except sites matching a glob pattern in ``overrides`` (first match wins)."""
@@ -167,7 +175,6 @@ class PerSite(Prior):
         return cls(prior_from_dict(d["default"], sub("default/")), overrides)
 
 
-@register_prior
 @dataclass(frozen=True)
 class Flat(Prior):
     """No prior: an improper flat density (log-density 0). For point-mass sites only, e.g. BLoB's LoRA ``B``
@@ -179,7 +186,6 @@ class Flat(Prior):
         return dist.ImproperUniform(dist.constraints.real, (), torch.Size(shape))
 
 
-@register_prior
 @dataclass(frozen=True)
 class FanIn(Prior):
     """``Normal(0, gain^2 / fan_in)`` per site, ``fan_in`` its last dimension (1 for a vector such as a bias).
@@ -200,7 +206,6 @@ class FanIn(Prior):
         return _expand(dist.Normal(_scalar(0.0, device), _scalar(self.gain / fan_in ** 0.5, device)), shape)
 
 
-@register_prior
 @dataclass(frozen=True, eq=False)
 class Learned(Prior):
     """Empirical Bayes: ``Normal(0, s_site^2)`` with one scale per site, learned inside the ELBO (type-II
@@ -254,19 +259,22 @@ def _function_space_prior(scale: float) -> Prior:
 
 def prior_from_dict(d: dict[str, Any], tensors: dict[str, torch.Tensor] | None = None) -> Prior:
     """Rebuild a prior saved with ``to_dict()`` (and ``tensors()``)."""
-    kind = _REGISTRY.get(d.get("type", ""))
+    kind = _CLASSES.get(d.get("type", ""))
     if kind is None:
-        raise ValueError(f"unknown prior type {d.get('type')!r}; known: {', '.join(sorted(_REGISTRY))}")
+        raise ValueError(f"unknown prior type {d.get('type')!r}; known: {', '.join(sorted(_CLASSES))}")
     return kind.from_dict(d, tensors or {})
 
 
-# The priors a recipe and the CLI name (``--prior NAME --prior-scale S``): name -> factory of one scale.
-PRIORS: Registry[Callable[[float], Prior]] = Registry("prior")
-PRIORS.register("normal", lambda scale: Normal(scale=scale))
-PRIORS.register("laplace", lambda scale: Laplace(scale=scale))
-PRIORS.register("student-t", lambda scale: StudentT(scale=scale))
-PRIORS.register("fan-in", lambda scale: FanIn(gain=scale))
-PRIORS.register("learned", lambda scale: Learned(init=scale))
-PRIORS.register("flat", lambda scale: Flat())
-PRIORS.register("blob", _blob_prior)  # BLoB: N(0, scale^2) on LoRA A (scale 0.2), nothing on B and the head
-PRIORS.register("function-space", _function_space_prior)
+# Every built-in prior, one record each: the names a recipe and the CLI use (in this order), then the classes
+# that only load (``per-site`` is built in Python; ``posterior`` and ``hierarchical`` register themselves).
+for _name, _kind in {
+        "normal": PriorKind(Normal, lambda scale: Normal(scale=scale)),
+        "laplace": PriorKind(Laplace, lambda scale: Laplace(scale=scale)),
+        "student-t": PriorKind(StudentT, lambda scale: StudentT(scale=scale)),
+        "fan-in": PriorKind(FanIn, lambda scale: FanIn(gain=scale)),
+        "learned": PriorKind(Learned, lambda scale: Learned(init=scale)),
+        "flat": PriorKind(Flat, lambda scale: Flat()),
+        "blob": PriorKind(by_name=_blob_prior),  # BLoB: N(0, scale^2) on LoRA A (0.2), nothing on B and the head
+        "function-space": PriorKind(by_name=_function_space_prior),
+        "per-site": PriorKind(PerSite)}.items():
+    PRIOR_KINDS.register(_name, _kind)

@@ -24,7 +24,7 @@ from typing import Any, Generic, Iterator, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "RecordView"]
 
 T = TypeVar("T")
 _MISSING: Any = object()
@@ -106,3 +106,90 @@ class Registry(Generic[T]):
     def __repr__(self) -> str:
         return f"Registry({self.what!r}: {', '.join(self._entries)})"
 
+
+
+class RecordView:
+    """One field of a registry of records, read (and filled) as a registry of its own: the names whose record
+    has the field set, in the records' order. ``register(name, value)`` sets the field of ``name``'s record
+    (creating the record with its other fields None), so two modules can each fill their part of one record.
+
+    Example::
+
+        PRIOR_KINDS = Registry("prior")                 # name -> PriorKind(cls, by_name)
+        PRIORS = RecordView(PRIOR_KINDS, "by_name", PriorKind)
+        PRIORS["normal"](0.5)                           # the record's by-name factory
+    """
+
+    def __init__(self, records: Registry, field: str, record: type, what: str | None = None) -> None:
+        self.records, self.field, self.record, self.what = records, field, record, what or records.what
+
+    def _value(self, name: str) -> Any:
+        entry = self.records.get(name)
+        return None if entry is None else getattr(entry, self.field)
+
+    def register(self, name: str, value: Any = _MISSING, *, replace: bool = False) -> Any:
+        if value is _MISSING:
+            def decorate(obj: Any) -> Any:
+                self.register(name, obj, replace=replace)
+                return obj
+
+            return decorate
+        if self._value(name) is not None and not replace:
+            raise ConfigError(f"{self.what} {name!r} is already registered; pass replace=True to override it")
+        import dataclasses
+
+        entry = self.records.get(name)
+        new = dataclasses.replace(entry, **{self.field: value}) if entry is not None else self.record(**{self.field: value})
+        self.records.register(name, new, replace=True)
+        return value
+
+    def unregister(self, name: str) -> None:
+        import dataclasses
+
+        entry = self.records.get(name)
+        if entry is None:
+            return
+        rest = dataclasses.replace(entry, **{self.field: None})
+        if all(getattr(rest, f.name) is None for f in dataclasses.fields(rest)):
+            self.records.unregister(name)
+        else:
+            self.records.register(name, rest, replace=True)
+
+    def names(self) -> list[str]:
+        return [n for n in self.records if self._value(n) is not None]
+
+    def __getitem__(self, name: str) -> Any:
+        value = self._value(name) if isinstance(name, str) else None
+        if value is None:
+            raise ConfigError(f"unknown {self.what} {name!r}; choose one of {', '.join(self.names())}")
+        return value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        value = self._value(name)
+        return default if value is None else value
+
+    def check(self, names: Any) -> list[str]:
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = [n for n in names if n not in self]
+        if unknown or not names:
+            raise ConfigError(f"unknown {self.what}{'s' if len(unknown) > 1 else ''} "
+                              f"{', '.join(map(repr, unknown)) or '(none given)'}; choose from {', '.join(self.names())}")
+        return names
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(n, self._value(n)) for n in self.names()]
+
+    def values(self) -> list[Any]:
+        return [v for _, v in self.items()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._value(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self.names())
+
+    def __repr__(self) -> str:
+        return f"RecordView({self.what!r}: {', '.join(self.names())})"

@@ -16,8 +16,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..config import PEFT_CONFIGS, ConfigError
-from ..registry import Registry
+from ..config import PEFT_KINDS, ConfigError, PeftKind
 from .arch import Architecture
 from .base import PeftLayer
 
@@ -48,27 +47,12 @@ class Target:
         setattr(self.model.get_submodule(parent) if parent else self.model, child, new)
 
 
-@dataclass(frozen=True)
-class PeftKind:
-    """A registered PEFT kind: its config class and the function that adds its layers."""
-
-    name: str
-    config: type
-    add: Callable[[Target, Any], list[PeftLayer]]
-
-
-PEFT_KINDS: Registry[PeftKind] = Registry("PEFT kind")
-
-
 def register_peft_kind(name: str, config: type, add: Callable[[Target, Any], list[PeftLayer]], *,
                        replace: bool = False) -> PeftKind:
-    """Make ``name`` a PEFT kind: ``PeftConfig(name=config(...))``, ``--peft name`` and ``inject`` know it."""
-    kind = PeftKind(name, config, add)
-    PEFT_KINDS.register(name, kind, replace=replace)
-    PEFT_CONFIGS.register(name, config, replace=True)
-    return kind
+    """Make ``name`` a PEFT kind (one record in :data:`PEFT_KINDS`): ``PeftConfig(name=config(...))``,
+    ``--peft name`` and ``inject`` know it."""
+    return PEFT_KINDS.register(name, PeftKind(config, add), replace=replace)
 
 
 def unregister_peft_kind(name: str) -> None:
     PEFT_KINDS.unregister(name)
-    PEFT_CONFIGS.unregister(name)
