@@ -44,6 +44,8 @@ def _source(args: argparse.Namespace, parent: dict[str, Any] | None = None):
             source["eval_files"] = {"test": _absolute(args.eval_file)}
         if getattr(args, "delimiter", None):
             source["delimiter"] = args.delimiter
+        if args.drop_unseen:
+            source["drop_unseen"] = True
     if args.train_size is not None:
         if args.train_size < 1:
             raise UserError(f"--train-size must be a positive integer, got {args.train_size}")

@@ -71,6 +71,8 @@ def add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
                        "multiple_choice (default: inferred from the label column, and said)")
         g.add_argument("--max-examples", type=int, help="cap every split of a --task at N rows (quick runs)")
         g.add_argument("--train-size", type=int, help="train on N training rows drawn at random (seed 0)")
+        g.add_argument("--drop-unseen", action="store_true",
+                       help="with --eval: leave out its rows whose label is a class the training file lacks")
     else:
         g.add_argument("--split", default="test", help="split of the run's own data (default: test)")
         g.add_argument("--data", help="a file to use instead, read with the run's column names")

@@ -67,7 +67,7 @@ class DataSource(dict):
             data = load_task(self["task"], source=self.get("source", "auto"),
                              max_examples=self.get("max_examples"), seed=self.get("seed", 0))
         else:
-            extra = {"delimiter": self["delimiter"]} if self.get("delimiter") else {}
+            extra = {k: self[k] for k in ("delimiter", "drop_unseen") if self.get(k)}
             data = load_files(self["train"], eval_files=self.get("eval_files"), kind=self.get("kind"),
                               **self.get("columns", {}), **extra)
         if "train_size" in self and "subset_seed" not in self:  # written before subsets were random

@@ -63,6 +63,19 @@ def test_the_eval_file_is_what_evaluate_scores_and_the_fit_says_what_it_held_out
     assert "`evaluate RUN` will score test: 10 % of train.csv (6 rows" in err and "--eval FILE" in err
 
 
+def test_unseen_classes_in_the_eval_file_are_one_line_or_dropped(tiny_backbone, train, tmp_path, capsys):
+    test = tmp_path / "test.csv"
+    frame = reviews(10, seed=3)
+    frame.loc[:2, "sentiment"] = "meh"
+    frame.to_csv(test, index=False)
+    assert run_cli(*fit_args(tiny_backbone, train, tmp_path / "run", "--eval", test)) == 2
+    line = error_line(capsys)
+    assert "'meh'" in line and "--drop-unseen" in line and not (tmp_path / "run").exists()
+    assert run_cli(*fit_args(tiny_backbone, train, tmp_path / "run", "--eval", test, "--drop-unseen")) == 0
+    assert run_cli("evaluate", tmp_path / "run", "--samples", 2) == 0
+    assert json.loads((tmp_path / "run" / "metrics-test.json").read_text())["samples"]["n"] == 7
+
+
 def test_capped_and_ignored_flags_say_so_in_one_line(tiny_backbone, train, tmp_path, capsys):
     run = tmp_path / "run"
     args = fit_args(tiny_backbone, train, run, "--epochs", 1, "--max-examples", 10, "--checkpoint-every", 50)
