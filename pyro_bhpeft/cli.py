@@ -146,6 +146,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"pyro-bhpeft {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # a full disk, a folder made read-only while the command ran: what was saved is kept
+        if os.environ.get("PYRO_BHPEFT_DEBUG"):
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(f"pyro-bhpeft {args.command}: error: could not read or write{where} ({err.strerror or err}); nothing "
+              "half-written was kept: free space or choose another location", file=sys.stderr)
+        return EXIT_USAGE
     except FitInterrupted as stop:
         again = " with --resume" if args.command == "fit" else ""
         print(f"pyro-bhpeft {args.command}: {stop}; the run was not written; run the same command{again} "

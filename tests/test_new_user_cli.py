@@ -242,3 +242,18 @@ def test_file_flags_given_with_a_task_are_said_to_be_ignored(tiny_backbone, trai
     err = capsys.readouterr().err
     assert "--kind applies to --train files only; ignored for --task reviews" in err
     assert "--text-column applies to --train files only" in err
+
+
+def test_a_disk_that_fills_during_the_save_is_one_line_and_keeps_nothing_half_written(tiny_backbone, train, tmp_path,
+                                                                                      capsys, monkeypatch):
+    import errno
+
+    import pyro_bhpeft.posterior
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run"))
+
+    monkeypatch.setattr(pyro_bhpeft.posterior, "save_file", full)
+    assert run_cli(*fit_args(tiny_backbone, train, tmp_path / "run")) == 2
+    assert "No space left on device" in error_line(capsys)
+    assert not (tmp_path / "run").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
