@@ -2,7 +2,7 @@
 files and must match to the character, every link and figure resolves, and the README keeps its shape.
 
 Fast (no model runs): it reads committed cells, JSON and benchmark tables only. To rewrite the tables after
-adding cells: ``python -m pyro_bhpeft.compare.report --refresh README.md docs/results/*.md``.
+adding cells: ``python -m pyro_bhpeft.compare.pages --refresh README.md docs/results/*.md``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pyro_bhpeft.compare.report import TABLE_MARK, refresh_page, results_table
+from pyro_bhpeft.compare.pages import TABLE_MARK, refresh_page, results_table
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs" / "results").glob("*.md"))]
@@ -35,7 +35,7 @@ def test_every_table_regenerates_from_the_committed_files(page):
     """Each ``<!-- table: SPEC -->`` block equals what SPEC regenerates from the committed cells."""
     differ = refresh_page(page, ROOT, write=False)
     assert not differ, (f"{page.name}: these tables differ from the committed cells (rerun "
-                        f"`python -m pyro_bhpeft.compare.report --refresh {page.relative_to(ROOT)}`): {differ}")
+                        f"`python -m pyro_bhpeft.compare.pages --refresh {page.relative_to(ROOT)}`): {differ}")
 
 
 @pytest.mark.parametrize("page", LINKED, ids=_ids(LINKED))
