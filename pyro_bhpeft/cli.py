@@ -57,6 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file, .csv or .jsonl")
     add_device_arg(p)
 
+    p = sub.add_parser("bayesianize", help="add uncertainty to a LoRA adapter trained with the peft library, on "
+                                           "your data: TFB on it (default) or a variational fit started and centred there")
+    p.add_argument("adapter", help="a peft LoRA adapter folder (adapter_config.json + adapter_model.safetensors)")
+    add_data_args(p, for_fit=True)
+    p.add_argument("--backbone", help="the adapter's base model: alias, folder or hub id (default: the one it names)")
+    p.add_argument("--method", choices=("tfb", "vi"), default="tfb",
+                   help="tfb: fit the task head with the adapter fixed as start, then training-free Bayesianization; "
+                        "vi: a mean-field fit started at the adapter, its prior centred there (default: tfb)")
+    p.add_argument("--epochs", type=int, default=1, help="epochs of the head fit (tfb) or the variational fit (vi)")
+    p.add_argument("--lr", type=float, default=Recipe.lr, help=f"learning rate (default: {Recipe.lr})")
+    p.add_argument("--max-length", type=int, default=Recipe.max_length,
+                   help=f"tokens per example (default: {Recipe.max_length})")
+    p.add_argument("--batch-size", type=int, default=Recipe.batch_size)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory to write (evaluate and predict read it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+
     p = sub.add_parser("demo", help="the main job: deterministic LoRA vs BH-PEFT on sentiment, with a report")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--quick", action="store_true", help="a few steps on small slices (for CI)")

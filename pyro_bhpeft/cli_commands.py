@@ -165,6 +165,41 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"{len(rows)} predictions written to {args.out}")
 
 
+def cmd_bayesianize(args: argparse.Namespace) -> None:
+    """A peft adapter on the user's data: a fitted head and TFB on the adapter, or a variational fit from it."""
+    from .cli_checks import OutputLock, check_output, check_writable
+
+    out = check_output(args.out, overwrite=args.overwrite)
+    check_writable(out)
+    for flag in ("epochs", "batch_size", "max_length"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    args.max_examples = getattr(args, "max_examples", None)
+    source = _source(args)
+    from .front import BayesianPEFT
+    from .runs import run_meta
+
+    with OutputLock(out):
+        data = source.load()
+        from .recipe import Recipe
+
+        schedule = Recipe(epochs=args.epochs, batch_size=args.batch_size)  # what the notes check the flags against
+        for line in _notes(args, schedule, source, data, None):
+            print(f"bayesianize: {line}", file=sys.stderr)
+        vi = args.method == "vi"
+        model = BayesianPEFT.from_peft(args.adapter, task=data, backbone=_absolute(args.backbone) if args.backbone and
+                                       Path(args.backbone).expanduser().exists() else args.backbone,
+                                       guide="mean-field" if vi else "mle", center_prior=vi, lr=args.lr,
+                                       max_length=args.max_length, batch_size=args.batch_size, seed=args.seed)
+        model.fit(data, epochs=args.epochs)  # the head on the adapter (tfb), or the whole variational fit (vi)
+        if not vi:
+            model = model.tfb(data)
+            print(f"bayesianize: TFB noise scale {model.posterior.meta['tfb']['sigma']:.4g}", file=sys.stderr)
+        model.posterior.meta.update(run_meta(model.recipe, source, data))
+        model.save(out, overwrite=args.overwrite)
+    print(f"bayesianize: {args.method} posterior of {args.adapter} saved to {out}")
+
+
 def cmd_update(args: argparse.Namespace) -> None:
     from .cli_checks import OutputLock, check_output, check_writable
     from .posterior import read_config
@@ -262,4 +297,4 @@ def cmd_meta_evaluate(args: argparse.Namespace) -> None:
 
 COMMANDS = {"meta-fit": cmd_meta_fit, "meta-evaluate": cmd_meta_evaluate, "fit": cmd_fit, "evaluate": cmd_evaluate,
             "predict": cmd_predict, "demo": cmd_demo, "compare": cmd_compare, "diagnose": cmd_diagnose,
-            "update": cmd_update, "history": cmd_history, "tasks": cmd_tasks}
+            "update": cmd_update, "history": cmd_history, "tasks": cmd_tasks, "bayesianize": cmd_bayesianize}
