@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p, for_fit=False)
     p.add_argument("--samples", type=int, default=samples, help=f"posterior samples K (default: {samples})")
     p.add_argument("--out", required=True, help="output file, .csv or .jsonl")
+    p.add_argument("--mode", choices=STATIC["modes"], default="auto",
+                   help="how the draws become predictions: auto (the cheapest exact mode the run supports), "
+                        "sample, closed-form (one forward, the head's Gaussian) or shared-trunk (default: auto)")
     add_device_arg(p)
 
     p = sub.add_parser("bayesianize", help="add uncertainty to a LoRA adapter trained with the peft library, on "

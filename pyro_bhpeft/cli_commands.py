@@ -160,7 +160,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if Path(args.out).suffix not in (".csv", ".jsonl"):
         raise UserError(f"--out {args.out}: use a .csv or .jsonl file name")
-    rows = predict_run(args.run, samples=args.samples, **_where(args))
+    rows = predict_run(args.run, samples=args.samples, mode=args.mode, **_where(args))
     write_rows(args.out, rows)
     print(f"{len(rows)} predictions written to {args.out}")
 

@@ -31,9 +31,7 @@ from .inputs import as_task_data, is_loader, is_texts, task_spec, unlabelled
 from .peft_io import peft_parts, start_guide_at
 from .recipe import PRESETS, Recipe
 
-__all__ = ["BayesianPEFT", "PREDICTIVE_MODES"]
-
-PREDICTIVE_MODES = ("auto", "sample", "closed-form", "shared-trunk")
+__all__ = ["BayesianPEFT"]
 _RECIPE_FIELDS = tuple(f.name for f in fields(Recipe))
 
 
@@ -265,40 +263,20 @@ class BayesianPEFT:
         """Predictions with uncertainty: a :class:`~pyro_bhpeft.predict.ClassPrediction` (``probs``,
         ``predictive_entropy``, ``mutual_information``) or ``RegressionPrediction``. ``data``: a list of texts
         (no labels needed) or anything :meth:`fit` takes (its ``split``). ``mode``: ``sample`` (``samples``
-        posterior draws; 0 = the posterior mean), ``closed-form`` (one forward: the head's Gaussian pushed through
-        in closed form, :mod:`pyro_bhpeft.closed_form`), or ``auto`` (:meth:`predictive_mode`)."""
-        from .predict import DEFAULT_SAMPLES, predict
+        posterior draws; 0 = the posterior mean), ``closed-form``, ``shared-trunk`` or ``auto``
+        (:mod:`pyro_bhpeft.modes`; :meth:`predictive_mode` says which ``auto`` takes)."""
+        from .modes import predict_with
+        from .predict import DEFAULT_SAMPLES
 
         posterior, mode = self.posterior, self.predictive_mode(mode)
-        loader = self.loader(data, split=split)
         k = DEFAULT_SAMPLES if samples is None else samples
-        if mode == "closed-form":
-            from .closed_form import closed_form_predict
-
-            return closed_form_predict(posterior, loader)
-        if mode == "shared-trunk":
-            from .trunk import shared_trunk_predict
-
-            return shared_trunk_predict(posterior, loader, num_samples=k, seed=seed)
-        return predict(posterior, loader, num_samples=k, seed=seed, **kwargs)
+        return predict_with(posterior, self.loader(data, split=split), mode, num_samples=k, seed=seed, **kwargs)
 
     def predictive_mode(self, mode: str = "auto") -> str:
-        """The mode ``predict`` uses: ``auto`` is the cheapest exact one: ``closed-form`` when the head is the
-        only random part of a classifier (its logits are then exactly Gaussian), ``shared-trunk`` when the lower
-        blocks are point masses (``random_blocks``), else ``sample``."""
-        if mode not in PREDICTIVE_MODES:
-            raise ConfigError(f"unknown predictive mode {mode!r}; choose one of {', '.join(PREDICTIVE_MODES)}")
-        if mode != "auto":
-            return mode
-        marginals = self.posterior.marginals()
-        random = {name for name, m in marginals.items() if m.scale is not None}
-        head_only = bool(random) and all(name.startswith("head.") for name in random)
-        if head_only and self.posterior.model.predicts_classes:
-            return "closed-form"
-        from .trunk import first_random_block
+        """The mode :meth:`predict` uses for ``mode`` (``auto``: the cheapest exact one this run supports)."""
+        from .modes import resolve_mode
 
-        shares = first_random_block(self.posterior) > 0 and self.posterior.model.predicts_classes
-        return "shared-trunk" if shares else "sample"
+        return resolve_mode(self.posterior, mode)
 
     def evaluate(self, data: Any, *, samples: int | None = None, seed: int = 0, split: str = "test") -> dict:
         """Accuracy, NLL, Brier, ECE (or MSE, Gaussian NLL, coverage; a language model's token perplexity, accuracy,

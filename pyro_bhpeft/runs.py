@@ -291,15 +291,21 @@ def evaluate_run(run: str | Path, *, samples: int = DEFAULT_SAMPLES, **where: An
             "mean_only": evaluate_split(posterior, loader, 0)}
 
 
-def predict_run(run: str | Path, *, samples: int = DEFAULT_SAMPLES, **where: Any) -> list[dict[str, Any]]:
-    """Per-example predictions of a saved run (:func:`pyro_bhpeft.predict.prediction_rows`); ``where`` as
-    in :func:`eval_loader`."""
-    from .predict import predict, prediction_rows
+def predict_run(run: str | Path, *, samples: int = DEFAULT_SAMPLES, mode: str = "sample",
+                **where: Any) -> list[dict[str, Any]]:
+    """Per-example predictions of a saved run (:func:`pyro_bhpeft.predict.prediction_rows`) in predictive ``mode``
+    (:mod:`pyro_bhpeft.modes`; ``where["tell"]``, when given, hears which mode ``auto`` took); ``where`` as in
+    :func:`eval_loader`."""
+    from .modes import predict_with, resolve_mode
+    from .predict import prediction_rows
 
     posterior, data, split, loader = eval_loader(run, labels=False, **where)
     rows = data.splits[split]
     texts = rows["text" if "text" in rows.column_names else "question"]
-    pred = predict(posterior, loader, num_samples=samples)
+    used = resolve_mode(posterior, mode)
+    if where.get("tell"):
+        where["tell"](f"predictive mode: {used}" + (" (auto)" if mode == "auto" else ""))
+    pred = predict_with(posterior, loader, used, num_samples=samples)
     unlabelled = pred.labels is None
     if unlabelled and not posterior.model.predicts_classes:  # prediction_rows reads a label for every regression row
         import dataclasses

@@ -43,7 +43,7 @@ def test_bayesianize_a_peft_adapter_on_a_user_csv(adapter, tiny_backbone, tmp_pa
         assert config["meta"]["tfb"]["sigma"] > 0
     assert main(["evaluate", str(out), "--samples", "4"]) in (0, None)
     preds = tmp_path / "preds.csv"
-    assert main(["predict", str(out), "--samples", "4", "--out", str(preds)]) in (0, None)
+    assert main(["predict", str(out), "--samples", "4", "--out", str(preds)]) in (0, None)  # auto: sample here
     import pandas as pd
 
     rows = pd.read_csv(preds)

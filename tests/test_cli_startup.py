@@ -51,6 +51,9 @@ def test_the_parsers_static_values_are_those_of_their_homes():
     gates = GatedLoraConfig()
     assert STATIC["gate_defaults"] == {"rank_prior": gates.rank_prior, "bit_prior": gates.bit_prior, "noise": gates.noise}
     assert tuple(STATIC["devices"]) == tuple(DEVICES) and STATIC["samples"] == DEFAULT_SAMPLES
+    from pyro_bhpeft.modes import PREDICTIVE_MODES
+
+    assert tuple(STATIC["modes"]) == PREDICTIVE_MODES
     assert STATIC["temper"] == inspect.signature(posterior_prior).parameters["temper"].default
     assert STATIC["seeds"] == len(inspect.signature(run_compare).parameters["seeds"].default)
     assert STATIC["protocol"] == {k: getattr(Protocol(), k) for k in STATIC["protocol"]}

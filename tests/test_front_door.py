@@ -181,3 +181,21 @@ def test_package_names_are_the_functions_even_after_their_modules_are_imported()
             "from pyro_bhpeft import predict, fit, BayesianPEFT; assert callable(predict) and "
             "predict.__module__ == 'pyro_bhpeft.predict' and pyro_bhpeft.predict is predict")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_predict_says_the_mode_auto_took_and_closed_form_matches_python(bert_dir, tmp_path, capsys):
+    from pyro_bhpeft.cli import main
+
+    model = _fit(bert_dir, (TEXTS, LABELS), guide="mean-field", deterministic=("*.lora_A", "*.lora_B"))
+    model.save(tmp_path / "run")
+    data = tmp_path / "new.csv"
+    data.write_text("text\n" + "\n".join(NEW) + "\n")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(tmp_path / "run"), "--data", str(data), "--out", str(out)]) in (0, None)
+    assert "predictive mode: closed-form (auto)" in capsys.readouterr().err
+    import pandas as pd
+
+    rows = pd.read_csv(out)
+    expected = model.predict(NEW, mode="closed-form").probs
+    torch.testing.assert_close(torch.tensor(rows[["p_0", "p_1"]].values, dtype=torch.float32), expected,
+                               rtol=0, atol=1e-5)
