@@ -1,11 +1,11 @@
 """The loop behind :func:`~pyro_bhpeft.infer.fit`: one small step function and callbacks around it.
 
-:class:`Stepper` takes one optimisation step (the joint step, or BLoB's split step when given a
-:class:`~pyro_bhpeft.infer.KLStep`), steering the model only through effect handlers
-(:mod:`pyro_bhpeft.models.effects`: the KL weight, the data size, flipout). :class:`Trainer` runs it over
-the batches and calls its callbacks (as Lightning's ``Callback``): :class:`ScaleTrace` records the posterior
-scales, :class:`ProgressBar` shows the curves, :class:`Checkpointing` saves, resumes and stops cleanly
-on Ctrl-C, :class:`DataParallel` averages gradients across ranks.
+:class:`Stepper` takes one optimisation step, its update strategy the joint step (:class:`JointUpdate`) or
+BLoB's split step (:class:`SplitKLUpdate`, given a :class:`~pyro_bhpeft.infer.KLStep`), steering the model
+only through effect handlers (:mod:`pyro_bhpeft.models.effects`: the KL weight, the data size, flipout).
+:class:`Trainer` runs it over the batches and calls its callbacks (as Lightning's ``Callback``):
+:class:`ScaleTrace` records the posterior scales, :class:`ProgressBar` shows the curves, :class:`Checkpointing`
+saves, resumes and stops cleanly on Ctrl-C, :class:`DataParallel` averages gradients across ranks.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from tqdm.auto import tqdm
 from .checkpoint import FitInterrupted, StopOnInterrupt, load_state, rng_state, save_state, set_rng_state
 from .config import ConfigError
 from .distributed import world, wrap_loss
-from .infer import FitOptions, FitResult, KLStep, blob_kl_weight, kl_schedule, lr_factor, scale_warnings, tail_mean
+from .infer import FitOptions, FitResult, blob_kl_weight, kl_schedule, lr_factor, scale_warnings, tail_mean
 from .models.effects import DATA_PLATE, DataSize, Flipout, KLWeight
 from .posterior import Posterior
 
-__all__ = ["Trainer", "Stepper", "Callback", "ScaleTrace", "ProgressBar", "Checkpointing", "DataParallel"]
+__all__ = ["Trainer", "Stepper", "JointUpdate", "SplitKLUpdate", "Callback", "ScaleTrace", "ProgressBar", "Checkpointing", "DataParallel"]
 
 
 class _Likelihood(Messenger):
@@ -48,8 +48,8 @@ class _Likelihood(Messenger):
 
 @dataclass
 class Stepper:
-    """One optimisation step; returns (loss, nll, kl) per example. With ``kl_step``: an Adam step on the
-    likelihood, then an SGD step on ``beta * pi * KL`` over the KL-only ELBO ``kl_loss`` (unclipped, as BLoB)."""
+    """One optimisation step; returns (loss, nll, kl) per example. How the step treats the KL term is its
+    ``update`` strategy: :class:`JointUpdate` (one step on the whole loss) or :class:`SplitKLUpdate` (BLoB)."""
 
     guide: Any
     loss_fn: Any
@@ -60,12 +60,10 @@ class Stepper:
     num_data: int
     flipout: bool = False
     num_particles: int = 1
-    kl_step: KLStep | None = None
-    kl_loss: Any = None
-    kl_optimizer: torch.optim.Optimizer | None = None
-    kl_schedule: Any = None
+    update: Any = None  # JointUpdate() when None
 
-    def _nll_loss(self, inputs, labels, beta: float) -> tuple[torch.Tensor, float]:
+    def nll_loss(self, inputs, labels, beta: float) -> tuple[torch.Tensor, float]:
+        """The loss per example (likelihood scaled to the data, KL weighted by ``beta``) and its NLL part."""
         recorder = _Likelihood()
         flipout = Flipout(self.guide.site_loc) if self.flipout else contextlib.nullcontext()
         with recorder, KLWeight(beta), DataSize(self.num_data), flipout:
@@ -73,19 +71,9 @@ class Stepper:
         return loss, -recorder.value / self.num_particles / self.num_data
 
     def take(self, inputs, labels, beta: float, pi: float) -> tuple[float, float, float]:
-        if self.kl_step is None:
-            loss, nll = self._nll_loss(inputs, labels, beta)
-            self._step(loss, self.optimizer, self.schedule)
-            kl = (float(loss.detach()) - nll) / beta if beta > 0 else float("nan")
-            return float(loss.detach()), nll, kl
-        loss, nll = self._nll_loss(inputs, labels, 0.0)
-        self._step(loss, self.optimizer, self.schedule)
-        kl_total = self.kl_loss(inputs, labels)  # the prior model: no forward pass, KL weight 1
-        self._step(beta * pi * kl_total, self.kl_optimizer, self.kl_schedule, clip=False)
-        kl = float(kl_total.detach()) / self.num_data
-        return nll + beta * kl, nll, kl
+        return (self.update or JointUpdate())(self, inputs, labels, beta, pi)
 
-    def _step(self, loss: torch.Tensor, optimizer, schedule, clip: bool = True) -> None:
+    def step(self, loss: torch.Tensor, optimizer, schedule, clip: bool = True) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip and self.clip_norm:
@@ -94,7 +82,40 @@ class Stepper:
         schedule.step()
 
     def optimisers(self) -> list[tuple[Any, Any]]:
-        return [(self.optimizer, self.schedule), (self.kl_optimizer, self.kl_schedule)]
+        """(optimiser, schedule) of the main step and of the KL step (None, None without one), as checkpointed."""
+        return [(self.optimizer, self.schedule), getattr(self.update, "optimiser", (None, None))]
+
+
+class JointUpdate:
+    """One Adam step on ``NLL + beta KL``."""
+
+    def __call__(self, s: Stepper, inputs, labels, beta: float, pi: float) -> tuple[float, float, float]:
+        loss, nll = s.nll_loss(inputs, labels, beta)
+        s.step(loss, s.optimizer, s.schedule)
+        kl = (float(loss.detach()) - nll) / beta if beta > 0 else float("nan")
+        return float(loss.detach()), nll, kl
+
+
+@dataclass
+class SplitKLUpdate:
+    """BLoB's split step: an Adam step on the likelihood, then an SGD step on ``beta * pi * KL`` over the KL-only
+    ELBO ``kl_loss`` (the prior model: no forward pass), unclipped as BLoB."""
+
+    kl_loss: Any
+    kl_optimizer: torch.optim.Optimizer
+    kl_schedule: Any
+
+    @property
+    def optimiser(self) -> tuple[Any, Any]:
+        return self.kl_optimizer, self.kl_schedule
+
+    def __call__(self, s: Stepper, inputs, labels, beta: float, pi: float) -> tuple[float, float, float]:
+        loss, nll = s.nll_loss(inputs, labels, 0.0)
+        s.step(loss, s.optimizer, s.schedule)
+        kl_total = self.kl_loss(inputs, labels)  # KL weight 1
+        s.step(beta * pi * kl_total, self.kl_optimizer, self.kl_schedule, clip=False)
+        kl = float(kl_total.detach()) / s.num_data
+        return nll + beta * kl, nll, kl
 
 
 def hyper(model: Any) -> list[torch.Tensor]:
@@ -148,11 +169,10 @@ def make_stepper(model: Any, guide: Any, options: FitOptions, num_data: int, tot
                       _schedule(optimizer, options, total), params, options.clip_norm, num_data, options.flipout,
                       options.num_particles)
     if options.kl_step is not None:
-        stepper.kl_step = options.kl_step
-        stepper.kl_loss = elbo_for(guide, 1)(model.prior_model, guide)
         guide_params = [p for p in params if not any(p is h for h in prior_scales)]  # prior scales learn in Adam
-        stepper.kl_optimizer = torch.optim.SGD(guide_params, lr=options.kl_step.lr)
-        stepper.kl_schedule = _schedule(stepper.kl_optimizer, options, total)
+        kl_optimizer = torch.optim.SGD(guide_params, lr=options.kl_step.lr)
+        stepper.update = SplitKLUpdate(elbo_for(guide, 1)(model.prior_model, guide), kl_optimizer,
+                                       _schedule(kl_optimizer, options, total))
     return stepper
 
 
