@@ -45,3 +45,23 @@ def test_two_ray_workers_give_the_table_of_one_process(tiny_backbone, tmp_path):
         tables.append(table[[c for c in table.columns if not c.startswith(COSTS)]])
     assert sorted(tables[0].index) == sorted(METHODS)
     pd.testing.assert_frame_equal(tables[0], tables[1])
+
+
+def test_a_method_registered_only_in_the_driver_runs_on_ray_workers(tiny_backbone, tmp_path):
+    pytest.importorskip("ray")
+    from pyro_bhpeft.compare import METHODS as REGISTRY, Method, register_method
+
+    train = tmp_path / "train.csv"
+    reviews(24).to_csv(train, index=False)
+    data = load_files(train, eval_files={"validation": train, "test": train}, text_column="review",
+                      label_column="sentiment")
+    protocol = Protocol(task="reviews", backbone=tiny_backbone, train_size=16, eval_size=8, epochs=1, batch_size=8,
+                        max_length=12, samples=2, max_steps=1, ood_task="")
+    register_method("driver-only", Method.sampled("MAP, registered in this process only", {"guide": "map"},
+                                                  point_mass=True))
+    try:
+        run_compare(protocol, tmp_path / "cmp", methods=("driver-only",), seeds=(0, 1), data=data, progress=False,
+                    workers=2)
+    finally:
+        REGISTRY.unregister("driver-only")
+    assert (tmp_path / "cmp" / "cells" / "driver-only-seed1" / "metrics.json").exists()

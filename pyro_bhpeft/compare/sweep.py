@@ -4,8 +4,9 @@ Cells that build on one shared fit (``Method.base_fit``: LoRA, temperature scali
 ensemble's first member all start from the deterministic LoRA of their seed) run in one task, in order,
 so no fit is made twice; other cells are tasks of their own. Each task builds its own :class:`Bench`
 (the data subset and tokenisation are deterministic), runs its cells with ``cpus`` threads and writes
-them to the same resumable cell files as a sequential run, so the table is the same. Methods must be
-registered when ``pyro_bhpeft`` is imported (the built-ins are) to exist in the workers.
+them to the same resumable cell files as a sequential run, so the table is the same. A task carries the
+records of its methods, so methods registered outside the library (``benchmarks/lab_methods.py``, a user's)
+run in the workers too.
 
     run_compare(protocol, "runs/cmp", workers=2)                   # two single-thread cells at a time
     run_compare(protocol, "runs/cmp", ray_address="auto", gpus=1)  # a running Ray cluster
@@ -39,12 +40,16 @@ def cell_groups(methods: Sequence[str], seeds: Sequence[int]) -> list[list[tuple
 
 
 def _run_cells(protocol: Protocol, out: str, data: Any, ood: Any, cells: list[tuple[str, int]],
-               threads: int) -> list[tuple[str, int]]:
+               threads: int, records: dict[str, Any] | None = None) -> list[tuple[str, int]]:
     import torch
 
     from .bench import Bench
     from .cells import run_cell
+    from .record import register_method
 
+    for name, method in (records or {}).items():  # a method the worker's own import did not register
+        if name not in METHODS:
+            register_method(name, method)
     torch.set_num_threads(threads)
     bench = Bench(protocol, Path(out), data, ood, progress=False)
     for method, seed in cells:
@@ -70,7 +75,8 @@ def run_on_ray(protocol: Protocol, out: Path, data: Any, ood: Any, methods: Sequ
         ray.init(include_dashboard=False, log_to_driver=False, **options)
     try:
         task = ray.remote(num_cpus=cpus, num_gpus=gpus)(_run_cells)
-        pending = [task.remote(protocol, str(out), data, ood, group, cpus) for group in todo]
+        pending = [task.remote(protocol, str(out), data, ood, group, cpus, {m: METHODS[m] for m, _ in group})
+                   for group in todo]
         total, finished = sum(len(g) for g in todo), 0
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
