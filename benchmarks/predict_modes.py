@@ -127,6 +127,31 @@ def table(cells: dict[str, Any]) -> str:
     return markdown_table(["fit", "mode", "cost (x mean forward)", "accuracy %", "NLL", "ECE %", "OOD AUROC"], lines)
 
 
+def figure(cells: dict[str, Any], path: str) -> None:
+    """Test NLL against cost (x a mean forward), one marker per fit and mode, error bars over seeds."""
+    from matplotlib.figure import Figure
+
+    from pyro_bhpeft.analysis import plots
+
+    seeds = sorted(cells)
+    fig = Figure(figsize=(7.5, 4.2))
+    ax = fig.add_subplot()
+    markers = dict(zip(cells[seeds[0]], "os^"))
+    for i, fit in enumerate(cells[seeds[0]]):
+        for j, mode in enumerate(cells[seeds[0]][fit]["modes"]):
+            cost = [cells[s][fit]["modes"][mode]["cost"] for s in seeds]
+            nll = [cells[s][fit]["modes"][mode]["nll"] for s in seeds]
+            ax.errorbar(np.mean(cost), np.mean(nll), xerr=np.std(cost), yerr=np.std(nll), fmt=markers[fit],
+                        color=plots.COLORS[j % len(plots.COLORS)], label=f"{fit}: {mode}", capsize=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("prediction cost (x one deterministic forward, log scale)")
+    ax.set_ylabel("test NLL (sentiment, SST-2)")
+    ax.set_title(f"Predictive modes, seeds {', '.join(seeds)} (mean ± sd)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    plots.save(fig, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/scaling/predict_modes")
@@ -141,6 +166,7 @@ def main() -> None:
             write_json(cells_file, cells)  # each seed kept as soon as it is done
     write_text(f"{args.out}.md", f"Seeds {', '.join(sorted(cells))}; mean ± sd over seeds. Command: "
                                  f"`python benchmarks/predict_modes.py --out {args.out}`\n\n{table(cells)}\n")
+    figure(cells, f"{args.out}.png")
     print(table(cells))
 
 
