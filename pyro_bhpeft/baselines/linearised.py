@@ -7,7 +7,7 @@ from typing import Iterable
 
 import torch
 
-from pyro_bhpeft.guides import MeanField
+from pyro_bhpeft.guides import is_factorised
 
 from ..posterior import Posterior
 from ..predict import ClassPrediction, class_prediction
@@ -27,7 +27,7 @@ def linearised_predict(posterior: Posterior, data: Iterable, *, num_samples: int
     """
     model = posterior.model
     classification_only(model, "the linearised predictive")
-    if not isinstance(posterior.guide, MeanField):
+    if not is_factorised(posterior.guide):
         raise ValueError(f"the linearised predictive needs a diagonal Gaussian posterior (MeanField, e.g. a "
                          f"Laplace fit), got {type(posterior.guide).__name__}")
     if num_samples < 1:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import datasets
 
-from ..registry import Registry
 
 if TYPE_CHECKING:
     from .files import UserFile
@@ -88,7 +87,7 @@ class DataKind:
         return datasets.Features({**self.inputs, "label": label})
 
 
-DATA_KINDS: Registry[DataKind] = Registry("task kind")
+from ..task_kinds import DATA_KINDS  # noqa: E402  (one record per task kind: its model and its data kind)
 
 
 class _KindNames(Sequence[str]):
