@@ -234,7 +234,8 @@ def cmd_tasks(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from .compare import DEFAULT_METHODS, run_compare
+    from .compare import run_compare
+    from .compare.record import available_methods
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be at least 1, got {args.seeds}")
@@ -244,7 +245,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "protocol.json").is_file())):
         raise UserError(f"{out} is not a comparison directory (no protocol.json); it is never written into or "
                         "replaced: choose another --out")
-    report = run_compare(protocol_from(args), out, methods=args.methods or DEFAULT_METHODS,
+    methods = args.methods
+    if not methods:  # every method the installed extras allow, and a line for each one they do not
+        methods, skipped = available_methods()
+        for name, reason in skipped.items():
+            print(f"compare: skipping {name}: {reason}", file=sys.stderr)
+    report = run_compare(protocol_from(args), out, methods=methods,
                          seeds=range(args.seeds), overwrite=args.overwrite, workers=args.workers,
                          ray_address=args.ray_address, cpus_per_worker=args.cpus_per_worker,
                          gpus_per_worker=args.gpus_per_worker)

@@ -160,7 +160,8 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     d = STATIC["protocol"]
     p.add_argument("--task", default=d["task"], help=f"registered task (default: {d['task']})")
     p.add_argument("--methods", type=csv_list, default=None,
-                   help="comma list of comparison methods (default: all registered; an unknown name lists them)")
+                   help="comma list of comparison methods (default: every library method the installed extras "
+                        "allow, saying which it skips; an unknown name lists them)")
     p.add_argument("--seeds", type=int, default=STATIC["seeds"],
                    help=f"number of seeds, 0..N-1 (default: {STATIC['seeds']})")
     p.add_argument("--out", help="comparison directory (default: runs/compare-TASK); finished cells are reused")

@@ -77,3 +77,18 @@ def test_a_failed_build_leaves_no_cache(tmp_path):
     with pytest.raises(RuntimeError, match="disk full"):
         cached_fit(path, "fit.json", lambda: 1, write, lambda p: 2)
     assert not (path / "fit.json").exists()
+
+
+def test_compare_without_methods_runs_the_available_ones_and_says_what_it_skipped(monkeypatch, tmp_path, capsys):
+    import importlib.util
+
+    import pyro_bhpeft.compare as compare
+    from pyro_bhpeft.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ivon" else real(name, *a))
+    asked = {}
+    monkeypatch.setattr(compare, "run_compare", lambda protocol, out, methods, **kw: asked.update(methods=methods) or out)
+    assert main(["compare", "--task", "sentiment", "--out", str(tmp_path / "cmp")]) in (0, None)
+    assert "compare: skipping ivon: needs ivon" in capsys.readouterr().err
+    assert "ivon" not in asked["methods"] and "lora" in asked["methods"]
