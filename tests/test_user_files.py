@@ -230,6 +230,8 @@ def test_the_held_out_rows_are_said_and_recorded(tmp_path):
     data = load_files(train, seed=3)
     assert data.notes[1] == ("held out of train.csv by seed 3: validation 4, test 4 rows (20 %); training on the "
                              "other 32 (pass --eval FILE to evaluate on a file of your own)")
+    given = load_files(train, seed=3, eval_files={"test": train})  # a test file given: only validation carved
+    assert any(n.startswith("held out of train.csv") and "--eval" not in n for n in given.notes)
     assert data.sources == {"train": SplitSource(str(train), 32),
                             "validation": SplitSource(str(train), 4, "train", 0.1, 3),
                             "test": SplitSource(str(train), 4, "train", 0.1, 3)}

@@ -206,8 +206,9 @@ def _carved(splits: dict, fractions: dict[str, float], seed: int, train: Path) -
     """Carve the missing evaluation splits out of train; the note that says so."""
     splits.update(carve(splits.pop("train"), fractions, seed, what=train.name))
     held = ", ".join(f"{name} {len(splits[name]):,}" for name in fractions)
+    hint = " (pass --eval FILE to evaluate on a file of your own)" if "test" in fractions else ""
     note = (f"held out of {train.name} by seed {seed}: {held} rows ({sum(fractions.values()) * 100:g} %); "
-            f"training on the other {len(splits['train']):,} (pass --eval FILE to evaluate on a file of your own)")
+            f"training on the other {len(splits['train']):,}{hint}")
     return splits, note
 
 
