@@ -138,17 +138,27 @@ def prediction_rows(pred: ClassPrediction | RegressionPrediction, texts: Sequenc
     ``std`` (of the predictive) and ``epistemic_var``.
     """
     if isinstance(pred, RegressionPrediction):
-        return [{"text": t, "label": float(y), "mean": float(m), "std": float(v) ** 0.5, "epistemic_var": float(e)}
-                for t, y, m, v, e in zip(texts, pred.labels, pred.mean, pred.variance, pred.epistemic)]
+        labels = pred.labels if pred.labels is not None else [None] * len(texts)  # texts alone: no label
+        return [{"text": t, "label": _value(y), "mean": float(m), "std": float(v) ** 0.5, "epistemic_var": float(e)}
+                for t, y, m, v, e in zip(texts, labels, pred.mean, pred.variance, pred.epistemic)]
     classes = pred.probs.shape[1]
     names = list(label_names) or [str(i) for i in range(classes)]
     rows = []
     for i, t in enumerate(texts):
         predicted = int(pred.predicted[i])
-        row = {"text": t, "label": int(pred.labels[i]) if pred.labels is not None else None,
+        label = int(pred.labels[i]) if pred.labels is not None else -1
+        row = {"text": t, "label": label if label >= 0 else None,  # -1: a row without a (known) label
                "predicted": predicted, "predicted_name": names[predicted] if len(names) == classes else None,
                "confidence": float(pred.probs[i].max()), "entropy": float(pred.predictive_entropy[i]),
                "mutual_information": float(pred.mutual_information[i])}
         row.update({f"p_{j}": float(p) for j, p in enumerate(pred.probs[i])})
         rows.append(row)
     return rows
+
+
+def _value(y: Any) -> float | None:
+    """A regression label as a float, or None for a missing one (None or NaN)."""
+    if y is None:
+        return None
+    y = float(y)
+    return None if y != y else y

@@ -307,12 +307,6 @@ def predict_run(run: str | Path, *, samples: int = DEFAULT_SAMPLES, mode: str = 
         where["tell"](f"predictive mode: {used}" + (" (auto)" if mode == "auto" else ""))
     pred = predict_with(posterior, loader, used, num_samples=samples)
     unlabelled = pred.labels is None
-    if unlabelled and not posterior.model.predicts_classes:  # prediction_rows reads a label for every regression row
-        import dataclasses
-
-        import torch
-
-        pred = dataclasses.replace(pred, labels=torch.full_like(pred.mean, float("nan")))
     out = prediction_rows(pred, texts, posterior.meta.get("label_names") or ())
     return [{k: v for k, v in row.items() if k != "label"} for row in out] if unlabelled else out
 

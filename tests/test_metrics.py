@@ -295,3 +295,18 @@ def test_ece_floor_is_below_the_ece_of_a_miscalibrated_model():
     sharp = np.exp(3 * np.log(probs))
     sharp /= sharp.sum(1, keepdims=True)  # overconfident version of the same predictions
     assert m.ece(sharp, labels) > m.ece_floor(sharp).mean + 5 * m.ece_floor(sharp).sd
+
+
+def test_prediction_rows_of_texts_without_labels_say_none():
+    import torch
+
+    from pyro_bhpeft.predict import ClassPrediction, RegressionPrediction, prediction_rows
+
+    reg = RegressionPrediction(torch.tensor([1.0, 2.0]), torch.tensor([4.0, 1.0]), torch.ones(2), torch.zeros(2), None, 4)
+    assert [r["label"] for r in prediction_rows(reg, ["a", "b"])] == [None, None]
+    nan = RegressionPrediction(torch.tensor([1.0]), torch.tensor([4.0]), torch.ones(1), torch.zeros(1),
+                               torch.tensor([float("nan")]), 4)
+    assert prediction_rows(nan, ["a"])[0]["label"] is None and prediction_rows(reg, ["a", "b"])[0]["std"] == 2.0
+    probs = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
+    cls = ClassPrediction(probs, torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.tensor([1, -1]), 4)
+    assert [r["label"] for r in prediction_rows(cls, ["a", "b"])] == [1, None]
