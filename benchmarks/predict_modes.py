@@ -122,7 +122,7 @@ def table(cells: dict[str, Any]) -> str:
             vals = {k: [cells[s][fit]["modes"][mode][k] for s in seeds] for k in ("cost", "accuracy", "nll", "ece",
                                                                               "ood_auroc")}
             fmt = lambda k, scale=1.0, d=3: f"{np.mean(vals[k]) * scale:.{d}f} ± {np.std(vals[k]) * scale:.{d}f}"  # noqa
-            lines.append([fit, mode, fmt("cost", d=2), fmt("accuracy", 100, 2), fmt("nll"), fmt("ece", 100, 2),
+            lines.append([fit, mode, fmt("cost", d=2), fmt("accuracy", 100, 2), fmt("nll"), fmt("ece", 1.0, 2),
                           fmt("ood_auroc")])
     return markdown_table(["fit", "mode", "cost (x mean forward)", "accuracy %", "NLL", "ECE %", "OOD AUROC"], lines)
 
@@ -134,7 +134,7 @@ def figure(cells: dict[str, Any], path: str) -> None:
     from pyro_bhpeft.analysis import plots
 
     seeds = sorted(cells)
-    fig = Figure(figsize=(7.5, 4.2))
+    fig = Figure(figsize=(11, 4.4))
     ax = fig.add_subplot()
     markers = dict(zip(cells[seeds[0]], "os^"))
     for i, fit in enumerate(cells[seeds[0]]):
@@ -147,7 +147,7 @@ def figure(cells: dict[str, Any], path: str) -> None:
     ax.set_xlabel("prediction cost (x one deterministic forward, log scale)")
     ax.set_ylabel("test NLL (sentiment, SST-2)")
     ax.set_title(f"Predictive modes, seeds {', '.join(seeds)} (mean ± sd)")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     plots.save(fig, path)
 
