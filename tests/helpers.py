@@ -173,3 +173,18 @@ def quiz(name: str = "quiz", n: int = 4):
     rows = {"question": QUESTIONS[:n], "choices": CHOICES[:n], "label": LABELS[:n]}
     split = datasets.Dataset.from_dict(rows, features=features_for(spec))
     return TaskData(spec, datasets.DatasetDict({"train": split, "validation": split, "test": split}))
+
+
+# ---- the command line as a user meets it -------------------------------------------------------------------
+def error_line(capsys) -> str:
+    """The last line a failed command printed on stderr (one line, no traceback)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err, "no error printed"
+    assert "Traceback" not in "\n".join(err)
+    return err[-1]
+
+
+def fit_args(backbone, train, out, *extra) -> list:
+    """``pyro-bhpeft fit`` on a reviews CSV (see :func:`reviews`) with a tiny backbone: two quick steps."""
+    return ["fit", "--train", train, "--text-column", "review", "--label-column", "sentiment", "--backbone", backbone,
+            "--max-steps", 2, "--batch-size", 8, "--max-length", 16, "--out", out, *extra]

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from helpers import reviews
+from helpers import error_line, fit_args, reviews
 from pyro_bhpeft.cli import main
 
 
@@ -33,18 +33,6 @@ def plant(path, marker) -> None:
 
 def run_cli(*argv) -> int:
     return main([str(a) for a in argv])
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err, "no error printed"
-    assert "Traceback" not in "\n".join(err)
-    return err[-1]
-
-
-def fit_args(backbone, train, out, *extra):
-    return ["fit", "--train", train, "--text-column", "review", "--label-column", "sentiment", "--backbone", backbone,
-            "--max-steps", 2, "--batch-size", 8, "--max-length", 16, "--out", out, *extra]
 
 
 @pytest.fixture()
