@@ -78,14 +78,14 @@ class OurStep:
 
     def __init__(self, lm, inputs, labels, method: str):
         from pyro_bhpeft import PeftConfig
-        from pyro_bhpeft.front import _base_model
+        from pyro_bhpeft.backbone import bare_model
         from pyro_bhpeft.infer import KLStep
         from pyro_bhpeft.models import AnswerChoice
         from pyro_bhpeft.recipe import PRESETS, Recipe, build_guide
 
         peft = PeftConfig.hybrid(r=R) if method == "BH-PEFT hybrid" else PeftConfig()
         recipe = Recipe().with_(**{**(PRESETS["blob"] if method == "BLoB" else {}), "peft": peft})
-        self.model = AnswerChoice(_base_model(lm), peft, recipe.make_prior(), answer_ids=ANSWERS)
+        self.model = AnswerChoice(bare_model(lm), peft, recipe.make_prior(), answer_ids=ANSWERS)
         self.guide = build_guide(recipe, self.model)
         self.options = {"flipout": recipe.flipout, "scale_lr": recipe.scale_lr, "num_data": 4000,
                         "kl_step": KLStep(recipe.kl_step_lr, recipe.kl_reweighting) if recipe.kl_step_lr else None}

@@ -164,14 +164,17 @@ class BayesianPeftModel(PyroModule):
 
     def run(self, weights: Mapping[str, torch.Tensor], batch: Batch) -> Any:
         """Deterministic forward pass with given weights (no Pyro statements)."""
+        return self.outputs(weights, self.features(weights, batch), batch)
+
+    def features(self, weights: Mapping[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+        """The head's input: the backbone with ``weights`` bound, pooled, in float32 (rows as the backbone sees them)."""
         device = self._device()
         flat = {k: v.to(device) for k, v in self.flatten_inputs(batch).items()}
         rows_per_example = next(iter(flat.values())).shape[0] // max(1, next(iter(batch.values())).shape[0])
         with self.bound(weights, group=rows_per_example):
             inputs = {k: v for k, v in flat.items() if k in _BACKBONE_INPUTS}
             hidden = self.backbone(**inputs).last_hidden_state  # (batch, seq, hidden)
-            features = pool(hidden, flat.get("attention_mask"), self.pooling).float()  # the head in float32
-        return self.outputs(weights, features, batch)
+            return pool(hidden, flat.get("attention_mask"), self.pooling).float()  # the head in float32
 
     def run_samples(self, draws: list[Mapping[str, torch.Tensor]], batch: Batch, max_rows: int | None = None
                     ) -> list[Any]:

@@ -27,7 +27,7 @@ from torch import nn
 from .assets import ASSETS, cache_dir, fetch_asset
 from .io import atomic_dir
 
-__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "freeze", "dropout_active", "has_dropout",
+__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "bare_model", "freeze", "dropout_active", "has_dropout",
            "check_dropout", "dequantised_dir", "DTYPES", "DEVICES", "resolve_device", "dtype_name"]
 
 # precisions of the frozen backbone (PEFT weights, KL and likelihood stay float32)
@@ -188,6 +188,17 @@ def _is_decoder(source: str) -> bool:
     return model_type in ARCHITECTURES and ARCHITECTURES[model_type].decoder
 
 
+def bare_model(model: nn.Module) -> nn.Module:
+    """The bare transformer of a Hugging Face model (a task or LM head removed); a decoder keeps its LM head as
+    ``lm_head``, frozen with the rest (tied models share the embeddings)."""
+    from .layers.arch import architecture
+
+    base = getattr(model, "base_model", model)
+    if base is not model and architecture(base).decoder and hasattr(model, "get_output_embeddings"):
+        base.lm_head = model.get_output_embeddings()
+    return base
+
+
 def load_backbone(name_or_path: str = "minilm", *, dtype: torch.dtype = torch.float32) -> Backbone:
     """Return the frozen base model (no task head; a decoder keeps its LM head as ``lm_head``) and its tokenizer."""
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
@@ -198,9 +209,7 @@ def load_backbone(name_or_path: str = "minilm", *, dtype: torch.dtype = torch.fl
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         if _is_decoder(source):
-            lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-            model = lm.base_model
-            model.lm_head = lm.get_output_embeddings()  # frozen with the rest; tied models share the embeddings
+            model = bare_model(AutoModelForCausalLM.from_pretrained(source, dtype=dtype))
         else:
             model = AutoModel.from_pretrained(source, dtype=dtype)
     except OSError as err:  # hub unreachable, missing files

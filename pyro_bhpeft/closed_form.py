@@ -23,10 +23,9 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 import torch
 
@@ -59,30 +58,10 @@ def head_gaussian(posterior: Any) -> HeadGaussian:
     return HeadGaussian(loc, var)
 
 
-@contextlib.contextmanager
-def _features_seen(model: Any) -> Iterator[list]:
-    """Record the pooled features ``model.outputs`` receives (the head's input) while the block runs."""
-    seen: list = []
-    usual = model.outputs
-
-    def recording(weights, features, batch):
-        seen.append(features)
-        return usual(weights, features, batch)
-
-    model.outputs = recording
-    try:
-        yield seen
-    finally:
-        del model.outputs
-
-
 def _head_inputs(posterior: Any, inputs: dict) -> tuple[dict, torch.Tensor]:
     """One forward at the posterior mean: ``(mean weights, pooled features (rows, H))``."""
-    model = posterior.model
     weights = posterior.mean()
-    with _features_seen(model) as seen:
-        model.run(weights, inputs)
-    return weights, seen[0]
+    return weights, posterior.model.features(weights, inputs)
 
 
 def logit_moments(model: Any, weights: dict, features: torch.Tensor, batch: dict, head: HeadGaussian

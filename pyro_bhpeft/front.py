@@ -139,7 +139,7 @@ class BayesianPEFT:
     def backbone(self):
         """The loaded :class:`~pyro_bhpeft.backbone.Backbone` (model, tokenizer, name), loaded on first use."""
         if self._bb is None:
-            from .backbone import Backbone, freeze
+            from .backbone import Backbone, bare_model, freeze
             from .recipe import recipe_backbone
 
             given = self._backbone_arg
@@ -149,7 +149,7 @@ class BayesianPEFT:
                 if self._tokenizer_arg is None:
                     raise ConfigError("a model object needs its tokenizer: BayesianPEFT(model, tokenizer=tokenizer)")
                 name = getattr(getattr(given, "config", None), "_name_or_path", None) or None
-                self._bb = Backbone(freeze(_base_model(given)), self._tokenizer_arg, name)
+                self._bb = Backbone(freeze(bare_model(given)), self._tokenizer_arg, name)
                 if name:
                     self.recipe = self.recipe.with_(backbone=name)
         return self._bb
@@ -353,16 +353,6 @@ class BayesianPEFT:
         return (f"BayesianPEFT({self.recipe.backbone!r}, peft={self.recipe.peft!r}, prior={self.prior!r}, "
                 f"guide={self.recipe.guide if self._guide_builder is None else self._guide_builder!r}, "
                 f"round {self.round}, {fitted})")
-
-
-def _base_model(model: Any) -> Any:
-    """The bare transformer of a Hugging Face model object (a decoder keeps its LM head as ``lm_head``)."""
-    from .layers.arch import architecture
-
-    base = getattr(model, "base_model", model)
-    if base is not model and architecture(base).decoder and hasattr(model, "get_output_embeddings"):
-        base.lm_head = model.get_output_embeddings()
-    return base
 
 
 def _unfitted(posterior: Any, seconds: float = 0.0) -> Any:
