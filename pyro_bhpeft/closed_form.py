@@ -58,12 +58,6 @@ def head_gaussian(posterior: Any) -> HeadGaussian:
     return HeadGaussian(loc, var)
 
 
-def _head_inputs(posterior: Any, inputs: dict) -> tuple[dict, torch.Tensor]:
-    """One forward at the posterior mean: ``(mean weights, pooled features (rows, H))``."""
-    weights = posterior.mean()
-    return weights, posterior.model.features(weights, inputs)
-
-
 def logit_moments(model: Any, weights: dict, features: torch.Tensor, batch: dict, head: HeadGaussian
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance of the head's outputs under ``head`` (the other weights fixed at ``weights``).
@@ -110,10 +104,11 @@ def closed_form_predict(posterior: Any, data: Iterable, *, head: HeadGaussian | 
         raise ValueError("closed_form_predict is for classifiers; a regression head's predictive is Gaussian: "
                          "use logit_moments")
     head = head if head is not None else head_gaussian(posterior)
+    weights = posterior.mean()  # one forward per batch at the mean PEFT weights
     probs, mutual, labels = [], [], []
     for item in data:
         inputs, y = _split(item)
-        weights, features = _head_inputs(posterior, inputs)
+        features = model.features(weights, inputs)
         mean, var = logit_moments(model, weights, features, inputs, head)
         probs.append(probit_probs(mean, var).cpu())
         mutual.append(bridge_mutual_information(mean, var).cpu())
@@ -136,10 +131,10 @@ def last_layer_laplace(posterior: Any, data: Iterable, *, prior_precision: float
         raise ValueError("last_layer_laplace needs a classifier and prior_precision > 0")
     base = head_gaussian(posterior)
     curvature = {n: torch.zeros_like(v) for n, v in base.loc.items()}
-    seen = 0
+    seen, weights = 0, posterior.mean()
     for item in data:
         inputs, _ = _split(item)
-        weights, features = _head_inputs(posterior, inputs)
+        features = model.features(weights, inputs)
         p = model.outputs(weights, features, inputs).softmax(-1).float()  # (rows, C) or per choice
         g = torch.nan_to_num(p * (1 - p))
         if g.shape[-1] != curvature["head.bias"].shape[0]:  # one score per choice: (batch, choices) -> rows

@@ -34,9 +34,8 @@ def _batches(n: int = 6):
 def test_logit_moments_match_100000_head_draws():
     posterior = _head_only_posterior(scale=0.3)
     inputs = _batches()[0][0]
-    from pyro_bhpeft.closed_form import _head_inputs
-
-    weights, features = _head_inputs(posterior, inputs)
+    weights = posterior.mean()
+    features = posterior.model.features(weights, inputs)
     head = head_gaussian(posterior)
     mean, var = logit_moments(posterior.model, weights, features, inputs, head)
     g = torch.Generator().manual_seed(0)
@@ -79,10 +78,8 @@ def test_last_layer_laplace_precision_is_the_diagonal_of_the_hessian():
     posterior = _head_only_posterior(scale=0.3)
     batches = [(token_batch(n=5, seq=7, seed=s), torch.zeros(5, dtype=torch.long)) for s in (0, 1)]
     head = last_layer_laplace(posterior, batches, prior_precision=2.0)
-    from pyro_bhpeft.closed_form import _head_inputs
-
     loc = head_gaussian(posterior).loc
-    features = torch.cat([_head_inputs(posterior, b[0])[1] for b in batches])
+    features = torch.cat([posterior.model.features(posterior.mean(), b[0]) for b in batches])
     targets = torch.cat([b[1] for b in batches])
 
     def nll(w, b):
