@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 TOLERANCE_POINTS, TIE_NLL = 1.0, 0.001
+NOT_ELIGIBLE = {"temperature": "fitted on the validation split the rule reads (in-sample)"}
 
 
 def cells(task: Path) -> dict[str, list[dict]]:
@@ -48,7 +49,10 @@ def select(suite: Path) -> tuple[str | None, list[str]]:
         scores[method] = (float(np.mean(nlls)), cost, ok)
         lines.append(f"{method}: mean validation NLL {scores[method][0]:.4f}, cost {cost:.0f} s, "
                      f"{'within' if ok else 'outside'} 1 point of LoRA on every task")
-    qualified = sorted((nll, cost, m) for m, (nll, cost, ok) in scores.items() if ok)
+    for method, why in NOT_ELIGIBLE.items():
+        if method in scores:
+            lines.append(f"{method}: not eligible, {why}")
+    qualified = sorted((nll, cost, m) for m, (nll, cost, ok) in scores.items() if ok and m not in NOT_ELIGIBLE)
     if not qualified:
         return None, lines
     best_nll = qualified[0][0]

@@ -31,7 +31,7 @@ import torch
 
 from .predict import ClassPrediction, _entropy, _split
 
-__all__ = ["HeadGaussian", "head_gaussian", "last_layer_laplace", "closed_form_predict", "logit_moments",
+__all__ = ["HeadGaussian", "head_gaussian", "last_layer_laplace", "evidence_precision", "closed_form_predict", "logit_moments",
            "probit_probs", "bridge_mutual_information"]
 
 _HEAD = ("head.weight", "head.bias")
@@ -40,10 +40,11 @@ _HEAD = ("head.weight", "head.bias")
 @dataclass(frozen=True)
 class HeadGaussian:
     """Independent Normals over the head's sites: ``loc`` and ``var`` by site name (``head.weight`` (C, H),
-    ``head.bias`` (C,))."""
+    ``head.bias`` (C,)); ``prior_precision``: the Laplace prior's precision where a Laplace head built it."""
 
     loc: dict[str, torch.Tensor]
     var: dict[str, torch.Tensor]
+    prior_precision: float | None = None
 
 
 def head_gaussian(posterior: Any) -> HeadGaussian:
@@ -121,14 +122,17 @@ def closed_form_predict(posterior: Any, data: Iterable, *, head: HeadGaussian | 
 
 
 @torch.no_grad()
-def last_layer_laplace(posterior: Any, data: Iterable, *, prior_precision: float = 1.0,
+def last_layer_laplace(posterior: Any, data: Iterable, *, prior_precision: float | str = 1.0,
                        num_data: int | None = None) -> HeadGaussian:
     """A diagonal Laplace approximation of the head's posterior around a point estimate's head: precision
     ``prior_precision + sum_n p_nc (1 - p_nc) f_nj^2`` (the generalised Gauss-Newton diagonal of the softmax
-    likelihood), summed over ``data`` (training batches) and scaled to ``num_data`` examples when given."""
+    likelihood), summed over ``data`` (training batches) and scaled to ``num_data`` examples when given.
+    ``prior_precision="marglik"``: the precision that maximises the Laplace evidence of the training data
+    (:func:`evidence_precision`), so no held-out split is spent on it."""
     model = posterior.model
-    if not model.predicts_classes or not prior_precision > 0:
-        raise ValueError("last_layer_laplace needs a classifier and prior_precision > 0")
+    if not model.predicts_classes or not (prior_precision == "marglik" or
+                                          (not isinstance(prior_precision, str) and prior_precision > 0)):
+        raise ValueError("last_layer_laplace needs a classifier and prior_precision > 0 or 'marglik'")
     base = head_gaussian(posterior)
     curvature = {n: torch.zeros_like(v) for n, v in base.loc.items()}
     seen, weights = 0, posterior.mean()
@@ -143,5 +147,28 @@ def last_layer_laplace(posterior: Any, data: Iterable, *, prior_precision: float
         curvature["head.bias"] += g.sum(0)
         seen += next(iter(inputs.values())).shape[0]
     factor = (num_data / seen) if num_data else 1.0
-    var = {n: 1.0 / (prior_precision + factor * c) for n, c in curvature.items()}
-    return HeadGaussian(base.loc, var)
+    curvature = {n: factor * c for n, c in curvature.items()}
+    if prior_precision == "marglik":
+        prior_precision = evidence_precision(base.loc, curvature)
+    var = {n: 1.0 / (prior_precision + c) for n, c in curvature.items()}
+    return HeadGaussian(base.loc, var, float(prior_precision))
+
+
+def evidence_precision(loc: dict[str, torch.Tensor], curvature: dict[str, torch.Tensor], *, iterations: int = 100,
+                       bounds: tuple[float, float] = (1e-4, 1e4)) -> float:
+    """The prior precision ``a`` of an isotropic Gaussian prior N(0, 1/a) that maximises the Laplace evidence
+    around the point ``loc`` with diagonal curvature ``h``: MacKay's fixed point ``a = gamma / |loc|^2``,
+    ``gamma = sum_j h_j / (a + h_j)`` (the well-determined parameters), iterated from ``a = 1`` and kept
+    within ``bounds``. With ``h`` much larger than ``a`` it is ``P / |loc|^2``; with no curvature it falls
+    to the lower bound (the data say nothing, so the prior is as wide as allowed)."""
+    theta2 = float(sum(v.double().pow(2).sum() for v in loc.values()))
+    h = torch.cat([c.double().reshape(-1) for c in curvature.values()])
+    low, high = bounds
+    a = 1.0
+    for _ in range(iterations):
+        gamma = float((h / (a + h)).sum())
+        new = min(max(gamma / max(theta2, 1e-300), low), high)
+        if abs(new - a) <= 1e-10 * a:
+            break
+        a = new
+    return float(a)

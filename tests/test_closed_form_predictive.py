@@ -4,13 +4,17 @@ equal to the diagonal of the true Hessian."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 import torch
 import torch.nn.functional as F
 
 from helpers import tiny_bert, token_batch
 from pyro_bhpeft import PeftConfig, Posterior, priors
-from pyro_bhpeft.closed_form import (HeadGaussian, bridge_mutual_information, closed_form_predict, head_gaussian,
-                                     last_layer_laplace, logit_moments)
+from pyro_bhpeft.closed_form import (HeadGaussian, bridge_mutual_information, closed_form_predict,
+                                     evidence_precision, head_gaussian, last_layer_laplace, logit_moments)
 from pyro_bhpeft.guides import MeanField
 from pyro_bhpeft.models import SequenceClassifier
 from pyro_bhpeft.predict import predict
@@ -90,3 +94,38 @@ def test_last_layer_laplace_precision_is_the_diagonal_of_the_hessian():
     diag_b = torch.diagonal(hessian_b[1])
     torch.testing.assert_close(1.0 / head.var["head.weight"], 2.0 + diag_w, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(1.0 / head.var["head.bias"], 2.0 + diag_b, rtol=1e-4, atol=1e-5)
+
+
+def _evidence(a: float, loc: dict, curvature: dict) -> float:
+    """The Laplace log evidence's terms that depend on the prior precision a (prior N(0, 1/a) per parameter)."""
+    theta2 = sum(float(v.double().pow(2).sum()) for v in loc.values())
+    h = torch.cat([c.double().reshape(-1) for c in curvature.values()])
+    return 0.5 * len(h) * math.log(a) - 0.5 * a * theta2 - 0.5 * float(torch.log(a + h).sum())
+
+
+def test_evidence_precision_has_its_closed_forms_at_the_two_limits():
+    loc = {"w": torch.tensor([1.0, -2.0, 2.0])}  # |theta|^2 = 9
+    assert evidence_precision(loc, {"w": torch.full((3,), 1e9)}) == pytest.approx(3 / 9, rel=1e-6)  # P / |theta|^2
+    assert evidence_precision(loc, {"w": torch.zeros(3)}) == 1e-4  # no curvature: the widest prior allowed
+
+
+def test_evidence_precision_maximises_the_laplace_evidence():
+    g = torch.Generator().manual_seed(0)
+    loc = {"head.weight": torch.randn(3, 8, generator=g), "head.bias": torch.randn(3, generator=g)}
+    curvature = {n: torch.rand(v.shape, generator=g) * 20 for n, v in loc.items()}
+    best = evidence_precision(loc, curvature)
+    grid = [10 ** (k / 200) for k in range(-800, 801)]
+    on_grid = max(grid, key=lambda a: _evidence(a, loc, curvature))
+    assert best == pytest.approx(on_grid, rel=0.02) and 1e-4 < best < 1e4
+    assert _evidence(best, loc, curvature) >= _evidence(on_grid, loc, curvature) - 1e-9
+
+
+def test_a_marglik_laplace_head_uses_the_evidence_precision_of_its_own_curvature():
+    posterior = _head_only_posterior(scale=0.3)
+    batches = [(token_batch(n=5, seq=7, seed=s), torch.zeros(5, dtype=torch.long)) for s in (0, 1)]
+    fixed = last_layer_laplace(posterior, batches, prior_precision=1.0)
+    curvature = {n: 1.0 / v - 1.0 for n, v in fixed.var.items()}
+    head = last_layer_laplace(posterior, batches, prior_precision="marglik")
+    assert head.prior_precision == pytest.approx(evidence_precision(head.loc, curvature), rel=1e-5)
+    for n, c in curvature.items():
+        torch.testing.assert_close(1.0 / head.var[n], head.prior_precision + c, rtol=1e-4, atol=1e-4)

@@ -111,6 +111,9 @@ def assert_metrics_follow_from_predictions(out, method, seed):
     assert c["mutual_information"] == pytest.approx(float(p["test_mi"].mean()), rel=1e-5, abs=1e-9)
     if "ood_entropy" in p:
         assert c["ood_auroc"] == metrics.ood_auroc(p["test_entropy"], p["ood_entropy"])
+    vy = p["validation_labels"].astype(int)  # validation, what a selection among methods reads
+    assert c["validation"]["accuracy"] == float(np.mean(p["validation_probs"].argmax(1) == vy))
+    assert c["validation"]["nll"] == pytest.approx(metrics.nll(p["validation_probs"], vy), rel=1e-5)
     if "ood_labels" in p:  # the OOD task shares the answers: scored on its labels too
         oy = p["ood_labels"].astype(int)
         assert c["ood_accuracy"] == float(np.mean(p["ood_probs"].argmax(1) == oy))
@@ -171,6 +174,7 @@ def test_shared_fits_are_fitted_once_each_under_their_recipes_key(compared, tiny
         expected |= {fit_name(p.recipe(s, dropout=True)), fit_name(p.recipe(s, guide="map")),
                      fit_name(p.recipe(s, dropout=True, peft=PeftConfig(LoraConfig(lora_dropout=0.1)))),
                      fit_name(p.recipe(s, guide="mean-field", peft=hybrid)),
+                     fit_name(p.recipe(s, guide="mean-field", peft=hybrid, random_blocks=2)),
                      fit_name(p.recipe(s, guide="low-rank", peft=hybrid)),
                      fit_name(p.recipe(s, guide="mean-field")), f"laplace-seed{s}",
                      fit_name(p.recipe(s, **PRESETS["blob"])), fit_name(p.recipe(s, **PRESETS["bh-peft-fs"])),
@@ -204,6 +208,25 @@ def test_posterior_mean_methods_reuse_their_sampled_fit_and_draw_nothing(compare
                                       predictions(compared, sampled, seed)["test_probs"])
 
 
+def test_the_last_layer_laplace_method_builds_on_loras_fit_and_predicts_in_one_pass(compared):
+    for seed in SEEDS:
+        llla, lora = cell(compared, "lora-llla", seed), cell(compared, "lora", seed)
+        assert llla["trainable"] == lora["trainable"] and llla["prior_precision"] > 0
+        assert llla["train_seconds"] == pytest.approx(lora["train_seconds"] + llla["laplace_seconds"])
+        assert llla["mutual_information"] > 0  # the head's variance reaches the predictive without draws
+        assert not np.array_equal(predictions(compared, "lora-llla", seed)["test_probs"],
+                                  predictions(compared, "lora", seed)["test_probs"])
+
+
+def test_variance_in_the_top_two_of_two_blocks_is_the_whole_mean_field_hybrid(compared):
+    """The tiny backbone has 2 blocks, so random_blocks=2 leaves every site random: the same fit and draws as
+    mean-field (the recipes differ only in the field, so their fits are kept apart but agree)."""
+    for seed in SEEDS:
+        top, full = predictions(compared, "mean-field-top2", seed), predictions(compared, "mean-field", seed)
+        np.testing.assert_allclose(top["test_probs"], full["test_probs"], rtol=1e-5, atol=1e-6)
+        assert cell(compared, "mean-field-top2", seed)["trainable"] == cell(compared, "mean-field", seed)["trainable"]
+
+
 def test_temperature_keeps_every_argmax_so_its_paired_accuracy_difference_is_zero(compared):
     for seed in SEEDS:
         lora, temp = predictions(compared, "lora", seed), predictions(compared, "temperature", seed)
@@ -234,10 +257,10 @@ def test_the_table_shows_mean_and_sd_over_the_seeds_cells(compared):
 
 
 def test_figures_are_the_four_plots_and_one_scale_figure_per_method_with_scales(compared):
-    assert SCALED == ["laplace", "mean-field", "low-rank", "mean-field-lora", "blob", "tfb", "bh-peft-fs",
-                      "bayes-lora-fs"]
+    assert SCALED == ["laplace", "mean-field", "mean-field-top2", "low-rank", "mean-field-lora", "blob", "tfb",
+                      "bh-peft-fs", "bayes-lora-fs"]
     figures = ["reliability", "accuracy-coverage", "confidence", "ood-uncertainty", "scales-mean-field",
-               "scales-low-rank", "scales-mean-field-lora", "scales-blob", "scales-bh-peft-fs", "scales-bayes-lora-fs", "scales-laplace",
+               "scales-mean-field-top2", "scales-low-rank", "scales-mean-field-lora", "scales-blob", "scales-bh-peft-fs", "scales-bayes-lora-fs", "scales-laplace",
                "scales-tfb"]  # the committed reports' order, then the methods added since
     assert {f.stem for f in (compared / "figures").iterdir()} == set(figures)
     listed = [line for line in (compared / "comparison.md").read_text().splitlines() if line.startswith("![")]

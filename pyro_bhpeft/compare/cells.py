@@ -144,7 +144,8 @@ def _check_finite(scored: Scored, method: str, seed: int) -> None:
 
 def cell_metrics(scored: Scored, predict_seconds: float, ood_shift: bool = False) -> dict[str, Any]:
     """Costs, notes and test metrics of one cell (classification metrics, selective AUC, mean mutual
-    information, and the OOD AUROC of predictive entropy when there are OOD predictions). ``ood_shift``: the
+    information, and the OOD AUROC of predictive entropy when there are OOD predictions), and the
+    classification metrics of its validation predictions under ``validation`` when it has them. ``ood_shift``: the
     OOD task answers in the test task's label space, so its accuracy, NLL and ECE on its own labels are
     added (``ood_accuracy``, ``ood_nll``, ``ood_ece``)."""
     from pyro_bhpeft.analysis import metrics
@@ -156,6 +157,9 @@ def cell_metrics(scored: Scored, predict_seconds: float, ood_shift: bool = False
     out.update(metrics.classification_metrics(probs, labels))
     out["selective_auc"] = metrics.selective_auc(probs, labels, test.predictive_entropy.numpy())
     out["mutual_information"] = float(test.mutual_information.mean())
+    if "validation" in scored.predictions:  # what a selection among methods reads (never the test split)
+        val = scored.predictions["validation"]
+        out["validation"] = metrics.classification_metrics(val.probs.numpy(), val.labels.numpy())
     if "ood" in scored.predictions:
         ood = scored.predictions["ood"]
         out["ood_auroc"] = metrics.ood_auroc(test.predictive_entropy.numpy(), ood.predictive_entropy.numpy())
@@ -171,7 +175,7 @@ def _arrays(scored: Scored, ood_shift: bool = False) -> dict[str, np.ndarray]:
         arrays[f"{split}_probs"] = pred.probs.numpy()
         arrays[f"{split}_entropy"] = pred.predictive_entropy.numpy()
         arrays[f"{split}_mi"] = pred.mutual_information.numpy()
-        if pred.labels is not None and (split != "ood" or ood_shift):
+        if pred.labels is not None and (split != "ood" or ood_shift):  # test and validation labels
             arrays[f"{split}_labels"] = pred.labels.numpy()
     return arrays
 

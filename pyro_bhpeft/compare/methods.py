@@ -30,6 +30,7 @@ __all__ = ["Method", "METHODS", "DEFAULT_METHODS", "register_method", "available
 _DROPOUT = {"dropout": True}
 _LORA_DROPOUT = {"dropout": True, "peft": PeftConfig(LoraConfig(lora_dropout=0.1))}  # the peers' LoRA dropout rate
 _HYBRID = {"peft": PeftConfig.hybrid()}
+_TOP2 = {"guide": "mean-field", **_HYBRID, "random_blocks": 2}
 BLOB_SAMPLES = TFB_SAMPLES  # the authors' prediction samples
 
 
@@ -89,6 +90,27 @@ def _temperature(bench: Bench, seed: int) -> Scored:
                   {"temperature": temperature})
 
 
+def _lora_llla(bench: Bench, seed: int) -> Scored:
+    from ..closed_form import closed_form_predict, last_layer_laplace
+
+    point, facts = bench.fitted(bench.protocol.recipe(seed))
+    tick = time.perf_counter()
+    head = last_layer_laplace(point, bench.train_loader(seed), prior_precision="marglik")
+    seconds = time.perf_counter() - tick
+    preds = bench.predict_all(lambda loader: closed_form_predict(point, loader, head=head))
+    return Scored(preds, facts["seconds"] + seconds, facts["peak_mb"], facts["trainable"],
+                  {"prior_precision": head.prior_precision, "laplace_seconds": seconds})
+
+
+def _top_blocks(bench: Bench, seed: int, changes: Mapping[str, Any]) -> Scored:
+    from ..trunk import shared_trunk_predict
+
+    posterior, facts = bench.fitted(bench.protocol.recipe(seed, **changes))
+    k = bench.protocol.samples
+    preds = bench.predict_all(lambda loader: shared_trunk_predict(posterior, loader, num_samples=k, seed=seed))
+    return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"])
+
+
 def _preset(name: str) -> dict[str, Any]:
     from ..recipe import PRESETS
 
@@ -134,6 +156,13 @@ register_method("temperature", Method("deterministic LoRA + temperature scaling 
                                       point_mass=True, base_fit={}))
 register_method("mean-field", Method.sampled("BH-PEFT hybrid (LoRA+adapter+prefix), mean-field",
                                              {"guide": "mean-field", **_HYBRID}, has_scales=True))
+register_method("lora-llla", Method("deterministic LoRA + last-layer Laplace head (diagonal GGN on the training "
+                                     "set, prior precision by its evidence), closed-form probit predictive: one "
+                                     "forward", _lora_llla, base_fit={}))
+register_method("mean-field-top2", Method("BH-PEFT hybrid, mean-field with variance only in the top 2 blocks and "
+                                          "the head, predicted with the shared trunk",
+                                          lambda bench, seed: _top_blocks(bench, seed, _TOP2), has_scales=True,
+                                          base_fit=_TOP2))
 register_method("low-rank", Method.sampled("BH-PEFT hybrid, low-rank (rank 8)", {"guide": "low-rank", **_HYBRID},
                                            has_scales=True))
 register_method("mean-field-lora", Method.sampled("Bayesian LoRA only, mean-field", {"guide": "mean-field"},

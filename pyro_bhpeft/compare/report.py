@@ -82,6 +82,8 @@ PROTOCOL_NOTES = {
     "ivon-ess-n": "the peft library's LoRA trained by ivon-opt with ess = n (lr 0.03), not Adam at lr {lr}",
     "blob": "predicts with 10 posterior samples (its authors' number)",
     "tfb": "post-hoc around `lora`'s fit; predicts with 10 posterior samples (its authors' number)",
+    "lora-llla": "post-hoc last-layer Laplace around `lora`'s fit (all training examples); closed form, no samples",
+    "mean-field-top2": "the lower blocks' PEFT weights are point estimates; the {samples} samples share their trunk",
 }
 
 

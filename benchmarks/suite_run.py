@@ -1,0 +1,34 @@
+"""Run the default-recipe suite's cells for one task folder of docs/suite (its committed protocol.json), every
+candidate of docs/suite/README.md, method by method, seeds 0-2. Resumes cell by cell: a finished cell is read
+back, an interrupted fit resumes from its checkpoint. Commit the cells as they land.
+
+    python benchmarks/suite_run.py docs/suite/sentiment-minilm [--seeds 0 1 2] [--methods lora,lora-llla]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+# The candidates, in the order they run (the baseline and the one-forward recipes first); fixed before any cell.
+CANDIDATES = ("lora", "temperature", "lora-llla", "mean-field-top2", "mean-field", "tfb", "blob", "bayes-lora-fs",
+              "bayes-lora-fs-mean", "laplace-kfac-probit", "low-rank", "ensemble")
+
+
+def main() -> None:
+    from pyro_bhpeft.compare import Protocol, run_compare
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task", type=Path, help="a docs/suite task folder holding protocol.json")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", default=",".join(CANDIDATES))
+    parser.add_argument("--quiet", action="store_true", help="no per-step progress bars")
+    args = parser.parse_args()
+    protocol = Protocol.read(args.task)
+    for method in [m for m in args.methods.split(",") if m]:  # method-major: each method's seeds land together
+        report = run_compare(protocol, args.task, methods=(method,), seeds=args.seeds, progress=not args.quiet)
+    print(f"summary: {report}")
+
+
+if __name__ == "__main__":
+    main()
