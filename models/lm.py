@@ -22,9 +22,11 @@ import torch
 from pyro_bhpeft.config import ConfigError
 from pyro_bhpeft.layers import Site
 
-from .base import BayesianPeftModel
+from .base import FOLD_ROWS, BayesianPeftModel
 
 __all__ = ["LanguageModel", "token_logprobs"]
+
+_NO_CACHE = object()  # ``next_logits(cache=...)`` not given: no cache asked for
 
 
 def token_logprobs(backbone: Any, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -57,6 +59,49 @@ class LanguageModel(BayesianPeftModel):
 
     def run_samples(self, draws, batch, max_rows=None):
         return [self.run(w, batch) for w in draws]
+
+    @property
+    def cacheable(self) -> bool:
+        """Whether a key/value cache reproduces a full forward exactly. LoRA, adapters, gated LoRA and deltas act
+        on each token alone, and prefix keys/values are prepended inside attention after the cache is updated
+        (never cached, never rotated), so all are exact; flipout is not (it draws new signs at every forward,
+        so a cached step would mix perturbations within one sequence): there the caller runs uncached."""
+        return self._flipout() is None
+
+    def next_logits(self, weights: Mapping[str, torch.Tensor], ids: torch.Tensor, cache: Any = _NO_CACHE):
+        """``(logits, cache)``: float32 next-token logits at the last position of ``ids`` (batch, seq), (batch,
+        vocab), with ``weights`` bound. ``cache``: the previous call's (None on the first), so ``ids`` holds only
+        the new tokens; the cache returned is the backbone's ``past_key_values`` (None where it keeps none).
+        Without ``cache`` the whole sequence is run and nothing is kept."""
+        use = cache is not _NO_CACHE
+        with self.bound(weights):
+            out = self.backbone(input_ids=ids.to(self._device()), past_key_values=cache if use else None,
+                                use_cache=use)
+        logits = self.backbone.lm_head(out.last_hidden_state[:, -1]).float()
+        return logits, (getattr(out, "past_key_values", None) if use else None)
+
+    def draw_logits(self, draws: list[Mapping[str, torch.Tensor]], ids: torch.Tensor, span: slice,
+                    max_rows: int | None = None) -> torch.Tensor:
+        """Float32 logits at positions ``span`` of one sequence ``ids`` (1, seq) under each draw, (K, T, vocab):
+        one forward over the whole sequence per draw, the draws folded into the batch (as :meth:`run_samples`
+        of the other models) up to ``max_rows`` rows per forward where every layer takes stacked draws."""
+        ids = ids.to(self._device())
+        foldable = self._flipout() is None and all(layer.batched_samples for layer in self.peft_layers)
+        per_pass = max_rows or FOLD_ROWS.get(self._device().type, FOLD_ROWS["default"])
+        if not foldable or per_pass < 2 or len(draws) == 1:
+            hidden = []
+            for w in draws:
+                with self.bound(w):
+                    hidden.append(self.backbone(input_ids=ids).last_hidden_state[0, span])
+            return self.backbone.lm_head(torch.stack(hidden)).float()
+        out = []
+        for start in range(0, len(draws), per_pass):
+            chunk = draws[start:start + per_pass]
+            stacked = {name: torch.stack([w[name] for w in chunk]) for name in chunk[0]}
+            with self.bound(stacked, samples=len(chunk)):
+                hidden = self.backbone(input_ids=ids.repeat(len(chunk), 1)).last_hidden_state[:, span]
+            out.append(self.backbone.lm_head(hidden).float())  # (chunk, T, vocab)
+        return torch.cat(out)
 
     def likelihood(self, outputs, labels) -> None:
         logp, mask = outputs

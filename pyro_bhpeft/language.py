@@ -6,9 +6,11 @@ answers with their uncertainty.
   :class:`~pyro_bhpeft.models.LanguageModel` and :func:`~pyro_bhpeft.infer.fit`.
 - :func:`token_metrics`: held-out perplexity, token accuracy, token ECE and NLL of the response tokens under the
   posterior predictive (the mean over ``K`` draws of each next-token distribution; ``K = 0``: the mean weights).
-- :func:`generate`: greedy answers under the posterior mean; for each, its log-likelihood under ``K`` draws, the
+- :func:`generate`: greedy answers under the posterior mean, decoded with the backbone's key/value cache (each
+  step runs only the new token); for each, its log-likelihood under the mean and under ``K`` draws, the
   predictive NLL ``-log mean_k p_k(answer)``, the expected NLL ``-mean_k log p_k(answer)``, and the summed
-  token-level predictive entropy and mutual information (the epistemic part) along the answer.
+  token-level predictive entropy and mutual information (the epistemic part) along the answer;
+  :func:`answer_match` scores an answer against a gold one.
 - :func:`selective_answering`: accuracy against coverage when the most uncertain answers are withheld, and the
   AUROC of an uncertainty score for telling wrong answers from right ones.
 
@@ -29,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
-__all__ = ["lm_batches", "qa_pairs", "token_metrics", "generate", "selective_answering", "normalise_answer"]
+__all__ = ["lm_batches", "qa_pairs", "token_metrics", "generate", "selective_answering", "normalise_answer",
+           "answer_match"]
 
 
 def lm_batches(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *, max_length: int = 64,
@@ -101,41 +104,68 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _greedy(model: Any, weights: dict, ids: list[int], max_new_tokens: int, eos: int | None) -> list[int]:
+def _greedy(model: Any, weights: dict, ids: list[int], max_new_tokens: int, eos: int | None, *,
+            use_cache: bool = True) -> tuple[list[int], float]:
+    """``(answer tokens, their log-likelihood)``: greedy decoding of ``ids`` under ``weights``, stopping before
+    ``eos``. With ``use_cache`` (and a model whose cache is exact, :attr:`LanguageModel.cacheable`) each step runs
+    only the new token against the backbone's key/value cache; otherwise each step reruns the whole sequence.
+    Both give the same tokens (``tests/test_language_model.py``)."""
+    device = model._device()
+    cache: Any = None if use_cache and model.cacheable else False
     out: list[int] = []
+    loglik = 0.0
+    x = torch.tensor([ids], device=device)
     for _ in range(max_new_tokens):
-        x = torch.tensor([ids + out], device=model._device())
-        token = int(_next_token_probs(model, weights, x, torch.ones_like(x))[0, -1].argmax())
+        if cache is False:  # uncached: the whole sequence again
+            logits, _ = model.next_logits(weights, torch.tensor([ids + out], device=device))
+        else:
+            logits, cache = model.next_logits(weights, x, cache=cache)
+            cache = False if cache is None else cache  # a backbone that keeps no cache: uncached from here
+        token = int(logits[0].argmax())
         if token == eos:
             break
+        loglik += float(logits[0].log_softmax(-1)[token])
         out.append(token)
-    return out
+        x = torch.tensor([[token]], device=device)
+    return out, loglik
 
 
 @torch.no_grad()
 def generate(posterior: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 16,
-             num_samples: int = 8, seed: int = 0) -> list[dict[str, Any]]:
-    """Greedy answers under the posterior mean, each with its uncertainty under ``num_samples`` draws."""
+             num_samples: int = 8, seed: int = 0, use_cache: bool = True) -> list[dict[str, Any]]:
+    """Greedy answers under the posterior mean, each with its uncertainty under ``num_samples`` draws.
+
+    Per answer: ``loglik_mean`` (its log-likelihood under the mean), ``loglik_draws`` (under each draw: one forward
+    over prompt + answer per draw, the draws folded into one batch), ``predictive_nll`` ``-log mean_k p_k``,
+    ``expected_nll`` ``-mean_k log p_k``, and the summed token ``predictive_entropy`` and ``mutual_information``.
+    ``use_cache=False`` decodes without the key/value cache (the same answers, slower)."""
     model, mean = posterior.model, posterior.mean()
     draws = _draws(posterior, num_samples, seed)
     rows = []
     for prompt in prompts:
         context = tokenizer.encode(prompt, add_special_tokens=False)
-        answer = _greedy(model, mean, context, max_new_tokens, tokenizer.eos_token_id)
+        answer, loglik_mean = _greedy(model, mean, context, max_new_tokens, tokenizer.eos_token_id,
+                                      use_cache=use_cache)
         x = torch.tensor([context + answer], device=model._device())
         span = slice(len(context) - 1, len(context) + len(answer) - 1)  # positions that predict the answer
-        probs = torch.stack([_next_token_probs(model, w, x, torch.ones_like(x))[0, span] for w in draws])  # (K, T, V)
-        target = torch.tensor(answer, device=x.device)
+        probs = model.draw_logits(draws, x, span).softmax(-1)  # (K, T, V)
+        target = torch.tensor(answer, device=x.device, dtype=torch.long)
         loglik = probs.gather(-1, target.expand(len(draws), -1).unsqueeze(-1)).squeeze(-1).clamp_min(1e-12).log().sum(-1)
         predictive = probs.mean(0)
         entropy = _entropy(predictive)
         mutual = (entropy - _entropy(probs).mean(0)).clamp_min(0.0)
         predictive_nll = float(-(torch.logsumexp(loglik, 0) - np.log(len(draws))))
         rows.append({"prompt": prompt, "answer": tokenizer.decode(answer), "answer_ids": answer, "tokens": len(answer),
-                     "loglik_draws": loglik.tolist(), "expected_nll": float(-loglik.mean()),
+                     "loglik_mean": loglik_mean, "loglik_draws": loglik.tolist(), "expected_nll": float(-loglik.mean()),
                      "predictive_nll": predictive_nll, "predictive_entropy": float(entropy.sum()),
                      "mutual_information": float(mutual.sum())})
     return rows
+
+
+def answer_match(answer: str, gold: str) -> dict[str, bool]:
+    """``exact_match`` (the texts equal, outer spaces aside) and ``normalised_match`` (:func:`normalise_answer`)."""
+    return {"exact_match": answer.strip() == gold.strip(),
+            "normalised_match": normalise_answer(answer) == normalise_answer(gold)}
 
 
 def normalise_answer(text: str) -> str:

@@ -11,10 +11,12 @@ from transformers import AutoModelForCausalLM
 
 from helpers import save_tiny_causal_lm
 from pyro_bhpeft import PeftConfig, Posterior, fit, priors
+from pyro_bhpeft.config import AdapterConfig, PrefixConfig
 from pyro_bhpeft.backbone import load_backbone
 from pyro_bhpeft.continual import posterior_prior
 from pyro_bhpeft.guides import Delta, MeanField
-from pyro_bhpeft.language import generate, lm_batches, normalise_answer, selective_answering, token_metrics
+from pyro_bhpeft.language import (_greedy, answer_match, generate, lm_batches, normalise_answer, selective_answering,
+                                  token_metrics)
 from pyro_bhpeft.models import LanguageModel
 
 PROMPTS = ["Question: Which is a metal? Answer:", "Question: Which is a wood? Answer:",
@@ -27,9 +29,9 @@ def lm_dir(tmp_path_factory):
     return save_tiny_causal_lm(tmp_path_factory.mktemp("tiny-lm"))
 
 
-def _model(lm_dir, prior=None):
+def _model(lm_dir, prior=None, peft=None):
     lm = load_backbone(lm_dir)
-    return LanguageModel(lm.model, PeftConfig(), prior or priors.Normal(1.0)), lm.tokenizer
+    return LanguageModel(lm.model, peft or PeftConfig(), prior or priors.Normal(1.0)), lm.tokenizer
 
 
 def _ends(tokenizer) -> list[int]:
@@ -97,11 +99,88 @@ def test_generated_answers_loglik_is_the_sum_of_token_logprobs_and_point_masses_
     assert all(r["mutual_information"] > 0 and r["predictive_nll"] < r["expected_nll"] for r in noisy)
 
 
+HYBRID = PeftConfig(adapter=AdapterConfig(bottleneck=4), prefix=PrefixConfig(length=3))
+
+
+def _moved_posterior(lm_dir, peft):
+    """A mean-field posterior fitted a few steps, so its mean is not the base model and its draws differ."""
+    model, tok = _model(lm_dir, peft=peft)
+    guide = MeanField(model, init_scale=0.2)
+    fit(model, guide, lm_batches(tok, PROMPTS, RESPONSES, max_length=24, batch_size=2), epochs=3, lr=0.05,
+        progress=False)
+    return Posterior(model, guide), tok
+
+
+@pytest.mark.parametrize("peft", [PeftConfig(), HYBRID], ids=["lora", "lora+adapter+prefix"])
+def test_cached_greedy_decoding_gives_the_uncached_answers_and_uncertainty(lm_dir, peft):
+    posterior, tok = _moved_posterior(lm_dir, peft)
+    model, lengths = posterior.model, []
+    hook = model.backbone.register_forward_pre_hook(lambda m, a, kw: lengths.append(kw["input_ids"].shape[1]),
+                                                    with_kwargs=True)
+    try:
+        context = tok.encode(PROMPTS[0], add_special_tokens=False)
+        tokens, loglik = _greedy(model, posterior.mean(), context, 6, None, use_cache=True)
+        assert lengths == [len(context)] + [1] * 5  # the prompt once, then one new token per step
+        lengths.clear()
+        assert _greedy(model, posterior.mean(), context, 6, None, use_cache=False)[0] == tokens
+        assert lengths == [len(context) + i for i in range(6)]
+    finally:
+        hook.remove()
+    at_mean = generate(posterior, tok, PROMPTS[:1], max_new_tokens=6, num_samples=0)[0]  # K = 0: scored at the mean
+    assert loglik == pytest.approx(at_mean["loglik_mean"], abs=1e-6)
+    assert at_mean["loglik_draws"] == pytest.approx([loglik], abs=1e-5)  # step by step = one forward over it all
+    cached = generate(posterior, tok, PROMPTS, max_new_tokens=6, num_samples=4, use_cache=True)
+    plain = generate(posterior, tok, PROMPTS, max_new_tokens=6, num_samples=4, use_cache=False)
+    for a, b in zip(cached, plain):
+        assert a["answer_ids"] == b["answer_ids"] and a["answer"] == b["answer"]
+        for key in ("loglik_mean", "expected_nll", "predictive_nll", "predictive_entropy", "mutual_information"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5)
+        assert a["loglik_draws"] == pytest.approx(b["loglik_draws"], abs=1e-5)
+    assert all(r["tokens"] > 0 for r in cached) and any(r["mutual_information"] > 0 for r in cached)
+
+
+def test_the_answers_likelihood_under_k_draws_takes_one_forward_per_draw_folded_into_one(lm_dir):
+    posterior, tok = _moved_posterior(lm_dir, HYBRID)
+    model, calls = posterior.model, []
+    hook = model.backbone.register_forward_pre_hook(lambda m, a, kw: calls.append(tuple(kw["input_ids"].shape)),
+                                                    with_kwargs=True)
+    try:
+        row = generate(posterior, tok, PROMPTS[:1], max_new_tokens=4, num_samples=5)[0]
+    finally:
+        hook.remove()
+    context = len(tok.encode(PROMPTS[0], add_special_tokens=False))
+    assert row["tokens"] == 4 and calls == [(1, context), (1, 1), (1, 1), (1, 1), (5, context + 4)]
+    draws = posterior.sample(5, seed=0)  # the same draws, one at a time: the folded forward agrees
+    x = torch.tensor([tok.encode(PROMPTS[0], add_special_tokens=False) + row["answer_ids"]])
+    span = slice(x.shape[1] - row["tokens"] - 1, x.shape[1] - 1)
+    one = torch.cat([model.draw_logits([w], x, span) for w in draws])
+    torch.testing.assert_close(model.draw_logits(draws, x, span), one, atol=1e-5, rtol=1e-5)
+    logp = one.log_softmax(-1).gather(-1, torch.tensor(row["answer_ids"]).expand(5, -1).unsqueeze(-1)).sum((1, 2))
+    assert row["loglik_draws"] == pytest.approx(logp.tolist(), abs=1e-4)
+
+
+def test_flipout_decodes_without_the_cache(lm_dir):
+    model, tok = _model(lm_dir)
+    mean = Posterior(model, Delta(model)).mean()
+    model.flipout_locs = lambda name: None  # flipout on: each forward its own signs, so no cache is exact
+    lengths = []
+    hook = model.backbone.register_forward_pre_hook(lambda m, a, kw: lengths.append(kw["input_ids"].shape[1]),
+                                                    with_kwargs=True)
+    try:
+        context = tok.encode(PROMPTS[0], add_special_tokens=False)
+        _greedy(model, mean, context, 3, None, use_cache=True)
+    finally:
+        hook.remove()
+    assert not model.cacheable and lengths == [len(context) + i for i in range(3)]
+
+
 def test_selective_answering_and_normalised_match():
     result = selective_answering([True, True, False, False], [0.1, 0.2, 0.8, 0.9])
     assert result["auroc_wrong"] == 1.0 and result["accuracy"][:2] == [1.0, 1.0]
     assert result["area"] == pytest.approx((1 + 1 + 2 / 3 + 0.5) / 4)
     assert normalise_answer("The Iron!") == normalise_answer("iron")
+    assert answer_match(" iron", "iron ") == {"exact_match": True, "normalised_match": True}
+    assert answer_match(" The iron.", "iron") == {"exact_match": False, "normalised_match": True}
 
 
 def test_the_front_door_fits_a_language_model_from_prompt_and_response_columns(lm_dir, tmp_path):
