@@ -74,3 +74,31 @@ def test_unknown_scoring_and_a_choice_longer_than_max_length_are_one_line(lm_dir
     model = BayesianPEFT(lm_dir, task=data, mc_scoring="cloze", max_length=4)
     with pytest.raises(DataError, match="raise max_length"):
         model.fit(data, progress=False)
+
+
+def test_a_cloze_comparison_scores_each_choices_likelihood_and_refuses_the_peft_peers(lm_dir, tmp_path):
+    """compare with mc_scoring="cloze": a LoRA that has not moved (lr 1e-9, one step) predicts the softmax of
+    the base model's choice log-likelihoods; the methods trained through the peft library cannot score that way."""
+    import json
+
+    import numpy as np
+
+    from pyro_bhpeft.compare import Protocol, run_compare
+
+    data = quiz()
+    protocol = Protocol(task="quiz", backbone=lm_dir, train_size=4, eval_size=4, epochs=1, batch_size=2, lr=1e-9,
+                        max_length=40, samples=2, max_steps=1, ood_task="", mc_scoring="cloze")
+    assert protocol.recipe(0).mc_scoring == "cloze" and Protocol().to_dict().get("mc_scoring") is None
+    with pytest.raises(ConfigError, match="peft library"):
+        run_compare(protocol, tmp_path / "refused", methods=("lora", "laplace-kfac"), seeds=(0,), data=data,
+                    progress=False)
+    out = tmp_path / "cmp"
+    run_compare(protocol, out, methods=("lora",), seeds=(0,), data=data, progress=False)
+    assert json.loads((out / "protocol.json").read_text())["mc_scoring"] == "cloze"
+    with np.load(out / "cells" / "lora-seed0" / "predictions.npz") as f:
+        probs, labels = torch.from_numpy(f["test_probs"]), f["test_labels"]
+    rows = data.splits["test"]  # eval_size covers the split: every row, in order
+    assert labels.tolist() == list(rows["label"])
+    expected = torch.stack([_manual_scores(lm_dir, rows[q]["question"], rows[q]["choices"]).softmax(-1)
+                            for q in range(len(rows))])
+    torch.testing.assert_close(probs, expected, rtol=0, atol=1e-4)

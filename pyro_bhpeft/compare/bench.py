@@ -43,7 +43,8 @@ class Bench:
         self.ood_shift = False  # True: the OOD task answers in the same label space (scored on its labels)
         backbone = load_backbone(protocol.backbone)
         tokenizer = backbone.tokenizer
-        data = for_backbone(data, backbone.model, tokenizer)  # multiple choice on a causal LM: answer tokens
+        scoring = protocol.mc_scoring  # multiple choice on a causal LM: answer tokens or each choice's likelihood
+        data = for_backbone(data, backbone.model, tokenizer, scoring)
         self.data = subset(data, {"train": protocol.train_size}, protocol.eval_size, protocol.subset_seed)
         self.spec = data.spec
         self.tokenized = tokenize(self.data, tokenizer, protocol.max_length)
@@ -51,7 +52,7 @@ class Bench:
                              for s in ("validation", "test")
                              if s in self.tokenized}
         if ood is not None:
-            ood = subset(for_backbone(ood, backbone.model, tokenizer), {}, protocol.eval_size, protocol.subset_seed,
+            ood = subset(for_backbone(ood, backbone.model, tokenizer, scoring), {}, protocol.eval_size, protocol.subset_seed,
                          splits=("test",))
             if ood.spec.kind != data.spec.kind:
                 raise ConfigError(f"the OOD task is {ood.spec.kind} but {protocol.task} is {data.spec.kind}; "

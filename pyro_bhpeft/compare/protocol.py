@@ -14,7 +14,7 @@ from ..recipe import Recipe
 
 __all__ = ["Protocol", "OOD_DEFAULTS"]
 
-_ADDED = ("warmup_ratio", "lr_decay")  # fields added later, written only when set (see Protocol.to_dict)
+_ADDED = ("warmup_ratio", "lr_decay", "mc_scoring")  # fields added later, written only when set (see Protocol.to_dict)
 
 OOD_DEFAULTS = {"sentiment": "r8", "r8": "sentiment", "r52": "sentiment", "20ng": "sentiment", "piqa": "winogrande",
                 "winogrande": "piqa", "winogrande-s": "piqa", "winogrande-m": "piqa", "arc-easy": "openbookqa", "arc-challenge": "openbookqa",
@@ -26,7 +26,8 @@ class Protocol:
     """Everything every method shares. ``train_size``/``eval_size``: rows drawn at random (``subset_seed``)
     from the task's train split / from its test and validation splits and the OOD task's test split.
     ``max_steps`` caps steps (quick runs). ``ood_task`` defaults to :data:`OOD_DEFAULTS` of the task;
-    ``""`` means none.
+    ``""`` means none. ``mc_scoring``: how a causal LM scores multiple choice (:data:`Recipe.mc_scoring`:
+    answer letters, or each choice's own likelihood, ``"cloze"``/``"cloze-mean"``).
 
     Example::
 
@@ -50,6 +51,7 @@ class Protocol:
     subset_seed: int = 0
     warmup_ratio: float = 0.0
     lr_decay: str = "none"
+    mc_scoring: str = "letters"
 
     def __post_init__(self) -> None:
         for name in ("train_size", "eval_size", "epochs", "batch_size", "samples", "ensemble_size", "laplace_examples"):
@@ -67,7 +69,7 @@ class Protocol:
         """Deterministic LoRA under this protocol; methods change only what makes them different."""
         base = Recipe(backbone=self.backbone, guide="mle", epochs=self.epochs, max_steps=self.max_steps,
                       batch_size=self.batch_size, lr=self.lr, max_length=self.max_length, seed=seed,
-                      warmup_ratio=self.warmup_ratio, lr_decay=self.lr_decay)
+                      warmup_ratio=self.warmup_ratio, lr_decay=self.lr_decay, mc_scoring=self.mc_scoring)
         return base.with_(**changes)
 
     @classmethod
