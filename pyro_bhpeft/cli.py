@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "RUN/metrics-FILESTEM-HASH.json beside the run's own)")
     add_device_arg(p)
 
-    p = sub.add_parser("predict", help="per-example predictions with uncertainty to CSV or JSON Lines")
+    p = sub.add_parser("predict", help="per-example predictions with uncertainty to CSV or JSON Lines (a "
+                                       "language-model run: a generated answer per prompt, with its uncertainty)")
     p.add_argument("run")
     add_data_args(p, for_fit=False)
     p.add_argument("--samples", type=int, default=samples, help=f"posterior samples K (default: {samples})")
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=STATIC["modes"], default="auto",
                    help="how the draws become predictions: auto (the cheapest exact mode the run supports), "
                         "sample, closed-form (one forward, the head's Gaussian) or shared-trunk (default: auto)")
+    new_tokens = STATIC["max_new_tokens"]
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help=f"language-model runs: generate at most N tokens per answer (default: {new_tokens})")
     add_device_arg(p)
 
     p = sub.add_parser("bayesianize", help="add uncertainty to a LoRA adapter trained with the peft library, on "

@@ -156,13 +156,78 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from .io import write_rows
+    from .posterior import read_config
     from .runs import predict_run
 
     if Path(args.out).suffix not in (".csv", ".jsonl"):
         raise UserError(f"--out {args.out}: use a .csv or .jsonl file name")
-    rows = predict_run(args.run, samples=args.samples, mode=args.mode, **_where(args))
+    config = read_config(args.run)
+    if ((config.get("meta") or {}).get("kind") or config.get("task")) == "language_model":
+        rows = _answers(args, config)
+    else:
+        if args.max_new_tokens is not None:
+            print("predict: --max-new-tokens applies to language-model runs only; ignored", file=sys.stderr)
+        rows = predict_run(args.run, samples=args.samples, mode=args.mode, **_where(args))
     write_rows(args.out, rows)
     print(f"{len(rows)} predictions written to {args.out}")
+
+
+def _answers(args: argparse.Namespace, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """A language-model run's predictions: a greedy answer per prompt under the posterior mean, with its
+    likelihood and uncertainty under ``--samples`` draws (:func:`~pyro_bhpeft.language.generate`), scored
+    against the gold response where the data has one (:func:`~pyro_bhpeft.language.generation_rows`)."""
+    from .cli_options import STATIC
+
+    where = _where(args)
+    new_tokens = STATIC["max_new_tokens"] if args.max_new_tokens is None else args.max_new_tokens
+    if new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be a positive integer, got {new_tokens}")
+    if args.samples < 0:
+        raise UserError(f"--samples must be >= 0 (0: the posterior mean alone), got {args.samples}")
+    for flag, given in (("--mode", args.mode != "auto"), ("--drop-unseen", args.drop_unseen)):
+        if given:
+            where["tell"](f"{flag} applies to classifier and regression runs; ignored for a language-model run")
+    prompts, gold = _prompts(args, config.get("meta") or {}, where)
+    from .backbone import load_backbone
+    from .language import generate, generation_rows
+    from .runs import load_run
+
+    posterior, _ = load_run(args.run, where["device"])
+    tokenizer = load_backbone(posterior.backbone_name).tokenizer
+    rows = generate(posterior, tokenizer, prompts, max_new_tokens=new_tokens, num_samples=args.samples)
+    return generation_rows(rows, gold)
+
+
+def _prompts(args: argparse.Namespace, meta: dict[str, Any], where: dict[str, Any]
+             ) -> tuple[list[str], list[str | None] | None]:
+    """``(prompts, gold responses or None)`` of ``--data`` (read with the run's column names, each overridden by
+    its flag) or of ``--split`` of the run's own data."""
+    from .data.files import read_table
+    from .data.tables import wrong_delimiter_hint
+    from .runs import file_columns, recorded_data
+
+    if not args.data:
+        data = recorded_data(args.run, meta)
+        if where["split"] not in data.splits:
+            raise UserError(f"split {where['split']!r} does not exist; this run's data has {', '.join(data.splits)}")
+        rows = data.splits[where["split"]]
+        return list(rows["prompt"]), list(rows["response"])
+    columns = file_columns(where["columns"], (meta.get("source") or {}).get("columns"))
+    prompt, response = columns["prompt_column"], columns["response_column"]
+    table, name = read_table(where["data_file"], delimiter=where["delimiter"]), Path(args.data).name
+    if prompt not in table.columns:
+        hint = wrong_delimiter_hint(table.columns)
+        raise UserError(f"{name} has no prompt column {prompt!r} (columns: {', '.join(map(str, table.columns))})"
+                        + (hint or "; name the column holding the prompts with --prompt-column"))
+    prompts = table[prompt].tolist()
+    for row, text in enumerate(prompts, start=1):
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{name}: row {row} has no prompt text in column {prompt!r}; fill or remove that row")
+    if response not in table.columns:
+        where["tell"](f"{name}: no response column {response!r}; the answers are not scored (name the gold "
+                      "answers' column with --response-column to score them)")
+        return prompts, None
+    return prompts, [g if isinstance(g, str) and g.strip() else None for g in table[response].tolist()]
 
 
 def cmd_bayesianize(args: argparse.Namespace) -> None:

@@ -37,6 +37,7 @@ STATIC = {
     "gate_defaults": {"rank_prior": 1.0, "bit_prior": -1.0, "noise": "logistic"},  # layers.gates.GatedLoraConfig
     "devices": ("auto", "cpu", "cuda", "mps"),  # backbone.DEVICES
     "samples": 8,  # predict.DEFAULT_SAMPLES
+    "max_new_tokens": 16,  # language.generate's max_new_tokens
     "modes": ("auto", "sample", "closed-form", "shared-trunk"),  # modes.PREDICTIVE_MODES
     "temper": 1.0,  # continual.posterior_prior's temper
     "seeds": 3,  # len(compare.run_compare's seeds)

@@ -10,7 +10,7 @@ answers with their uncertainty.
   step runs only the new token); for each, its log-likelihood under the mean and under ``K`` draws, the
   predictive NLL ``-log mean_k p_k(answer)``, the expected NLL ``-mean_k log p_k(answer)``, and the summed
   token-level predictive entropy and mutual information (the epistemic part) along the answer;
-  :func:`answer_match` scores an answer against a gold one.
+  :func:`answer_match` scores an answer against a gold one, :func:`generation_rows` makes them flat rows.
 - :func:`selective_answering`: accuracy against coverage when the most uncertain answers are withheld, and the
   AUROC of an uncertainty score for telling wrong answers from right ones.
 
@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
 __all__ = ["lm_batches", "qa_pairs", "token_metrics", "generate", "selective_answering", "normalise_answer",
-           "answer_match"]
+           "answer_match", "generation_rows"]
 
 
 def lm_batches(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *, max_length: int = 64,
@@ -166,6 +166,24 @@ def answer_match(answer: str, gold: str) -> dict[str, bool]:
     """``exact_match`` (the texts equal, outer spaces aside) and ``normalised_match`` (:func:`normalise_answer`)."""
     return {"exact_match": answer.strip() == gold.strip(),
             "normalised_match": normalise_answer(answer) == normalise_answer(gold)}
+
+
+def generation_rows(rows: Sequence[dict[str, Any]], gold: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+    """One flat row per answer of :func:`generate` (what ``pyro-bhpeft predict`` writes): its fields in order, the
+    draws' log-likelihoods as ``loglik_0 .. loglik_{K-1}`` and ``answer_ids`` as space-separated token ids; with
+    ``gold`` answers, ``response``, ``exact_match`` and ``normalised_match`` (None where a gold answer is missing)."""
+    out = []
+    for i, row in enumerate(rows):
+        flat: dict[str, Any] = {"prompt": row["prompt"]}
+        if gold is not None:
+            flat["response"] = gold[i]
+            flat.update(answer_match(row["answer"], gold[i]) if gold[i] is not None else
+                        {"exact_match": None, "normalised_match": None})
+        flat.update({k: v for k, v in row.items() if k not in ("prompt", "answer_ids", "loglik_draws")})
+        flat.update({f"loglik_{k}": v for k, v in enumerate(row["loglik_draws"])})
+        flat["answer_ids"] = " ".join(map(str, row["answer_ids"]))
+        out.append(flat)
+    return out
 
 
 def normalise_answer(text: str) -> str:
