@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Mapping
 
 import pyro
@@ -33,6 +34,12 @@ def token_logprobs(backbone: Any, hidden: torch.Tensor, ids: torch.Tensor) -> to
     """``log p(x_{t+1} | x_{<=t})`` for every position, ``(batch, seq - 1)``, from the LM head in float32."""
     logp = backbone.lm_head(hidden[:, :-1]).float().log_softmax(-1)
     return logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def _cache_argument(backbone: Any) -> str:
+    """The backbone's name for its key/value cache, in and out: ``cache`` (transformers 5.25 on) or the older
+    ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(backbone.forward).parameters else "past_key_values"
 
 
 class LanguageModel(BayesianPeftModel):
@@ -74,11 +81,11 @@ class LanguageModel(BayesianPeftModel):
         the new tokens; the cache returned is the backbone's ``past_key_values`` (None where it keeps none).
         Without ``cache`` the whole sequence is run and nothing is kept."""
         use = cache is not _NO_CACHE
+        name = _cache_argument(self.backbone)
         with self.bound(weights):
-            out = self.backbone(input_ids=ids.to(self._device()), past_key_values=cache if use else None,
-                                use_cache=use)
+            out = self.backbone(input_ids=ids.to(self._device()), use_cache=use, **{name: cache if use else None})
         logits = self.backbone.lm_head(out.last_hidden_state[:, -1]).float()
-        return logits, (getattr(out, "past_key_values", None) if use else None)
+        return logits, (out.get(name) if use else None)
 
     def draw_logits(self, draws: list[Mapping[str, torch.Tensor]], ids: torch.Tensor, span: slice,
                     max_rows: int | None = None) -> torch.Tensor:
