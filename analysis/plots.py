@@ -31,7 +31,8 @@ from . import metrics
 __all__ = ["save", "reliability_diagram", "confidence_histogram", "accuracy_coverage", "uncertainty_histogram",
            "elbo_trace", "scale_forest", "accuracy_over_rounds", "draw_reliability", "draw_confidence_histogram",
            "draw_accuracy_coverage", "draw_uncertainty_histogram", "draw_elbo_trace", "draw_scale_forest",
-           "draw_accuracy_over_rounds", "posterior_forest", "posterior_densities", "COLORS"]
+           "draw_accuracy_over_rounds", "posterior_forest", "posterior_densities", "interval_coverage",
+           "draw_interval_coverage", "COLORS"]
 
 COLORS = tuple(colormaps["tab10"].colors)  # method i gets COLORS[i % 10]
 DPI = 120
@@ -153,6 +154,28 @@ def accuracy_coverage(results: Results, path: str | Path) -> Path:
     """Accuracy-coverage curves of all methods on one axis."""
     fig, ax = _figure()
     return _write(fig, path, lambda: draw_accuracy_coverage(ax, results))
+
+
+def draw_interval_coverage(ax: Axes, results: Mapping[str, tuple[Any, Any, Any]]) -> Axes:
+    """Regression: the fraction of labels inside each central predictive interval against its nominal level
+    (the diagonal is a calibrated Gaussian predictive; below it, intervals too narrow)."""
+    _nonempty(results, "results")
+    levels = np.linspace(0.05, 0.95, 19)
+    for i, (name, (mean, var, y)) in enumerate(results.items()):
+        covered = [metrics.interval_coverage(mean, var, y, level) for level in levels]
+        ax.plot(levels, covered, marker=".", color=_color(i),
+                label=f"{name} (90 %: {100 * metrics.interval_coverage(mean, var, y, 0.9):.1f} %)")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal level of the central interval", ylabel="fraction covered",
+           title="Regression: predictive interval coverage")
+    ax.legend(loc="upper left", fontsize=8)
+    return ax
+
+
+def interval_coverage(results: Mapping[str, tuple[Any, Any, Any]], path: str | Path) -> Path:
+    """Interval coverage curves of all methods (``name -> (mean, variance, labels)``) on one axis."""
+    fig, ax = _figure()
+    return _write(fig, path, lambda: draw_interval_coverage(ax, results))
 
 
 def draw_uncertainty_histogram(ax: Axes, in_scores: Any, out_scores: Any, *, title: str = "",

@@ -31,11 +31,11 @@ from .laplace_torch import LAPLACE_TORCH_INSTALL, LaplaceTorchFit, laplace_torch
 from .linearised import linearised_predict
 from .mc_dropout import mc_dropout_predict
 from .peft_lora import PeftLoraModel, peft_predict, train_peft_lora
-from .temperature import fit_temperature, tempered
+from .temperature import fit_temperature, fit_variance_scale, tempered, variance_scaled
 from .tfb import TFBFit, rotate_lora, tfb_posterior
 
 __all__ = ["mc_dropout_predict", "ensemble_predict", "laplace_posterior", "LaplaceFit", "ggn_diagonal",
            "linearised_predict",
-           "fit_temperature", "tempered", "PeftLoraModel", "train_peft_lora", "peft_predict", "tfb_posterior",
+           "fit_temperature", "tempered", "fit_variance_scale", "variance_scaled", "PeftLoraModel", "train_peft_lora", "peft_predict", "tfb_posterior",
            "TFBFit", "rotate_lora", "IVON_SETTINGS", "IVON_TASKS", "ivon_optimizer", "ivon_task_settings", "ivon_predict",
            "LAPLACE_TORCH_INSTALL", "LaplaceTorchFit", "laplace_torch_fit", "laplace_torch_predict"]

@@ -2,7 +2,8 @@
 
 A cell holds ``metrics.json`` (the metrics of its test predictions and its costs, and since 0.2 the protocol,
 method settings and provenance it ran with: :func:`cell_record`), ``predictions.npz``
-(probabilities, entropies, mutual information and labels per split) and, for a method whose posterior
+(probabilities, entropies, mutual information and labels per split; a regression's predictive means, variances,
+epistemic variances and labels) and, for a method whose posterior
 has per-site scales, ``scales.json`` (so the scale figure outlives the uncommitted fit).
 """
 
@@ -52,7 +53,12 @@ def run_cell(bench: Bench, method: str, seed: int) -> dict[str, Any]:
         write_json(stage / "metrics.json", result)
         if scales:
             write_json(stage / "scales.json", scales)
-    print(f"   accuracy {100 * result['accuracy']:.2f}%  NLL {result['nll']:.3f}  ECE {result['ece']:.2f}%", flush=True)
+    if "mse" in result:
+        print(f"   MSE {result['mse']:.4f}  Gaussian NLL {result['nll']:.3f}  90% coverage "
+              f"{100 * result['coverage90']:.1f}%", flush=True)
+    else:
+        print(f"   accuracy {100 * result['accuracy']:.2f}%  NLL {result['nll']:.3f}  ECE {result['ece']:.2f}%",
+              flush=True)
     return result
 
 
@@ -132,13 +138,24 @@ def _versions() -> dict[str, Any]:
     return out
 
 
+def _is_regression(pred: Any) -> bool:
+    return hasattr(pred, "variance")  # a RegressionPrediction (mean, variance), not class probabilities
+
+
 def _check_finite(scored: Scored, method: str, seed: int) -> None:
-    """Refuse to save a cell whose predictions are not all finite probabilities (a diverged fit), in one line."""
+    """Refuse to save a cell whose predictions are not all finite probabilities (or finite means and positive
+    variances: a regression) from a diverged fit, in one line."""
     for split, pred in scored.predictions.items():
-        bad = int((~torch.isfinite(pred.probs)).reshape(len(pred.probs), -1).any(1).sum())
+        if _is_regression(pred):
+            ok = torch.isfinite(pred.mean) & torch.isfinite(pred.variance) & (pred.variance > 0)
+            what = "means or variances"
+        else:
+            ok = torch.isfinite(pred.probs).reshape(len(pred.probs), -1).all(1)
+            what = "probabilities"
+        bad = int((~ok).sum())
         if bad:
-            raise ConfigError(f"{method} at seed {seed} predicted non-finite probabilities for {bad} of "
-                              f"{len(pred.probs)} {split} examples (its fit diverged); the cell is not saved: lower "
+            raise ConfigError(f"{method} at seed {seed} predicted non-finite {what} for {bad} of "
+                              f"{len(ok)} {split} examples (its fit diverged); the cell is not saved: lower "
                               "the method's learning rate or check its fit")
 
 
@@ -153,6 +170,8 @@ def cell_metrics(scored: Scored, predict_seconds: float, ood_shift: bool = False
     out: dict[str, Any] = {"train_seconds": scored.train_seconds, "predict_seconds": predict_seconds,
                            "peak_mb": scored.peak_mb, "trainable": scored.trainable, **scored.notes}
     test = scored.predictions["test"]
+    if _is_regression(test):
+        return {**out, **_regression_metrics(scored)}
     probs, labels = test.probs.numpy(), test.labels.numpy()
     out.update(metrics.classification_metrics(probs, labels))
     out["selective_auc"] = metrics.selective_auc(probs, labels, test.predictive_entropy.numpy())
@@ -169,9 +188,30 @@ def cell_metrics(scored: Scored, predict_seconds: float, ood_shift: bool = False
     return out
 
 
+def _regression_metrics(scored: Scored) -> dict[str, Any]:
+    """MSE, MAE, Gaussian NLL and 90 % interval coverage of the test predictions, the mean epistemic
+    variance, and the same metrics of the validation predictions under ``validation``."""
+    from pyro_bhpeft.analysis import metrics
+
+    def scores(pred: Any) -> dict[str, float]:
+        return metrics.regression_metrics(pred.mean.numpy(), pred.variance.numpy(), pred.labels.numpy())
+
+    test = scored.predictions["test"]
+    out = {**scores(test), "epistemic_variance": float(test.epistemic.mean())}
+    if "validation" in scored.predictions:
+        out["validation"] = scores(scored.predictions["validation"])
+    return out
+
+
 def _arrays(scored: Scored, ood_shift: bool = False) -> dict[str, np.ndarray]:
     arrays = {}
     for split, pred in scored.predictions.items():
+        if _is_regression(pred):  # predictive mean, variance and its epistemic part, labels
+            arrays.update({f"{split}_mean": pred.mean.numpy(), f"{split}_variance": pred.variance.numpy(),
+                           f"{split}_epistemic": pred.epistemic.numpy()})
+            if pred.labels is not None:
+                arrays[f"{split}_labels"] = pred.labels.numpy()
+            continue
         arrays[f"{split}_probs"] = pred.probs.numpy()
         arrays[f"{split}_entropy"] = pred.predictive_entropy.numpy()
         arrays[f"{split}_mi"] = pred.mutual_information.numpy()

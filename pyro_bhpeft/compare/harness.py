@@ -57,8 +57,13 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
     data = data if data is not None else load_task(protocol.task)
     from ..models import TASK_KINDS
 
-    if not TASK_KINDS[data.spec.kind].predicts_classes:
-        raise ConfigError(f"compare scores classifiers; {data.spec.name} is {data.spec.kind}")
+    if data.spec.kind == "regression":
+        not_real = [m for m in methods if not METHODS[m].regression]
+        if not_real:
+            raise ConfigError(f"{', '.join(not_real)} score classes only; {data.spec.name} is a regression: leave "
+                              "them out of --methods")
+    elif not TASK_KINDS[data.spec.kind].predicts_classes:
+        raise ConfigError(f"compare scores classifiers and regressions; {data.spec.name} is {data.spec.kind}")
     if ood is None and protocol.ood_task:
         ood = load_task(protocol.ood_task)
     _check_protocol(out, protocol, overwrite)

@@ -83,6 +83,14 @@ def _temperature(bench: Bench, seed: int) -> Scored:
     point, facts = bench.fitted(bench.protocol.recipe(seed))
     tick = time.perf_counter()
     val = predict(point, bench.eval_loaders["validation"], num_samples=0)
+    if not point.model.predicts_classes:  # regression: one factor on the predictive variance
+        from ..baselines import fit_variance_scale, variance_scaled
+
+        scale = fit_variance_scale(val)
+        seconds = time.perf_counter() - tick
+        preds = bench.predict_all(lambda loader: variance_scaled(predict(point, loader, num_samples=0), scale))
+        return Scored(preds, facts["seconds"] + seconds, facts["peak_mb"], facts["trainable"] + 1,
+                      {"variance_scale": scale})
     temperature = fit_temperature(val.probs, val.labels)
     seconds = time.perf_counter() - tick
     preds = bench.predict_all(lambda loader: tempered(predict(point, loader, num_samples=0), temperature))
@@ -138,8 +146,10 @@ def gates_method(changes: dict[str, Any] | None = None) -> Method:
     return Method("LoRA with Bayesian rank and bit gates (Meo et al. 2024), deployed hard", run, base_fit=recipe)
 
 
-register_method("lora", Method.sampled("deterministic LoRA (maximum likelihood, our fit)", point_mass=True))
-register_method("map", Method.sampled("LoRA, MAP with the N(0,1) prior", {"guide": "map"}, point_mass=True))
+register_method("lora", Method.sampled("deterministic LoRA (maximum likelihood, our fit)", point_mass=True,
+                                       regression=True))
+register_method("map", Method.sampled("LoRA, MAP with the N(0,1) prior", {"guide": "map"}, point_mass=True,
+                                      regression=True))
 register_method("peft-lora", Method("LoRA trained through the peft library", peft_lora, point_mass=True,
                                     requires=(("peft",), "pip install peft")))
 register_method("mc-dropout", Method("MC dropout on LoRA (backbone dropout in training and K test passes)",
@@ -147,28 +157,28 @@ register_method("mc-dropout", Method("MC dropout on LoRA (backbone dropout in tr
 register_method("mc-dropout-lora", Method("MC dropout on the LoRA input (rate 0.1, as BLoB and Laplace-LoRA run it "
                                           "on LLMs whose backbone has no dropout)", _mc_dropout_lora,
                                           base_fit=_LORA_DROPOUT))
-register_method("ensemble", Method("deep ensemble of deterministic LoRAs", _ensemble, base_fit={}))
+register_method("ensemble", Method("deep ensemble of deterministic LoRAs", _ensemble, base_fit={}, regression=True))
 register_method("laplace", Method("post-hoc diagonal-GGN Laplace around the LoRA fit, sampled predictive", _laplace,
                                   has_scales=True, base_fit={}, post_hoc=LAPLACE))
 register_method("laplace-glm", Method("the same Laplace posterior, linearised (GLM) predictive", _laplace_glm,
                                       base_fit={}, post_hoc=LAPLACE))
 register_method("temperature", Method("deterministic LoRA + temperature scaling on validation", _temperature,
-                                      point_mass=True, base_fit={}))
+                                      point_mass=True, base_fit={}, regression=True))  # regression: variance scaling
 register_method("mean-field", Method.sampled("BH-PEFT hybrid (LoRA+adapter+prefix), mean-field",
-                                             {"guide": "mean-field", **_HYBRID}, has_scales=True))
+                                             {"guide": "mean-field", **_HYBRID}, has_scales=True, regression=True))
 register_method("lora-llla", Method("deterministic LoRA + last-layer Laplace head (diagonal GGN on the training "
                                      "set, prior precision by its evidence), closed-form probit predictive: one "
                                      "forward", _lora_llla, base_fit={}))
 register_method("mean-field-top2", Method("BH-PEFT hybrid, mean-field with variance only in the top 2 blocks and "
                                           "the head, predicted with the shared trunk",
                                           lambda bench, seed: _top_blocks(bench, seed, _TOP2), has_scales=True,
-                                          base_fit=_TOP2))
+                                          base_fit=_TOP2, regression=True))
 register_method("low-rank", Method.sampled("BH-PEFT hybrid, low-rank (rank 8)", {"guide": "low-rank", **_HYBRID},
-                                           has_scales=True))
+                                           has_scales=True, regression=True))
 register_method("mean-field-lora", Method.sampled("Bayesian LoRA only, mean-field", {"guide": "mean-field"},
-                                                  has_scales=True))
+                                                  has_scales=True, regression=True))
 register_method("blob", Method.sampled("BLoB (Wang et al. 2024): variance on LoRA A, flipout, split KL step",
-                                       _preset("blob"), has_scales=True, samples=BLOB_SAMPLES))
+                                       _preset("blob"), has_scales=True, samples=BLOB_SAMPLES, regression=True))
 register_method("tfb", tfb_method())
 register_method("bh-peft-fs", Method.sampled("BH-PEFT hybrid, variance on LoRA A and adapter down-projections, "
                                              "function-space prior", _preset("bh-peft-fs"), has_scales=True))

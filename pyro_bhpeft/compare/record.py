@@ -32,7 +32,8 @@ class Method:
     at :func:`post_hoc_dir` (the Laplace approximation), or None. ``requires``: the optional modules it
     imports and the command that installs them, checked before any cell runs (:meth:`check_installed`).
     ``backbone_dropout``: it samples the backbone's own dropout, so a backbone without any (Llama-family
-    models) is refused before any cell runs.
+    models) is refused before any cell runs. ``regression``: it also scores regression tasks (predictive
+    mean and variance); the others are refused on one before any cell runs.
     """
 
     description: str
@@ -43,6 +44,7 @@ class Method:
     post_hoc: str | None = None
     requires: tuple[tuple[str, ...], str] | None = None
     backbone_dropout: bool = False
+    regression: bool = False
 
     def missing(self) -> list[str]:
         """The optional modules this method needs that are not installed."""
@@ -67,7 +69,7 @@ class Method:
 
     @classmethod
     def sampled(cls, description: str, changes: Mapping[str, Any] | None = None, *, point_mass: bool = False,
-                has_scales: bool = False, samples: int | None = None) -> "Method":
+                has_scales: bool = False, samples: int | None = None, regression: bool = False) -> "Method":
         """The fit of ``Protocol.recipe(seed, **changes)``, predicting with ``protocol.samples`` posterior
         samples (``samples`` where the method's authors fix their own; none when ``point_mass``)."""
         changes = dict(changes or {})
@@ -80,7 +82,8 @@ class Method:
             preds = bench.predict_all(lambda loader: predict(posterior, loader, num_samples=k, seed=seed))
             return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"])
 
-        return cls(description, run, point_mass=point_mass, has_scales=has_scales, base_fit=changes)
+        return cls(description, run, point_mass=point_mass, has_scales=has_scales, base_fit=changes,
+                   regression=regression)
 
     def posterior_dir(self, out: Path, protocol: Protocol, seed: int) -> Path | None:
         """The saved posterior this method predicts with for ``seed``, or None when none is on disk."""

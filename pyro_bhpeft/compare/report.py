@@ -33,6 +33,21 @@ SHIFT_COLUMNS = (("OOD acc %", "ood_accuracy", 100.0, 2, True), ("OOD NLL", "ood
 SHIFT_NOTE = ("OOD acc / NLL / ECE: on the OOD task's own labels, which share the test task's answers (a "
               "distribution shift, as BLoB's OpenBookQA-to-ARC check).")
 TESTED = (("accuracy", 2), ("nll", 3), ("ece", 2))  # paired-tested metrics and their digits
+# A regression's table and tests (its cells hold ``mse``; ``nll`` is the Gaussian predictive's)
+REGRESSION_COLUMNS = (("MSE", "mse", 1.0, 4, True), ("MAE", "mae", 1.0, 4, True),
+                      ("Gaussian NLL", "nll", 1.0, 3, True), ("90% coverage %", "coverage90", 100.0, 1, True),
+                      ("epistemic var", "epistemic_variance", 1.0, 4, True), *COLUMNS[-4:])
+REGRESSION_TESTED = (("squared_error", 4), ("nll", 3))
+REGRESSION_NOTES = ("Gaussian NLL: of the predictive N(mean, variance), variance = noise + epistemic (the variance of "
+                    "the draws' means). 90% coverage: the fraction of test labels inside the central 90 % "
+                    "interval (90 is calibrated). epistemic var: its mean over the test examples. `temperature` on a "
+                    "regression is variance scaling: `lora`'s predictive variance times one factor fitted by Gaussian "
+                    "NLL on the validation split. train s includes post-hoc steps (that factor) and every ensemble "
+                    "member.")
+REGRESSION_TESTS_NOTE = ("Method minus `lora` on the same test examples, averaged over the shared seeds: squared error "
+                         "(its mean is the MSE) and Gaussian NLL per example, sign-flip test of the mean difference, "
+                         "95% bootstrap intervals, p-values Holm-corrected across the methods, per metric. Conditional "
+                         "on the fitted models (test-sample noise only).")
 NOTES = ("ECE: 15 equal-width bins, in %. ECE floor: the ECE a perfectly calibrated model with the same "
          "confidences would show on these examples (finite-sample noise). sel. AUC: area under accuracy vs coverage "
          "(most certain first, by predictive entropy). OOD AUROC: predictive entropy separating OOD from test "
@@ -52,16 +67,18 @@ def summarize(out: str | Path, methods: Sequence[str], seeds: Sequence[int]) -> 
     protocol = Protocol.read(out)
     saved = protocol.to_dict()
     cells = load_cells(out, methods, seeds)
-    table, rows = cell_table(cells)
+    regression = _is_regression(cells)
+    table, rows = cell_table(cells, REGRESSION_COLUMNS if regression else None)
     sig_md, sig_rows = significance(out, cells, seeds)
     figures = draw_figures(out, list(cells), seeds[0], protocol)
     _write_csv(out / "comparison.csv", rows)
     _write_csv(out / "significance.csv", sig_rows)
     shifted = bool(rows) and "ood_accuracy_mean" in rows[0]  # cell_table added the shift columns
     lines = [f"# Comparison of inference schemes on `{saved['task']}`", "", _setup(saved, seeds), "",
-             table, "", NOTES + (" " + SHIFT_NOTE if shifted else ""), "", _fewer_seeds(cells, seeds),
-             *_protocol_notes(list(cells), saved), "",
-             "## Paired tests against deterministic LoRA (`lora`)", "", TESTS_NOTE, "", sig_md, "",
+             table, "", REGRESSION_NOTES if regression else NOTES + (" " + SHIFT_NOTE if shifted else ""), "",
+             _fewer_seeds(cells, seeds), *_protocol_notes(list(cells), saved), "",
+             "## Paired tests against deterministic LoRA (`lora`)", "",
+             REGRESSION_TESTS_NOTE if regression else TESTS_NOTE, "", sig_md, "",
              "## Methods", ""]
     lines += [f"- `{m}`: {METHODS[m].description}" for m in cells]
     lines += ["", f"## Figures (seed {seeds[0]})", ""] + [f"![{f}]({f})" for f in figures]
@@ -128,9 +145,14 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     write_text(path, buffer.getvalue())
 
 
+def _is_regression(cells: dict[str, list[dict[str, Any]]]) -> bool:
+    """Whether the cells score a regression (their metrics hold ``mse``)."""
+    return any("mse" in cell for found in cells.values() for cell in found)
+
+
 def load_cells(out: Path, methods: Sequence[str], seeds: Sequence[int]) -> dict[str, list[dict[str, Any]]]:
     """Each method's finished cells (methods with none are left out), with the ECE floor of its test
-    predictions added."""
+    predictions added (classification)."""
     from pyro_bhpeft.analysis import metrics
 
     cells = {}
@@ -139,7 +161,8 @@ def load_cells(out: Path, methods: Sequence[str], seeds: Sequence[int]) -> dict[
         for s in seeds:
             if is_done(out, m, s):
                 cell = load_metrics(out, m, s)
-                cell["ece_floor"] = metrics.ece_floor(load_arrays(out, m, s)["test_probs"]).mean
+                if "mse" not in cell:
+                    cell["ece_floor"] = metrics.ece_floor(load_arrays(out, m, s)["test_probs"]).mean
                 found.append(cell)
         if found:
             cells[m] = found
@@ -155,12 +178,14 @@ def mean_sd(values: Sequence[float | None]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def cell_table(cells: dict[str, list[dict[str, Any]]]) -> tuple[str, list[dict[str, Any]]]:
-    """The markdown table (mean ± sd over seeds per column) and its CSV rows (``{key}_mean``, ``{key}_sd``);
-    the :data:`SHIFT_COLUMNS` only where some cell has them."""
-    shift = [c for c in SHIFT_COLUMNS if any(c[1] in cell for found in cells.values() for cell in found)]
-    at = [c[1] for c in COLUMNS].index("ood_auroc") + 1
-    columns = (*COLUMNS[:at], *shift, *COLUMNS[at:])
+def cell_table(cells: dict[str, list[dict[str, Any]]], columns: Sequence[tuple] | None = None
+               ) -> tuple[str, list[dict[str, Any]]]:
+    """The markdown table (mean ± sd over seeds per column) and its CSV rows (``{key}_mean``, ``{key}_sd``):
+    ``columns`` (default :data:`COLUMNS`, with the :data:`SHIFT_COLUMNS` only where some cell has them)."""
+    if columns is None:
+        shift = [c for c in SHIFT_COLUMNS if any(c[1] in cell for found in cells.values() for cell in found)]
+        at = [c[1] for c in COLUMNS].index("ood_auroc") + 1
+        columns = (*COLUMNS[:at], *shift, *COLUMNS[at:])
     md_rows, rows = [], []
     for method, found in cells.items():
         row: dict[str, Any] = {"method": method, "seeds": len(found)}
@@ -190,21 +215,25 @@ def significance(out: Path, cells: dict[str, list[dict[str, Any]]], seeds: Seque
 
     if baseline not in cells:
         return f"(no {baseline} cells: no paired tests)", []
+    regression = _is_regression(cells)
+    tested, labels = ((REGRESSION_TESTED, ("Δ squared error", "Δ Gaussian NLL")) if regression else
+                      (TESTED, ("Δ accuracy (pts)", "Δ NLL", "Δ ECE (pts)")))
+    paired = _paired_regression_row if regression else _paired_row
     rows = []
     for method in cells:
         shared = [s for s in seeds if is_done(out, method, s) and is_done(out, baseline, s)]
         if method != baseline and shared:
-            rows.append(_paired_row(out, method, baseline, shared))
-    for name, _ in TESTED:
+            rows.append(paired(out, method, baseline, shared))
+    for name, _ in tested:
         for row, adjusted in zip(rows, stats.holm([r[f"p_{name}"] for r in rows])):
             row[f"p_{name}_holm"] = adjusted
     headers = ["method", "n"]
-    for label in ("Δ accuracy (pts)", "Δ NLL", "Δ ECE (pts)"):
+    for label in labels:
         headers += [f"{label} [95% CI]", "p (Holm)"]
     md_rows = []
     for r in rows:
         md_row = [r["method"], r["seeds"]]
-        for n, d in TESTED:
+        for n, d in tested:
             md_row += [f"{r[f'delta_{n}']:+.{d}f} [{r[f'{n}_low']:+.{d}f}, {r[f'{n}_high']:+.{d}f}]",
                        p_text(r[f"p_{n}_holm"])]
         md_rows.append(md_row)
@@ -233,13 +262,35 @@ def _paired_row(out: Path, method: str, baseline: str, shared: Sequence[int]) ->
     return row
 
 
+def _paired_regression_row(out: Path, method: str, baseline: str, shared: Sequence[int]) -> dict[str, Any]:
+    """Per-example squared-error and Gaussian-NLL differences against ``baseline``, averaged over ``shared``
+    seeds, each sign-flip tested."""
+    from pyro_bhpeft.analysis import stats
+
+    def per_example(a: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        y, mean, var = a["test_labels"], a["test_mean"], a["test_variance"]
+        return (mean - y) ** 2, 0.5 * (np.log(2 * np.pi * var) + (y - mean) ** 2 / var)
+
+    squared, nll = [], []
+    for s in shared:
+        (se_a, nll_a), (se_b, nll_b) = per_example(load_arrays(out, method, s)), per_example(load_arrays(out, baseline, s))
+        squared.append(se_a - se_b)
+        nll.append(nll_a - nll_b)
+    tests = {"squared_error": stats.sign_flip_test(np.mean(squared, axis=0)),
+             "nll": stats.sign_flip_test(np.mean(nll, axis=0))}
+    row: dict[str, Any] = {"method": method, "seeds": len(shared)}
+    for name, t in tests.items():
+        row.update({f"delta_{name}": t.difference, f"{name}_low": t.low, f"{name}_high": t.high, f"p_{name}": t.p})
+    return row
+
+
 def p_text(p: float) -> str:
     return "–" if math.isnan(p) else f"{p:.2g}"
 
 
 def draw_figures(out: Path, methods: Sequence[str], seed: int, protocol: Protocol) -> list[str]:
-    """Reliability, accuracy-coverage, confidence, OOD-uncertainty and per-site scale figures of seed
-    ``seed``, as paths relative to ``out``. Scale figures: methods with ``has_scales``, learned
+    """Reliability, accuracy-coverage, confidence, OOD-uncertainty (a regression: interval coverage) and
+    per-site scale figures of seed ``seed``, as paths relative to ``out``. Scale figures: methods with ``has_scales``, learned
     posteriors first, then post-hoc ones, each in registry order."""
     from pyro_bhpeft.analysis import ScaleRow, plots
 
@@ -248,10 +299,14 @@ def draw_figures(out: Path, methods: Sequence[str], seed: int, protocol: Protoco
     arrays = {m: load_arrays(out, m, seed) for m in methods if is_done(out, m, seed)}
     if not arrays:
         return []
-    test = {m: (a["test_probs"], a["test_labels"]) for m, a in arrays.items()}
-    written = [plots.reliability_diagram(test, figdir / "reliability.png"),
-               plots.accuracy_coverage(test, figdir / "accuracy-coverage.png"),
-               plots.confidence_histogram(test, figdir / "confidence.png")]
+    if any("test_mean" in a for a in arrays.values()):  # a regression: how well its intervals cover
+        written = [plots.interval_coverage({m: (a["test_mean"], a["test_variance"], a["test_labels"])
+                                            for m, a in arrays.items()}, figdir / "interval-coverage.png")]
+    else:
+        test = {m: (a["test_probs"], a["test_labels"]) for m, a in arrays.items()}
+        written = [plots.reliability_diagram(test, figdir / "reliability.png"),
+                   plots.accuracy_coverage(test, figdir / "accuracy-coverage.png"),
+                   plots.confidence_histogram(test, figdir / "confidence.png")]
     with_ood = {m: a for m, a in arrays.items() if "ood_entropy" in a}
     if with_ood:
         written.append(plots.uncertainty_histogram({m: a["test_entropy"] for m, a in with_ood.items()},
