@@ -311,8 +311,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
         raise UserError(f"{out} is not a comparison directory (no protocol.json); it is never written into or "
                         "replaced: choose another --out")
     methods = args.methods
-    if not methods:  # every method the installed extras allow, and a line for each one they do not
+    if not methods:  # every method the installed extras allow (on a regression, those that predict a Gaussian)
+        from .compare.record import METHODS
+        from .data import TASKS
+
         methods, skipped = available_methods()
+        if args.task in TASKS and TASKS[args.task].kind == "regression":
+            methods = tuple(m for m in methods if METHODS[m].regression)
+            skipped = {m: why for m, why in skipped.items() if METHODS[m].regression}
         for name, reason in skipped.items():
             print(f"compare: skipping {name}: {reason}", file=sys.stderr)
     report = run_compare(protocol_from(args), out, methods=methods,

@@ -131,3 +131,13 @@ def test_class_only_methods_are_refused_on_a_regression_before_any_cell(tiny_bac
         run_compare(protocol(tiny_backbone), tmp_path / "cmp", methods=("lora", "tfb", "lora-llla"), seeds=(0,),
                     data=ratings, progress=False)
     assert not (tmp_path / "cmp" / "cells").exists()
+
+
+@pytest.mark.slow
+def test_compare_on_the_packaged_ratings_defaults_to_the_methods_that_predict_a_gaussian(tiny_backbone, tmp_path):
+    from pyro_bhpeft.cli import main
+
+    main(["compare", "--task", "vader-movie", "--backbone", tiny_backbone, "--train-size", "16", "--eval-size", "8",
+          "--max-steps", "1", "--seeds", "1", "--max-length", "12", "--batch-size", "8", "--samples", "2",
+          "--out", str(tmp_path / "cmp")])
+    assert sorted(p.name for p in (tmp_path / "cmp" / "cells").iterdir()) == sorted(f"{m}-seed0" for m in REAL)
