@@ -221,10 +221,16 @@ def load_run(path: str | Path, device: Any = None) -> tuple[Posterior, dict[str,
 
 
 def evaluate_split(posterior: Posterior, loader: Any, num_samples: int, *, seed: int = 0) -> dict[str, Any]:
-    """Metrics of one split with ``num_samples`` posterior draws (0 = posterior mean)."""
+    """Metrics of one split with ``num_samples`` posterior draws (0 = posterior mean); a language model's are
+    those of its response tokens (:func:`pyro_bhpeft.language.token_metrics`)."""
     from pyro_bhpeft.analysis import metrics
     from pyro_bhpeft.predict import predict
 
+    if posterior.model.task == "language_model":
+        from .language import token_metrics
+
+        out = token_metrics(posterior, loader, num_samples=num_samples, seed=seed)
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in out.items()}
     pred = predict(posterior, loader, num_samples=num_samples, seed=seed)
     if not posterior.model.predicts_classes:
         out = metrics.regression_metrics(pred.mean.numpy(), pred.variance.numpy(), pred.labels.numpy())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -198,6 +199,12 @@ def test_the_front_door_fits_a_language_model_from_prompt_and_response_columns(l
     model.save(tmp_path / "run")
     back = BayesianPEFT.load(tmp_path / "run")
     assert back.generate(PROMPTS[:1], samples=3, max_new_tokens=3)[0]["answer"] == rows[0]["answer"]
+    from pyro_bhpeft.runs import evaluate_run  # what `pyro-bhpeft evaluate RUN --data FILE` reports
+
+    pd.DataFrame(data).to_csv(tmp_path / "pairs.csv", index=False)
+    saved = evaluate_run(tmp_path / "run", data_file=tmp_path / "pairs.csv", samples=4)
+    assert saved["samples"]["nll"] == pytest.approx(after["nll"], rel=1e-4)
+    assert saved["samples"]["tokens"] == after["tokens"] and saved["mean_only"]["num_samples"] == 0
     second = model.next_round()
     second.fit({"prompt": PROMPTS[:2], "response": RESPONSES[:2]}, epochs=1, progress=False)
     assert second.round == 2

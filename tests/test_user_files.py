@@ -368,3 +368,10 @@ def test_a_decoders_answer_choice_task_keeps_where_the_rows_came_from(tmp_path):
     scored = for_backbone(data, lm.model, lm.tokenizer)
     assert scored.spec.kind == "answer_choice"
     assert (scored.sources, scored.notes, scored.warnings) == (data.sources, data.notes, data.warnings)
+
+
+def test_a_language_model_file_without_its_prompt_column_names_the_flag(tmp_path):
+    path = tmp_path / "pairs.csv"
+    pd.DataFrame({"question": ["2 + 2 ="], "response": ["4"]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"no prompt column 'prompt' .* with --prompt-column"):
+        load_files(path, kind="language_model")

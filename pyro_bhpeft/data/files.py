@@ -28,7 +28,7 @@ __all__ = ["load_files", "load_eval_file", "read_table", "UserFile", "read_class
            "SUFFIXES"]
 
 FLAGS = {"text": "--text-column", "label": "--label-column", "question": "--question-column",
-         "choices": "--choices-column"}
+         "choices": "--choices-column", "prompt": "--prompt-column", "response": "--response-column"}
 
 
 def _column(df, column: str, role: str, path: Path) -> list:
@@ -308,6 +308,11 @@ def load_eval_file(path: str | Path, spec: TaskSpec, *, columns: Mapping[str, st
     path, cols = Path(path), _roles(columns)
     table, kind = read_table(path, delimiter=delimiter), DATA_KINDS[spec.kind]
     cols = {role: cols.get(role, role) for role in kind.columns}
+    if spec.kind == "language_model":  # the response is the target, not a label (its reader checks both columns)
+        _, ds = _read(path, table, spec, spec.kind, cols, None)
+        notes = [line for line in [delimiter_ignored(path, delimiter)] if line]
+        return TaskData(spec, datasets.DatasetDict({split: ds}), {split: SplitSource(str(path), len(ds))},
+                        tuple(notes), ())
     if cols["label"] not in table.columns and require_labels:
         raise DataError(f"{path.name} has no label column {cols['label']!r} (columns: "
                         f"{', '.join(map(str, table.columns))}){wrong_delimiter_hint(table.columns)}; scoring needs "
