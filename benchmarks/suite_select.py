@@ -1,9 +1,12 @@
-"""The default-recipe selection rule of docs/suite/README.md, applied to the suite's committed cells.
+"""The default-recipe selection rule of docs/suite/README.md, applied to the suite's committed cells, and the
+"which method when" table.
 
-Written before any cell of the suite ran. On validation metrics only (each cell's ``validation`` block): keep the
-methods within 1 accuracy point of LoRA on every classification task; among them the lowest validation NLL
-averaged over the tasks (Gaussian NLL on regression) wins; ties within 0.001 go to the lower cost (training plus
-prediction seconds). Writes ``selection.md`` in the suite folder.
+The rule was written before any cell of the suite ran. On validation metrics only (each cell's ``validation``
+block): keep the methods within 1 accuracy point of LoRA on every classification task; among them the lowest
+validation NLL averaged over the tasks (Gaussian NLL on regression) wins; ties within 0.001 go to the lower cost
+(training plus prediction seconds). A method is compared only where it has all its seeds on every task.
+Writes ``selection.md`` and ``which-method.md`` (test metrics against LoRA per task: the user-facing table) and
+``figures/which-method.png`` in the suite folder.
 
     python benchmarks/suite_select.py docs/suite
 """
@@ -17,41 +20,53 @@ from pathlib import Path
 
 import numpy as np
 
-TOLERANCE_POINTS, TIE_NLL = 1.0, 0.001
-NOT_ELIGIBLE = {"temperature": "fitted on the validation split the rule reads (in-sample)"}
+TOLERANCE_POINTS, TIE_NLL, SEEDS = 1.0, 0.001, 3
+NOT_ELIGIBLE = {"temperature": "fitted on the validation split the rule reads (in-sample)",
+                "lora": "the deterministic baseline the candidates are measured against"}
 
 
 def cells(task: Path) -> dict[str, list[dict]]:
-    """Method -> the metrics of its seeds' cells (those that record validation metrics)."""
+    """Method -> the metrics of its seeds' cells (those that record validation metrics), in seed order."""
     out: dict[str, list[dict]] = defaultdict(list)
     for file in sorted(task.glob("cells/*/metrics.json")):
         record = json.loads(file.read_text())
         if "validation" in record:
-            out[record.get("method") or file.parent.name.rsplit("-seed", 1)[0]].append(record)
+            method, seed = file.parent.name.rsplit("-seed", 1)
+            out[method].append({**record, "seed": int(seed)})
     return out
+
+
+def tasks(suite: Path) -> dict[str, dict[str, list[dict]]]:
+    return {p.name: cells(p) for p in sorted(suite.iterdir()) if (p / "protocol.json").is_file()}
+
+
+def complete(by_task: dict[str, dict[str, list[dict]]]) -> list[str]:
+    """The methods with all their seeds on every task that has cells (in first-seen order)."""
+    started = {name: by_method for name, by_method in by_task.items() if by_method}
+    if not started:
+        return []
+    first = next(iter(started.values()))
+    return [m for m in first if all(len(t.get(m, [])) >= SEEDS for t in started.values())]
 
 
 def select(suite: Path) -> tuple[str | None, list[str]]:
     """The winner (None if no method qualifies) and the reasoning, one line per method."""
-    tasks = {p.name: cells(p) for p in sorted(suite.iterdir()) if (p / "protocol.json").is_file()}
+    by_task = {n: t for n, t in tasks(suite).items() if t}
     lines, scores = [], {}
-    methods = set.intersection(*(set(t) for t in tasks.values())) if tasks else set()
-    for method in sorted(methods):
+    for method in complete(by_task):
         ok, nlls, cost = True, [], 0.0
-        for name, by_method in tasks.items():
+        for by_method in by_task.values():
             val = [c["validation"] for c in by_method[method]]
             lora = [c["validation"] for c in by_method.get("lora", [])]
             if "accuracy" in val[0] and lora:
                 gap = 100 * (np.mean([v["accuracy"] for v in val]) - np.mean([v["accuracy"] for v in lora]))
-                ok &= gap >= -TOLERANCE_POINTS
-            nlls.append(np.mean([v.get("nll", v.get("gaussian_nll", np.nan)) for v in val]))
-            cost += float(np.mean([c.get("train_seconds", 0) + c.get("predict_seconds", 0) for c in by_method[method]]))
+                ok &= bool(gap >= -TOLERANCE_POINTS)
+            nlls.append(np.mean([v["nll"] for v in val]))
+            cost += float(np.mean([c["train_seconds"] + c["predict_seconds"] for c in by_method[method]]))
         scores[method] = (float(np.mean(nlls)), cost, ok)
-        lines.append(f"{method}: mean validation NLL {scores[method][0]:.4f}, cost {cost:.0f} s, "
-                     f"{'within' if ok else 'outside'} 1 point of LoRA on every task")
-    for method, why in NOT_ELIGIBLE.items():
-        if method in scores:
-            lines.append(f"{method}: not eligible, {why}")
+        lines.append(f"`{method}`: mean validation NLL {scores[method][0]:.4f}, cost {cost:.0f} s, "
+                     f"{'within' if ok else 'outside'} 1 point of LoRA's validation accuracy on every task"
+                     + (f"; not eligible: {NOT_ELIGIBLE[method]}" if method in NOT_ELIGIBLE else ""))
     qualified = sorted((nll, cost, m) for m, (nll, cost, ok) in scores.items() if ok and m not in NOT_ELIGIBLE)
     if not qualified:
         return None, lines
@@ -60,13 +75,98 @@ def select(suite: Path) -> tuple[str | None, list[str]]:
     return min(tied, key=lambda q: q[1])[2], lines
 
 
+def _mean(found: list[dict], key: str) -> float:
+    values = [c[key] for c in found if c.get(key) is not None]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def which_rows(by_method: dict[str, list[dict]]) -> list[list[str]]:
+    """One row per method of one task: test metrics and costs against LoRA's (means over the method's seeds)."""
+    lora = by_method.get("lora")
+    if not lora:
+        return []
+    regression = "mse" in lora[0]
+    rows = []
+    for method, found in by_method.items():
+        cost = _mean(found, "train_seconds") / _mean(lora, "train_seconds")
+        predict = _mean(found, "predict_seconds") / _mean(lora, "predict_seconds")
+        if regression:
+            cols = [f"{_mean(found, 'mse') / _mean(lora, 'mse'):.2f}x", f"{_mean(found, 'nll'):.3f}",
+                    f"{100 * _mean(found, 'coverage90'):.1f}"]
+        else:
+            base = {c["seed"]: c for c in lora}
+            paired = [(c, base[c["seed"]]) for c in found if c["seed"] in base]
+            wins = sum(a["nll"] < b["nll"] and a["ece"] < b["ece"] for a, b in paired)
+            cols = [f"{100 * (_mean(found, 'accuracy') - _mean(lora, 'accuracy')):+.2f}", f"{_mean(found, 'nll'):.3f}",
+                    f"{_mean(found, 'ece'):.2f} ({_mean(found, 'ece') / _mean(lora, 'ece'):.2f}x)",
+                    f"{_mean(found, 'ood_auroc') - _mean(lora, 'ood_auroc'):+.3f}",
+                    f"{wins}/{len(paired)}"]
+        rows.append([f"`{method}`", str(len(found)), *cols, f"{cost:.2f}x", f"{predict:.2f}x"])
+    return rows
+
+
+CLASS_HEADERS = ["method", "n", "Δ accuracy (pts)", "NLL", "ECE % (x LoRA)", "Δ OOD AUROC",
+                 "seeds better on NLL and ECE", "train time", "predict time"]
+REGRESSION_HEADERS = ["method", "n", "MSE (x LoRA)", "Gaussian NLL", "90% coverage %", "train time", "predict time"]
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def which_method(suite: Path) -> str:
+    lines = ["# Which method when: the suite's test metrics against deterministic LoRA", "",
+             "Generated by `python benchmarks/suite_select.py docs/suite` from the committed cells (test split; means "
+             "over each method's seeds, n). Δ: method minus `lora`; x: ratio to `lora`; train and predict time: ratios "
+             "of the cells' seconds (one shared 2-core machine, so a few tenths either way are noise). The default is "
+             "chosen on the validation split ([selection](selection.md)), never on these numbers.", ""]
+    for name, by_method in tasks(suite).items():
+        rows = which_rows(by_method)
+        if not rows:
+            continue
+        regression = "mse" in by_method["lora"][0]
+        lines += [f"## `{name}`", "", *_table(REGRESSION_HEADERS if regression else CLASS_HEADERS, rows), ""]
+    return "\n".join(lines) + "\n"
+
+
+def figure(suite: Path) -> Path | None:
+    """Test NLL against training time (both relative to LoRA) per classification task, one point per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {n: t for n, t in tasks(suite).items() if t.get("lora") and "mse" not in t["lora"][0]}
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (name, by_method) in zip(axes[0], panels.items()):
+        lora = by_method["lora"]
+        for method, found in by_method.items():
+            x = _mean(found, "train_seconds") / _mean(lora, "train_seconds")
+            ax.scatter(x, _mean(found, "nll"))
+            ax.annotate(method, (x, _mean(found, "nll")), fontsize=7)
+        ax.set(title=name, xlabel="training time (x LoRA)", ylabel="test NLL")
+    path = suite / "figures" / "which-method.png"
+    path.parent.mkdir(exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     suite = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/suite")
     winner, lines = select(suite)
-    text = "\n".join(["# Selection", "", *[f"- {line}" for line in lines], "",
-                      f"Winner: `{winner}`" if winner else "No method qualifies yet."]) + "\n"
+    text = "\n".join(["# Selection (validation split; the rule in [README](README.md))", "",
+                      *[f"- {line}" for line in lines], "",
+                      f"Winner: `{winner}`" if winner else
+                      "No method qualifies yet (a method is compared once it has all seeds on every started task)."]) + "\n"
     (suite / "selection.md").write_text(text)
+    (suite / "which-method.md").write_text(which_method(suite))
+    drawn = figure(suite)
     print(text)
+    print(f"wrote {suite / 'selection.md'}, {suite / 'which-method.md'}" + (f", {drawn}" if drawn else ""))
 
 
 if __name__ == "__main__":

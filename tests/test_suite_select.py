@@ -1,0 +1,70 @@
+"""The default-recipe selection rule (benchmarks/suite_select.py) on made-up cells with known winners."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import suite_select  # noqa: E402
+
+
+def _cell(task: Path, method: str, seed: int, *, acc: float, nll: float, seconds: float = 100.0, ece: float = 10.0,
+          test_nll: float | None = None) -> None:
+    folder = task / "cells" / f"{method}-seed{seed}"
+    folder.mkdir(parents=True)
+    record = {"accuracy": acc, "nll": nll if test_nll is None else test_nll, "ece": ece, "ood_auroc": 0.8,
+              "train_seconds": seconds, "predict_seconds": 10.0, "validation": {"accuracy": acc, "nll": nll, "ece": ece}}
+    (folder / "metrics.json").write_text(json.dumps(record))
+
+
+def _suite(tmp_path: Path, methods: dict[str, dict], tasks=("a", "b")) -> Path:
+    for name in tasks:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "protocol.json").write_text("{}")
+        for method, kwargs in methods.items():
+            for seed in range(3):
+                _cell(tmp_path / name, method, seed, **kwargs)
+    return tmp_path
+
+
+def test_the_lowest_validation_nll_within_one_point_of_lora_wins(tmp_path):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.80, nll=1.0), "good": dict(acc=0.795, nll=0.5),
+                              "lossy": dict(acc=0.78, nll=0.3),  # 2 points below LoRA: out
+                              "temperature": dict(acc=0.80, nll=0.2)})  # fitted on validation: never the default
+    winner, lines = suite_select.select(suite)
+    assert winner == "good"
+    assert any(line.startswith("`lossy`") and "outside" in line for line in lines)
+    assert any(line.startswith("`temperature`") and "not eligible" in line for line in lines)
+
+
+def test_a_tie_within_a_thousandth_goes_to_the_cheaper_method(tmp_path):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "slow": dict(acc=0.8, nll=0.5, seconds=900.0),
+                              "fast": dict(acc=0.8, nll=0.5005, seconds=150.0)})
+    assert suite_select.select(suite)[0] == "fast"
+
+
+def test_the_rule_reads_validation_never_test(tmp_path):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "x": dict(acc=0.8, nll=0.6, test_nll=0.1),
+                              "y": dict(acc=0.8, nll=0.5, test_nll=0.9)})
+    assert suite_select.select(suite)[0] == "y"
+
+
+def test_a_method_missing_a_seed_on_a_task_is_not_compared_yet(tmp_path):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "partial": dict(acc=0.8, nll=0.1)})
+    for path in (suite / "b" / "cells" / "partial-seed2").iterdir():
+        path.unlink()
+    (suite / "b" / "cells" / "partial-seed2").rmdir()
+    winner, lines = suite_select.select(suite)
+    assert winner is None and not any("partial" in line for line in lines)  # lora is the baseline, never the default
+
+
+def test_which_method_pairs_seeds_and_reports_ratios_to_lora(tmp_path):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0, ece=20.0), "half": dict(acc=0.81, nll=0.5, ece=5.0)},
+                   tasks=("a",))
+    text = suite_select.which_method(suite)
+    row = next(line for line in text.splitlines() if line.startswith("| `half`"))
+    assert row.split(" | ")[1:7] == ["3", "+1.00", "0.500", "5.00 (0.25x)", "+0.000", "3/3"]
