@@ -29,12 +29,18 @@ from pyro_bhpeft.priors import Normal, Prior
 
 from .effects import DATA_PLATE, active_flipout
 
-__all__ = ["BayesianPeftModel", "POOLINGS", "pool", "default_pooling"]
+__all__ = ["BayesianPeftModel", "POOLINGS", "pool", "default_pooling", "stacked_draws"]
 
 POOLINGS = ("auto", "mean", "cls", "last")
 FOLD_ROWS = {"cpu": 32, "default": 256}  # backbone rows per forward when posterior draws are folded (by device)
 _BACKBONE_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 Batch = Mapping[str, torch.Tensor]
+
+
+def stacked_draws(draws: list[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """``K`` posterior draws as one tensor per site, stacked on a leading draw dimension (what
+    :meth:`BayesianPeftModel.bound` takes with ``samples=K``)."""
+    return {name: torch.stack([w[name] for w in draws]) for name in draws[0]}
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor | None, how: str) -> torch.Tensor:
@@ -204,12 +210,17 @@ class BayesianPeftModel(PyroModule):
         """``draws`` in one backbone forward over ``flat`` (``batch`` as the backbone sees it) repeated per draw."""
         k, device = len(draws), self._device()
         flat = {n: v.to(device) for n, v in flat.items() if n in _BACKBONE_INPUTS}
-        rows = next(iter(flat.values())).shape[0]
-        stacked = {name: torch.stack([w[name] for w in draws]) for name in draws[0]}
-        with self.bound(stacked, samples=k):
+        with self.bound(stacked_draws(draws), samples=k):
             hidden = self.backbone(**{n: v.repeat(k, *([1] * (v.dim() - 1))) for n, v in flat.items()}).last_hidden_state
-            mask = flat.get("attention_mask")
-            features = pool(hidden, None if mask is None else mask.repeat(k, 1), self.pooling).float()
+            return self.folded_outputs(draws, hidden, flat.get("attention_mask"), batch)
+
+    def folded_outputs(self, draws: list[Mapping[str, torch.Tensor]], hidden: torch.Tensor,
+                       mask: torch.Tensor | None, batch: Batch) -> list[Any]:
+        """Each draw's outputs from the last hidden state of ``K = len(draws)`` stacked copies of the batch's
+        rows (``mask``: one copy's attention mask): pooled once, each draw's head on its own rows."""
+        k = len(draws)
+        rows = hidden.shape[0] // k
+        features = pool(hidden, None if mask is None else mask.repeat(k, 1), self.pooling).float()
         return [self.outputs(w, features[i * rows:(i + 1) * rows], batch) for i, w in enumerate(draws)]
 
     @contextlib.contextmanager

@@ -23,7 +23,7 @@ import torch
 from pyro_bhpeft.config import ConfigError
 from pyro_bhpeft.layers import Site
 
-from .base import FOLD_ROWS, BayesianPeftModel
+from .base import FOLD_ROWS, BayesianPeftModel, stacked_draws
 
 __all__ = ["LanguageModel", "token_logprobs"]
 
@@ -104,7 +104,7 @@ class LanguageModel(BayesianPeftModel):
         out = []
         for start in range(0, len(draws), per_pass):
             chunk = draws[start:start + per_pass]
-            stacked = {name: torch.stack([w[name] for w in chunk]) for name in chunk[0]}
+            stacked = stacked_draws(chunk)
             with self.bound(stacked, samples=len(chunk)):
                 hidden = self.backbone(input_ids=ids.repeat(len(chunk), 1)).last_hidden_state[:, span]
             out.append(self.backbone.lm_head(hidden).float())  # (chunk, T, vocab)

@@ -83,7 +83,7 @@ def _trunk_inputs(model: Any, block: torch.nn.Module, weights: dict, inputs: dic
 
 def shared_trunk_outputs(model: Any, draws: list[dict], batch: dict, first: int) -> list[Any] | None:
     """``[model.run(w, batch) for w in draws]`` with blocks below ``first`` run once (None: not possible here)."""
-    from .models.base import pool
+    from .models.base import stacked_draws
 
     device = model._device()
     flat = {k: v.to(device) for k, v in model.flatten_inputs(batch).items() if k in ("input_ids", "attention_mask",
@@ -93,8 +93,7 @@ def shared_trunk_outputs(model: Any, draws: list[dict], batch: dict, first: int)
     args, kwargs = _trunk_inputs(model, blocks[first], draws[0], flat)
     hidden = args[0].repeat(k, 1, 1)
     rest, kwargs = _repeat(tuple(args[1:]), rows, k), {n: _repeat(v, rows, k) for n, v in kwargs.items()}
-    stacked = {name: torch.stack([w[name] for w in draws]) for name in draws[0]}
-    with model.bound(stacked, samples=k):
+    with model.bound(stacked_draws(draws), samples=k):
         for block in blocks[first:]:
             out = block(hidden, *rest, **kwargs)
             if not isinstance(out, torch.Tensor):
@@ -103,9 +102,7 @@ def shared_trunk_outputs(model: Any, draws: list[dict], batch: dict, first: int)
         norm = getattr(model.backbone, "norm", None)  # decoders' final norm (Llama, Qwen2, ...)
         if norm is not None:
             hidden = norm(hidden)
-        mask = flat.get("attention_mask")
-        features = pool(hidden, None if mask is None else mask.repeat(k, 1), model.pooling).float()
-    return [model.outputs(w, features[i * rows:(i + 1) * rows], batch) for i, w in enumerate(draws)]
+        return model.folded_outputs(draws, hidden, flat.get("attention_mask"), batch)
 
 
 @torch.no_grad()
