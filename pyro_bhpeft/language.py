@@ -11,6 +11,8 @@ answers with their uncertainty.
   predictive NLL ``-log mean_k p_k(answer)``, the expected NLL ``-mean_k log p_k(answer)``, and the summed
   token-level predictive entropy and mutual information (the epistemic part) along the answer;
   :func:`answer_match` scores an answer against a gold one, :func:`generation_rows` makes them flat rows.
+- :func:`fit_token_temperature`: one temperature on the next-token logits, fitted by the response tokens' NLL on
+  held-out batches; ``token_metrics`` and ``generate`` take it as ``temperature`` (``softmax(logits / T)``).
 - :func:`selective_answering`: accuracy against coverage when the most uncertain answers are withheld, and the
   AUROC of an uncertainty score for telling wrong answers from right ones.
 
@@ -31,8 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
-__all__ = ["lm_batches", "qa_pairs", "token_metrics", "generate", "selective_answering", "normalise_answer",
-           "answer_match", "generation_rows"]
+__all__ = ["lm_batches", "qa_pairs", "token_metrics", "generate", "fit_token_temperature", "selective_answering",
+           "normalise_answer", "answer_match", "generation_rows"]
 
 
 def lm_batches(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *, max_length: int = 64,
@@ -64,11 +66,24 @@ def _draws(posterior: Any, num_samples: int, seed: int) -> list[dict]:
     return [posterior.mean()] if num_samples == 0 else posterior.sample(num_samples, seed=seed)
 
 
-def _next_token_probs(model: Any, weights: dict, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``p(x_{t+1} | x_{<=t})`` over the vocabulary at every position, (batch, seq, vocab), float32."""
+def _next_token_logits(model: Any, weights: dict, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Next-token logits at every position, (batch, seq, vocab), float32."""
     with model.bound(weights):
         hidden = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-    return model.backbone.lm_head(hidden).float().softmax(-1)
+    return model.backbone.lm_head(hidden).float()
+
+
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``logits / T`` (the logits themselves at ``T = 1``)."""
+    if not temperature > 0:
+        raise ValueError(f"the temperature must be positive, got {temperature}")
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def _next_token_probs(model: Any, weights: dict, ids: torch.Tensor, mask: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
+    """``p(x_{t+1} | x_{<=t}) = softmax(logits / T)`` over the vocabulary at every position, (batch, seq, vocab)."""
+    return _tempered(_next_token_logits(model, weights, ids, mask), temperature).softmax(-1)
 
 
 def _ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
@@ -80,13 +95,15 @@ def _ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float
 
 
 @torch.no_grad()
-def token_metrics(posterior: Any, batches: Any, *, num_samples: int = 8, seed: int = 0) -> dict[str, float]:
-    """Perplexity, NLL, token accuracy and ECE of the response tokens under the posterior predictive."""
+def token_metrics(posterior: Any, batches: Any, *, num_samples: int = 8, seed: int = 0,
+                  temperature: float = 1.0) -> dict[str, float]:
+    """Perplexity, NLL, token accuracy and ECE of the response tokens under the posterior predictive (each draw's
+    next-token distribution ``softmax(logits / temperature)``)."""
     model, draws = posterior.model, _draws(posterior, num_samples, seed)
     nll, conf, correct = [], [], []
     for inputs, _ in batches:
         ids, mask, target = (inputs[k].to(model._device()) for k in ("input_ids", "attention_mask", "target_mask"))
-        probs = torch.stack([_next_token_probs(model, w, ids, mask)[:, :-1] for w in draws]).mean(0)
+        probs = torch.stack([_next_token_probs(model, w, ids, mask, temperature)[:, :-1] for w in draws]).mean(0)
         keep, nxt = target[:, 1:].bool(), ids[:, 1:]
         p_true = probs.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)[keep]
         top, arg = probs.max(-1)
@@ -105,10 +122,11 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def _greedy(model: Any, weights: dict, ids: list[int], max_new_tokens: int, eos: int | None, *,
-            use_cache: bool = True) -> tuple[list[int], float]:
-    """``(answer tokens, their log-likelihood)``: greedy decoding of ``ids`` under ``weights``, stopping before
-    ``eos``. With ``use_cache`` (and a model whose cache is exact, :attr:`LanguageModel.cacheable`) each step runs
-    only the new token against the backbone's key/value cache; otherwise each step reruns the whole sequence.
+            use_cache: bool = True, temperature: float = 1.0) -> tuple[list[int], float]:
+    """``(answer tokens, their log-likelihood under softmax(logits / temperature))``: greedy decoding of ``ids`` under
+    ``weights``, stopping before ``eos``. With ``use_cache`` (and a model whose cache is exact,
+    :attr:`LanguageModel.cacheable`) each step runs only the new token against the backbone's key/value cache;
+    otherwise each step reruns the whole sequence.
     Both give the same tokens (``tests/test_language_model.py``)."""
     device = model._device()
     cache: Any = None if use_cache and model.cacheable else False
@@ -124,7 +142,7 @@ def _greedy(model: Any, weights: dict, ids: list[int], max_new_tokens: int, eos:
         token = int(logits[0].argmax())
         if token == eos:
             break
-        loglik += float(logits[0].log_softmax(-1)[token])
+        loglik += float(_tempered(logits[0], temperature).log_softmax(-1)[token])
         out.append(token)
         x = torch.tensor([[token]], device=device)
     return out, loglik
@@ -132,23 +150,25 @@ def _greedy(model: Any, weights: dict, ids: list[int], max_new_tokens: int, eos:
 
 @torch.no_grad()
 def generate(posterior: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 16,
-             num_samples: int = 8, seed: int = 0, use_cache: bool = True) -> list[dict[str, Any]]:
+             num_samples: int = 8, seed: int = 0, use_cache: bool = True,
+             temperature: float = 1.0) -> list[dict[str, Any]]:
     """Greedy answers under the posterior mean, each with its uncertainty under ``num_samples`` draws.
 
     Per answer: ``loglik_mean`` (its log-likelihood under the mean), ``loglik_draws`` (under each draw: one forward
     over prompt + answer per draw, the draws folded into one batch), ``predictive_nll`` ``-log mean_k p_k``,
     ``expected_nll`` ``-mean_k log p_k``, and the summed token ``predictive_entropy`` and ``mutual_information``.
-    ``use_cache=False`` decodes without the key/value cache (the same answers, slower)."""
+    ``use_cache=False`` decodes without the key/value cache (the same answers, slower). ``temperature`` divides
+    every logit before its softmax (:func:`fit_token_temperature`): the answers are the same, their scores tempered."""
     model, mean = posterior.model, posterior.mean()
     draws = _draws(posterior, num_samples, seed)
     rows = []
     for prompt in prompts:
         context = tokenizer.encode(prompt, add_special_tokens=False)
         answer, loglik_mean = _greedy(model, mean, context, max_new_tokens, tokenizer.eos_token_id,
-                                      use_cache=use_cache)
+                                      use_cache=use_cache, temperature=temperature)
         x = torch.tensor([context + answer], device=model._device())
         span = slice(len(context) - 1, len(context) + len(answer) - 1)  # positions that predict the answer
-        probs = model.draw_logits(draws, x, span).softmax(-1)  # (K, T, V)
+        probs = _tempered(model.draw_logits(draws, x, span), temperature).softmax(-1)  # (K, T, V)
         target = torch.tensor(answer, device=x.device, dtype=torch.long)
         loglik = probs.gather(-1, target.expand(len(draws), -1).unsqueeze(-1)).squeeze(-1).clamp_min(1e-12).log().sum(-1)
         predictive = probs.mean(0)
@@ -160,6 +180,58 @@ def generate(posterior: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_
                      "predictive_nll": predictive_nll, "predictive_entropy": float(entropy.sum()),
                      "mutual_information": float(mutual.sum())})
     return rows
+
+
+@torch.no_grad()
+def _response_logits(posterior: Any, batches: Any, num_samples: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits (tokens, vocab), targets (tokens,))`` of every response token of ``batches``: the mean's logits
+    (``num_samples = 0``), else the log of the draws' mean next-token probabilities."""
+    model, draws = posterior.model, _draws(posterior, num_samples, seed)
+    logits, targets = [], []
+    for inputs, _ in batches:
+        ids, mask, target = (inputs[k].to(model._device()) for k in ("input_ids", "attention_mask", "target_mask"))
+        keep = target[:, 1:].bool()
+        per_draw = torch.stack([_next_token_logits(model, w, ids, mask)[:, :-1][keep] for w in draws])
+        pooled = per_draw[0] if len(draws) == 1 else per_draw.log_softmax(-1).logsumexp(0)
+        logits.append(pooled.cpu())
+        targets.append(ids[:, 1:][keep].cpu())
+    return torch.cat(logits), torch.cat(targets)
+
+
+def fit_token_temperature(posterior: Any, batches: Any, *, num_samples: int = 0, seed: int = 0,
+                          chunk: int = 256) -> float:
+    """The temperature ``T`` minimising the mean NLL of the response tokens of held-out ``batches`` under
+    ``softmax(logits / T)`` (Guo et al. 2017 on next-token distributions): LBFGS on ``log T`` from ``T = 1``, bounded
+    at :data:`~pyro_bhpeft.baselines.temperature.MAX_TEMPERATURE` as the classifiers' temperature. ``num_samples``:
+    the posterior mean's logits (0) or the log of ``K`` draws' mean probabilities. Use it as ``token_metrics(...,
+    temperature=T)`` and ``generate(..., temperature=T)``.
+
+    Example::
+
+        T = fit_token_temperature(posterior, lm_batches(tokenizer, val_prompts, val_responses, max_length=96))
+    """
+    from torch.nn import functional as F
+
+    from .baselines.temperature import MAX_TEMPERATURE
+
+    logits, targets = _response_logits(posterior, batches, num_samples, seed)
+    if len(targets) == 0:
+        raise ValueError("temperature scaling needs held-out response tokens; the batches have none")
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:  # the mean NLL, its gradient summed chunk by chunk (the logits stay float32)
+        optimizer.zero_grad()
+        total = torch.zeros((), dtype=torch.float64)
+        for start in range(0, len(targets), chunk):
+            part = F.cross_entropy(logits[start:start + chunk].double() / log_t.exp(), targets[start:start + chunk],
+                                   reduction="sum") / len(targets)
+            part.backward()
+            total += part.detach()
+        return total
+
+    optimizer.step(closure)
+    return min(float(log_t.detach().exp()), MAX_TEMPERATURE)
 
 
 def answer_match(answer: str, gold: str) -> dict[str, bool]:

@@ -16,8 +16,8 @@ from pyro_bhpeft.config import AdapterConfig, PrefixConfig
 from pyro_bhpeft.backbone import load_backbone
 from pyro_bhpeft.continual import posterior_prior
 from pyro_bhpeft.guides import Delta, MeanField
-from pyro_bhpeft.language import (_greedy, answer_match, generate, lm_batches, normalise_answer, selective_answering,
-                                  token_metrics)
+from pyro_bhpeft.language import (_greedy, answer_match, fit_token_temperature, generate, lm_batches, normalise_answer,
+                                  selective_answering, token_metrics)
 from pyro_bhpeft.models import LanguageModel
 
 PROMPTS = ["Question: Which is a metal? Answer:", "Question: Which is a wood? Answer:",
@@ -208,3 +208,55 @@ def test_the_front_door_fits_a_language_model_from_prompt_and_response_columns(l
     second = model.next_round()
     second.fit({"prompt": PROMPTS[:2], "response": RESPONSES[:2]}, epochs=1, progress=False)
     assert second.round == 2
+
+
+def _manual_token_nll(model, weights, batches, temperature: float) -> float:
+    """The mean NLL of the response tokens under softmax(logits / T), from the model's own forward."""
+    total, count = 0.0, 0
+    for inputs, _ in batches:
+        with model.bound(weights):
+            hidden = model.backbone(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        logp = (model.backbone.lm_head(hidden[:, :-1]).double() / temperature).log_softmax(-1)
+        logp = logp.gather(-1, inputs["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+        keep = inputs["target_mask"][:, 1:].bool()
+        total, count = total - float(logp[keep].sum()), count + int(keep.sum())
+    return total / count
+
+
+def test_a_temperature_divides_the_logits_and_one_is_todays_numbers(lm_dir):
+    posterior, tok = _moved_posterior(lm_dir, PeftConfig())
+    batches = lm_batches(tok, PROMPTS, RESPONSES, max_length=24, batch_size=2)
+    mean = posterior.mean()
+    assert token_metrics(posterior, batches, num_samples=4, temperature=1.0) == token_metrics(posterior, batches,
+                                                                                               num_samples=4)
+    for t in (1.0, 2.5):
+        at_mean = token_metrics(posterior, batches, num_samples=0, temperature=t)
+        assert at_mean["nll"] == pytest.approx(_manual_token_nll(posterior.model, mean, batches, t), abs=1e-5)
+    plain = generate(posterior, tok, PROMPTS[:2], max_new_tokens=4, num_samples=3)
+    assert generate(posterior, tok, PROMPTS[:2], max_new_tokens=4, num_samples=3, temperature=1.0) == plain
+    hot = generate(posterior, tok, PROMPTS[:2], max_new_tokens=4, num_samples=0, temperature=2.5)
+    for row, base in zip(hot, plain):
+        assert row["answer_ids"] == base["answer_ids"]  # the same greedy answer, scored tempered
+        x = torch.tensor([tok.encode(row["prompt"], add_special_tokens=False) + row["answer_ids"]])
+        span = slice(x.shape[1] - row["tokens"] - 1, x.shape[1] - 1)
+        logp = (posterior.model.draw_logits([mean], x, span)[0] / 2.5).log_softmax(-1)
+        manual = float(logp.gather(-1, torch.tensor(row["answer_ids"]).unsqueeze(-1)).sum())
+        assert row["loglik_mean"] == pytest.approx(manual, abs=1e-4) and row["loglik_draws"] == pytest.approx([manual],
+                                                                                                            abs=1e-4)
+
+
+def test_the_fitted_temperature_minimises_the_held_out_nll_and_scales_with_the_logits(lm_dir):
+    posterior, tok = _moved_posterior(lm_dir, PeftConfig())
+    batches = lm_batches(tok, PROMPTS, RESPONSES, max_length=24, batch_size=2)
+    t = fit_token_temperature(posterior, batches)
+
+    def nll(temperature):
+        return token_metrics(posterior, batches, num_samples=0, temperature=temperature)["nll"]
+
+    assert nll(t) < nll(t * 1.05) and nll(t) < nll(t / 1.05)
+    factor = 3.0 / t  # logits made `factor` times sharper: the fitted temperature is `factor` times larger (= 3)
+    with torch.no_grad():
+        posterior.model.backbone.lm_head.weight.mul_(factor)
+    sharp = fit_token_temperature(posterior, batches)
+    assert sharp > 1 and sharp == pytest.approx(factor * t, rel=1e-3)
+    assert fit_token_temperature(posterior, batches, num_samples=3) > 0
