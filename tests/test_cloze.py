@@ -102,3 +102,16 @@ def test_a_cloze_comparison_scores_each_choices_likelihood_and_refuses_the_peft_
     expected = torch.stack([_manual_scores(lm_dir, rows[q]["question"], rows[q]["choices"]).softmax(-1)
                             for q in range(len(rows))])
     torch.testing.assert_close(probs, expected, rtol=0, atol=1e-4)
+
+
+def test_right_padding_is_trimmed_to_the_longest_row_and_changes_no_score(lm_dir):
+    data = quiz()
+    model = BayesianPEFT(lm_dir, task=data, mc_scoring="cloze", guide="mle", max_length=40, batch_size=4)
+    model.fit(data, max_steps=1, lr=1e-9, progress=False)
+    inputs = next(iter(model.loader(data)))[0]
+    assert inputs["input_ids"].shape[-1] < 40 and bool(inputs["attention_mask"][..., -1].any())  # the longest row
+    padded = {k: torch.nn.functional.pad(v, (0, 40 - v.shape[-1])) for k, v in inputs.items()}  # mask 0 there
+    weights = model.posterior.mean()
+    with torch.no_grad():
+        torch.testing.assert_close(model.model.run(weights, inputs), model.model.run(weights, padded), rtol=0,
+                                   atol=1e-5)

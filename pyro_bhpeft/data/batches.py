@@ -15,7 +15,8 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 
 from .types import DATA_KINDS, DataError, TaskData, TaskSpec
 
-__all__ = ["tokenize", "make_loader", "encode_text", "encode_pairs", "trim_left_padding", "MODEL_INPUTS"]
+__all__ = ["tokenize", "make_loader", "encode_text", "encode_pairs", "trim_left_padding", "trim_right_padding",
+           "MODEL_INPUTS"]
 
 MODEL_INPUTS = ("input_ids", "attention_mask")
 EXTRA_INPUTS = ("continuation_mask", "target_mask")  # per-token roles: cloze choices, LM responses
@@ -82,6 +83,8 @@ def tokenize(data: TaskData, tokenizer: Any, max_length: int = 64) -> datasets.D
 def _to_batch(rows: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
     inputs = {k: torch.as_tensor(rows[k], dtype=torch.long) for k in (*MODEL_INPUTS, *EXTRA_INPUTS) if k in rows}
     inputs = trim_left_padding(inputs)
+    if any(k in inputs for k in EXTRA_INPUTS):  # a causal LM's right-padded continuations or responses
+        inputs = trim_right_padding(inputs)
     if "label" not in rows:  # texts to predict, without labels
         return inputs, None
     labels = torch.as_tensor(rows["label"])
@@ -97,6 +100,16 @@ def trim_left_padding(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     visible = mask.any(dim=0)
     first = int(visible.to(torch.int8).argmax()) if bool(visible.any()) else 0
     return inputs if first == 0 else {k: v[..., first:] for k, v in inputs.items()}
+
+
+def trim_right_padding(inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the trailing positions that are padding in every row of the batch: a causal LM's cloze choices and
+    prompt-response pairs are right padded to the split's ``max_length``, and no earlier position attends to a
+    later one, so the batch is as long as its longest row and every kept position's output is unchanged."""
+    mask = inputs["attention_mask"].flatten(0, -2)
+    visible = mask.any(dim=0)
+    last = int(visible.nonzero().max()) + 1 if bool(visible.any()) else mask.shape[-1]
+    return inputs if last == mask.shape[-1] else {k: v[..., :last] for k, v in inputs.items()}
 
 
 def make_loader(tokenized: datasets.Dataset, batch_size: int, *, shuffle: bool = False,
