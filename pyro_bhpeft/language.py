@@ -39,8 +39,10 @@ __all__ = ["lm_batches", "qa_pairs", "token_metrics", "generate", "fit_token_tem
 
 def lm_batches(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str], *, max_length: int = 64,
                batch_size: int = 8, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """Batches ``(inputs, None)``: ``input_ids``, ``attention_mask``, ``target_mask`` (batch, max_length), as
-    :func:`~pyro_bhpeft.data.responses.response_rows` encodes them."""
+    """Batches ``(inputs, None)``: ``input_ids``, ``attention_mask``, ``target_mask`` (batch, at most max_length), as
+    :func:`~pyro_bhpeft.data.responses.response_rows` encodes them, without the trailing positions that are padding
+    in every row (:func:`~pyro_bhpeft.data.batches.trim_right_padding`: causal, so no kept position changes)."""
+    from .data.batches import trim_right_padding
     from .data.responses import response_rows
 
     if len(prompts) != len(responses) or not prompts:
@@ -48,8 +50,11 @@ def lm_batches(tokenizer: Any, prompts: Sequence[str], responses: Sequence[str],
     encoded = response_rows(tokenizer, prompts, responses, max_length)
     rows = [dict(zip(encoded, values)) for values in zip(*encoded.values())]
     order = RandomSampler(rows, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(rows)
-    return DataLoader(rows, batch_size=batch_size, sampler=order,
-                      collate_fn=lambda b: ({k: torch.tensor([r[k] for r in b]) for k in b[0]}, None))
+
+    def collate(batch: list[dict]) -> tuple[dict[str, torch.Tensor], None]:
+        return trim_right_padding({k: torch.tensor([r[k] for r in batch]) for k in batch[0]}), None
+
+    return DataLoader(rows, batch_size=batch_size, sampler=order, collate_fn=collate)
 
 
 def qa_pairs(data: Any, split: str = "train") -> tuple[list[str], list[str]]:

@@ -260,3 +260,18 @@ def test_the_fitted_temperature_minimises_the_held_out_nll_and_scales_with_the_l
     sharp = fit_token_temperature(posterior, batches)
     assert sharp > 1 and sharp == pytest.approx(factor * t, rel=1e-3)
     assert fit_token_temperature(posterior, batches, num_samples=3) > 0
+
+
+def test_response_batches_are_as_long_as_their_longest_row_and_score_as_the_padded_ones(lm_dir):
+    from pyro_bhpeft.data.responses import response_rows
+
+    posterior, tok = _moved_posterior(lm_dir, PeftConfig())
+    trimmed = lm_batches(tok, PROMPTS, RESPONSES, max_length=40, batch_size=2)
+    padded = response_rows(tok, PROMPTS, RESPONSES, 40)
+    full = [({k: torch.tensor(v[i:i + 2]) for k, v in padded.items()}, None) for i in (0, 2)]
+    for (inputs, _), (whole, _) in zip(trimmed, full):
+        assert inputs["input_ids"].shape[1] == int(whole["attention_mask"].sum(1).max()) < 40
+    short, long = token_metrics(posterior, trimmed, num_samples=3), token_metrics(posterior, full, num_samples=3)
+    assert short["tokens"] == long["tokens"]
+    for key in ("nll", "token_accuracy", "token_ece"):
+        assert short[key] == pytest.approx(long[key], abs=1e-5)
