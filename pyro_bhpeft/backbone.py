@@ -19,7 +19,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -27,7 +27,7 @@ from torch import nn
 from .assets import ASSETS, cache_dir, fetch_asset
 from .io import atomic_dir
 
-__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "bare_model", "freeze", "dropout_active", "has_dropout",
+__all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "load_tokenizer", "bare_model", "freeze", "dropout_active", "has_dropout",
            "check_dropout", "dequantised_dir", "DTYPES", "DEVICES", "resolve_device", "dtype_name"]
 
 # precisions of the frozen backbone (PEFT weights, KL and likelihood stay float32)
@@ -199,23 +199,42 @@ def bare_model(model: nn.Module) -> nn.Module:
     return base
 
 
-def load_backbone(name_or_path: str = "minilm", *, dtype: torch.dtype = torch.float32) -> Backbone:
-    """Return the frozen base model (no task head; a decoder keeps its LM head as ``lm_head``) and its tokenizer."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+@contextlib.contextmanager
+def _loading(name_or_path: str):
+    """Load inside this block with the transformers progress bar off; a missing model or file becomes a one-line
+    :class:`BackboneError`."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # a 0.1 s weight-loading bar is noise on every command
-    source = _resolve(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        if _is_decoder(source):
-            model = bare_model(AutoModelForCausalLM.from_pretrained(source, dtype=dtype))
-        else:
-            model = AutoModel.from_pretrained(source, dtype=dtype)
+        yield
     except OSError as err:  # hub unreachable, missing files
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise BackboneError(f"could not load backbone {name_or_path!r} ({first}); without a model hub use a "
                             f"packaged alias ({', '.join(PACKAGED_MODELS)}) or a local folder") from None
+
+
+def load_tokenizer(name_or_path: str = "minilm") -> Any:
+    """The backbone's tokenizer alone (a decoder's pad token set to its end token), for a model already loaded."""
+    from transformers import AutoTokenizer
+
+    source = _resolve(name_or_path)
+    with _loading(name_or_path):
+        tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.pad_token is None:  # decoders (Llama, GPT-2) ship without one
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_backbone(name_or_path: str = "minilm", *, dtype: torch.dtype = torch.float32) -> Backbone:
+    """Return the frozen base model (no task head; a decoder keeps its LM head as ``lm_head``) and its tokenizer."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    tokenizer = load_tokenizer(name_or_path)
+    source = _resolve(name_or_path)
+    with _loading(name_or_path):
+        if _is_decoder(source):
+            model = bare_model(AutoModelForCausalLM.from_pretrained(source, dtype=dtype))
+        else:
+            model = AutoModel.from_pretrained(source, dtype=dtype)
     return Backbone(freeze(model), tokenizer, name_or_path)

@@ -341,6 +341,11 @@ class BayesianPEFT:
         meta = posterior.meta
         recipe = Recipe.from_dict(meta["recipe"]) if "recipe" in meta else Recipe(backbone=posterior.backbone_name)
         front = cls(recipe=recipe, prior=posterior.model.prior, device=device)
+        if backbone is None and posterior.backbone_name:  # the loaded model's own backbone: only its tokenizer is read
+            from .backbone import Backbone, load_tokenizer
+
+            front._bb = Backbone(posterior.model.backbone, load_tokenizer(posterior.backbone_name),
+                                 posterior.backbone_name)
         front.model, front.round = posterior.model, int(meta.get("round", 1))
         if meta.get("kind"):
             front.spec = TaskSpec(meta.get("task") or "task", meta["kind"], label_names=tuple(meta.get("label_names")

@@ -85,6 +85,7 @@ def test_save_and_load_give_the_same_predictions(bert_dir, tmp_path):
     torch.testing.assert_close(back.predict(NEW, samples=4).probs, model.predict(NEW, samples=4).probs,
                                rtol=0, atol=0)
     assert back.spec.label_names == ("neg", "pos") and back.recipe == model.recipe
+    assert back.backbone.model is back.posterior.model.backbone  # one backbone in memory: only the tokenizer is read
 
 
 def test_lora_in_peft_words_and_a_peft_lora_config(bert_dir):
