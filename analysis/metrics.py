@@ -24,7 +24,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["accuracy", "nll", "brier", "ece", "mce", "reliability_bins", "ReliabilityBins", "mse", "mae",
+__all__ = ["accuracy", "nll", "brier", "ece", "mce", "reliability_bins", "confidence_bins", "confidence_ece",
+           "ReliabilityBins", "mse", "mae",
            "gaussian_nll", "interval_coverage", "accuracy_coverage_curve", "CoverageCurve", "selective_auc",
            "ood_auroc", "decompose", "Decomposition", "classification_metrics", "regression_metrics", "ece_floor",
            "ECEFloor"]
@@ -115,9 +116,15 @@ def bin_index(conf: np.ndarray, n_bins: int) -> np.ndarray:
 
 def reliability_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> ReliabilityBins:
     """Bin examples by confidence max_c p_ic into equal-width right-inclusive bins (0 joins the first)."""
-    n_bins = _check_bins(n_bins)
     p, y = _classification(probs, labels)
-    conf, correct = p.max(1), (p.argmax(1) == y).astype(np.float64)
+    return confidence_bins(p.max(1), p.argmax(1) == y, n_bins)
+
+
+def confidence_bins(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> ReliabilityBins:
+    """:func:`reliability_bins` from each prediction's confidence and whether it was right (any predictions:
+    a language model's next tokens, generated answers)."""
+    n_bins = _check_bins(n_bins)
+    conf, correct = np.asarray(confidence, dtype=np.float64), np.asarray(correct, dtype=np.float64)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     index = bin_index(conf, n_bins)
     counts = np.bincount(index, minlength=n_bins)
@@ -140,6 +147,11 @@ def _mce(bins: ReliabilityBins) -> float:
 def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
     """Expected calibration error in percent: 100 * sum_b |B_b|/N * |acc_b - conf_b|."""
     return _ece(reliability_bins(probs, labels, n_bins))
+
+
+def confidence_ece(confidence: ArrayLike, correct: ArrayLike, n_bins: int = 15) -> float:
+    """:func:`ece` (percent) from each prediction's confidence and whether it was right."""
+    return _ece(confidence_bins(confidence, correct, n_bins))
 
 
 def mce(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:

@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 # ---- the summary -----------------------------------------------------------------------------------------------
 # (column, metrics key, multiplier, digits)
 TABLE = (("token NLL", "token_nll", 1, 3), ("perplexity", "perplexity", 1, 2), ("token acc %", "token_accuracy", 100, 2),
-         ("token ECE %", "token_ece", 100, 2), ("exact match %", "exact_match", 100, 2),
+         ("token ECE %", "token_ece", 1, 2), ("exact match %", "exact_match", 100, 2),
          ("norm. match %", "normalised_match", 100, 2), ("T", "temperature", 1, 3), ("train s", "train_seconds", 1, 0),
          ("predict s", "predict_seconds", 1, 0))
 UNCERTAINTY = tuple((f"AUROC {s}", f"auroc_{s}", 1, 3) for s in SCORES)

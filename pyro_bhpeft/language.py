@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 
+from .analysis.metrics import confidence_ece
+
 __all__ = ["lm_batches", "qa_pairs", "token_metrics", "generate", "fit_token_temperature", "selective_answering",
            "normalise_answer", "answer_match", "generation_rows"]
 
@@ -91,19 +93,11 @@ def _next_token_probs(model: Any, weights: dict, ids: torch.Tensor, mask: torch.
     return _tempered(_next_token_logits(model, weights, ids, mask), temperature).softmax(-1)
 
 
-def _ece(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> float:
-    from .analysis.metrics import bin_index
-
-    bins = bin_index(confidence, n_bins)
-    return float(sum(abs(correct[bins == b].mean() - confidence[bins == b].mean()) * (bins == b).sum()
-                     for b in np.unique(bins)) / len(confidence))
-
-
 @torch.no_grad()
 def token_metrics(posterior: Any, batches: Any, *, num_samples: int = 8, seed: int = 0,
                   temperature: float = 1.0) -> dict[str, float]:
-    """Perplexity, NLL, token accuracy and ECE of the response tokens under the posterior predictive (each draw's
-    next-token distribution ``softmax(logits / temperature)``)."""
+    """Perplexity, NLL, token accuracy and ECE (percent, 15 bins, as the classifiers') of the response tokens under
+    the posterior predictive (each draw's next-token distribution ``softmax(logits / temperature)``)."""
     model, draws = posterior.model, _draws(posterior, num_samples, seed)
     nll, conf, correct = [], [], []
     for inputs, _ in batches:
@@ -118,7 +112,7 @@ def token_metrics(posterior: Any, batches: Any, *, num_samples: int = 8, seed: i
     nll_t, conf_t, correct_t = torch.cat(nll), torch.cat(conf).numpy(), torch.cat(correct).numpy()
     mean_nll = float(nll_t.mean())
     return {"nll": mean_nll, "perplexity": float(np.exp(mean_nll)), "token_accuracy": float(correct_t.mean()),
-            "token_ece": _ece(conf_t, correct_t), "tokens": int(len(nll_t)), "num_samples": num_samples}
+            "token_ece": confidence_ece(conf_t, correct_t), "tokens": int(len(nll_t)), "num_samples": num_samples}
 
 
 def _entropy(p: torch.Tensor) -> torch.Tensor:

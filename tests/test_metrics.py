@@ -310,3 +310,12 @@ def test_prediction_rows_of_texts_without_labels_say_none():
     probs = torch.tensor([[0.2, 0.8], [0.6, 0.4]])
     cls = ClassPrediction(probs, torch.zeros(2), torch.zeros(2), torch.zeros(2), torch.tensor([1, -1]), 4)
     assert [r["label"] for r in prediction_rows(cls, ["a", "b"])] == [1, None]
+
+
+def test_confidence_ece_is_the_ece_of_the_same_predictions_given_as_confidences():
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.ones(4), size=200)
+    labels = rng.integers(0, 4, size=200)
+    conf, correct = probs.max(1), probs.argmax(1) == labels
+    assert m.confidence_ece(conf, correct) == pytest.approx(m.ece(probs, labels), abs=1e-12)
+    assert m.confidence_ece([0.9, 0.9], [True, False]) == pytest.approx(40.0)  # |0.5 - 0.9| in percent
