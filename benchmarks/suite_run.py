@@ -23,10 +23,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", default=",".join(CANDIDATES))
     parser.add_argument("--quiet", action="store_true", help="no per-step progress bars")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="cells at a time, one thread each (Ray; the cells sharing a seed's fit run in one task)")
     args = parser.parse_args()
     protocol = Protocol.read(args.task)
-    for method in [m for m in args.methods.split(",") if m]:  # method-major: each method's seeds land together
-        report = run_compare(protocol, args.task, methods=(method,), seeds=args.seeds, progress=not args.quiet)
+    methods = [m for m in args.methods.split(",") if m]
+    if args.workers > 1:  # the harness's Ray path: no fit is made twice, every cell lands as it finishes
+        report = run_compare(protocol, args.task, methods=methods, seeds=args.seeds, progress=False,
+                             workers=args.workers)
+    else:
+        for method in methods:  # method-major: each method's seeds land together
+            report = run_compare(protocol, args.task, methods=(method,), seeds=args.seeds, progress=not args.quiet)
     print(f"summary: {report}")
 
 
