@@ -2,9 +2,10 @@
 "which method when" table.
 
 The rule was written before any cell of the suite ran. On validation metrics only (each cell's ``validation``
-block): keep the methods within 1 accuracy point of LoRA on every classification task; among them the lowest
-validation NLL averaged over the tasks (Gaussian NLL on regression) wins; ties within 0.001 go to the lower cost
-(training plus prediction seconds). A method is compared only where it has all its seeds on every task.
+block), per kind of task: on the classification tasks, keep the methods within 1 accuracy point of LoRA on every
+task; among them the lowest validation NLL averaged over the tasks wins; on the regression, the lowest validation
+Gaussian NLL among the methods that predict a Gaussian. Ties within 0.001 go to the lower cost (training plus
+prediction seconds). No winner is named until every candidate has all its seeds on every task of the kind.
 Writes ``selection.md`` and ``which-method.md`` (test metrics against LoRA per task: the user-facing table) and
 ``figures/which-method.png`` in the suite folder.
 
@@ -17,8 +18,11 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # suite_run's candidate lists
 
 TOLERANCE_POINTS, TIE_NLL, SEEDS = 1.0, 0.001, 3
 NOT_ELIGIBLE = {"temperature": "fitted on the validation split the rule reads (in-sample)",
@@ -36,24 +40,36 @@ def cells(task: Path) -> dict[str, list[dict]]:
     return out
 
 
-def tasks(suite: Path) -> dict[str, dict[str, list[dict]]]:
-    return {p.name: cells(p) for p in sorted(suite.iterdir()) if (p / "protocol.json").is_file()}
+def task_kind(folder: Path) -> str:
+    """``"regression"`` or ``"classification"``, from the registered task the folder's protocol names."""
+    from pyro_bhpeft.data import TASKS
+
+    task = json.loads((folder / "protocol.json").read_text()).get("task")
+    return "regression" if task in TASKS and TASKS[task].kind == "regression" else "classification"
 
 
-def complete(by_task: dict[str, dict[str, list[dict]]]) -> list[str]:
-    """The methods with all their seeds on every task that has cells (in first-seen order)."""
-    started = {name: by_method for name, by_method in by_task.items() if by_method}
-    if not started:
-        return []
-    first = next(iter(started.values()))
-    return [m for m in first if all(len(t.get(m, [])) >= SEEDS for t in started.values())]
+def tasks(suite: Path, kind: str | None = None) -> dict[str, dict[str, list[dict]]]:
+    """Task folder -> its cells (every folder of the suite holding a protocol.json), those of ``kind`` only when
+    given."""
+    folders = [p for p in sorted(suite.iterdir()) if (p / "protocol.json").is_file()]
+    return {p.name: cells(p) for p in folders if kind is None or task_kind(p) == kind}
 
 
-def select(suite: Path) -> tuple[str | None, list[str]]:
-    """The winner (None if no method qualifies) and the reasoning, one line per method."""
-    by_task = {n: t for n, t in tasks(suite).items() if t}
+def select(suite: Path, kind: str = "classification", candidates: Sequence[str] | None = None
+           ) -> tuple[str | None, list[str]]:
+    """The winner among the tasks of ``kind`` (None until every candidate has all its seeds on every such task,
+    or if none qualifies) and the reasoning: one line per method complete so far, then what is still to run.
+    ``candidates``: default the suite's (``suite_run.CANDIDATES``, or its Gaussian ones on a regression)."""
+    if candidates is None:
+        from suite_run import CANDIDATES, REGRESSION_CANDIDATES
+
+        candidates = REGRESSION_CANDIDATES if kind == "regression" else CANDIDATES
+    by_task = tasks(suite, kind)
+    if not by_task:
+        return None, []
+    missing = {m: [n for n, t in by_task.items() if len(t.get(m, [])) < SEEDS] for m in candidates}
     lines, scores = [], {}
-    for method in complete(by_task):
+    for method in [m for m in candidates if not missing[m]]:
         ok, nlls, cost = True, [], 0.0
         for by_method in by_task.values():
             val = [c["validation"] for c in by_method[method]]
@@ -64,9 +80,14 @@ def select(suite: Path) -> tuple[str | None, list[str]]:
             nlls.append(np.mean([v["nll"] for v in val]))
             cost += float(np.mean([c["train_seconds"] + c["predict_seconds"] for c in by_method[method]]))
         scores[method] = (float(np.mean(nlls)), cost, ok)
-        lines.append(f"`{method}`: mean validation NLL {scores[method][0]:.4f}, cost {cost:.0f} s, "
-                     f"{'within' if ok else 'outside'} 1 point of LoRA's validation accuracy on every task"
+        lines.append(f"`{method}`: mean validation NLL {scores[method][0]:.4f}, cost {cost:.0f} s"
+                     + (f", {'within' if ok else 'outside'} 1 point of LoRA's validation accuracy on every task"
+                        if kind == "classification" else "")
                      + (f"; not eligible: {NOT_ELIGIBLE[method]}" if method in NOT_ELIGIBLE else ""))
+    pending = [f"`{m}` on {', '.join(where)}" for m, where in missing.items() if where]
+    if pending:
+        lines.append(f"still to run (all {SEEDS} seeds): " + "; ".join(pending))
+        return None, lines
     qualified = sorted((nll, cost, m) for m, (nll, cost, ok) in scores.items() if ok and m not in NOT_ELIGIBLE)
     if not qualified:
         return None, lines
@@ -157,11 +178,12 @@ def figure(suite: Path) -> Path | None:
 
 def main() -> None:
     suite = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/suite")
-    winner, lines = select(suite)
-    text = "\n".join(["# Selection (validation split; the rule in [README](README.md))", "",
-                      *[f"- {line}" for line in lines], "",
-                      f"Winner: `{winner}`" if winner else
-                      "No method qualifies yet (a method is compared once it has all seeds on every started task)."]) + "\n"
+    parts = ["# Selection (validation split; the rule in [README](README.md))", ""]
+    for kind in ("classification", "regression"):
+        winner, lines = select(suite, kind)
+        parts += [f"## {kind.capitalize()} tasks", "", *[f"- {line}" for line in lines], "",
+                  f"Winner: `{winner}`" if winner else "No winner yet.", ""]
+    text = "\n".join(parts)
     (suite / "selection.md").write_text(text)
     (suite / "which-method.md").write_text(which_method(suite))
     drawn = figure(suite)

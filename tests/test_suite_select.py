@@ -24,7 +24,7 @@ def _cell(task: Path, method: str, seed: int, *, acc: float, nll: float, seconds
 def _suite(tmp_path: Path, methods: dict[str, dict], tasks=("a", "b")) -> Path:
     for name in tasks:
         (tmp_path / name).mkdir()
-        (tmp_path / name / "protocol.json").write_text("{}")
+        (tmp_path / name / "protocol.json").write_text('{"task": "sentiment"}')
         for method, kwargs in methods.items():
             for seed in range(3):
                 _cell(tmp_path / name, method, seed, **kwargs)
@@ -35,7 +35,7 @@ def test_the_lowest_validation_nll_within_one_point_of_lora_wins(tmp_path):
     suite = _suite(tmp_path, {"lora": dict(acc=0.80, nll=1.0), "good": dict(acc=0.795, nll=0.5),
                               "lossy": dict(acc=0.78, nll=0.3),  # 2 points below LoRA: out
                               "temperature": dict(acc=0.80, nll=0.2)})  # fitted on validation: never the default
-    winner, lines = suite_select.select(suite)
+    winner, lines = suite_select.select(suite, candidates=["lora", "good", "lossy", "temperature"])
     assert winner == "good"
     assert any(line.startswith("`lossy`") and "outside" in line for line in lines)
     assert any(line.startswith("`temperature`") and "not eligible" in line for line in lines)
@@ -44,22 +44,25 @@ def test_the_lowest_validation_nll_within_one_point_of_lora_wins(tmp_path):
 def test_a_tie_within_a_thousandth_goes_to_the_cheaper_method(tmp_path):
     suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "slow": dict(acc=0.8, nll=0.5, seconds=900.0),
                               "fast": dict(acc=0.8, nll=0.5005, seconds=150.0)})
-    assert suite_select.select(suite)[0] == "fast"
+    assert suite_select.select(suite, candidates=["lora", "slow", "fast"])[0] == "fast"
 
 
 def test_the_rule_reads_validation_never_test(tmp_path):
     suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "x": dict(acc=0.8, nll=0.6, test_nll=0.1),
                               "y": dict(acc=0.8, nll=0.5, test_nll=0.9)})
-    assert suite_select.select(suite)[0] == "y"
+    assert suite_select.select(suite, candidates=["lora", "x", "y"])[0] == "y"
 
 
-def test_a_method_missing_a_seed_on_a_task_is_not_compared_yet(tmp_path):
-    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "partial": dict(acc=0.8, nll=0.1)})
+def test_no_winner_is_named_while_a_candidate_misses_a_seed_on_a_task(tmp_path):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "done": dict(acc=0.8, nll=0.5),
+                              "partial": dict(acc=0.8, nll=0.1)})
     for path in (suite / "b" / "cells" / "partial-seed2").iterdir():
         path.unlink()
     (suite / "b" / "cells" / "partial-seed2").rmdir()
-    winner, lines = suite_select.select(suite)
-    assert winner is None and not any("partial" in line for line in lines)  # lora is the baseline, never the default
+    winner, lines = suite_select.select(suite, candidates=["lora", "done", "partial"])
+    assert winner is None and lines[-1] == "still to run (all 3 seeds): `partial` on b"
+    assert not any(line.startswith("`partial`") for line in lines)
+    assert suite_select.select(suite, candidates=["lora", "done"])[0] == "done"
 
 
 def test_which_method_pairs_seeds_and_reports_ratios_to_lora(tmp_path):
@@ -68,3 +71,20 @@ def test_which_method_pairs_seeds_and_reports_ratios_to_lora(tmp_path):
     text = suite_select.which_method(suite)
     row = next(line for line in text.splitlines() if line.startswith("| `half`"))
     assert row.split(" | ")[1:7] == ["3", "+1.00", "0.500", "5.00 (0.25x)", "+0.000", "3/3"]
+
+
+def test_a_regression_task_is_chosen_on_its_own_among_the_methods_that_ran_there(tmp_path):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "class-only": dict(acc=0.8, nll=0.4),
+                              "both": dict(acc=0.8, nll=0.6)}, tasks=("a",))
+    (suite / "reg").mkdir()
+    (suite / "reg" / "protocol.json").write_text('{"task": "vader-movie"}')
+    for method, nll in (("lora", 2.0), ("both", 1.5)):  # class-only cannot score a regression
+        for seed in range(3):
+            folder = suite / "reg" / "cells" / f"{method}-seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps({"mse": 1.0, "nll": nll, "coverage90": 0.9,
+                                                              "train_seconds": 1.0, "predict_seconds": 1.0,
+                                                              "validation": {"mse": 1.0, "nll": nll}}))
+    assert suite_select.select(suite, "classification", ["lora", "class-only", "both"])[0] == "class-only"
+    assert suite_select.select(suite, "regression", ["lora", "both"])[0] == "both"
+    assert suite_select.select(suite, "regression", ["lora", "both", "class-only"])[0] is None  # still to run
