@@ -73,11 +73,13 @@ def _draws(posterior: Any, num_samples: int, seed: int) -> list[dict]:
     return [posterior.mean()] if num_samples == 0 else posterior.sample(num_samples, seed=seed)
 
 
-def _next_token_logits(model: Any, weights: dict, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Next-token logits at every position, (batch, seq, vocab), float32."""
+def _next_token_logits(model: Any, weights: dict, ids: torch.Tensor, mask: torch.Tensor,
+                       where: torch.Tensor) -> torch.Tensor:
+    """Float32 next-token logits at the positions the boolean ``where`` (batch, seq - 1) marks, each predicting the
+    token after it: (positions, vocab). The LM head runs on those positions only."""
     with model.bound(weights):
         hidden = model.backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-    return model.backbone.lm_head(hidden).float()
+    return model.backbone.lm_head(hidden[:, :-1][where]).float()
 
 
 def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -85,12 +87,6 @@ def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     if not temperature > 0:
         raise ValueError(f"the temperature must be positive, got {temperature}")
     return logits if temperature == 1.0 else logits / temperature
-
-
-def _next_token_probs(model: Any, weights: dict, ids: torch.Tensor, mask: torch.Tensor,
-                      temperature: float = 1.0) -> torch.Tensor:
-    """``p(x_{t+1} | x_{<=t}) = softmax(logits / T)`` over the vocabulary at every position, (batch, seq, vocab)."""
-    return _tempered(_next_token_logits(model, weights, ids, mask), temperature).softmax(-1)
 
 
 @torch.no_grad()
@@ -102,13 +98,14 @@ def token_metrics(posterior: Any, batches: Any, *, num_samples: int = 8, seed: i
     nll, conf, correct = [], [], []
     for inputs, _ in batches:
         ids, mask, target = (inputs[k].to(model._device()) for k in ("input_ids", "attention_mask", "target_mask"))
-        probs = torch.stack([_next_token_probs(model, w, ids, mask, temperature)[:, :-1] for w in draws]).mean(0)
-        keep, nxt = target[:, 1:].bool(), ids[:, 1:]
-        p_true = probs.gather(-1, nxt.unsqueeze(-1)).squeeze(-1)[keep]
+        keep = target[:, 1:].bool()
+        true = ids[:, 1:][keep]  # the response's tokens, each predicted from the position before it
+        probs = torch.stack([_tempered(_next_token_logits(model, w, ids, mask, keep), temperature).softmax(-1)
+                             for w in draws]).mean(0)  # (tokens, vocab)
         top, arg = probs.max(-1)
-        nll.append(-p_true.clamp_min(1e-12).log())
-        conf.append(top[keep])
-        correct.append((arg == nxt)[keep].float())
+        nll.append(-probs.gather(-1, true.unsqueeze(-1)).squeeze(-1).clamp_min(1e-12).log())
+        conf.append(top)
+        correct.append((arg == true).float())
     nll_t, conf_t, correct_t = torch.cat(nll), torch.cat(conf).numpy(), torch.cat(correct).numpy()
     mean_nll = float(nll_t.mean())
     return {"nll": mean_nll, "perplexity": float(np.exp(mean_nll)), "token_accuracy": float(correct_t.mean()),
@@ -190,7 +187,7 @@ def _response_logits(posterior: Any, batches: Any, num_samples: int, seed: int) 
     for inputs, _ in batches:
         ids, mask, target = (inputs[k].to(model._device()) for k in ("input_ids", "attention_mask", "target_mask"))
         keep = target[:, 1:].bool()
-        per_draw = torch.stack([_next_token_logits(model, w, ids, mask)[:, :-1][keep] for w in draws])
+        per_draw = torch.stack([_next_token_logits(model, w, ids, mask, keep) for w in draws])
         pooled = per_draw[0] if len(draws) == 1 else per_draw.log_softmax(-1).logsumexp(0)
         logits.append(pooled.cpu())
         targets.append(ids[:, 1:][keep].cpu())
