@@ -188,12 +188,12 @@ def _answers(args: argparse.Namespace, config: dict[str, Any]) -> list[dict[str,
         if given:
             where["tell"](f"{flag} applies to classifier and regression runs; ignored for a language-model run")
     prompts, gold = _prompts(args, config.get("meta") or {}, where)
-    from .backbone import load_backbone
+    from .backbone import load_tokenizer
     from .language import generate, generation_rows
     from .runs import load_run
 
     posterior, _ = load_run(args.run, where["device"])
-    tokenizer = load_backbone(posterior.backbone_name).tokenizer
+    tokenizer = load_tokenizer(posterior.backbone_name)
     rows = generate(posterior, tokenizer, prompts, max_new_tokens=new_tokens, num_samples=args.samples)
     return generation_rows(rows, gold)
 

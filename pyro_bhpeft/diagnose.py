@@ -26,7 +26,7 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
     import arviz as az
 
     from pyro_bhpeft.analysis import pareto_khat, plots, scale_table, to_inference_data
-    from .backbone import load_backbone
+    from .backbone import load_tokenizer
     from .data import make_loader, tokenize
     from .data.prompts import for_backbone
     from .io import atomic_dir, write_json, write_text
@@ -55,7 +55,7 @@ def diagnose(run: str | Path, out: str | Path | None = None, *, draws: int = 100
                          "what loads now); diagnose with the data version it was fitted on")
     num_data = int(meta.get("data", {}).get("size", len(train)))  # the fit may have used a subset
     subset = type(data)(data.spec, type(data.splits)({"train": random_rows(train, min(examples, num_data), seed)}))
-    tokenizer = load_backbone(posterior.backbone_name).tokenizer
+    tokenizer = load_tokenizer(posterior.backbone_name)
     subset = for_backbone(subset, posterior.model.backbone, tokenizer)
     max_length = Recipe.from_dict(meta["recipe"]).max_length if meta.get("recipe") else Recipe.max_length
     loader = make_loader(tokenize(subset, tokenizer, max_length)["train"], EVAL_BATCH_SIZE)

@@ -142,7 +142,7 @@ def meta_evaluate_run(run: Any, task: str, *, support: int = 32, steps: int = 10
     from pathlib import Path
 
     from .analysis import metrics
-    from .backbone import load_backbone
+    from .backbone import load_tokenizer
     from .posterior import Posterior
     from .predict import predict
 
@@ -151,7 +151,7 @@ def meta_evaluate_run(run: Any, task: str, *, support: int = 32, steps: int = 10
     if not isinstance(prior, HierarchicalPrior):
         raise ConfigError(f"{run} is not a meta-fitted run (its prior is {prior.type_name!r}); make one with meta-fit")
     facts = base.meta.get("abmll", {})
-    tokenizer = load_backbone(base.backbone_name or "minilm").tokenizer
+    tokenizer = load_tokenizer(base.backbone_name or "minilm")
     answers = len(base.model.answer_ids) if hasattr(base.model, "answer_ids") else None
     support_set, query_loader = support_and_query(task, tokenizer, support=support, query=query,
                                                   max_length=facts.get("max_length", 64), seed=seed,

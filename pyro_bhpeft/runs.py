@@ -256,7 +256,7 @@ def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path |
 
     The data is checked before the model is loaded, so a bad file fails fast.
     """
-    from .backbone import load_backbone
+    from .backbone import load_tokenizer
     from .data import TaskSpec, load_eval_file, make_loader, tokenize
     from .data.prompts import for_backbone
 
@@ -283,7 +283,7 @@ def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path |
         if tell is not None:
             tell(line)
     posterior, _ = load_run(run, device)
-    tokenizer = load_backbone(posterior.backbone_name).tokenizer
+    tokenizer = load_tokenizer(posterior.backbone_name)
     data = for_backbone(data, posterior.model.backbone, tokenizer)
     max_length = Recipe.from_dict(meta["recipe"]).max_length if meta.get("recipe") else Recipe.max_length
     return posterior, data, split, make_loader(tokenize(data, tokenizer, max_length)[split], batch_size)
