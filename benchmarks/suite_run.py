@@ -30,9 +30,15 @@ def main() -> None:
     args = parser.parse_args()
     protocol = Protocol.read(args.task)
     if args.methods is None:
-        from suite_select import task_kind
+        from suite_select import eliminated, task_kind, tasks
 
-        args.methods = ",".join(REGRESSION_CANDIDATES if task_kind(args.task) == "regression" else CANDIDATES)
+        kind = task_kind(args.task)
+        candidates = REGRESSION_CANDIDATES if kind == "regression" else CANDIDATES
+        out = eliminated(tasks(args.task.parent, kind), candidates)  # the rule's first step removed them already
+        for method, (name, gap) in out.items():
+            print(f"skipping {method}: out of the selection ({gap:+.2f} validation points from LoRA on {name}); "
+                  f"--methods {method} runs it anyway")
+        args.methods = ",".join(m for m in candidates if m not in out)
     methods = [m for m in args.methods.split(",") if m]
     if args.workers > 1:  # the harness's Ray path: no fit is made twice, every cell lands as it finishes
         report = run_compare(protocol, args.task, methods=methods, seeds=args.seeds, progress=False,

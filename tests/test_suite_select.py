@@ -88,3 +88,21 @@ def test_a_regression_task_is_chosen_on_its_own_among_the_methods_that_ran_there
     assert suite_select.select(suite, "classification", ["lora", "class-only", "both"])[0] == "class-only"
     assert suite_select.select(suite, "regression", ["lora", "both"])[0] == "both"
     assert suite_select.select(suite, "regression", ["lora", "both", "class-only"])[0] is None  # still to run
+
+
+def test_a_candidate_out_on_one_finished_task_need_not_run_on_the_others(tmp_path):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.80, nll=1.0), "good": dict(acc=0.80, nll=0.5),
+                              "lossy": dict(acc=0.78, nll=0.3)}, tasks=("a", "b"))
+    for seed in range(3):  # lossy has not run on b at all, and good misses a seed there
+        for path in (suite / "b" / "cells" / f"lossy-seed{seed}").iterdir():
+            path.unlink()
+        (suite / "b" / "cells" / f"lossy-seed{seed}").rmdir()
+    out = suite_select.eliminated(suite_select.tasks(suite), ["lora", "good", "lossy"])
+    assert list(out) == ["lossy"] and out["lossy"][0] == "a" and out["lossy"][1] == pytest.approx(-2.0)
+    winner, lines = suite_select.select(suite, candidates=["lora", "good", "lossy"])
+    assert winner == "good"  # lossy's missing cells on b cannot change the outcome
+    assert any(line.startswith("`lossy`: out") and "need not run on b" in line for line in lines)
+    assert not any(line.startswith("still to run") for line in lines)
+    for path in (suite / "a" / "cells" / "lora-seed2").iterdir():  # LoRA unfinished on a: nobody is out yet
+        path.unlink()
+    assert suite_select.eliminated(suite_select.tasks(suite), ["good", "lossy"]) == {}
