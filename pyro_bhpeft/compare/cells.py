@@ -139,7 +139,9 @@ def _versions() -> dict[str, Any]:
 
 
 def _is_regression(pred: Any) -> bool:
-    return hasattr(pred, "variance")  # a RegressionPrediction (mean, variance), not class probabilities
+    from ..predict import RegressionPrediction
+
+    return isinstance(pred, RegressionPrediction)  # mean and variance, not class probabilities
 
 
 def _check_finite(scored: Scored, method: str, seed: int) -> None:

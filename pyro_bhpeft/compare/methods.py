@@ -110,10 +110,10 @@ def _lora_llla(bench: Bench, seed: int) -> Scored:
                   {"prior_precision": head.prior_precision, "laplace_seconds": seconds})
 
 
-def _top_blocks(bench: Bench, seed: int, changes: Mapping[str, Any]) -> Scored:
+def _top_blocks(bench: Bench, seed: int) -> Scored:
     from ..trunk import shared_trunk_predict
 
-    posterior, facts = bench.fitted(bench.protocol.recipe(seed, **changes))
+    posterior, facts = bench.fitted(bench.protocol.recipe(seed, **_TOP2))
     k = bench.protocol.samples
     preds = bench.predict_all(lambda loader: shared_trunk_predict(posterior, loader, num_samples=k, seed=seed))
     return Scored(preds, facts["seconds"], facts["peak_mb"], facts["trainable"])
@@ -171,7 +171,7 @@ register_method("lora-llla", Method("deterministic LoRA + last-layer Laplace hea
                                      "forward", _lora_llla, base_fit={}))
 register_method("mean-field-top2", Method("BH-PEFT hybrid, mean-field with variance only in the top 2 blocks and "
                                           "the head, predicted with the shared trunk",
-                                          lambda bench, seed: _top_blocks(bench, seed, _TOP2), has_scales=True,
+                                          _top_blocks, has_scales=True,
                                           base_fit=_TOP2, regression=True))
 register_method("low-rank", Method.sampled("BH-PEFT hybrid, low-rank (rank 8)", {"guide": "low-rank", **_HYBRID},
                                            has_scales=True, regression=True))

@@ -253,13 +253,9 @@ def _paired_row(out: Path, method: str, baseline: str, shared: Sequence[int]) ->
         nll.append(-np.log(np.clip(pa[idx, y], 1e-12, None)) + np.log(np.clip(pb[idx, y], 1e-12, None)))
         probs_a.append(pa)
         probs_b.append(pb)
-    tests = {"accuracy": stats.sign_flip_test(100 * np.mean(correct, axis=0)),
-             "nll": stats.sign_flip_test(np.mean(nll, axis=0)),
-             "ece": stats.paired_bootstrap_ece(probs_a, probs_b, y)}
-    row: dict[str, Any] = {"method": method, "seeds": len(shared)}
-    for name, t in tests.items():
-        row.update({f"delta_{name}": t.difference, f"{name}_low": t.low, f"{name}_high": t.high, f"p_{name}": t.p})
-    return row
+    return _test_row(method, len(shared), {"accuracy": stats.sign_flip_test(100 * np.mean(correct, axis=0)),
+                                           "nll": stats.sign_flip_test(np.mean(nll, axis=0)),
+                                           "ece": stats.paired_bootstrap_ece(probs_a, probs_b, y)})
 
 
 def _paired_regression_row(out: Path, method: str, baseline: str, shared: Sequence[int]) -> dict[str, Any]:
@@ -276,9 +272,13 @@ def _paired_regression_row(out: Path, method: str, baseline: str, shared: Sequen
         (se_a, nll_a), (se_b, nll_b) = per_example(load_arrays(out, method, s)), per_example(load_arrays(out, baseline, s))
         squared.append(se_a - se_b)
         nll.append(nll_a - nll_b)
-    tests = {"squared_error": stats.sign_flip_test(np.mean(squared, axis=0)),
-             "nll": stats.sign_flip_test(np.mean(nll, axis=0))}
-    row: dict[str, Any] = {"method": method, "seeds": len(shared)}
+    return _test_row(method, len(shared), {"squared_error": stats.sign_flip_test(np.mean(squared, axis=0)),
+                                           "nll": stats.sign_flip_test(np.mean(nll, axis=0))})
+
+
+def _test_row(method: str, seeds: int, tests: dict[str, Any]) -> dict[str, Any]:
+    """One significance row: each test's difference, interval and p-value under its metric's name."""
+    row: dict[str, Any] = {"method": method, "seeds": seeds}
     for name, t in tests.items():
         row.update({f"delta_{name}": t.difference, f"{name}_low": t.low, f"{name}_high": t.high, f"p_{name}": t.p})
     return row
