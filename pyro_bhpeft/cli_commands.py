@@ -187,7 +187,7 @@ def _answers(args: argparse.Namespace, config: dict[str, Any]) -> list[dict[str,
     for flag, given in (("--mode", args.mode != "auto"), ("--drop-unseen", args.drop_unseen)):
         if given:
             where["tell"](f"{flag} applies to classifier and regression runs; ignored for a language-model run")
-    prompts, gold = _prompts(args, config.get("meta") or {}, where)
+    prompts, gold = _prompts(args, where)
     from .backbone import load_tokenizer
     from .language import generate, generation_rows
     from .runs import load_run
@@ -198,36 +198,14 @@ def _answers(args: argparse.Namespace, config: dict[str, Any]) -> list[dict[str,
     return generation_rows(rows, gold)
 
 
-def _prompts(args: argparse.Namespace, meta: dict[str, Any], where: dict[str, Any]
-             ) -> tuple[list[str], list[str | None] | None]:
+def _prompts(args: argparse.Namespace, where: dict[str, Any]) -> tuple[list[str], list[str | None] | None]:
     """``(prompts, gold responses or None)`` of ``--data`` (read with the run's column names, each overridden by
-    its flag) or of ``--split`` of the run's own data."""
-    from .data.files import read_table
-    from .data.tables import wrong_delimiter_hint
-    from .runs import file_columns, recorded_data
+    its flag; the response column is optional) or of ``--split`` of the run's own data."""
+    from .runs import run_data
 
-    if not args.data:
-        data = recorded_data(args.run, meta)
-        if where["split"] not in data.splits:
-            raise UserError(f"split {where['split']!r} does not exist; this run's data has {', '.join(data.splits)}")
-        rows = data.splits[where["split"]]
-        return list(rows["prompt"]), list(rows["response"])
-    columns = file_columns(where["columns"], (meta.get("source") or {}).get("columns"))
-    prompt, response = columns["prompt_column"], columns["response_column"]
-    table, name = read_table(where["data_file"], delimiter=where["delimiter"]), Path(args.data).name
-    if prompt not in table.columns:
-        hint = wrong_delimiter_hint(table.columns)
-        raise UserError(f"{name} has no prompt column {prompt!r} (columns: {', '.join(map(str, table.columns))})"
-                        + (hint or "; name the column holding the prompts with --prompt-column"))
-    prompts = table[prompt].tolist()
-    for row, text in enumerate(prompts, start=1):
-        if not isinstance(text, str) or not text.strip():
-            raise UserError(f"{name}: row {row} has no prompt text in column {prompt!r}; fill or remove that row")
-    if response not in table.columns:
-        where["tell"](f"{name}: no response column {response!r}; the answers are not scored (name the gold "
-                      "answers' column with --response-column to score them)")
-        return prompts, None
-    return prompts, [g if isinstance(g, str) and g.strip() else None for g in table[response].tolist()]
+    data, split = run_data(args.run, labels=False, **{k: v for k, v in where.items() if k != "device"})
+    rows = data.splits[split]
+    return list(rows["prompt"]), list(rows["response"]) if "response" in rows.column_names else None
 
 
 def cmd_bayesianize(args: argparse.Namespace) -> None:

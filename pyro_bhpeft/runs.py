@@ -245,20 +245,14 @@ def evaluate_split(posterior: Posterior, loader: Any, num_samples: int, *, seed:
 
 
 
-def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path | None = None,
-                columns: Mapping[str, str | None] | None = None, batch_size: int = 64, device: Any = None,
-                delimiter: str | None = None, drop_unseen: bool = False, labels: bool = True,
-                tell: Callable[[str], None] | None = None):
-    """``(posterior, data, split, loader)`` to score run ``run`` on: ``split`` of the run's own data, or
-    ``data_file`` (as split ``test``) read with the run's column names, each overridden by ``columns``. Without
-    ``labels`` (predicting) the file's label column is optional and unseen classes are kept, unlabelled;
-    with them an unseen class is an error unless ``drop_unseen``. ``tell`` hears the data's notes and warnings.
-
-    The data is checked before the model is loaded, so a bad file fails fast.
-    """
-    from .backbone import load_tokenizer
-    from .data import TaskSpec, load_eval_file, make_loader, tokenize
-    from .data.prompts import for_backbone
+def run_data(run: str | Path, *, split: str = "test", data_file: str | Path | None = None,
+             columns: Mapping[str, str | None] | None = None, delimiter: str | None = None, drop_unseen: bool = False,
+             labels: bool = True, tell: Callable[[str], None] | None = None):
+    """``(data, split)`` to score run ``run`` on: ``split`` of the run's own data, or ``data_file`` (as split
+    ``test``) read with the run's column names, each overridden by ``columns``. Without ``labels`` (predicting)
+    the file's label column (a language model's response) is optional and unseen classes are kept, unlabelled;
+    with them an unseen class is an error unless ``drop_unseen``. ``tell`` hears the data's notes and warnings."""
+    from .data import TaskSpec, load_eval_file
 
     config = read_config(run)
     meta = config.get("meta") or {}
@@ -282,6 +276,25 @@ def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path |
     for line in [*getattr(data, "notes", ()), *(f"warning: {w}" for w in getattr(data, "warnings", ()))]:
         if tell is not None:
             tell(line)
+    return data, split
+
+
+def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path | None = None,
+                columns: Mapping[str, str | None] | None = None, batch_size: int = 64, device: Any = None,
+                delimiter: str | None = None, drop_unseen: bool = False, labels: bool = True,
+                tell: Callable[[str], None] | None = None):
+    """``(posterior, data, split, loader)`` to score run ``run`` on: the data of :func:`run_data` (the same
+    arguments), tokenised for the run's backbone.
+
+    The data is checked before the model is loaded, so a bad file fails fast.
+    """
+    from .backbone import load_tokenizer
+    from .data import make_loader, tokenize
+    from .data.prompts import for_backbone
+
+    data, split = run_data(run, split=split, data_file=data_file, columns=columns, delimiter=delimiter,
+                           drop_unseen=drop_unseen, labels=labels, tell=tell)
+    meta = read_config(run).get("meta") or {}
     posterior, _ = load_run(run, device)
     tokenizer = load_tokenizer(posterior.backbone_name)
     data = for_backbone(data, posterior.model.backbone, tokenizer)

@@ -375,3 +375,37 @@ def test_a_language_model_file_without_its_prompt_column_names_the_flag(tmp_path
     pd.DataFrame({"question": ["2 + 2 ="], "response": ["4"]}).to_csv(path, index=False)
     with pytest.raises(DataError, match=r"no prompt column 'prompt' .* with --prompt-column"):
         load_files(path, kind="language_model")
+
+
+def test_a_language_model_file_to_answer_needs_prompts_only(tmp_path):
+    from pyro_bhpeft.data import TaskSpec, load_eval_file
+
+    spec = TaskSpec("pairs", "language_model")
+    path = tmp_path / "pairs.csv"
+    pd.DataFrame({"prompt": ["2 + 2 =", "3 + 3 ="], "response": ["4", ""]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"row 2 has no text in column 'response'"):  # scoring needs every response
+        load_eval_file(path, spec)
+    rows = load_eval_file(path, spec, require_labels=False).splits["test"]
+    assert rows["prompt"] == ["2 + 2 =", "3 + 3 ="] and rows["response"] == ["4", None]  # an empty one: unscored
+    pd.DataFrame({"prompt": ["2 + 2 ="]}).to_csv(path, index=False)
+    data = load_eval_file(path, spec, require_labels=False)
+    assert data.splits["test"].column_names == ["prompt"] and "no response column 'response'" in data.notes[0]
+    with pytest.raises(DataError, match=r"no response column 'response'"):
+        load_eval_file(path, spec)
+    pd.DataFrame({"question": ["2 + 2 ="]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"no prompt column 'prompt' .* with --prompt-column"):
+        load_eval_file(path, spec, require_labels=False)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_numeric_answers_are_read_as_the_file_wrote_them(tmp_path, suffix):
+    path = tmp_path / f"sums{suffix}"
+    frame = pd.DataFrame({"prompt": ["2 + 2 =", "Agent", "pi ="], "response": ["4", "007", "3.50"]})
+    if suffix == ".jsonl":  # JSON numbers: their text
+        frame["response"] = [4, "007", 3.5]
+        frame.to_json(path, orient="records", lines=True)
+    else:
+        frame.to_csv(path, index=False, sep="," if suffix == ".csv" else "\t")
+    rows = load_files(path, kind="language_model", seed=0).splits
+    got = sorted(r for split in rows.values() for r in split["response"])
+    assert got == (["007", "3.5", "4"] if suffix == ".jsonl" else ["007", "3.50", "4"])

@@ -39,8 +39,8 @@ def _column(df, column: str, role: str, path: Path) -> list:
     return df[column].tolist()
 
 
-def _texts(df, column: str, role: str, path: Path) -> list[str]:
-    values = _column(df, column, role, path)
+def _texts(df, column: str, role: str, path: Path, written: bool = False) -> list[str]:
+    values = as_written(df, column, role, path) if written else _column(df, column, role, path)
     for row, v in enumerate(values, start=1):
         if missing(v) or (isinstance(v, str) and not v.strip()):
             raise DataError(f"{path.name}: row {row} has no text in column {column!r}; fill or remove that row")
@@ -48,6 +48,22 @@ def _texts(df, column: str, role: str, path: Path) -> list[str]:
             raise DataError(f"{path.name}: column {column!r} must hold text, but row {row} holds "
                             f"{type(v).__name__} {v!r}; point {FLAGS[role]} at the text column")
     return values
+
+
+def as_written(table: Any, column: str, role: str, path: Path) -> list:
+    """A text column's values as the file wrote them: numbers a delimited file's reader parsed (an answer "4" or
+    "007") re-read as text, a JSON number as its ``str``; missing cells stay missing."""
+    values = _column(table, column, role, path)
+    if all(isinstance(v, str) or missing(v) for v in values):
+        return values
+    if "delimiter" in table.attrs:
+        import pandas as pd
+
+        raw = pd.read_csv(path, sep=table.attrs["delimiter"], encoding="utf-8-sig", dtype=str, keep_default_na=False,
+                          usecols=[column])[column]
+        return [v if missing(v) else raw.loc[i] for i, v in zip(table.index, values)]
+    return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and not missing(v) else v
+            for v in values]
 
 
 def _numbers(values: list, column: str, path: Path, what: str) -> list[float]:
@@ -135,8 +151,9 @@ class UserFile:
     def column(self, role: str) -> list:
         return _column(self.table, self.columns[role], role, self.path)
 
-    def texts(self, role: str) -> list[str]:
-        return _texts(self.table, self.columns[role], role, self.path)
+    def texts(self, role: str, written: bool = False) -> list[str]:
+        """The role's texts; ``written``: numbers as the file wrote them (an answer "4"), else a number is an error."""
+        return _texts(self.table, self.columns[role], role, self.path, written)
 
     def numbers(self, role: str, what: str) -> list[float]:
         return _numbers(self.column(role), self.columns[role], self.path, what)
@@ -162,7 +179,7 @@ def read_numbers(file: UserFile) -> tuple[TaskSpec, dict[str, list]]:
 
 def read_responses(file: UserFile) -> tuple[TaskSpec, dict[str, list]]:
     """``prompt`` and ``response`` texts (a language-model task: the response's tokens are the target)."""
-    prompts, responses = file.texts("prompt"), file.texts("response")
+    prompts, responses = file.texts("prompt", written=True), file.texts("response", written=True)
     return file.spec or file.new_spec(), {"prompt": prompts, "response": responses, "label": [0] * len(prompts)}
 
 
@@ -286,6 +303,27 @@ def _roles(columns: Mapping[str, str] | None) -> dict[str, str]:
     return out
 
 
+def _prompt_file(path: Path, table: Any, spec: TaskSpec, cols: dict[str, str], require_responses: bool,
+                 delimiter: str | None, split: str) -> TaskData:
+    """A language-model file: prompts and responses (the target; with ``require_responses`` every row needs one,
+    without it the column may be absent and its empty rows are ``None``: prompts to answer, unscored)."""
+    notes = [line for line in [delimiter_ignored(path, delimiter)] if line]
+    if require_responses:
+        _, ds = _read(path, table, spec, spec.kind, cols, None)
+        return TaskData(spec, datasets.DatasetDict({split: ds}), {split: SplitSource(str(path), len(ds))},
+                        tuple(notes), ())
+    rows, column = {"prompt": _texts(table, cols["prompt"], "prompt", path, written=True)}, cols["response"]
+    if column in table.columns:
+        rows["response"] = [r if isinstance(r, str) and r.strip() else None
+                            for r in as_written(table, column, "response", path)]
+    else:
+        notes.insert(0, f"{path.name}: no response column {column!r}; the answers are not scored (name the gold "
+                        "answers' column with --response-column to score them)")
+    ds = datasets.Dataset.from_dict(rows, features=datasets.Features({k: datasets.Value("string") for k in rows}))
+    return TaskData(spec, datasets.DatasetDict({split: ds}), {split: SplitSource(str(path), len(ds))},
+                    tuple(notes), ())
+
+
 def load_eval_file(path: str | Path, spec: TaskSpec, *, columns: Mapping[str, str | None] | None = None,
                    require_labels: bool = True, drop_unseen: bool = False, delimiter: str | None = None,
                    split: str = "test") -> TaskData:
@@ -308,11 +346,8 @@ def load_eval_file(path: str | Path, spec: TaskSpec, *, columns: Mapping[str, st
     path, cols = Path(path), _roles(columns)
     table, kind = read_table(path, delimiter=delimiter), DATA_KINDS[spec.kind]
     cols = {role: cols.get(role, role) for role in kind.columns}
-    if spec.kind == "language_model":  # the response is the target, not a label (its reader checks both columns)
-        _, ds = _read(path, table, spec, spec.kind, cols, None)
-        notes = [line for line in [delimiter_ignored(path, delimiter)] if line]
-        return TaskData(spec, datasets.DatasetDict({split: ds}), {split: SplitSource(str(path), len(ds))},
-                        tuple(notes), ())
+    if spec.kind == "language_model":
+        return _prompt_file(path, table, spec, cols, require_labels, delimiter, split)
     if cols["label"] not in table.columns and require_labels:
         raise DataError(f"{path.name} has no label column {cols['label']!r} (columns: "
                         f"{', '.join(map(str, table.columns))}){wrong_delimiter_hint(table.columns)}; scoring needs "

@@ -103,7 +103,9 @@ def _read_delimited(path: Path, delimiter: str | None):
     import pandas as pd
 
     sep = delimiter or sniff_delimiter(_sample(path), DELIMITED[path.suffix.lower()])
-    return pd.read_csv(path, sep=sep, encoding="utf-8-sig")
+    table = pd.read_csv(path, sep=sep, encoding="utf-8-sig")
+    table.attrs["delimiter"] = sep  # to re-read a column as written (files.as_written)
+    return table
 
 
 def read_table(path: str | Path, *, delimiter: str | None = None):
@@ -145,7 +147,8 @@ def _parse(path: Path, suffix: str, head: bytes, delimiter: str | None):
         if suffix == ".parquet":
             return pd.read_parquet(path)
         # JSON Lines, or a .json file holding one array of records
-        return pd.read_json(path, lines=not (suffix == ".json" and head.startswith(b"[")), orient="records")
+        return pd.read_json(path, lines=not (suffix == ".json" and head.startswith(b"[")), orient="records",
+                            dtype=False)  # values as written: an answer "007" stays text
     except UnicodeDecodeError:
         raise DataError(f"{path.name} is not UTF-8 text; save it as UTF-8 (most spreadsheet programs offer "
                         "'CSV UTF-8')") from None
