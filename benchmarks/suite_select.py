@@ -79,11 +79,20 @@ def eliminated(by_task: dict[str, dict[str, list[dict]]], candidates: Sequence[s
     return out
 
 
-def select(suite: Path, kind: str = "classification", candidates: Sequence[str] | None = None
-           ) -> tuple[str | None, list[str]]:
+def needs_extra(method: str) -> str | None:
+    """The optional install a compare method needs (its ``requires``), or None for the base install."""
+    from pyro_bhpeft.compare import METHODS
+
+    requires = METHODS[method].requires if method in METHODS else None
+    return requires[1] if requires else None
+
+
+def select(suite: Path, kind: str = "classification", candidates: Sequence[str] | None = None,
+           base_install: bool = False) -> tuple[str | None, list[str]]:
     """The winner among the tasks of ``kind`` (None until every candidate has all its seeds on every such task,
     or if none qualifies) and the reasoning: one line per method complete so far, then what is still to run.
-    ``candidates``: default the suite's (``suite_run.CANDIDATES``, or its Gaussian ones on a regression)."""
+    ``candidates``: default the suite's (``suite_run.CANDIDATES``, or its Gaussian ones on a regression).
+    ``base_install``: the winner among the methods that need no optional install (the default of ``fit``)."""
     if candidates is None:
         from suite_run import CANDIDATES, REGRESSION_CANDIDATES
 
@@ -114,7 +123,8 @@ def select(suite: Path, kind: str = "classification", candidates: Sequence[str] 
     if pending:
         lines.append(f"still to run (all {SEEDS} seeds): " + "; ".join(pending))
         return None, lines
-    qualified = sorted((nll, cost, m) for m, (nll, cost, ok) in scores.items() if ok and m not in NOT_ELIGIBLE)
+    qualified = sorted((nll, cost, m) for m, (nll, cost, ok) in scores.items()
+                       if ok and m not in NOT_ELIGIBLE and not (base_install and needs_extra(m)))
     if not qualified:
         return None, lines
     best_nll = qualified[0][0]
@@ -211,6 +221,10 @@ def main() -> None:
         winner, lines = select(suite, kind)
         parts += [f"## {kind.capitalize()} tasks", "", *[f"- {line}" for line in lines], "",
                   f"Winner: `{winner}`" if winner else "No winner yet.", ""]
+        if winner and needs_extra(winner):  # the default of fit runs on the base install
+            default = select(suite, kind, base_install=True)[0]
+            parts += [f"`{winner}` needs an optional install ({needs_extra(winner)}); the default of `fit` is the "
+                      f"best without one: `{default}`.", ""]
     text = "\n".join(parts)
     (suite / "selection.md").write_text(text)
     (suite / "which-method.md").write_text(which_method(suite))

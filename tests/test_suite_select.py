@@ -106,3 +106,12 @@ def test_a_candidate_out_on_one_finished_task_need_not_run_on_the_others(tmp_pat
     for path in (suite / "a" / "cells" / "lora-seed2").iterdir():  # LoRA unfinished on a: nobody is out yet
         path.unlink()
     assert suite_select.eliminated(suite_select.tasks(suite), ["good", "lossy"]) == {}
+
+
+def test_a_winner_that_needs_an_optional_install_leaves_the_default_to_the_best_without_one(tmp_path):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "laplace-kfac-probit": dict(acc=0.8, nll=0.4),
+                              "mean-field": dict(acc=0.8, nll=0.6), "tfb": dict(acc=0.8, nll=0.7)})
+    names = ["lora", "laplace-kfac-probit", "mean-field", "tfb"]
+    assert suite_select.needs_extra("laplace-kfac-probit") and not suite_select.needs_extra("mean-field")
+    assert suite_select.select(suite, candidates=names)[0] == "laplace-kfac-probit"
+    assert suite_select.select(suite, candidates=names, base_install=True)[0] == "mean-field"
