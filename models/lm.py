@@ -85,15 +85,20 @@ class LanguageModel(BayesianPeftModel):
         so a cached step would mix perturbations within one sequence): there the caller runs uncached."""
         return self._flipout() is None
 
-    def next_logits(self, weights: Mapping[str, torch.Tensor], ids: torch.Tensor, cache: Any = _NO_CACHE):
+    def next_logits(self, weights: Mapping[str, torch.Tensor], ids: torch.Tensor, cache: Any = _NO_CACHE, *,
+                    attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None):
         """``(logits, cache)``: float32 next-token logits at the last position of ``ids`` (batch, seq), (batch,
         vocab), with ``weights`` bound. ``cache``: the previous call's (None on the first), so ``ids`` holds only
         the new tokens; the cache returned is the backbone's ``past_key_values`` (None where it keeps none).
-        Without ``cache`` the whole sequence is run and nothing is kept."""
+        Without ``cache`` the whole sequence is run and nothing is kept. Left-padded rows: ``attention_mask``
+        (batch, past + seq) and ``position_ids`` (batch, seq), as Hugging Face's ``generate`` passes them."""
         use = cache is not _NO_CACHE
         name = _cache_argument(self.backbone)
+        device = self._device()
+        extra = {k: v.to(device) for k, v in (("attention_mask", attention_mask), ("position_ids", position_ids))
+                 if v is not None}
         with self.bound(weights):
-            out = self.backbone(input_ids=ids.to(self._device()), use_cache=use, **{name: cache if use else None})
+            out = self.backbone(input_ids=ids.to(device), use_cache=use, **{name: cache if use else None}, **extra)
         logits = self.backbone.lm_head(out.last_hidden_state[:, -1]).float()
         return logits, (out.get(name) if use else None)
 

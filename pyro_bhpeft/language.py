@@ -119,49 +119,71 @@ def _entropy(p: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def _greedy(model: Any, weights: dict, ids: list[int], max_new_tokens: int, eos: int | None, *,
             use_cache: bool = True, temperature: float = 1.0) -> tuple[list[int], float]:
-    """``(answer tokens, their log-likelihood under softmax(logits / temperature))``: greedy decoding of ``ids`` under
-    ``weights``, stopping before ``eos``. With ``use_cache`` (and a model whose cache is exact,
-    :attr:`LanguageModel.cacheable`) each step runs only the new token against the backbone's key/value cache;
-    otherwise each step reruns the whole sequence.
-    Both give the same tokens (``tests/test_language_model.py``)."""
+    """``(answer tokens, their log-likelihood under softmax(logits / temperature))`` of one prompt: greedy decoding
+    under ``weights`` (:func:`_greedy_batch` of one row)."""
+    return _greedy_batch(model, weights, [ids], max_new_tokens, eos, use_cache=use_cache, temperature=temperature)[0]
+
+
+@torch.no_grad()
+def _greedy_batch(model: Any, weights: dict, contexts: Sequence[list[int]], max_new_tokens: int, eos: int | None, *,
+                  use_cache: bool = True, temperature: float = 1.0) -> list[tuple[list[int], float]]:
+    """Greedy decoding of several prompts at once under ``weights``, each stopping before ``eos``: the prompts left
+    padded (masked out, positions counted from each row's first real token), so every row's answer and
+    log-likelihood are those it gets alone. With ``use_cache`` (and a model whose cache is exact,
+    :attr:`LanguageModel.cacheable`) each step runs only the new tokens against the backbone's key/value cache;
+    otherwise each step reruns the whole sequences. Both give the same tokens (``tests/test_language_model.py``)."""
     device = model._device()
+    width = max(len(c) for c in contexts)
+    ids = torch.tensor([[0] * (width - len(c)) + list(c) for c in contexts], device=device)  # pads: any id, masked
+    mask = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts], device=device)
     cache: Any = None if use_cache and model.cacheable else False
-    out: list[int] = []
-    loglik = 0.0
-    x = torch.tensor([ids], device=device)
+    out: list[list[int]] = [[] for _ in contexts]
+    loglik = [0.0] * len(contexts)
+    live = [True] * len(contexts)
+    step = ids
     for _ in range(max_new_tokens):
-        if cache is False:  # uncached: the whole sequence again
-            logits, _ = model.next_logits(weights, torch.tensor([ids + out], device=device))
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)  # from each row's first token (as generate; RoPE ignores a shift)
+        if cache is False:  # uncached: the whole sequences again
+            logits, _ = model.next_logits(weights, ids, attention_mask=mask, position_ids=positions)
         else:
-            logits, cache = model.next_logits(weights, x, cache=cache)
+            logits, cache = model.next_logits(weights, step, cache=cache, attention_mask=mask,
+                                              position_ids=positions[:, -step.shape[1]:])
             cache = False if cache is None else cache  # a backbone that keeps no cache: uncached from here
-        token = int(logits[0].argmax())
-        if token == eos:
+        tokens = logits.argmax(-1)
+        logp = _tempered(logits, temperature).log_softmax(-1)
+        for row, token in enumerate(tokens.tolist()):
+            if live[row] and token == eos:
+                live[row] = False
+            elif live[row]:
+                loglik[row] += float(logp[row, token])
+                out[row].append(token)
+        if not any(live):
             break
-        loglik += float(_tempered(logits[0], temperature).log_softmax(-1)[token])
-        out.append(token)
-        x = torch.tensor([[token]], device=device)
-    return out, loglik
+        step = tokens.unsqueeze(-1)
+        ids, mask = torch.cat([ids, step], 1), torch.cat([mask, torch.ones_like(step)], 1)
+    return list(zip(out, loglik))
 
 
 @torch.no_grad()
 def generate(posterior: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 16,
              num_samples: int = 8, seed: int = 0, use_cache: bool = True,
-             temperature: float = 1.0) -> list[dict[str, Any]]:
+             temperature: float = 1.0, batch_size: int = 16) -> list[dict[str, Any]]:
     """Greedy answers under the posterior mean, each with its uncertainty under ``num_samples`` draws.
 
     Per answer: ``loglik_mean`` (its log-likelihood under the mean), ``loglik_draws`` (under each draw: one forward
     over prompt + answer per draw, the draws folded into one batch), ``predictive_nll`` ``-log mean_k p_k``,
     ``expected_nll`` ``-mean_k log p_k``, and the summed token ``predictive_entropy`` and ``mutual_information``.
     ``use_cache=False`` decodes without the key/value cache (the same answers, slower). ``temperature`` divides
-    every logit before its softmax (:func:`fit_token_temperature`): the answers are the same, their scores tempered."""
+    every logit before its softmax (:func:`fit_token_temperature`): the answers are the same, their scores tempered.
+    ``batch_size`` prompts are decoded together (left padded; each gets the answer it gets alone)."""
     model, mean = posterior.model, posterior.mean()
     draws = _draws(posterior, num_samples, seed)
+    contexts = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
+    decoded = [pair for start in range(0, len(contexts), batch_size)
+               for pair in _greedy_batch(model, mean, contexts[start:start + batch_size], max_new_tokens,
+                                         tokenizer.eos_token_id, use_cache=use_cache, temperature=temperature)]
     rows = []
-    for prompt in prompts:
-        context = tokenizer.encode(prompt, add_special_tokens=False)
-        answer, loglik_mean = _greedy(model, mean, context, max_new_tokens, tokenizer.eos_token_id,
-                                      use_cache=use_cache, temperature=temperature)
+    for prompt, context, (answer, loglik_mean) in zip(prompts, contexts, decoded):
         x = torch.tensor([context + answer], device=model._device())
         span = slice(len(context) - 1, len(context) + len(answer) - 1)  # positions that predict the answer
         probs = _tempered(model.draw_logits(draws, x, span), temperature).softmax(-1)  # (K, T, V)

@@ -16,7 +16,7 @@ from pyro_bhpeft.config import AdapterConfig, PrefixConfig
 from pyro_bhpeft.backbone import load_backbone
 from pyro_bhpeft.continual import posterior_prior
 from pyro_bhpeft.guides import Delta, MeanField
-from pyro_bhpeft.language import (_greedy, answer_match, fit_token_temperature, generate, lm_batches, normalise_answer,
+from pyro_bhpeft.language import (_greedy, _greedy_batch, answer_match, fit_token_temperature, generate, lm_batches, normalise_answer,
                                   selective_answering, token_metrics)
 from pyro_bhpeft.models import LanguageModel
 
@@ -138,6 +138,39 @@ def test_cached_greedy_decoding_gives_the_uncached_answers_and_uncertainty(lm_di
             assert a[key] == pytest.approx(b[key], abs=1e-5)
         assert a["loglik_draws"] == pytest.approx(b["loglik_draws"], abs=1e-5)
     assert all(r["tokens"] > 0 for r in cached) and any(r["mutual_information"] > 0 for r in cached)
+
+
+@pytest.mark.parametrize("peft", [PeftConfig(), HYBRID], ids=["lora", "lora+adapter+prefix"])
+def test_prompts_decoded_together_get_the_answers_they_get_alone(lm_dir, peft):
+    posterior, tok = _moved_posterior(lm_dir, peft)
+    model, mean = posterior.model, posterior.mean()
+    prompts = [PROMPTS[3], "Iron:", PROMPTS[0], "Question: Which?"]  # 4 lengths: rows left padded by 0 to 10+
+    contexts = [tok.encode(p, add_special_tokens=False) for p in prompts]
+    assert len({len(c) for c in contexts}) == 4
+    alone = [_greedy(model, mean, c, 6, None) for c in contexts]
+    for use_cache in (True, False):
+        got = _greedy_batch(model, mean, contexts, 6, None, use_cache=use_cache)
+        assert [t for t, _ in got] == [t for t, _ in alone]
+        assert [ll for _, ll in got] == pytest.approx([ll for _, ll in alone], abs=1e-4)
+    rows = generate(posterior, tok, prompts, max_new_tokens=6, num_samples=3, batch_size=3)  # chunks of 3 and 1
+    one_by_one = [generate(posterior, tok, [p], max_new_tokens=6, num_samples=3, batch_size=1)[0] for p in prompts]
+    for a, b in zip(rows, one_by_one):
+        assert a["answer_ids"] == b["answer_ids"] and a["loglik_draws"] == pytest.approx(b["loglik_draws"], abs=1e-4)
+
+
+def test_a_row_that_ends_stops_while_the_others_of_its_batch_go_on(lm_dir):
+    posterior, tok = _moved_posterior(lm_dir, PeftConfig())
+    model, mean = posterior.model, posterior.mean()
+    contexts = [tok.encode(p, add_special_tokens=False) for p in (PROMPTS[3], "Iron:", PROMPTS[0])]
+    alone = [_greedy(model, mean, c, 6, None)[0] for c in contexts]
+    # as the end token, one some rows emit and others not: those rows end early, the others go on
+    stop = next(t for answer in alone for t in answer if any(t not in other for other in alone))
+    want = [_greedy(model, mean, c, 6, stop) for c in contexts]
+    assert len({len(t) for t, _ in want}) > 1 and any(len(t) == 6 for t, _ in want)
+    for use_cache in (True, False):
+        got = _greedy_batch(model, mean, contexts, 6, stop, use_cache=use_cache)
+        assert [t for t, _ in got] == [t for t, _ in want]
+        assert [ll for _, ll in got] == pytest.approx([ll for _, ll in want], abs=1e-4)
 
 
 def test_the_answers_likelihood_under_k_draws_takes_one_forward_per_draw_folded_into_one(lm_dir):
