@@ -7,6 +7,7 @@ match flags and uncertainty scores), atomically; fits are kept under ``fits/`` (
 ``figures/accuracy-coverage.png`` from every saved cell. A saved cell is never rerun.
 
     python benchmarks/lm_answers.py docs/lm/arc-easy-smollm2 [--methods lora temperature] [--seeds 0 1]
+    python benchmarks/lm_answers.py docs/lm/arc-easy-smollm2 --device cuda    # on a GPU (the cell records it)
     python benchmarks/lm_answers.py docs/lm/arc-easy-smollm2 --train-size 8 --eval-size 4 --max-steps 2 --out /tmp/s
 
 The smoke options change the protocol, so they need ``--out`` naming another folder (refused in one line otherwise).
@@ -41,6 +42,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, help="smoke: stop each fit after N steps")
     parser.add_argument("--samples", type=int, help="smoke: posterior draws of the Bayesian methods")
     parser.add_argument("--max-new-tokens", type=int, help="smoke: longest answer")
+    parser.add_argument("--device", help="where to fit and score (cpu, cuda, auto; default: where the backbone "
+                                         "loads, the CPU); recorded in each cell's provenance")
     return parser.parse_args(argv)
 
 
@@ -99,7 +102,8 @@ def samples(protocol: dict[str, Any], method: str) -> int:
     return own if own == 0 else protocol.get("overrides", {}).get("samples", protocol["samples"])
 
 
-def fitted(protocol: dict[str, Any], out: Path, method: str, seed: int, train: tuple[list[str], list[str]]):
+def fitted(protocol: dict[str, Any], out: Path, method: str, seed: int, train: tuple[list[str], list[str]],
+           device: str | None = None):
     """``(front door, train seconds, fit folder)``: the method's fit (its ``base``'s, where it has one) at ``seed``,
     loaded from ``fits/`` or fitted and saved there."""
     from pyro_bhpeft import BayesianPEFT
@@ -109,13 +113,13 @@ def fitted(protocol: dict[str, Any], out: Path, method: str, seed: int, train: t
     path = out / "fits" / f"{name}-seed{seed}"
     done = path.with_suffix(".json")  # written after the fit is saved: a fit without it is refitted
     if done.exists():
-        return BayesianPEFT.load(path), json.loads(done.read_text())["train_seconds"], path
+        return BayesianPEFT.load(path, device=device), json.loads(done.read_text())["train_seconds"], path
     how = protocol["methods"][name]["fit"]
     lora = {k: protocol[k] for k in ("r", "lora_alpha", "target_modules") if protocol.get(k) is not None}
     options = {k: protocol[k] for k in ("epochs", "max_steps", "batch_size", "lr", "warmup_ratio", "lr_decay",
                                         "max_length")}
     front = BayesianPEFT(protocol["backbone"], task="language-model", recipe=how.get("recipe"), guide=how.get("guide"),
-                         seed=seed, **lora, **options)
+                         seed=seed, device=device, **lora, **options)
     start = time.perf_counter()
     front.fit({"prompt": train[0], "response": train[1]}, progress=True)
     seconds = time.perf_counter() - start
@@ -158,7 +162,8 @@ def answer_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def run_cell(protocol: dict[str, Any], out: Path, method: str, seed: int, data: dict) -> dict[str, Any]:
+def run_cell(protocol: dict[str, Any], out: Path, method: str, seed: int, data: dict,
+             device: str | None = None) -> dict[str, Any]:
     """Fit (or load), score the test questions, save the cell atomically; returns its metrics."""
     import torch
 
@@ -168,7 +173,7 @@ def run_cell(protocol: dict[str, Any], out: Path, method: str, seed: int, data: 
     spec = protocol["methods"][method]
     print(f"\n== {method}, seed {seed}: {spec['description']} ==", flush=True)
     torch.manual_seed(seed)
-    front, train_seconds, fit_path = fitted(protocol, out, method, seed, data["train"])
+    front, train_seconds, fit_path = fitted(protocol, out, method, seed, data["train"], device)
     tok, k, temperature = front.backbone.tokenizer, samples(protocol, method), 1.0
     batches = {s: lm_batches(tok, *data[s], max_length=protocol["max_length"], batch_size=EVAL_BATCH)
                for s in ("validation", "test")}
@@ -185,7 +190,7 @@ def run_cell(protocol: dict[str, Any], out: Path, method: str, seed: int, data: 
                "token_accuracy": tokens["token_accuracy"], "token_ece": tokens["token_ece"],
                "response_tokens": tokens["tokens"], **answer_metrics(rows), "train_seconds": train_seconds,
                "predict_seconds": time.perf_counter() - start, "fit": str(fit_path.relative_to(out)),
-               "protocol": protocol, "provenance": provenance()}
+               "protocol": protocol, "provenance": {**provenance(), "device": str(front.posterior.model._device())}}
     with atomic_dir(out / "cells" / f"{method}-seed{seed}", overwrite=True) as stage:
         write_rows(stage / "answers.jsonl", rows)
         write_json(stage / "metrics.json", metrics)
@@ -221,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         data = questions(protocol)
         for i, (method, seed) in enumerate(todo, 1):
             print(f"[{i}/{len(todo)}]", end="", flush=True)
-            run_cell(protocol, out, method, seed, data)
+            run_cell(protocol, out, method, seed, data, args.device)
     print(f"summary: {summarize(out, protocol)}", flush=True)
 
 

@@ -45,7 +45,7 @@ def smoke(tmp_path_factory):
     try:
         lm_answers.main([str(COMMITTED), "--backbone", lm_dir, "--train-size", "6", "--eval-size", "4",
                          "--max-steps", "2", "--samples", "3", "--max-new-tokens", "3", "--seeds", "0", "1", "2",
-                         "--out", str(out)])
+                         "--device", "cpu", "--out", str(out)])
     finally:
         BayesianPEFT.fit = real_fit
     return out, lm_dir, fits
@@ -58,6 +58,7 @@ def test_every_cell_and_the_summary_are_written_and_temperature_reuses_the_lora_
             metrics, rows = _cells(out, method, seed)
             assert len(rows) == 4 and metrics["response_tokens"] > 0
             assert {"prompt", "gold", "answer", "exact_match", "normalised_match", *lm_answers.SCORES} <= set(rows[0])
+            assert metrics["provenance"]["device"] == "cpu"
     assert (out / "comparison.md").exists() and (out / "figures" / "accuracy-coverage.png").stat().st_size > 0
     assert len(fits) == 9  # lora, blob, mean-field-lora at three seeds: temperature fits nothing of its own
     assert sorted(p.name for p in (out / "fits").iterdir() if p.is_dir()) == [
