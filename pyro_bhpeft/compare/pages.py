@@ -39,6 +39,11 @@ RESULT_COLUMNS: dict[str, tuple[str, str | None, float, int]] = {
     "temperature": ("fitted temperature", "temperature", 1.0, -3),  # digits -3: three significant digits
     "first_label": ("first answer correct %", None, 100.0, 1),
     "confidence": ("mean confidence %", None, 100.0, 1), "first_answer": ("predicts the first answer %", None, 100.0, 1),
+    # a regression's (the Gaussian NLL is ``nll``)
+    "mse": ("MSE", "mse", 1.0, 4), "mae": ("MAE", "mae", 1.0, 4), "coverage90": ("90% coverage %", "coverage90", 100.0, 1),
+    # the validation split's, as a selection among methods reads them (``validation.KEY`` in the cell's metrics)
+    "val_accuracy": ("validation accuracy %", "validation.accuracy", 100.0, 2),
+    "val_nll": ("validation NLL", "validation.nll", 1.0, 3),
 }
 
 
@@ -55,7 +60,9 @@ def _cell_value(folder: Path, method: str, seed: int, name: str, cache: dict) ->
 
     key = RESULT_COLUMNS[name][1]
     if key is not None:
-        value = load_metrics(folder, method, seed).get(key)
+        value: Any = load_metrics(folder, method, seed)
+        for part in key.split("."):  # "validation.nll": a nested block's
+            value = value.get(part) if isinstance(value, dict) else None
         return None if value is None else float(value)
     probs = _cell_arrays(folder, method, seed, cache)["test_probs"]
     if name == "ece_floor":
