@@ -79,6 +79,11 @@ def eliminated(by_task: dict[str, dict[str, list[dict]]], candidates: Sequence[s
     return out
 
 
+# Methods that cannot be the default of ``fit`` whatever their numbers, and why (the rule names them all the same)
+NOT_ONE_FIT = {"ensemble": "several fits, 3x LoRA's training by construction: fit's default is one fit, and issue 32 "
+                           "caps it at 1.5x LoRA's training time"}
+
+
 def needs_extra(method: str) -> str | None:
     """The optional install a compare method needs (its ``requires``), or None for the base install."""
     from pyro_bhpeft.compare import METHODS
@@ -87,12 +92,18 @@ def needs_extra(method: str) -> str | None:
     return requires[1] if requires else None
 
 
+def why_not_default(method: str) -> str | None:
+    """Why ``method`` cannot be the default of ``fit`` (None if it can): an optional install, or not one fit."""
+    extra = needs_extra(method)
+    return f"needs an optional install ({extra})" if extra else NOT_ONE_FIT.get(method)
+
+
 def select(suite: Path, kind: str = "classification", candidates: Sequence[str] | None = None,
-           base_install: bool = False) -> tuple[str | None, list[str]]:
+           as_default: bool = False) -> tuple[str | None, list[str]]:
     """The winner among the tasks of ``kind`` (None until every candidate has all its seeds on every such task,
     or if none qualifies) and the reasoning: one line per method complete so far, then what is still to run.
     ``candidates``: default the suite's (``suite_run.CANDIDATES``, or its Gaussian ones on a regression).
-    ``base_install``: the winner among the methods that need no optional install (the default of ``fit``)."""
+    ``as_default``: the winner among the methods that can be the default of ``fit`` (:func:`why_not_default`)."""
     if candidates is None:
         from suite_run import CANDIDATES, REGRESSION_CANDIDATES
 
@@ -124,7 +135,7 @@ def select(suite: Path, kind: str = "classification", candidates: Sequence[str] 
         lines.append(f"still to run (all {SEEDS} seeds): " + "; ".join(pending))
         return None, lines
     qualified = sorted((nll, cost, m) for m, (nll, cost, ok) in scores.items()
-                       if ok and m not in NOT_ELIGIBLE and not (base_install and needs_extra(m)))
+                       if ok and m not in NOT_ELIGIBLE and not (as_default and why_not_default(m)))
     if not qualified:
         return None, lines
     best_nll = qualified[0][0]
@@ -221,10 +232,10 @@ def main() -> None:
         winner, lines = select(suite, kind)
         parts += [f"## {kind.capitalize()} tasks", "", *[f"- {line}" for line in lines], "",
                   f"Winner: `{winner}`" if winner else "No winner yet.", ""]
-        if winner and needs_extra(winner):  # the default of fit runs on the base install
-            default = select(suite, kind, base_install=True)[0]
-            parts += [f"`{winner}` needs an optional install ({needs_extra(winner)}); the default of `fit` is the "
-                      f"best without one: `{default}`.", ""]
+        if winner and why_not_default(winner):  # fit's default is one fit on the base install
+            default = select(suite, kind, as_default=True)[0]
+            parts += [f"`{winner}` cannot be the default of `fit`: {why_not_default(winner)}. The default is the best "
+                      f"candidate that can: `{default}`.", ""]
     text = "\n".join(parts)
     (suite / "selection.md").write_text(text)
     (suite / "which-method.md").write_text(which_method(suite))
