@@ -21,7 +21,7 @@ from pyro_bhpeft.analysis.tables import markdown_table
 
 from ..io import write_text
 from .cells import load_arrays, load_metrics
-from .report import TESTED, mean_sd, p_text
+from .report import REGRESSION_TESTED, TESTED, mean_sd, p_text
 
 __all__ = ["TABLE_MARK", "results_table", "refresh_page", "compare_table", "seed_table", "tests_table"]
 
@@ -41,6 +41,7 @@ RESULT_COLUMNS: dict[str, tuple[str, str | None, float, int]] = {
     "confidence": ("mean confidence %", None, 100.0, 1), "first_answer": ("predicts the first answer %", None, 100.0, 1),
     # a regression's (the Gaussian NLL is ``nll``)
     "mse": ("MSE", "mse", 1.0, 4), "mae": ("MAE", "mae", 1.0, 4), "coverage90": ("90% coverage %", "coverage90", 100.0, 1),
+    "z2": ("mean (y − mean)² / variance", None, 1.0, 2),  # 1 for a calibrated Gaussian; above: variance too small
     # the validation split's, as a selection among methods reads them (``validation.KEY`` in the cell's metrics)
     "val_accuracy": ("validation accuracy %", "validation.accuracy", 100.0, 2),
     "val_nll": ("validation NLL", "validation.nll", 1.0, 3),
@@ -64,6 +65,9 @@ def _cell_value(folder: Path, method: str, seed: int, name: str, cache: dict) ->
         for part in key.split("."):  # "validation.nll": a nested block's
             value = value.get(part) if isinstance(value, dict) else None
         return None if value is None else float(value)
+    if name == "z2":
+        arrays = _cell_arrays(folder, method, seed, cache)
+        return float(np.mean((arrays["test_labels"] - arrays["test_mean"]) ** 2 / arrays["test_variance"]))
     probs = _cell_arrays(folder, method, seed, cache)["test_probs"]
     if name == "ece_floor":
         return metrics.ece_floor(probs).mean
@@ -122,6 +126,7 @@ def compare_table(folder: Path, methods: Sequence[str] | None = None, columns: S
         headers.append({"ratio": f"ECE / {baseline}'s", "ratio_seeds": f"ECE / {baseline}'s, per seed",
                         "halved": f"seeds with ECE ≤ 0.5x {baseline}'s", "ece_below": f"seeds with ECE below {baseline}'s",
                         "nll_below": f"seeds with NLL below {baseline}'s",
+                        "mse_below": f"seeds with MSE below {baseline}'s", "mse_ratio": f"MSE / {baseline}'s",
                         "dacc": f"Δ accuracy vs {baseline} (pts)",
                         "target": "target met: on the mean; seed by seed"}.get(c) or
                        (RESULT_COLUMNS[base][0] + (", per seed" if base != c else "")))
@@ -159,7 +164,12 @@ def compare_table(folder: Path, methods: Sequence[str] | None = None, columns: S
                                f"{'yes' if mean_met else 'no'}; {seeds_met}/{len(shared)} seeds")
                 elif c == "halved":
                     row.append("–" if m == baseline else f"{sum(ece[s] <= 0.5 * ece0[s] for s in shared)}/{len(shared)}")
-                elif c in ("ece_below", "nll_below"):
+                elif c == "mse_ratio":
+                    mse = [(_cell_value(folder, m, s, "mse", cache), _cell_value(folder, baseline, s, "mse", cache))
+                           for s in shared]
+                    row.append(f"{statistics.fmean(a for a, _ in mse) / statistics.fmean(b for _, b in mse):.3f}"
+                               if shared else "–")
+                elif c in ("ece_below", "nll_below", "mse_below"):
                     key = c[:3]
                     below = sum(_cell_value(folder, m, s, key, cache) < _cell_value(folder, baseline, s, key, cache)
                                 for s in shared)
@@ -207,13 +217,15 @@ def tests_table(folder: Path, methods: Sequence[str] | None = None) -> str:
     with open(folder / "significance.csv") as f:
         found = list(csv.DictReader(f))
     chosen = [r for r in found if methods is None or r["method"] in methods]
+    regression = bool(found) and "delta_squared_error" in found[0]
+    tested = REGRESSION_TESTED if regression else TESTED
     headers = ["method", "n"]
-    for label in ("Δ accuracy (pts)", "Δ NLL", "Δ ECE (pts)"):
+    for label in (("Δ squared error", "Δ Gaussian NLL") if regression else ("Δ accuracy (pts)", "Δ NLL", "Δ ECE (pts)")):
         headers += [f"{label} [95% CI]", "p (Holm)"]
     rows = []
     for r in chosen:
         row: list[Any] = [r["method"], r["seeds"]]
-        for n, d in TESTED:
+        for n, d in tested:
             row += [f"{float(r[f'delta_{n}']):+.{d}f} [{float(r[f'{n}_low']):+.{d}f}, {float(r[f'{n}_high']):+.{d}f}]",
                     p_text(float(r[f"p_{n}_holm"]))]
         rows.append(row)
