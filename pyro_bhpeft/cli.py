@@ -138,13 +138,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv``; with ``fit --recipe NAME`` the preset's values are the defaults the flags override."""
+def parse_args(argv: Sequence[str] | None = None, preset: str | None = None) -> argparse.Namespace:
+    """Parse ``argv``; with ``fit --recipe NAME`` (or ``preset``: the task kind's default, see
+    :func:`~pyro_bhpeft.recipe.kind_default`) the preset's values are the defaults the flags override."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "recipe", None):
-        parser.bhpeft_commands[args.command].set_defaults(**preset_defaults(args.recipe))
+    name = getattr(args, "recipe", None) or preset
+    if name:
+        parser.bhpeft_commands[args.command].set_defaults(**preset_defaults(name))
         args = parser.parse_args(argv)
+    args.argv = argv  # fit re-parses with its task kind's default once the data says the kind
     return args
 
 

@@ -106,13 +106,31 @@ def cmd_fit(args: argparse.Namespace) -> None:
             check_checkpoint(out, resume=args.resume, overwrite=args.overwrite)
         check_max_length(recipe.backbone, recipe.max_length)
         data = source.load()
+        recipe, chosen = _kind_recipe(args, recipe, data.spec.kind)
         full = _train_rows(source) if source.get("train_size") else None
-        for line in _notes(args, recipe, source, data, full) if main_rank else ():
+        for line in [*chosen, *_notes(args, recipe, source, data, full)] if main_rank else ():
             print(f"fit: {line}", file=sys.stderr)
         result = fit_run(recipe, data, out, source=source, overwrite=args.overwrite,
                          checkpoint_every=args.checkpoint_every, resume=args.resume, device=device)
     if main_rank:
         print(f"fit: {result.summary()}; run saved to {out}")
+
+
+def _kind_recipe(args: argparse.Namespace, recipe: Any, kind: str) -> tuple[Any, list[str]]:
+    """``(recipe, [])``, or without ``--recipe`` on a task kind with a default of its own (a regression) that
+    preset under the flags given, as ``--recipe`` would (:func:`~pyro_bhpeft.recipe.kind_default`), and the line
+    that says so."""
+    from .cli import parse_args
+    from .recipe import kind_default
+
+    preset = None if args.recipe else kind_default(kind)
+    if preset is None:
+        return recipe, []
+    again = parse_args(args.argv, preset=preset)
+    again.backbone = args.backbone  # made absolute above
+    check_choices(again)
+    return recipe_from(again), [f"a {kind} task: recipe {preset} (the default there, chosen on validation by the "
+                                "default-recipe suite, docs/results/suite.md); --recipe NAME starts from another"]
 
 
 def _train_rows(source: dict[str, Any]) -> int:

@@ -89,13 +89,14 @@ def add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
 
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     from .config import AdapterConfig, LoraConfig, PrefixConfig
-    from .recipe import DTYPE_NAMES, LR_DECAYS, PRESET_NAMES, Recipe
+    from .recipe import DTYPE_NAMES, KIND_DEFAULTS, LR_DECAYS, PRESET_NAMES, Recipe
 
     g = p.add_argument_group("model and inference")
     g.add_argument("--backbone", default=Recipe.backbone,
                    help=f"packaged alias (minilm, smollm2), local folder or hub id (default: {Recipe.backbone})")
     g.add_argument("--recipe", help="start from a named recipe (its values become the defaults of every option "
-                   f"below): {_one_of(PRESET_NAMES)}")
+                   f"below): {_one_of(PRESET_NAMES)}; without it, a regression task starts from "
+                   f"{KIND_DEFAULTS['regression']} (chosen on validation by the default-recipe suite)")
     peft = ",".join(STATIC["peft"])
     g.add_argument("--peft", default=peft, type=csv_list,
                    help=f"PEFT parts, a comma list of {_one_of(STATIC['peft_kinds'])} (default: {peft})")

@@ -62,18 +62,37 @@ class BayesianPEFT:
         words = {"r": r, "lora_alpha": lora_alpha, "target_modules": target_modules, "lora_dropout": lora_dropout}
         named = {"prior": prior, "guide": guide, "backbone": backbone}
         changes = {**options, **{k: v for k, v in named.items() if isinstance(v, str)}}
-        if peft is not None or any(v is not None for v in words.values()):
-            changes["peft"] = peft_parts(peft if peft is not None else base.peft, **words)
-        self.recipe = base.with_(**changes)
+
+        def asked(base: Recipe) -> Recipe:  # the caller's options on ``base``
+            parts = {}
+            if peft is not None or any(v is not None for v in words.values()):
+                parts["peft"] = peft_parts(peft if peft is not None else base.peft, **words)
+            return base.with_(**changes, **parts)
+
+        self.recipe = asked(base)
+        # no recipe named: a task kind with a default of its own (a regression) starts from it once the kind is known
+        self._on_kind = None if recipe is not None else asked
         self._prior = None if prior is None or isinstance(prior, str) else prior
         self._guide_builder = None if guide is None or isinstance(guide, str) else guide
         self._backbone_arg, self._tokenizer_arg, self.device = backbone, tokenizer, device
         self._bb: Any = None
         self.spec = task_spec(task, num_labels)
+        self._kind_known(self.spec)
         self.model: Any = None
         self.result: Any = None  # the last fit's FitResult
         self.round, self.parent = 1, None
         self._start: dict[str, Any] = {}  # site name -> where the guide starts (an imported peft adapter)
+
+    def _kind_known(self, spec: Any, fit_options: dict[str, Any] | None = None) -> None:
+        """Once the task kind is known and no recipe was named: start from that kind's default recipe, if it has
+        one (:func:`~pyro_bhpeft.recipe.kind_default`), under the options given (``fit_options``: the fit's)."""
+        from .recipe import kind_default
+
+        preset = kind_default(getattr(spec, "kind", None))
+        if self._on_kind is not None and preset is not None:
+            self.recipe = self._on_kind(Recipe().with_(**PRESETS[preset])).with_(**(fit_options or {}))
+        if spec is not None:
+            self._on_kind = None
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, *, backbone: Any = None, prior: Any = None, device: Any = None
@@ -96,6 +115,7 @@ class BayesianPEFT:
         base = backbone if backbone is not None else read.base_model
         if base is None:
             raise ConfigError("the adapter does not name its base model; pass backbone=")
+        kwargs.setdefault("recipe", Recipe())  # a LoRA adapter: never a task kind's default recipe
         front = cls(base, task, tokenizer=tokenizer, **kwargs)
         adapted = import_peft_adapter(read, front.backbone.model)
         front.recipe = front.recipe.with_(peft=PeftConfig(adapted.config))
@@ -218,6 +238,8 @@ class BayesianPEFT:
             model, train_loader = self.model, data
         else:
             data = for_backbone(as_task_data(data, self.spec), bb.model, bb.tokenizer, self.recipe.mc_scoring)
+            if self.model is None:
+                self._kind_known(data.spec, options)
             model = self._build(data)
         with self._in_force():
             guide = self._new_guide(model)

@@ -24,8 +24,8 @@ if TYPE_CHECKING:  # importing this module stays free of torch: the command line
     from .infer import FitResult
     from .priors import Prior
 
-__all__ = ["Recipe", "PRESETS", "PRESET_NAMES", "build_model", "build_guide", "train", "fit_options", "loaders",
-           "recipe_backbone", "EVAL_BATCH_SIZE"]
+__all__ = ["Recipe", "PRESETS", "PRESET_NAMES", "KIND_DEFAULTS", "kind_default", "build_model", "build_guide", "train",
+           "fit_options", "loaders", "recipe_backbone", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
 LR_DECAYS = ("none", "linear")
@@ -134,6 +134,11 @@ class Recipe:
         return PRIORS[self.prior](self.prior_scale)
 
 
+def kind_default(kind: str | None) -> str | None:
+    """The preset ``fit`` starts from on a task of ``kind`` when none is named (None: ``Recipe()`` itself)."""
+    return KIND_DEFAULTS.get(kind) if kind else None
+
+
 def build_model(recipe: Recipe, spec: Any, backbone: torch.nn.Module, prior: Prior | None = None,
                 targets: torch.Tensor | None = None):
     """The model for a task ``spec`` (its ``kind``, ``label_names``); regression targets set the scaling."""
@@ -199,7 +204,10 @@ def fit_options(recipe: Recipe) -> dict[str, Any]:
 
 # Named recipes: the changes each makes to a :class:`Recipe` (``Recipe().with_(**PRESETS[name])``). Built on first
 # use (their PEFT configs need the layer registry, and so torch); their names are known without building them.
-PRESET_NAMES = ("bh-peft-0.1", "blob", "bh-peft-fs", "bayes-lora-fs", "lora-gates")
+PRESET_NAMES = ("bh-peft-0.1", "blob", "bh-peft-fs", "bayes-lora-fs", "lora-gates", "bh-peft-low-rank")
+# The default recipe of ``fit`` per task kind where it is not ``Recipe()``: a preset's name. Chosen by the
+# default-recipe suite's rule on validation (docs/suite/README.md, docs/results/suite.md).
+KIND_DEFAULTS = {"regression": "bh-peft-low-rank"}
 
 
 def _builtin_presets(presets: Registry) -> None:
@@ -217,6 +225,8 @@ def _builtin_presets(presets: Registry) -> None:
         "scale_param": "log", "scale_lr": 0.05, "flipout": True})
     presets.register("bayes-lora-fs", {  # the same on LoRA alone: variance on A, B and the head point masses
         **presets["bh-peft-fs"], "peft": PeftConfig()})
+    presets.register("bh-peft-low-rank", {  # the hybrid under N(0, 1) with a rank-8 low-rank guide: the regression default
+        "peft": PeftConfig.hybrid(), "guide": "low-rank"})
     presets.register("lora-gates", {  # Bayesian rank and bit gates (Meo et al. 2024): the gates random, the weights MLE
         "peft": PeftConfig(lora=None, **{"gated-lora": GatedLoraConfig()}), "guide": "mean-field", "prior": "flat",
         "deterministic": ("*.lora_A", "*.lora_B", "head.*"), "scale_param": "log", "scale_lr": 0.05,

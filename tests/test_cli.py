@@ -306,6 +306,27 @@ def test_cli_defaults_are_the_library_defaults():
     assert inspect.signature(predict).parameters["num_samples"].default == DEFAULT_SAMPLES
 
 
+def test_fit_on_a_regression_starts_from_its_kind_default_as_python_does():
+    from pyro_bhpeft import BayesianPEFT
+    from pyro_bhpeft.cli import parse_args
+    from pyro_bhpeft.cli_commands import _kind_recipe
+    from pyro_bhpeft.cli_options import recipe_from as _recipe
+    from pyro_bhpeft.recipe import PRESETS, Recipe
+
+    def chosen(*flags: str, kind: str = "regression"):
+        args = parse_args(["fit", "--train", "x.csv", "--out", "run", *flags])
+        return _kind_recipe(args, _recipe(args), kind)
+
+    low_rank = Recipe().with_(**PRESETS["bh-peft-low-rank"])
+    recipe, said = chosen()
+    assert recipe == low_rank == BayesianPEFT(task="regression").recipe and "recipe bh-peft-low-rank" in said[0]
+    assert chosen(kind="classification") == (Recipe(), [])
+    flags = chosen("--guide", "mean-field", "--epochs", "3", "--lora-r", "4")[0]  # flags win over the kind's default
+    assert flags == BayesianPEFT(task="regression", guide="mean-field", epochs=3, r=4).recipe
+    assert flags.guide == "mean-field" and flags.peft.lora.r == 4 and flags.peft.adapter is not None
+    assert chosen("--recipe", "blob") == (Recipe().with_(**PRESETS["blob"]), [])  # a named recipe is kept
+
+
 def test_a_recipe_preset_sets_the_defaults_and_flags_still_win():
     from pyro_bhpeft.cli import parse_args
     from pyro_bhpeft.cli_options import recipe_from as _recipe

@@ -128,6 +128,25 @@ def test_python_defaults_are_the_recipe_defaults():
     assert BayesianPEFT(recipe="blob").recipe.prior == "blob"
 
 
+def test_a_regression_starts_from_its_own_default_recipe_and_the_options_given_still_win(bert_dir):
+    from pyro_bhpeft.recipe import KIND_DEFAULTS, PRESETS
+
+    low_rank = Recipe().with_(**PRESETS["bh-peft-low-rank"])
+    assert KIND_DEFAULTS == {"regression": "bh-peft-low-rank"} and low_rank.guide == "low-rank"
+    assert low_rank.peft == PeftConfig.hybrid() and low_rank != Recipe()
+    assert BayesianPEFT(task="regression").recipe == low_rank  # the kind known up front
+    assert BayesianPEFT(task="regression", guide="mean-field", epochs=3).recipe == low_rank.with_(guide="mean-field",
+                                                                                                   epochs=3)
+    small = BayesianPEFT(task="regression", r=2).recipe.peft
+    assert small.lora.r == 2 and small.adapter == PeftConfig.hybrid().adapter  # the preset's parts, the rank asked
+    assert BayesianPEFT(task="regression", recipe="blob").recipe == Recipe().with_(**PRESETS["blob"])  # named: kept
+    assert BayesianPEFT(task="sentiment").recipe == Recipe()  # classification: Recipe() itself
+    ratings = {"text": TEXTS, "label": [0.3 * i for i in range(len(TEXTS))]}  # real values: a regression
+    front = BayesianPEFT(bert_dir, **SMALL).fit(ratings, max_steps=1, progress=False)  # the kind known at fit
+    assert front.recipe == low_rank.with_(backbone=bert_dir, max_steps=1, **SMALL)
+    assert type(front.posterior.guide).__name__ == "LowRank"
+
+
 def _first_python_block(readme: Path) -> str:
     blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S)
     assert blocks, "README.md has no python code block"

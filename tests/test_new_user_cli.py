@@ -208,8 +208,10 @@ def test_a_real_valued_target_and_a_tsv_work_without_flags(tiny_backbone, tmp_pa
     run = tmp_path / "run"
     assert run_cli("fit", "--train", table, "--text-column", "review", "--label-column", "score", "--backbone",
                    tiny_backbone, "--max-steps", 2, "--batch-size", 8, "--max-length", 16, "--out", run) == 0
-    assert "regression" in capsys.readouterr().err
-    assert json.loads((run / "config.json").read_text())["meta"]["kind"] == "regression"
+    err = capsys.readouterr().err
+    assert "regression" in err and "recipe bh-peft-low-rank" in err  # the kind's default, and a line saying so
+    meta = json.loads((run / "config.json").read_text())["meta"]
+    assert meta["kind"] == "regression" and meta["recipe"]["guide"] == "low-rank"
     assert run_cli("evaluate", run, "--samples", 2) == 0
     assert "mse" in json.loads((run / "metrics-test.json").read_text())["samples"]
     texts = tmp_path / "texts.tsv"
