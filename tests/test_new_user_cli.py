@@ -212,6 +212,10 @@ def test_a_real_valued_target_and_a_tsv_work_without_flags(tiny_backbone, tmp_pa
     assert "regression" in err and "recipe bh-peft-low-rank" in err  # the kind's default, and a line saying so
     meta = json.loads((run / "config.json").read_text())["meta"]
     assert meta["kind"] == "regression" and meta["recipe"]["guide"] == "low-rank"
+    child = tmp_path / "round2"  # the default serves rounds: its low-rank posterior becomes the next prior
+    assert run_cli("update", "--from", run, "--train", table, "--max-steps", 2, "--out", child) == 0
+    child_meta = json.loads((child / "config.json").read_text())["meta"]
+    assert child_meta["round"] == 2 and child_meta["recipe"]["guide"] == "low-rank"
     assert run_cli("evaluate", run, "--samples", 2) == 0
     assert "mse" in json.loads((run / "metrics-test.json").read_text())["samples"]
     texts = tmp_path / "texts.tsv"
