@@ -36,7 +36,7 @@ def main() -> None:
 
         kind = task_kind(args.task)
         candidates = REGRESSION_CANDIDATES if kind == "regression" else CANDIDATES
-        out = eliminated(tasks(args.task.parent, kind), candidates)  # the rule's first step removed them already
+        out = eliminated(tasks(args.task.resolve().parent, kind), candidates)  # the rule's first step removed them already
         for method, (name, gap) in out.items():
             print(f"skipping {method}: out of the selection ({gap:+.2f} validation points from LoRA on {name}); "
                   f"--methods {method} runs it anyway")

@@ -93,7 +93,9 @@ def needs_extra(method: str) -> str | None:
 
 
 def why_not_default(method: str) -> str | None:
-    """Why ``method`` cannot be the default of ``fit`` (None if it can): an optional install, or not one fit."""
+    """Why ``method`` cannot be the default of ``fit`` (None if it can): an optional install, or not one fit.
+    One fit with a post-hoc step of the library's own (``tfb``, ``lora-llla``'s Laplace head, both one pass over
+    data after the fit) can: becoming the default then means running that step at the end of ``fit``."""
     extra = needs_extra(method)
     return f"needs an optional install ({extra})" if extra else NOT_ONE_FIT.get(method)
 
@@ -234,8 +236,9 @@ def main() -> None:
                   f"Winner: `{winner}`" if winner else "No winner yet.", ""]
         if winner and why_not_default(winner):  # fit's default is one fit on the base install
             default = select(suite, kind, as_default=True)[0]
-            parts += [f"`{winner}` cannot be the default of `fit`: {why_not_default(winner)}. The default is the best "
-                      f"candidate that can: `{default}`.", ""]
+            parts += [f"`{winner}` cannot be the default of `fit`: {why_not_default(winner)}. " +
+                      (f"The default is the best candidate that can: `{default}`." if default else
+                       "No candidate that can qualifies: the default stays as it is."), ""]
     text = "\n".join(parts)
     (suite / "selection.md").write_text(text)
     (suite / "which-method.md").write_text(which_method(suite))

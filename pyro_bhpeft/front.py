@@ -89,8 +89,9 @@ class BayesianPEFT:
         from .recipe import kind_default
 
         preset = kind_default(getattr(spec, "kind", None))
-        if self._on_kind is not None and preset is not None:
-            self.recipe = self._on_kind(Recipe().with_(**PRESETS[preset])).with_(**(fit_options or {}))
+        if self._on_kind is not None and preset is not None:  # the backbone as loaded (a model object's own name)
+            self.recipe = self._on_kind(Recipe().with_(**PRESETS[preset])).with_(
+                backbone=self.recipe.backbone, **(fit_options or {}))
         if spec is not None:
             self._on_kind = None
 

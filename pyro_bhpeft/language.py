@@ -129,7 +129,8 @@ def _greedy_batch(model: Any, weights: dict, contexts: Sequence[list[int]], max_
                   use_cache: bool = True, temperature: float = 1.0) -> list[tuple[list[int], float]]:
     """Greedy decoding of several prompts at once under ``weights``, each stopping before ``eos``: the prompts left
     padded (masked out, positions counted from each row's first real token), so every row's answer and
-    log-likelihood are those it gets alone. With ``use_cache`` (and a model whose cache is exact,
+    log-likelihood are those it gets alone (up to float rounding: in bfloat16 or a GPU kernel a near-tie between
+    two tokens can fall either way). With ``use_cache`` (and a model whose cache is exact,
     :attr:`LanguageModel.cacheable`) each step runs only the new tokens against the backbone's key/value cache;
     otherwise each step reruns the whole sequences. Both give the same tokens (``tests/test_language_model.py``)."""
     device = model._device()
@@ -176,9 +177,16 @@ def generate(posterior: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_
     ``use_cache=False`` decodes without the key/value cache (the same answers, slower). ``temperature`` divides
     every logit before its softmax (:func:`fit_token_temperature`): the answers are the same, their scores tempered.
     ``batch_size`` prompts are decoded together (left padded; each gets the answer it gets alone)."""
+    from .errors import ConfigError
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size is the number of prompts decoded together, a positive integer; got {batch_size!r}")
+    contexts = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
+    empty = [i for i, c in enumerate(contexts) if not c]
+    if empty:
+        raise ConfigError(f"prompt {empty[0]} is empty (no tokens); every prompt needs text to answer")
     model, mean = posterior.model, posterior.mean()
     draws = _draws(posterior, num_samples, seed)
-    contexts = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
     decoded = [pair for start in range(0, len(contexts), batch_size)
                for pair in _greedy_batch(model, mean, contexts[start:start + batch_size], max_new_tokens,
                                          tokenizer.eos_token_id, use_cache=use_cache, temperature=temperature)]

@@ -145,6 +145,11 @@ def test_a_regression_starts_from_its_own_default_recipe_and_the_options_given_s
     front = BayesianPEFT(bert_dir, **SMALL).fit(ratings, max_steps=1, progress=False)  # the kind known at fit
     assert front.recipe == low_rank.with_(backbone=bert_dir, max_steps=1, **SMALL)
     assert type(front.posterior.guide).__name__ == "LowRank"
+    from transformers import AutoModel, AutoTokenizer
+
+    held = BayesianPEFT(AutoModel.from_pretrained(bert_dir), tokenizer=AutoTokenizer.from_pretrained(bert_dir), **SMALL)
+    held.fit(ratings, max_steps=1, progress=False)  # a model object: its own name survives the kind's default
+    assert held.recipe == front.recipe.with_(backbone=held.backbone.name) and held.backbone.name != "minilm"
 
 
 def _first_python_block(readme: Path) -> str:

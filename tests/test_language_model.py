@@ -11,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from helpers import save_tiny_causal_lm
-from pyro_bhpeft import PeftConfig, Posterior, fit, priors
+from pyro_bhpeft import ConfigError, PeftConfig, Posterior, fit, priors
 from pyro_bhpeft.config import AdapterConfig, PrefixConfig
 from pyro_bhpeft.backbone import load_backbone
 from pyro_bhpeft.continual import posterior_prior
@@ -152,6 +152,15 @@ def test_prompts_decoded_together_get_the_answers_they_get_alone(lm_dir, peft):
         got = _greedy_batch(model, mean, contexts, 6, None, use_cache=use_cache)
         assert [t for t, _ in got] == [t for t, _ in alone]
         assert [ll for _, ll in got] == pytest.approx([ll for _, ll in alone], abs=1e-4)
+    for i, c in enumerate(contexts):  # a plain reference: the whole sequence, unpadded, without cache or mask
+        tokens = []
+        for _ in range(6):
+            tokens.append(int(model.next_logits(mean, torch.tensor([c + tokens]))[0][0].argmax()))
+        assert tokens == alone[i][0]
+    with pytest.raises(ConfigError, match="batch_size"):
+        generate(posterior, tok, prompts, batch_size=0)
+    with pytest.raises(ConfigError, match="prompt 1 is empty"):
+        generate(posterior, tok, ["Iron:", ""])
     rows = generate(posterior, tok, prompts, max_new_tokens=6, num_samples=3, batch_size=3)  # chunks of 3 and 1
     one_by_one = [generate(posterior, tok, [p], max_new_tokens=6, num_samples=3, batch_size=1)[0] for p in prompts]
     for a, b in zip(rows, one_by_one):

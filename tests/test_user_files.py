@@ -398,14 +398,15 @@ def test_a_language_model_file_to_answer_needs_prompts_only(tmp_path):
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
-def test_numeric_answers_are_read_as_the_file_wrote_them(tmp_path, suffix):
+def test_numeric_and_none_like_answers_are_read_as_the_file_wrote_them(tmp_path, suffix):
     path = tmp_path / f"sums{suffix}"
-    frame = pd.DataFrame({"prompt": ["2 + 2 =", "Agent", "pi ="], "response": ["4", "007", "3.50"]})
-    if suffix == ".jsonl":  # JSON numbers: their text
-        frame["response"] = [4, "007", 3.5]
+    frame = pd.DataFrame({"prompt": ["2 + 2 =", "Agent", "pi =", "Moons of Venus?", "Not applicable?"],
+                          "response": ["4", "007", "3.50", "None", "NA"]})
+    if suffix == ".jsonl":  # JSON numbers: their text as Python writes it (no trailing zeros survive JSON)
+        frame["response"] = [4.0, "007", 3.5, "None", "NA"]
         frame.to_json(path, orient="records", lines=True)
     else:
         frame.to_csv(path, index=False, sep="," if suffix == ".csv" else "\t")
     rows = load_files(path, kind="language_model", seed=0).splits
     got = sorted(r for split in rows.values() for r in split["response"])
-    assert got == (["007", "3.5", "4"] if suffix == ".jsonl" else ["007", "3.50", "4"])
+    assert got == sorted(["4", "007", "3.5" if suffix == ".jsonl" else "3.50", "None", "NA"])

@@ -21,7 +21,7 @@ from pyro_bhpeft.analysis.tables import markdown_table
 
 from ..io import write_text
 from .cells import load_arrays, load_metrics
-from .report import REGRESSION_TESTED, TESTED, mean_sd, p_text
+from .report import mean_sd, p_text, tests_of
 
 __all__ = ["TABLE_MARK", "results_table", "refresh_page", "compare_table", "seed_table", "tests_table"]
 
@@ -217,10 +217,9 @@ def tests_table(folder: Path, methods: Sequence[str] | None = None) -> str:
     with open(folder / "significance.csv") as f:
         found = list(csv.DictReader(f))
     chosen = [r for r in found if methods is None or r["method"] in methods]
-    regression = bool(found) and "delta_squared_error" in found[0]
-    tested = REGRESSION_TESTED if regression else TESTED
+    tested, labels = tests_of(bool(found) and "delta_squared_error" in found[0])  # a regression's columns
     headers = ["method", "n"]
-    for label in (("Δ squared error", "Δ Gaussian NLL") if regression else ("Δ accuracy (pts)", "Δ NLL", "Δ ECE (pts)")):
+    for label in labels:
         headers += [f"{label} [95% CI]", "p (Holm)"]
     rows = []
     for r in chosen:

@@ -203,6 +203,13 @@ def cell_table(cells: dict[str, list[dict[str, Any]]], columns: Sequence[tuple] 
     return markdown_table(["method", "n", *(c[0] for c in columns)], md_rows), rows
 
 
+def tests_of(regression: bool) -> tuple[tuple[tuple[str, int], ...], tuple[str, ...]]:
+    """The paired-tested metrics, ``(name, digits)``, and their column labels: a regression's or a classifier's."""
+    if regression:
+        return REGRESSION_TESTED, ("Δ squared error", "Δ Gaussian NLL")
+    return TESTED, ("Δ accuracy (pts)", "Δ NLL", "Δ ECE (pts)")
+
+
 def significance(out: Path, cells: dict[str, list[dict[str, Any]]], seeds: Sequence[int],
                  baseline: str = "lora") -> tuple[str, list[dict[str, Any]]]:
     """Paired tests of each method against ``baseline`` on the same test examples and seeds.
@@ -216,8 +223,7 @@ def significance(out: Path, cells: dict[str, list[dict[str, Any]]], seeds: Seque
     if baseline not in cells:
         return f"(no {baseline} cells: no paired tests)", []
     regression = _is_regression(cells)
-    tested, labels = ((REGRESSION_TESTED, ("Δ squared error", "Δ Gaussian NLL")) if regression else
-                      (TESTED, ("Δ accuracy (pts)", "Δ NLL", "Δ ECE (pts)")))
+    tested, labels = tests_of(regression)
     paired = _paired_regression_row if regression else _paired_row
     rows = []
     for method in cells:

@@ -51,19 +51,26 @@ def _texts(df, column: str, role: str, path: Path, written: bool = False) -> lis
 
 
 def as_written(table: Any, column: str, role: str, path: Path) -> list:
-    """A text column's values as the file wrote them: numbers a delimited file's reader parsed (an answer "4" or
-    "007") re-read as text, a JSON number as its ``str``; missing cells stay missing."""
+    """A text column's values as the file wrote them. A delimited file's column is re-read as text wherever its
+    reader parsed something: a number (an answer "4", "007" or "3.50") or a word it takes for missing ("None",
+    "NA", "null"); only an empty cell stays missing. In JSON a number becomes its text as Python writes it (4 and
+    4.0 as "4", 3.50 as "3.5": JSON keeps no trailing zeros)."""
     values = _column(table, column, role, path)
-    if all(isinstance(v, str) or missing(v) for v in values):
+    if all(isinstance(v, str) for v in values):
         return values
     if "delimiter" in table.attrs:
         import pandas as pd
 
         raw = pd.read_csv(path, sep=table.attrs["delimiter"], encoding="utf-8-sig", dtype=str, keep_default_na=False,
                           usecols=[column])[column]
-        return [v if missing(v) else raw.loc[i] for i, v in zip(table.index, values)]
-    return [str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and not missing(v) else v
-            for v in values]
+        return [raw.loc[i] if raw.loc[i] != "" else None for i in table.index]
+
+    def text(v: Any) -> Any:
+        if isinstance(v, bool) or missing(v) or not isinstance(v, (int, float)):
+            return v
+        return str(int(v)) if float(v).is_integer() else str(v)
+
+    return [text(v) for v in values]
 
 
 def _numbers(values: list, column: str, path: Path, what: str) -> list[float]:
