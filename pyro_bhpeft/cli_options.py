@@ -172,7 +172,9 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     w.add_argument("--workers", type=int, default=1, help="cells run at once on a local Ray (default: 1, no Ray)")
     w.add_argument("--ray-address", help="run the cells on the Ray cluster at this address (e.g. auto)")
     w.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (threads) per cell (default: 1)")
-    w.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per cell (default: 0)")
+    w.add_argument("--gpus-per-worker", type=float, default=0,
+                   help="GPUs Ray reserves per cell (default: 0); the cells' models still run on the CPU: the "
+                        "comparison has no GPU path yet")
     g = p.add_argument_group("protocol (the same for every method)")
     g.add_argument("--backbone", default=d["backbone"])
     g.add_argument("--train-size", type=int, default=d["train_size"],

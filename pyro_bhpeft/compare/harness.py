@@ -28,7 +28,9 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
     ``methods`` are names in :data:`METHODS`. ``data``/``ood`` default to the protocol's registered
     tasks; pass :class:`TaskData` to compare on your own. Returns the path of ``comparison.md``.
     ``workers`` > 1 or ``ray_address`` run the cells as Ray tasks (:mod:`pyro_bhpeft.compare.sweep`), each
-    with ``cpus_per_worker`` threads and ``gpus_per_worker`` GPUs; the cells and the table are the same.
+    with ``cpus_per_worker`` threads and ``gpus_per_worker`` GPUs reserved; the cells and the table are the same.
+    The cells' models run on the CPU either way (the comparison has no GPU path yet: its peers' training loops
+    keep their tensors on the CPU), so a reserved GPU stays idle; a warning says so.
 
     Example::
 
@@ -67,6 +69,11 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
     if ood is None and protocol.ood_task:
         ood = load_task(protocol.ood_task)
     _check_protocol(out, protocol, overwrite)
+    if gpus_per_worker:
+        import sys
+
+        print("compare: warning: the cells run on the CPU; --gpus-per-worker only reserves GPUs (the comparison has "
+              "no GPU path yet)", file=sys.stderr)
     if workers > 1 or ray_address:
         from .sweep import run_on_ray
 
