@@ -61,8 +61,8 @@ def _accuracy_gap(by_method: dict[str, list[dict]], method: str) -> float | None
     found, lora = by_method.get(method, []), by_method.get("lora", [])
     if len(found) < SEEDS or len(lora) < SEEDS or "accuracy" not in found[0]["validation"]:
         return None
-    return float(100 * (np.mean([c["validation"]["accuracy"] for c in found])
-                        - np.mean([c["validation"]["accuracy"] for c in lora])))
+    gap = 100 * (np.mean([c["validation"]["accuracy"] for c in found]) - np.mean([c["validation"]["accuracy"] for c in lora]))
+    return round(float(gap), 9)  # "within 1 point" includes 1 point: 15 of 1,500 answers is -1.0, not -1.0000000000000009
 
 
 def eliminated(by_task: dict[str, dict[str, list[dict]]], candidates: Sequence[str]) -> dict[str, tuple[str, float]]:

@@ -125,3 +125,14 @@ def test_an_ensemble_can_win_the_rule_but_not_be_fits_default(tmp_path):
     assert suite_select.select(suite, candidates=names)[0] == "ensemble"
     assert suite_select.select(suite, candidates=names, as_default=True)[0] == "mean-field-lora"
     assert suite_select.select(suite, candidates=["lora", "ensemble"], as_default=True)[0] is None
+
+
+def test_exactly_one_point_below_lora_is_within_one_point(tmp_path):
+    # r8-minilm's numbers: LoRA answers 479, 481, 484 of 500 validation examples right, the candidate 478, 478, 473:
+    # 15 of 1,500 fewer, exactly 1 point (the float difference of the means is -1.0000000000000009)
+    suite = _suite(tmp_path, {}, tasks=("a",))
+    for seed, (lora, other) in enumerate([(0.958, 0.956), (0.962, 0.956), (0.968, 0.946)]):
+        _cell(suite / "a", "lora", seed, acc=lora, nll=1.0)
+        _cell(suite / "a", "edge", seed, acc=other, nll=0.5)
+    assert suite_select.eliminated(suite_select.tasks(suite), ["edge"]) == {}
+    assert suite_select.select(suite, candidates=["lora", "edge"])[0] == "edge"
