@@ -110,6 +110,14 @@ def test_compare_out_runs_no_planted_fit_checkpoint_or_kept_laplace_state(tiny_b
     capsys.readouterr()
     assert run_cli(*args, "--methods", "laplace-kfac") == 2
     assert "state.pt is not read" in error_line(capsys) and not marker.exists()
+    peft_fit = out / "fits" / "peft-lora-seed0"  # the peft LoRA those peers share: an older version's pickle
+    shutil.rmtree(peft_fit, ignore_errors=True)
+    peft_fit.mkdir()
+    (peft_fit / "fit.json").write_text(json.dumps({"seconds": 1.0, "peak_mb": 1.0, "trainable": 1}))
+    plant(peft_fit / "trainable.pt", marker)
+    assert run_cli(*args, "--methods", "peft-lora") == 0  # never read: the fit is made again, as safetensors
+    assert not marker.exists() and (peft_fit / "trainable.safetensors").is_file()
+    assert not (peft_fit / "trainable.pt").exists()
 
 
 # ---- nothing a user owns is deleted ----------------------------------------------------------------------------

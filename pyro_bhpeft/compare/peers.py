@@ -18,6 +18,7 @@ __all__ = ["LAPLACE", "PEFT_LORA", "TFB_THRESHOLD", "TFB_SAMPLES", "laplace_fit"
 
 LAPLACE = "laplace"  # the post-hoc Laplace posterior, saved as fits/laplace-seed{seed}
 PEFT_LORA = "peft-lora"  # seed s's trained peft LoRA, kept at fits/peft-lora-seed{s} for the Laplace-LoRA peers
+TRAINABLE_FILE = "trainable.safetensors"  # the trainable weights of a peft LoRA fit (safetensors: loading runs no code)
 TFB_THRESHOLD = 0.3  # relative anchor-NLL change: of 0.01, 0.03, 0.1, 0.3, the lowest validation NLL (docs/selection)
 TFB_SAMPLES = 10  # the authors' prediction samples
 
@@ -118,8 +119,10 @@ def train_peft(bench: Bench, seed: int, ivon: Mapping[str, Any] | None = None):
 def trained_peft(bench: Bench, seed: int):
     """``seed``'s Adam-trained peft LoRA (trained once, its trainable weights kept under ``fits/``) and facts."""
     def load(path) -> tuple[Any, dict]:
+        from safetensors.torch import load_file
+
         model = peft_model(bench, seed)
-        weights = torch.load(path / "trainable.pt", weights_only=True)
+        weights = load_file(path / TRAINABLE_FILE)
         with torch.no_grad():
             for name, param in model.named_parameters():
                 if param.requires_grad:
@@ -128,10 +131,14 @@ def trained_peft(bench: Bench, seed: int):
 
     def write(value: tuple[Any, dict], stage) -> None:
         model, facts = value
-        torch.save({n: p.detach() for n, p in model.named_parameters() if p.requires_grad}, stage / "trainable.pt")
+        from safetensors.torch import save_file
+
+        save_file({n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad},
+                  stage / TRAINABLE_FILE)
         write_json(stage / "fit.json", facts)
 
-    return cached_fit(post_hoc_dir(bench.out, PEFT_LORA, seed), "fit.json",
+    # keyed on the safetensors file: an older version's trainable.pt (a pickle) is never read, its fit is redone
+    return cached_fit(post_hoc_dir(bench.out, PEFT_LORA, seed), TRAINABLE_FILE,
                       lambda: train_peft(bench, seed)[::2], write, load)
 
 
