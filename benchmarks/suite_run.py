@@ -32,7 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     protocol = Protocol.read(args.task)
     if args.methods is None:
-        from suite_select import eliminated, task_kind, tasks
+        from suite_select import cannot_run, eliminated, task_kind, tasks
 
         kind = task_kind(args.task)
         candidates = REGRESSION_CANDIDATES if kind == "regression" else CANDIDATES
@@ -40,6 +40,10 @@ def main() -> None:
         for method, (name, gap) in out.items():
             print(f"skipping {method}: out of the selection ({gap:+.2f} validation points from LoRA on {name}); "
                   f"--methods {method} runs it anyway")
+        for method, (name, why) in cannot_run(args.task.resolve().parent, candidates, kind).items():
+            if method not in out:
+                print(f"skipping {method}: out of the selection (the harness cannot run it on {name}: it {why})")
+                out[method] = (name, why)
         args.methods = ",".join(m for m in candidates if m not in out)
     methods = [m for m in args.methods.split(",") if m]
     if args.workers > 1:  # the harness's Ray path: no fit is made twice, every cell lands as it finishes

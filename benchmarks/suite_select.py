@@ -48,10 +48,33 @@ def task_kind(folder: Path) -> str:
     return "regression" if task in TASKS and TASKS[task].kind == "regression" else "classification"
 
 
+def task_folders(suite: Path, kind: str | None = None) -> list[Path]:
+    """Every folder of the suite holding a protocol.json (of ``kind`` only, when given)."""
+    return [p for p in sorted(suite.iterdir()) if (p / "protocol.json").is_file()
+            and (kind is None or task_kind(p) == kind)]
+
+
+def cannot_run(suite: Path, candidates: Sequence[str], kind: str = "classification") -> dict[str, tuple[str, str]]:
+    """Candidates the comparison harness refuses on a task of ``kind`` (``compare.refusal``: the peft library's
+    LoRA or a closed form over the classifier head, on choices scored by their likelihood under a causal LM):
+    they cannot be within 1 point of LoRA there, so the rule's first step removes them. Method -> (the first such
+    task, why)."""
+    from pyro_bhpeft.compare import METHODS, Protocol, refusal
+
+    out: dict[str, tuple[str, str]] = {}
+    for folder in task_folders(suite, kind):
+        protocol = Protocol.read(folder)
+        for method in [m for m in candidates if m in METHODS]:  # a name the harness does not know: no facts
+            why = refusal(protocol, method)
+            if why and method not in out:
+                out[method] = (folder.name, why)
+    return out
+
+
 def tasks(suite: Path, kind: str | None = None) -> dict[str, dict[str, list[dict]]]:
     """Task folder -> its cells (every folder of the suite holding a protocol.json), those of ``kind`` only when
     given."""
-    folders = [p for p in sorted(suite.iterdir()) if (p / "protocol.json").is_file()]
+    folders = task_folders(suite)
     return {p.name: cells(p) for p in folders if kind is None or task_kind(p) == kind}
 
 
@@ -120,6 +143,12 @@ def select(suite: Path, kind: str = "classification", candidates: Sequence[str] 
         if missing[method]:  # out on a finished task: its other tasks cannot bring it back
             lines.append(f"`{method}`: out: validation accuracy {gap:+.2f} points from LoRA's on {name} (all {SEEDS} "
                          f"seeds of both); need not run on {', '.join(missing[method])}")
+            missing[method] = []
+    for method, (name, why) in cannot_run(suite, candidates, kind).items():
+        if method not in out:  # no cells can exist there, so it cannot be within 1 point on every task
+            others = [n for n in missing[method] if n != name]
+            lines.append(f"`{method}`: out: the harness cannot run it on {name} (it {why})"
+                         + (f"; need not run on {', '.join(others)}" if others else ""))
             missing[method] = []
     for method in [m for m in candidates if all(len(t.get(m, [])) >= SEEDS for t in by_task.values())]:
         ok, nlls, cost = method not in out, [], 0.0

@@ -76,9 +76,10 @@ def test_unknown_scoring_and_a_choice_longer_than_max_length_are_one_line(lm_dir
         model.fit(data, progress=False)
 
 
-def test_a_cloze_comparison_scores_each_choices_likelihood_and_refuses_the_peft_peers(lm_dir, tmp_path):
+def test_a_cloze_comparison_scores_each_choices_likelihood_and_refuses_the_peers_it_cannot_run(lm_dir, tmp_path):
     """compare with mc_scoring="cloze": a LoRA that has not moved (lr 1e-9, one step) predicts the softmax of
-    the base model's choice log-likelihoods; the methods trained through the peft library cannot score that way."""
+    the base model's choice log-likelihoods; the methods trained through the peft library cannot score that way,
+    and the last-layer Laplace head has no linear head to work on."""
     import json
 
     import numpy as np
@@ -92,6 +93,9 @@ def test_a_cloze_comparison_scores_each_choices_likelihood_and_refuses_the_peft_
     with pytest.raises(ConfigError, match="peft library"):
         run_compare(protocol, tmp_path / "refused", methods=("lora", "laplace-kfac"), seeds=(0,), data=data,
                     progress=False)
+    with pytest.raises(ConfigError, match="lora-llla needs a linear classifier head"):  # no head to be Bayesian about
+        run_compare(protocol, tmp_path / "refused", methods=("lora-llla",), seeds=(0,), data=data, progress=False)
+    assert not (tmp_path / "refused").exists()  # refused before anything was written
     out = tmp_path / "cmp"
     run_compare(protocol, out, methods=("lora",), seeds=(0,), data=data, progress=False)
     assert json.loads((out / "protocol.json").read_text())["mc_scoring"] == "cloze"

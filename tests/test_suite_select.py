@@ -136,3 +136,24 @@ def test_exactly_one_point_below_lora_is_within_one_point(tmp_path):
         _cell(suite / "a", "edge", seed, acc=other, nll=0.5)
     assert suite_select.eliminated(suite_select.tasks(suite), ["edge"]) == {}
     assert suite_select.select(suite, candidates=["lora", "edge"])[0] == "edge"
+
+
+def test_a_candidate_the_harness_cannot_run_on_a_task_is_out(tmp_path):
+    # a causal-LM task scored by each choice's likelihood has no classifier head for the last-layer Laplace head
+    # and no letters for the peft library's LoRA: neither can have cells there, so neither is within 1 point
+    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "mean-field": dict(acc=0.8, nll=0.6),
+                              "lora-llla": dict(acc=0.8, nll=0.3)}, tasks=("a",))
+    (suite / "cloze").mkdir()
+    (suite / "cloze" / "protocol.json").write_text('{"task": "arc-easy", "backbone": "smollm2", "mc_scoring": "cloze"}')
+    for method in ("lora", "mean-field"):
+        for seed in range(3):
+            _cell(suite / "cloze", method, seed, acc=0.6, nll=1.0)
+    names = ["lora", "mean-field", "lora-llla", "laplace-kfac-probit"]
+    refused = suite_select.cannot_run(suite, names)
+    assert set(refused) == {"lora-llla", "laplace-kfac-probit"} and refused["lora-llla"][0] == "cloze"
+    assert "linear classifier head" in refused["lora-llla"][1] and "peft" in refused["laplace-kfac-probit"][1]
+    winner, lines = suite_select.select(suite, candidates=names)
+    assert winner == "mean-field"  # lora-llla's lower NLL on task a cannot bring it back
+    assert any(line.startswith("`lora-llla`: out: the harness cannot run it on cloze") for line in lines)
+    assert any(line.startswith("`laplace-kfac-probit`: out") and "need not run on a" in line for line in lines)
+    assert not any(line.startswith("still to run") for line in lines)

@@ -39,7 +39,8 @@ from .bench import Bench, Scored
 from .harness import run_compare
 from .methods import DEFAULT_METHODS, METHODS, Method, register_method
 from .protocol import OOD_DEFAULTS, Protocol
+from .record import refusal
 from .report import summarize
 
-__all__ = ["Protocol", "METHODS", "DEFAULT_METHODS", "OOD_DEFAULTS", "run_compare", "summarize", "Method",
+__all__ = ["refusal", "Protocol", "METHODS", "DEFAULT_METHODS", "OOD_DEFAULTS", "run_compare", "summarize", "Method",
            "register_method", "Bench", "Scored"]

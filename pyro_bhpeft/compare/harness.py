@@ -12,6 +12,7 @@ from ..io import write_json
 from .bench import Bench
 from .cells import run_cell
 from .methods import DEFAULT_METHODS, METHODS
+from .record import refusal
 from .protocol import Protocol
 from .report import summarize
 
@@ -42,11 +43,10 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
     methods = METHODS.check(methods)
     for name in methods:  # before hours of other cells, not at the first cell that needs a missing library
         METHODS[name].check_installed(name)
-    if protocol.mc_scoring != "letters":  # the peft library's LoRA scores answer letters or a pooled head only
-        through_peft = [m for m in methods if "peft" in (METHODS[m].requires or ((), ""))[0]]
-        if through_peft:
-            raise ConfigError(f"{', '.join(through_peft)} train LoRA through the peft library, which cannot score "
-                              f"choices by {protocol.mc_scoring}; leave them out of --methods")
+    refused = {m: refusal(protocol, m) for m in methods if refusal(protocol, m)}
+    if refused:  # e.g. the peft library's LoRA or a closed form over the head, on cloze-scored choices
+        raise ConfigError("; ".join(f"{m} {why}" for m, why in refused.items()) + "; leave "
+                          f"{'it' if len(refused) == 1 else 'them'} out of --methods")
     if not seeds:
         raise ConfigError("give at least one seed")
     if workers < 1:

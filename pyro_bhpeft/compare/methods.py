@@ -168,7 +168,7 @@ register_method("mean-field", Method.sampled("BH-PEFT hybrid (LoRA+adapter+prefi
                                              {"guide": "mean-field", **_HYBRID}, has_scales=True, regression=True))
 register_method("lora-llla", Method("deterministic LoRA + last-layer Laplace head (diagonal GGN on the training "
                                      "set, prior precision by its evidence), closed-form probit predictive: one "
-                                     "forward", _lora_llla, base_fit={}))
+                                     "forward", _lora_llla, base_fit={}, linear_head=True))
 register_method("mean-field-top2", Method("BH-PEFT hybrid, mean-field with variance only in the top 2 blocks and "
                                           "the head, predicted with the shared trunk",
                                           _top_blocks, has_scales=True,

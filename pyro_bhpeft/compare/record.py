@@ -14,7 +14,7 @@ from ..registry import Registry
 from .bench import Bench, Scored, fit_dir, post_hoc_dir
 from .protocol import Protocol
 
-__all__ = ["Method", "METHODS", "register_method", "available_methods", "cached_fit"]
+__all__ = ["Method", "METHODS", "register_method", "available_methods", "cached_fit", "refusal"]
 
 T = TypeVar("T")
 
@@ -33,7 +33,9 @@ class Method:
     imports and the command that installs them, checked before any cell runs (:meth:`check_installed`).
     ``backbone_dropout``: it samples the backbone's own dropout, so a backbone without any (Llama-family
     models) is refused before any cell runs. ``regression``: it also scores regression tasks (predictive
-    mean and variance); the others are refused on one before any cell runs.
+    mean and variance); the others are refused on one before any cell runs. ``linear_head``: it works on the
+    model's linear classifier head (a closed form over it), so a protocol scoring choices by their likelihood
+    under a causal LM (``cloze``), whose model has no such head, refuses it before any cell runs.
     """
 
     description: str
@@ -45,6 +47,7 @@ class Method:
     requires: tuple[tuple[str, ...], str] | None = None
     backbone_dropout: bool = False
     regression: bool = False
+    linear_head: bool = False
 
     def missing(self) -> list[str]:
         """The optional modules this method needs that are not installed."""
@@ -95,6 +98,21 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("comparison method")
+
+
+def refusal(protocol: Protocol, name: str) -> str | None:
+    """Why the harness cannot run method ``name`` under ``protocol`` (a phrase), or None when it can. Choices
+    scored by their likelihood under a causal LM (``cloze``) leave no classifier head: the methods that train
+    LoRA through the peft library (which scores answer letters or a pooled head only) and those that work on
+    the linear head cannot run there."""
+    entry = METHODS[name]
+    if protocol.mc_scoring == "letters":
+        return None
+    if "peft" in (entry.requires or ((), ""))[0]:
+        return f"trains LoRA through the peft library, which cannot score choices by {protocol.mc_scoring}"
+    if entry.linear_head:
+        return f"needs a linear classifier head, which a model scoring choices by {protocol.mc_scoring} has not"
+    return None
 _LIBRARY: list[str] = []  # the methods the library itself registers (see :func:`available_methods`)
 
 
