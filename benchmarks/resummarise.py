@@ -3,7 +3,8 @@
 Each folder under ``docs/`` holding ``protocol.json`` and ``cells/`` is copied to ``OUT/<same path>`` and
 summarised again (:func:`pyro_bhpeft.compare.summarize`, methods in registry order, the seeds its
 ``comparison.md`` names); then ``comparison.md``, ``comparison.csv`` and ``significance.csv`` are compared
-with the committed ones. The experiment-only methods (:mod:`lab_methods`) and the selection candidates
+with the committed ones. A language-model experiment (``docs/lm``) is summarised by its own runner
+(``lm_answers.summarize``) and its ``comparison.md`` and ``comparison.json`` compared. The experiment-only methods (:mod:`lab_methods`) and the selection candidates
 (:mod:`select_recipes`) are registered first, so every committed cell has its method.
 
     python benchmarks/resummarise.py /tmp/regen        # prints one line per comparison; exit 1 on a difference
@@ -12,6 +13,7 @@ with the committed ones. The experiment-only methods (:mod:`lab_methods`) and th
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import sys
@@ -25,6 +27,7 @@ from select_recipes import CANDIDATES  # noqa: E402
 from pyro_bhpeft.compare import METHODS, register_method, summarize  # noqa: E402
 
 SUMMARY_FILES = ("comparison.md", "comparison.csv", "significance.csv")
+LM_SUMMARY_FILES = ("comparison.md", "comparison.json")
 
 
 def comparisons(root: Path) -> list[Path]:
@@ -41,11 +44,23 @@ def seeds_of(folder: Path) -> list[int]:
     return [int(s) for s in found.group(1).split(",")]
 
 
+def lm_experiment(folder: Path) -> dict | None:
+    """The protocol of a language-model experiment (``benchmarks/lm_answers.py``: it names its methods), else None."""
+    protocol = json.loads((folder / "protocol.json").read_text())
+    return protocol if isinstance(protocol.get("methods"), dict) else None
+
+
 def resummarise(folder: Path, out: Path) -> list[str]:
     """Summarise a copy of ``folder`` at ``out``; the names of the summary files that differ."""
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(folder, out)
+    protocol = lm_experiment(folder)
+    if protocol is not None:  # summarised by its own runner: comparison.md and comparison.json
+        import lm_answers
+
+        lm_answers.summarize(out, protocol)
+        return [f for f in LM_SUMMARY_FILES if (folder / f).read_bytes() != (out / f).read_bytes()]
     seeds = seeds_of(folder)
     cells = {c.name.rsplit("-seed", 1)[0] for c in (out / "cells").iterdir()}
     summarize(out, [m for m in METHODS if m in cells], seeds)
