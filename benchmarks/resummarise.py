@@ -4,8 +4,9 @@ Each folder under ``docs/`` holding ``protocol.json`` and ``cells/`` is copied t
 summarised again (:func:`pyro_bhpeft.compare.summarize`, methods in registry order, the seeds its
 ``comparison.md`` names); then ``comparison.md``, ``comparison.csv`` and ``significance.csv`` are compared
 with the committed ones. A language-model experiment (``docs/lm``) is summarised by its own runner
-(``lm_answers.summarize``) and its ``comparison.md`` and ``comparison.json`` compared. The experiment-only methods (:mod:`lab_methods`) and the selection candidates
-(:mod:`select_recipes`) are registered first, so every committed cell has its method.
+(``lm_answers.summarize``) and its ``comparison.md`` and ``comparison.json`` compared. The experiment-only
+methods (:mod:`lab_methods`) and the selection candidates (:mod:`select_recipes`) are registered first, so every
+committed cell has its method.
 
     python benchmarks/resummarise.py /tmp/regen        # prints one line per comparison; exit 1 on a difference
 """

@@ -74,8 +74,7 @@ def cannot_run(suite: Path, candidates: Sequence[str], kind: str = "classificati
 def tasks(suite: Path, kind: str | None = None) -> dict[str, dict[str, list[dict]]]:
     """Task folder -> its cells (every folder of the suite holding a protocol.json), those of ``kind`` only when
     given."""
-    folders = task_folders(suite)
-    return {p.name: cells(p) for p in folders if kind is None or task_kind(p) == kind}
+    return {p.name: cells(p) for p in task_folders(suite, kind)}
 
 
 def _accuracy_gap(by_method: dict[str, list[dict]], method: str) -> float | None:

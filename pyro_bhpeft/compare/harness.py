@@ -43,7 +43,7 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
     methods = METHODS.check(methods)
     for name in methods:  # before hours of other cells, not at the first cell that needs a missing library
         METHODS[name].check_installed(name)
-    refused = {m: refusal(protocol, m) for m in methods if refusal(protocol, m)}
+    refused = {m: why for m in methods if (why := refusal(protocol, m))}
     if refused:  # e.g. the peft library's LoRA or a closed form over the head, on cloze-scored choices
         raise ConfigError("; ".join(f"{m} {why}" for m, why in refused.items()) + "; leave "
                           f"{'it' if len(refused) == 1 else 'them'} out of --methods")

@@ -98,21 +98,6 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("comparison method")
-
-
-def refusal(protocol: Protocol, name: str) -> str | None:
-    """Why the harness cannot run method ``name`` under ``protocol`` (a phrase), or None when it can. Choices
-    scored by their likelihood under a causal LM (``cloze``) leave no classifier head: the methods that train
-    LoRA through the peft library (which scores answer letters or a pooled head only) and those that work on
-    the linear head cannot run there."""
-    entry = METHODS[name]
-    if protocol.mc_scoring == "letters":
-        return None
-    if "peft" in (entry.requires or ((), ""))[0]:
-        return f"trains LoRA through the peft library, which cannot score choices by {protocol.mc_scoring}"
-    if entry.linear_head:
-        return f"needs a linear classifier head, which a model scoring choices by {protocol.mc_scoring} has not"
-    return None
 _LIBRARY: list[str] = []  # the methods the library itself registers (see :func:`available_methods`)
 
 
@@ -153,3 +138,18 @@ def cached_fit(path: Path, marker: str, build: Callable[[], T], write: Callable[
     with atomic_dir(path, overwrite=True) as stage:
         write(value, stage)
     return value
+
+
+def refusal(protocol: Protocol, name: str) -> str | None:
+    """Why the harness cannot run method ``name`` under ``protocol`` (a phrase), or None when it can. Choices
+    scored by their likelihood under a causal LM (``cloze``) leave no classifier head: the methods that train
+    LoRA through the peft library (which scores answer letters or a pooled head only) and those that work on
+    the linear head cannot run there."""
+    entry = METHODS[name]
+    if protocol.mc_scoring == "letters":
+        return None
+    if "peft" in (entry.requires or ((), ""))[0]:
+        return f"trains LoRA through the peft library, which cannot score choices by {protocol.mc_scoring}"
+    if entry.linear_head:
+        return f"needs a linear classifier head, which a model scoring choices by {protocol.mc_scoring} has not"
+    return None
