@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
+import statistics
 import subprocess
 import sys
 import time
@@ -257,9 +259,6 @@ def load_cells(out: Path, protocol: dict[str, Any]) -> dict[str, dict[int, dict[
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample sd of the values that are not NaN (an AUROC where every answer was right or wrong)."""
-    import math
-    import statistics
-
     kept = [v for v in values if not math.isnan(v)]
     if not kept:
         return math.nan, math.nan
@@ -355,6 +354,41 @@ def figure(out: Path, cells: dict, seed: int) -> str | None:
     return str(path.relative_to(out))
 
 
+def wrong_auroc(rows: list[dict[str, Any]], values: Sequence[float]) -> float:
+    """AUROC of ``values`` for flagging the wrong (not normalised-matching) answers among ``rows``."""
+    from pyro_bhpeft.language import selective_answering
+
+    return selective_answering([r["normalised_match"] for r in rows], values)["auroc_wrong"]
+
+
+# (column, how one answer's score is read from its row); what the mutual information carries besides length
+ATTRIBUTION = (("AUROC answer length", lambda r: r["tokens"]),
+               ("AUROC MI per token", lambda r: r["mutual_information"] / max(r["tokens"], 1)),
+               ("AUROC sd of draws' loglik", lambda r: statistics.pstdev(r["loglik_draws"])))
+
+
+def attribution(out: Path, cells: dict) -> tuple[str, dict[str, dict[str, Any]]]:
+    """Added after the verdict, to measure why the mutual information flags wrong answers as it does: per method
+    with draws (and lora for the length), the AUROC of the answer's length alone, of its mutual information per
+    token and of the spread of its log-likelihood over the draws, and the correlation of the summed mutual
+    information with the length; from each cell's ``answers.jsonl``."""
+    import numpy as np
+
+    derived: dict[str, dict[int, dict[str, float]]] = {}
+    for method, found in cells.items():
+        if method != "lora" and not found[next(iter(found))]["samples"]:
+            continue
+        for seed in found:
+            path = out / "cells" / f"{method}-seed{seed}" / "answers.jsonl"
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+            one = {label: wrong_auroc(rows, [score(r) for r in rows]) for label, score in ATTRIBUTION}
+            mi, tokens = [r["mutual_information"] for r in rows], [r["tokens"] for r in rows]
+            one["corr(MI, length)"] = float(np.corrcoef(mi, tokens)[0, 1]) if np.std(mi) > 0 and np.std(tokens) > 0 else math.nan
+            derived.setdefault(method, {})[seed] = one
+    columns = [(label, label, 1, 3) for label, _ in ATTRIBUTION] + [("corr(MI, length)", "corr(MI, length)", 1, 2)]
+    return table(derived, columns)
+
+
 def summarize(out: Path, protocol: dict[str, Any]) -> Path:
     """``comparison.md`` and ``comparison.json`` (and the figure) from every saved cell of ``out``."""
     from pyro_bhpeft.io import write_json, write_text
@@ -367,7 +401,9 @@ def summarize(out: Path, protocol: dict[str, Any]) -> Path:
     fig = figure(out, cells, protocol["seeds"][0])
     for method in numbers:
         numbers[method].update({k: v for k, v in unc_numbers[method].items() if k != "seeds"})
-    write_json(out / "comparison.json", {"cells": numbers, "paired": rows, "targets": verdict})
+    why_md, why_numbers = attribution(out, cells) if set(cells) - {"lora", "temperature"} else ("", {})
+    write_json(out / "comparison.json", {"cells": numbers, "paired": rows, "targets": verdict,
+                                         "attribution": why_numbers})
     smoke = f" Smoke run: {protocol['overrides']} changed from {protocol['derived_from']}." if "overrides" in protocol else ""
     lines = [f"# {protocol['name']}: generated answers with their uncertainty", "",
              f"Protocol: `protocol.json` ({protocol['task']}, {protocol['backbone']}, {protocol['train_size']} "
@@ -384,6 +420,12 @@ def summarize(out: Path, protocol: dict[str, Any]) -> Path:
                   f"- MI AUROC above lora's -loglik AUROC, on the mean and every seed: "
                   f"{verdict['mi_auroc_higher_mean_and_every_seed']}",
                   f"- exact match at most 1 point below lora's (mean): {verdict['exact_match_within_1_point']}"]
+    if why_md:
+        lines += ["", "## Where the mutual information's signal comes from (added after the verdict)", "", why_md, "",
+                  "Each column a score for flagging wrong answers: the answer's length alone (its tokens), its "
+                  "mutual information per token, and the spread (sd) of its log-likelihood over the K draws; the "
+                  "last, the correlation over the test answers of the summed mutual information with the length. "
+                  "(0.5: chance; a constant score gives 0.5.)"]
     lines += ["", "## Methods", ""] + [f"- `{m}`: {protocol['methods'][m]['description']}" for m in cells]
     if fig:
         lines += ["", f"![accuracy against coverage]({fig})"]

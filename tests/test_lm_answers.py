@@ -165,3 +165,24 @@ def test_the_targets_are_judged_seed_by_seed_as_the_protocol_says():
     assert auroc_once["verdict"] == "missed" and not auroc_once["mi_auroc_higher_mean_and_every_seed"]
     less_accurate = verdict([0.9, 0.95, 0.99], [0.7, 0.65, 0.61], [0.49, 0.48, 0.49])  # 1.33 points below
     assert less_accurate["verdict"] == "missed" and not less_accurate["exact_match_within_1_point"]
+
+
+def test_the_attribution_separates_the_answers_length_from_the_mutual_information_per_token(tmp_path):
+    """Wrong answers are the long ones and each token carries the same mutual information: the length flags them
+    perfectly, the MI per token is constant (chance), the summed MI follows the length exactly; the draws' spread
+    is wider on the wrong answers."""
+    rows = [{"normalised_match": right, "tokens": n, "mutual_information": 0.25 * n,
+             "loglik_draws": [-1.0, -1.0 - spread]} for right, n, spread in
+            [(True, 1, 0.1), (True, 2, 0.0), (False, 3, 0.5), (False, 5, 0.3)]]
+    cells = {"lora": {0: {"samples": 0}}, "temperature": {0: {"samples": 0}}, "mean-field-lora": {0: {"samples": 8}}}
+    for method in cells:
+        folder = tmp_path / "cells" / f"{method}-seed0"
+        folder.mkdir(parents=True)
+        (folder / "answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, numbers = lm_answers.attribution(tmp_path, cells)
+    assert set(numbers) == {"lora", "mean-field-lora"}  # temperature has neither draws nor an answer of its own
+    mine = numbers["mean-field-lora"]
+    assert mine["AUROC answer length"]["mean"] == 1.0
+    assert mine["AUROC MI per token"]["mean"] == 0.5
+    assert mine["AUROC sd of draws' loglik"]["mean"] == 1.0
+    assert mine["corr(MI, length)"]["mean"] == pytest.approx(1.0)
