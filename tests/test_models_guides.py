@@ -327,6 +327,28 @@ def test_packaged_minilm_is_a_frozen_bert_and_hybrid_peft_fits_and_predicts_on_i
         pred.predictive_entropy, pred.expected_entropy + pred.mutual_information, atol=1e-6)
 
 
+@pytest.mark.slow
+def test_packaged_mpnet_fits_lora_and_adapter_and_refuses_a_prefix_in_one_line():
+    """The five-wheel MPNet loads frozen; LoRA + adapter fit and predict on it; its attention does not run through
+    transformers' registry, so a prefix is refused by name before any fit."""
+    from pyro_bhpeft import load_backbone
+    from pyro_bhpeft.config import AdapterConfig, ConfigError, LoraConfig
+
+    backbone, tokenizer, name = load_backbone("mpnet")
+    assert name == "mpnet" and type(backbone).__name__ == "MPNetModel" and backbone.config.hidden_size == 768
+    enc = tokenizer(SENTENCES, padding=True, return_tensors="pt")
+    data = [({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, torch.tensor([1, 0, 1, 0]))]
+    model = SequenceClassifier(backbone, PeftConfig(lora=LoraConfig(r=4), adapter=AdapterConfig(bottleneck=8)),
+                               num_labels=2)
+    result = fit(model, MeanField(model), data, num_data=4, max_steps=2, epochs=2, backbone_name=name, progress=False)
+    assert all(torch.isfinite(torch.tensor(result.history)))
+    pred = predict(result.posterior, data, num_samples=3)
+    assert pred.probs.shape == (4, 2) and torch.allclose(pred.probs.sum(-1), torch.ones(4))
+    with pytest.raises(ConfigError, match="prefix-tuning needs.*MPNetModel does not: drop 'prefix'"):
+        SequenceClassifier(load_backbone("mpnet").model, PeftConfig.hybrid(r=4, bottleneck=8, prefix_length=4),
+                           num_labels=2)
+
+
 def test_max_steps_without_epochs_is_refused_and_only_caps_the_epochs_steps(make_bert, make_tokens):
     model = SequenceClassifier(make_bert(), KINDS["lora"](TARGETS["bert"]), num_labels=LABELS)
     data = [labelled("classifier", make_tokens)]

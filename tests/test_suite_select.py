@@ -157,3 +157,19 @@ def test_a_candidate_the_harness_cannot_run_on_a_task_is_out(tmp_path):
     assert any(line.startswith("`lora-llla`: out: the harness cannot run it on cloze") for line in lines)
     assert any(line.startswith("`laplace-kfac-probit`: out") and "need not run on a" in line for line in lines)
     assert not any(line.startswith("still to run") for line in lines)
+
+
+def test_a_candidate_with_a_prefix_is_refused_on_a_backbone_whose_attention_cannot_take_one(tmp_path):
+    # MPNet's attention skips transformers' attention registry, which our prefix goes through: the hybrid (LoRA +
+    # adapter + prefix) cannot run there, LoRA-only candidates can; a BERT takes the prefix
+    from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel
+
+    from pyro_bhpeft.compare import Protocol, refusal
+
+    for name, config, model in (("mpnet", MPNetConfig, MPNetModel), ("bert", BertConfig, BertModel)):
+        model(config(vocab_size=30, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32)).save_pretrained(tmp_path / name)
+    mpnet, bert = (Protocol(task="sentiment", backbone=str(tmp_path / n)) for n in ("mpnet", "bert"))
+    assert "MPNetModel's attention cannot take" in refusal(mpnet, "mean-field")
+    assert refusal(mpnet, "mean-field-lora") is None and refusal(mpnet, "lora") is None
+    assert refusal(bert, "mean-field") is None

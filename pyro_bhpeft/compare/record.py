@@ -141,11 +141,18 @@ def cached_fit(path: Path, marker: str, build: Callable[[], T], write: Callable[
 
 
 def refusal(protocol: Protocol, name: str) -> str | None:
-    """Why the harness cannot run method ``name`` under ``protocol`` (a phrase), or None when it can. Choices
+    """Why the harness cannot run method ``name`` under ``protocol`` (a phrase), or None when it can. A method
+    with a prefix part cannot run on a backbone whose attention skips transformers' registry (MPNet). Choices
     scored by their likelihood under a causal LM (``cloze``) leave no classifier head: the methods that train
     LoRA through the peft library (which scores answer letters or a pooled head only) and those that work on
     the linear head cannot run there."""
     entry = METHODS[name]
+    peft = (entry.base_fit or {}).get("peft")
+    if peft is not None and peft.prefix is not None:
+        from ..backbone import prefix_refusal
+
+        if why := prefix_refusal(protocol.backbone):
+            return why
     if protocol.mc_scoring == "letters":
         return None
     if "peft" in (entry.requires or ((), ""))[0]:
