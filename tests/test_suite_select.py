@@ -159,7 +159,7 @@ def test_a_candidate_the_harness_cannot_run_on_a_task_is_out(tmp_path):
     assert not any(line.startswith("still to run") for line in lines)
 
 
-def test_a_candidate_with_a_prefix_is_refused_on_a_backbone_whose_attention_cannot_take_one(tmp_path):
+def test_a_candidate_with_a_prefix_is_refused_on_a_backbone_whose_attention_cannot_take_one(tmp_path, monkeypatch):
     # MPNet's attention skips transformers' attention registry, which our prefix goes through: the hybrid (LoRA +
     # adapter + prefix) cannot run there, LoRA-only candidates can; a BERT takes the prefix
     from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel
@@ -173,3 +173,10 @@ def test_a_candidate_with_a_prefix_is_refused_on_a_backbone_whose_attention_cann
     assert "MPNetModel's attention cannot take" in refusal(mpnet, "mean-field")
     assert refusal(mpnet, "mean-field-lora") is None and refusal(mpnet, "lora") is None
     assert refusal(bert, "mean-field") is None
+    # the packaged aliases are judged by their recorded model type: nothing is fetched (the selection runs offline)
+    from pyro_bhpeft import assets
+
+    monkeypatch.setenv("PYRO_BHPEFT_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(assets, "_pip_download", lambda *a: pytest.fail("a packaged model was fetched"))
+    assert "MPNetModel" in refusal(Protocol(task="sentiment", backbone="mpnet"), "mean-field")
+    assert refusal(Protocol(task="sentiment", backbone="minilm"), "mean-field") is None
