@@ -287,7 +287,7 @@ def paired(cells: dict) -> list[dict[str, Any]]:
     for method, found in cells.items():
         shared = [s for s in found if s in cells.get("lora", {})] if method != "lora" else []
         for label, key, base, mult, digits, lower, draws in PAIRED:
-            if not shared or (draws and found[shared[0]]["samples"] == 0):
+            if not shared or (draws and not has_draws(found)):
                 continue
             diffs = [mult * (found[s][key] - cells["lora"][s][base]) for s in shared]
             rows.append({"method": method, "comparison": label, "key": key, "seeds": shared, "differences": diffs,
@@ -361,31 +361,48 @@ def wrong_auroc(rows: list[dict[str, Any]], values: Sequence[float]) -> float:
     return selective_answering([r["normalised_match"] for r in rows], values)["auroc_wrong"]
 
 
-# (column, how one answer's score is read from its row); what the mutual information carries besides length
-ATTRIBUTION = (("AUROC answer length", lambda r: r["tokens"]),
-               ("AUROC MI per token", lambda r: r["mutual_information"] / max(r["tokens"], 1)),
-               ("AUROC sd of draws' loglik", lambda r: statistics.pstdev(r["loglik_draws"])))
+# (column, one answer's score read from its row, needs posterior draws): what the mutual information carries
+# besides the answer's length, and what lora's own score carries
+ATTRIBUTION = (("AUROC answer length", lambda r: r["tokens"], False),
+               ("AUROC -loglik per token", lambda r: r["neg_loglik_mean"] / max(r["tokens"], 1), False),
+               ("AUROC MI per token", lambda r: r["mutual_information"] / max(r["tokens"], 1), True),
+               ("AUROC sd of draws' loglik", lambda r: statistics.pstdev(r["loglik_draws"]), True))
+# (column, the score correlated with the answer's length over the test answers, needs posterior draws)
+CORRELATIONS = (("corr(-loglik, length)", "neg_loglik_mean", False), ("corr(MI, length)", "mutual_information", True))
+
+
+def has_draws(found: dict[int, dict[str, Any]]) -> bool:
+    """Whether a method's cells predict with posterior draws (``samples`` > 0)."""
+    return bool(found[next(iter(found))]["samples"])
+
+
+def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Pearson's correlation, NaN where either is constant."""
+    import numpy as np
+
+    return float(np.corrcoef(xs, ys)[0, 1]) if np.std(xs) > 0 and np.std(ys) > 0 else math.nan
 
 
 def attribution(out: Path, cells: dict) -> tuple[str, dict[str, dict[str, Any]]]:
-    """Added after the verdict, to measure why the mutual information flags wrong answers as it does: per method
-    with draws (and lora for the length), the AUROC of the answer's length alone, of its mutual information per
-    token and of the spread of its log-likelihood over the draws, and the correlation of the summed mutual
-    information with the length; from each cell's ``answers.jsonl``."""
-    import numpy as np
-
+    """Why the mutual information flags wrong answers as it does, from each cell's ``answers.jsonl``: for lora and
+    each method with draws, the AUROC of the answer's length alone and of its negative log-likelihood per token,
+    and (with draws) of its mutual information per token and of the spread of its log-likelihood over the draws;
+    and the correlations of the summed scores with the length. A column that needs draws is NaN for lora."""
     derived: dict[str, dict[int, dict[str, float]]] = {}
     for method, found in cells.items():
-        if method != "lora" and not found[next(iter(found))]["samples"]:
+        draws = has_draws(found)
+        if method != "lora" and not draws:
             continue
         for seed in found:
             path = out / "cells" / f"{method}-seed{seed}" / "answers.jsonl"
             rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-            one = {label: wrong_auroc(rows, [score(r) for r in rows]) for label, score in ATTRIBUTION}
-            mi, tokens = [r["mutual_information"] for r in rows], [r["tokens"] for r in rows]
-            one["corr(MI, length)"] = float(np.corrcoef(mi, tokens)[0, 1]) if np.std(mi) > 0 and np.std(tokens) > 0 else math.nan
+            tokens = [r["tokens"] for r in rows]
+            one = {label: wrong_auroc(rows, [score(r) for r in rows]) if draws or not needs else math.nan
+                   for label, score, needs in ATTRIBUTION}
+            one.update({label: correlation([r[key] for r in rows], tokens) if draws or not needs else math.nan
+                        for label, key, needs in CORRELATIONS})
             derived.setdefault(method, {})[seed] = one
-    columns = [(label, label, 1, 3) for label, _ in ATTRIBUTION] + [("corr(MI, length)", "corr(MI, length)", 1, 2)]
+    columns = [(label, label, 1, 3) for label, *_ in ATTRIBUTION] + [(label, label, 1, 2) for label, *_ in CORRELATIONS]
     return table(derived, columns)
 
 
@@ -401,7 +418,7 @@ def summarize(out: Path, protocol: dict[str, Any]) -> Path:
     fig = figure(out, cells, protocol["seeds"][0])
     for method in numbers:
         numbers[method].update({k: v for k, v in unc_numbers[method].items() if k != "seeds"})
-    why_md, why_numbers = attribution(out, cells) if set(cells) - {"lora", "temperature"} else ("", {})
+    why_md, why_numbers = attribution(out, cells) if any(has_draws(f) for f in cells.values()) else ("", {})
     write_json(out / "comparison.json", {"cells": numbers, "paired": rows, "targets": verdict,
                                          "attribution": why_numbers})
     smoke = f" Smoke run: {protocol['overrides']} changed from {protocol['derived_from']}." if "overrides" in protocol else ""
@@ -421,11 +438,12 @@ def summarize(out: Path, protocol: dict[str, Any]) -> Path:
                   f"{verdict['mi_auroc_higher_mean_and_every_seed']}",
                   f"- exact match at most 1 point below lora's (mean): {verdict['exact_match_within_1_point']}"]
     if why_md:
-        lines += ["", "## Where the mutual information's signal comes from (added after the verdict)", "", why_md, "",
-                  "Each column a score for flagging wrong answers: the answer's length alone (its tokens), its "
-                  "mutual information per token, and the spread (sd) of its log-likelihood over the K draws; the "
-                  "last, the correlation over the test answers of the summed mutual information with the length. "
-                  "(0.5: chance; a constant score gives 0.5.)"]
+        lines += ["", "## Where the mutual information's signal comes from", "", why_md, "",
+                  "AUROC columns: a score for flagging wrong answers, as above: the answer's length alone (its "
+                  "tokens), its negative log-likelihood under the mean weights per token, its mutual information "
+                  "per token, and the spread (sd) of its log-likelihood over the K draws. corr: the correlation "
+                  "over the test answers of the summed score with the length. –: the column needs posterior "
+                  "draws."]
     lines += ["", "## Methods", ""] + [f"- `{m}`: {protocol['methods'][m]['description']}" for m in cells]
     if fig:
         lines += ["", f"![accuracy against coverage]({fig})"]

@@ -5,6 +5,7 @@ information zero, and smoke options refused into the committed folder."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -103,6 +104,7 @@ def test_the_summary_holds_the_cells_means_and_the_paired_differences(smoke):
     assert row["better"] == sum(a < b for a, b in zip(mine, lora))
     assert not any(r["method"] == "temperature" and r["key"] == "auroc_mutual_information" for r in summary["paired"])
     assert summary["targets"]["verdict"] == "missed"  # every answer of the tiny model is wrong: no AUROC
+    assert set(summary["attribution"]) == {"lora", "blob", "mean-field-lora"}  # temperature: no draws, lora's fit
 
 
 def test_a_second_call_runs_nothing(smoke, capsys, monkeypatch):
@@ -171,9 +173,9 @@ def test_the_attribution_separates_the_answers_length_from_the_mutual_informatio
     """Wrong answers are the long ones and each token carries the same mutual information: the length flags them
     perfectly, the MI per token is constant (chance), the summed MI follows the length exactly; the draws' spread
     is wider on the wrong answers."""
-    rows = [{"normalised_match": right, "tokens": n, "mutual_information": 0.25 * n,
-             "loglik_draws": [-1.0, -1.0 - spread]} for right, n, spread in
-            [(True, 1, 0.1), (True, 2, 0.0), (False, 3, 0.5), (False, 5, 0.3)]]
+    rows = [{"normalised_match": right, "tokens": n, "mutual_information": 0.25 * n, "neg_loglik_mean": nll,
+             "loglik_draws": [-1.0, -1.0 - spread]} for right, n, spread, nll in
+            [(True, 1, 0.1, 0.5), (True, 2, 0.0, 1.0), (False, 3, 0.5, 6.0), (False, 5, 0.3, 5.0)]]
     cells = {"lora": {0: {"samples": 0}}, "temperature": {0: {"samples": 0}}, "mean-field-lora": {0: {"samples": 8}}}
     for method in cells:
         folder = tmp_path / "cells" / f"{method}-seed0"
@@ -186,3 +188,8 @@ def test_the_attribution_separates_the_answers_length_from_the_mutual_informatio
     assert mine["AUROC MI per token"]["mean"] == 0.5
     assert mine["AUROC sd of draws' loglik"]["mean"] == 1.0
     assert mine["corr(MI, length)"]["mean"] == pytest.approx(1.0)
+    assert mine["AUROC -loglik per token"]["mean"] == 1.0  # per token 0.5, 0.5 right; 2.0, 1.0 wrong
+    assert numbers["lora"]["AUROC answer length"]["mean"] == 1.0
+    assert numbers["lora"]["corr(-loglik, length)"]["mean"] == pytest.approx(mine["corr(-loglik, length)"]["mean"])
+    for column in ("AUROC MI per token", "AUROC sd of draws' loglik", "corr(MI, length)"):  # lora has no draws
+        assert math.isnan(numbers["lora"][column]["mean"])
