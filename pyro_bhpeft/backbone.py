@@ -207,13 +207,14 @@ def prefix_refusal(name_or_path: str) -> str | None:
     from transformers import CONFIG_MAPPING, MODEL_MAPPING
 
     from .layers.arch import ARCHITECTURES
+    from .layers.prefix import routes_attention
 
     model_type = _model_type(name_or_path)
     config_class = CONFIG_MAPPING[model_type] if model_type in CONFIG_MAPPING else None
     model_class = MODEL_MAPPING[config_class] if config_class in MODEL_MAPPING else None
     if isinstance(model_class, tuple):  # a family with several base models (Funnel): the first is the full one
         model_class = model_class[0]
-    if model_class is not None and not getattr(model_class, "_supports_attention_backend", False):
+    if model_class is not None and not routes_attention(model_class):
         return (f"needs prefix-tuning, which {model_class.__name__}'s attention cannot take: it skips transformers' "
                 "AttentionInterface")
     entry = ARCHITECTURES[model_type] if model_type in ARCHITECTURES else None
@@ -223,11 +224,9 @@ def prefix_refusal(name_or_path: str) -> str | None:
 
 
 def _is_decoder(source: str) -> bool:
-    from transformers import AutoConfig
-
     from .layers.arch import ARCHITECTURES
 
-    model_type = AutoConfig.from_pretrained(source).model_type
+    model_type = _model_type(source)
     return model_type in ARCHITECTURES and ARCHITECTURES[model_type].decoder
 
 

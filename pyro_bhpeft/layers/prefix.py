@@ -16,8 +16,8 @@ from ..config import ConfigError, PrefixConfig
 from .base import PeftLayer, Site, normal_init
 from .kinds import Target, register_peft_kind
 
-__all__ = ["ATTN_NAME", "PrefixLayer", "enable_prefix_attention", "require_attention_interface", "attach_prefix",
-           "add_prefixes"]
+__all__ = ["ATTN_NAME", "PrefixLayer", "enable_prefix_attention", "routes_attention", "require_attention_interface",
+           "attach_prefix", "add_prefixes"]
 
 ATTN_NAME = "bhpeft_prefix"
 _PREFIX_ATTR = "bhpeft_prefix"
@@ -92,9 +92,14 @@ def prefix_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, 
     return sdpa_attention_forward(module, query, key, value, mask, is_causal=False, **kwargs)
 
 
+def routes_attention(model: nn.Module | type) -> bool:
+    """Whether a model (or its class) runs attention through transformers' registry, which our prefix needs."""
+    return bool(getattr(model, "_supports_attention_backend", False))
+
+
 def require_attention_interface(backbone: nn.Module) -> None:
     """Raise a clear error unless ``backbone`` routes attention through transformers' registry."""
-    if not getattr(backbone, "_supports_attention_backend", False):
+    if not routes_attention(backbone):
         raise ConfigError(
             f"prefix-tuning needs a model whose attention runs through transformers' AttentionInterface "
             f"(BERT, RoBERTa, DistilBERT, GPT-2, Llama, ...); {type(backbone).__name__} does not: "
