@@ -10,7 +10,9 @@ r=8 on query/value, steps, batch size, learning rate and seeds:
 * ``posterior-prior (bayes-lora-fs)``: the function-space Bayesian LoRA recipe of ``compare`` (variance on
   LoRA A under a prior in the weights' own scale, B and the head point masses, log-scales with their own
   learning rate, flipout), with round k-1's posterior as round k's prior (the point masses carried as
-  ``N(loc, 0.01^2)``, as ``update`` does).
+  ``N(loc, 0.01^2)``, as ``update`` does);
+* ``posterior-prior (bayes-lora-fs-mean)``: the same rounds, predicting with each round's posterior mean (the
+  preset's ``predict_samples=0``; added for issue 32, where that recipe leads the default-recipe suite).
 
 After every round each method is evaluated on the test set of every round seen so far (accuracy,
 NLL, ECE). Forgetting of round j after round k is ``acc_j(after j) - acc_j(after k)``; the table
@@ -64,6 +66,7 @@ METHODS = {
     "naive sequential": Strategy(Delta, bayesian=False, posterior_as_prior=False, warm_start=True),
     "joint refit": Strategy(MeanField, posterior_as_prior=False, joint=True),
     "posterior-prior (bayes-lora-fs)": Strategy(None, recipe="bayes-lora-fs"),
+    "posterior-prior (bayes-lora-fs-mean)": Strategy(None, recipe="bayes-lora-fs-mean"),
 }
 
 
@@ -122,7 +125,8 @@ def run_cell(method: str, seed: int, args, tokenizer) -> list[list[dict]]:
         data = joint_data(rounds[: k + 1]) if strategy.joint else rounds[k]
         prev = None if strategy.joint else previous
         previous = train_round(strategy, data, tokenizer, prev, args, seed)
-        samples = args.samples if strategy.bayesian else 0
+        drawn = PRESETS[strategy.recipe].get("predict_samples") if strategy.recipe else None
+        samples = (args.samples if drawn is None else drawn) if strategy.bayesian else 0
         results.append([evaluate(previous, rounds[j], tokenizer, args, samples) for j in range(k + 1)])
         print(f"seed {seed} {method} round {k + 1}: " + ", ".join(
             f"{ROUNDS[j]} acc {r['accuracy']:.3f}" for j, r in enumerate(results[-1])), flush=True)

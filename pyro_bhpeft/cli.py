@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy/NLL/Brier/ECE (or MSE) of a saved run")
     p.add_argument("run", help="run directory written by fit")
     add_data_args(p, for_fit=False)
-    p.add_argument("--samples", type=int, default=samples,
-                   help=f"posterior samples K (default: {samples}; also reports K=0, the mean)")
+    p.add_argument("--samples", type=int, default=None,
+                   help=f"posterior samples K (default: the run's recipe's, {samples} unless it predicts with the "
+                        "posterior mean; also reports K=0, the mean)")
     p.add_argument("--out", help="JSON file to write (default: RUN/metrics-SPLIT.json; with --data, "
                                  "RUN/metrics-FILESTEM-HASH.json beside the run's own)")
     add_device_arg(p)
@@ -54,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        "language-model run: a generated answer per prompt, with its uncertainty)")
     p.add_argument("run")
     add_data_args(p, for_fit=False)
-    p.add_argument("--samples", type=int, default=samples, help=f"posterior samples K (default: {samples})")
+    p.add_argument("--samples", type=int, default=None,
+                   help=f"posterior samples K (default: the run's recipe's, {samples} unless it predicts with the "
+                        "posterior mean)")
     p.add_argument("--out", required=True, help="output file, .csv or .jsonl")
     p.add_argument("--mode", choices=STATIC["modes"], default="auto",
                    help="how the draws become predictions: auto (the cheapest exact mode the run supports), "

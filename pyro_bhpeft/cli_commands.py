@@ -143,6 +143,8 @@ def _train_rows(source: dict[str, Any]) -> int:
 
 def _where(args: argparse.Namespace) -> dict[str, Any]:
     """Which data evaluate/predict score: ``--split`` of the run's data, or ``--data`` with column flags."""
+    if args.samples is not None and args.samples < 0:
+        raise UserError(f"--samples must be >= 0 (0: the posterior mean alone), got {args.samples}")
     given = {k: v for k, v in _columns(args).items() if v is not None}
     if (given or args.delimiter or args.drop_unseen) and not args.data:
         flags = ", ".join("--" + k.replace("_", "-") for k in given) or (
@@ -200,19 +202,18 @@ def _answers(args: argparse.Namespace, config: dict[str, Any]) -> list[dict[str,
     new_tokens = STATIC["max_new_tokens"] if args.max_new_tokens is None else args.max_new_tokens
     if new_tokens < 1:
         raise UserError(f"--max-new-tokens must be a positive integer, got {new_tokens}")
-    if args.samples < 0:
-        raise UserError(f"--samples must be >= 0 (0: the posterior mean alone), got {args.samples}")
     for flag, given in (("--mode", args.mode != "auto"), ("--drop-unseen", args.drop_unseen)):
         if given:
             where["tell"](f"{flag} applies to classifier and regression runs; ignored for a language-model run")
     prompts, gold = _prompts(args, where)
     from .backbone import load_tokenizer
     from .language import generate, generation_rows
-    from .runs import load_run
+    from .runs import load_run, run_samples
 
     posterior, _ = load_run(args.run, where["device"])
     tokenizer = load_tokenizer(posterior.backbone_name)
-    rows = generate(posterior, tokenizer, prompts, max_new_tokens=new_tokens, num_samples=args.samples)
+    samples = run_samples(posterior) if args.samples is None else args.samples
+    rows = generate(posterior, tokenizer, prompts, max_new_tokens=new_tokens, num_samples=samples)
     return generation_rows(rows, gold)
 
 

@@ -149,6 +149,9 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
                    help="learning-rate decay after the warm-up (default: none)")
     t.add_argument("--max-length", type=int, default=Recipe.max_length)
     t.add_argument("--seed", type=int, default=Recipe.seed)
+    t.add_argument("--predict-samples", type=int, default=Recipe.predict_samples, metavar="K",
+                   help="posterior draws evaluate and predict take by default for this run (0: one forward at the "
+                        f"posterior mean; default: {STATIC['samples']})")
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:

@@ -51,7 +51,7 @@ def _run_method(name: str, recipe: Recipe, data, source, eval_splits, out: Path)
     backbone = load_backbone(recipe.backbone)
     result = fit_run(recipe, data, out / "runs" / _slug(name), source=source, backbone=backbone, overwrite=True)
     tokenized = tokenize(data, backbone.tokenizer, recipe.max_length)
-    samples = 0 if GUIDES[recipe.guide].point_mass else DEMO_SAMPLES
+    samples = 0 if GUIDES[recipe.guide].point_mass else recipe.samples  # DEMO_SAMPLES unless the recipe says
     found, probs = {}, {}
     for split in eval_splits:
         pred = predict(result.posterior, make_loader(tokenized[split], EVAL_BATCH_SIZE), num_samples=samples,

@@ -285,14 +285,13 @@ class BayesianPEFT:
                 mode: str = "sample", **kwargs: Any):
         """Predictions with uncertainty: a :class:`~pyro_bhpeft.predict.ClassPrediction` (``probs``,
         ``predictive_entropy``, ``mutual_information``) or ``RegressionPrediction``. ``data``: a list of texts
-        (no labels needed) or anything :meth:`fit` takes (its ``split``). ``mode``: ``sample`` (``samples``
-        posterior draws; 0 = the posterior mean), ``closed-form``, ``shared-trunk`` or ``auto``
-        (:mod:`pyro_bhpeft.modes`; :meth:`predictive_mode` says which ``auto`` takes)."""
+        (no labels needed) or anything :meth:`fit` takes (its ``split``). ``samples``: posterior draws (default:
+        the recipe's ``predict_samples``, else 8; 0 = the posterior mean). ``mode``: ``sample``, ``closed-form``,
+        ``shared-trunk`` or ``auto`` (:mod:`pyro_bhpeft.modes`; :meth:`predictive_mode` says which ``auto`` takes)."""
         from .modes import predict_with
-        from .predict import DEFAULT_SAMPLES
 
         posterior, mode = self.posterior, self.predictive_mode(mode)
-        k = DEFAULT_SAMPLES if samples is None else samples
+        k = self.recipe.samples if samples is None else samples
         return predict_with(posterior, self.loader(data, split=split), mode, num_samples=k, seed=seed, **kwargs)
 
     def predictive_mode(self, mode: str = "auto") -> str:
@@ -304,10 +303,9 @@ class BayesianPEFT:
     def evaluate(self, data: Any, *, samples: int | None = None, seed: int = 0, split: str = "test") -> dict:
         """Accuracy, NLL, Brier, ECE (or MSE, Gaussian NLL, coverage; a language model's token perplexity, accuracy,
         ECE and NLL) of labelled ``data`` under the posterior."""
-        from .predict import DEFAULT_SAMPLES
         from .runs import evaluate_split
 
-        k = DEFAULT_SAMPLES if samples is None else samples
+        k = self.recipe.samples if samples is None else samples
         if self.spec is not None and self.spec.kind == "language_model":
             from .language import token_metrics
 
@@ -319,9 +317,8 @@ class BayesianPEFT:
         """Greedy answers under the posterior mean, each with its likelihood under ``samples`` posterior draws,
         predictive and expected NLL, and token entropy and mutual information (:func:`pyro_bhpeft.language.generate`)."""
         from .language import generate
-        from .predict import DEFAULT_SAMPLES
 
-        k = DEFAULT_SAMPLES if samples is None else samples
+        k = self.recipe.samples if samples is None else samples
         return generate(self.posterior, self.backbone.tokenizer, prompts, max_new_tokens=max_new_tokens,
                         num_samples=k, seed=seed)
 

@@ -31,7 +31,7 @@ EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
 LR_DECAYS = ("none", "linear")
 MC_SCORINGS = ("letters", "cloze", "cloze-mean")  # see pyro_bhpeft.data.prompts.for_backbone
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # the keys of backbone.DTYPES (a test checks they agree)
-_ADDED = ("warmup_ratio", "lr_decay", "dtype", "gate_lr", "random_blocks", "mc_scoring")  # fields added later, written only when set (see Recipe.to_dict)
+_ADDED = ("warmup_ratio", "lr_decay", "dtype", "gate_lr", "random_blocks", "mc_scoring", "predict_samples")  # fields added later, written only when set (see Recipe.to_dict)
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,7 @@ class Recipe:
     gate_lr: float | None = None  # learning rate of the gate logits of gated LoRA (None: lr)
     random_blocks: int | None = None  # variance only in the top N blocks and the head (predict shares the trunk)
     mc_scoring: str = "letters"  # multiple choice on a causal LM: answer letters, or "cloze"/"cloze-mean"
+    predict_samples: int | None = None  # draws predict/evaluate take by default (0: the posterior mean; None: 8)
 
     def __post_init__(self) -> None:
         from .backbone import DTYPES
@@ -96,6 +97,9 @@ class Recipe:
                               f"{self.random_blocks!r} with guide {self.guide!r}")
         if self.mc_scoring not in MC_SCORINGS:
             raise ConfigError(f"unknown mc_scoring {self.mc_scoring!r}; choose one of {', '.join(MC_SCORINGS)}")
+        if self.predict_samples is not None and (isinstance(self.predict_samples, bool) or self.predict_samples < 0):
+            raise ConfigError(f"predict_samples is a number of posterior draws >= 0 (0: the posterior mean), "
+                              f"got {self.predict_samples!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"warmup_ratio is a fraction of the steps in [0, 1), got {self.warmup_ratio}")
         object.__setattr__(self, "deterministic", tuple(self.deterministic))
@@ -103,6 +107,13 @@ class Recipe:
     @property
     def initial_scale(self) -> float | tuple[float, float]:
         return self.init_scale if self.init_scale_high is None else (self.init_scale, self.init_scale_high)
+
+    @property
+    def samples(self) -> int:
+        """The posterior draws its runs predict with by default (``predict_samples``, else the library's)."""
+        from .predict import DEFAULT_SAMPLES
+
+        return DEFAULT_SAMPLES if self.predict_samples is None else self.predict_samples
 
     def with_(self, **changes: Any) -> "Recipe":
         return replace(self, **changes)
@@ -204,7 +215,8 @@ def fit_options(recipe: Recipe) -> dict[str, Any]:
 
 # Named recipes: the changes each makes to a :class:`Recipe` (``Recipe().with_(**PRESETS[name])``). Built on first
 # use (their PEFT configs need the layer registry, and so torch); their names are known without building them.
-PRESET_NAMES = ("bh-peft-0.1", "blob", "bh-peft-fs", "bayes-lora-fs", "lora-gates", "bh-peft-low-rank")
+PRESET_NAMES = ("bh-peft-0.1", "blob", "bh-peft-fs", "bayes-lora-fs", "bayes-lora-fs-mean", "lora-gates",
+                "bh-peft-low-rank")
 # The default recipe of ``fit`` per task kind where it is not ``Recipe()``: a preset's name. Chosen by the
 # default-recipe suite's rule on validation (docs/suite/README.md, docs/results/suite.md).
 KIND_DEFAULTS = {"regression": "bh-peft-low-rank"}
@@ -225,6 +237,8 @@ def _builtin_presets(presets: Registry) -> None:
         "scale_param": "log", "scale_lr": 0.05, "flipout": True})
     presets.register("bayes-lora-fs", {  # the same on LoRA alone: variance on A, B and the head point masses
         **presets["bh-peft-fs"], "peft": PeftConfig()})
+    presets.register("bayes-lora-fs-mean", {  # that fit, predicting with its posterior mean: one forward, no draws
+        **presets["bayes-lora-fs"], "predict_samples": 0})  # (compare's bayes-lora-fs-mean; docs/suite)
     presets.register("bh-peft-low-rank", {  # the hybrid under N(0, 1) with a rank-8 low-rank guide: the regression default,
         "peft": PeftConfig.hybrid(), "guide": "low-rank", "epochs": 5})  # for the 5 epochs the suite measured it at
     presets.register("lora-gates", {  # Bayesian rank and bit gates (Meo et al. 2024): the gates random, the weights MLE

@@ -23,7 +23,7 @@ from .posterior import Posterior, is_run, read_config
 from .predict import DEFAULT_SAMPLES
 from .recipe import Recipe
 
-__all__ = ["DataSource", "COLUMNS", "file_columns", "random_rows", "training_subset", "fit_run", "fit_identity",
+__all__ = ["DataSource", "COLUMNS", "file_columns", "random_rows", "training_subset", "fit_run", "fit_identity", "run_samples",
            "checkpoint_path",
            "save_run", "load_run",
            "data_hash", "source_files", "file_fingerprint", "recorded_data", "run_kind", "evaluate_split", "eval_loader",
@@ -302,17 +302,25 @@ def eval_loader(run: str | Path, *, split: str = "test", data_file: str | Path |
     return posterior, data, split, make_loader(tokenize(data, tokenizer, max_length)[split], batch_size)
 
 
-def evaluate_run(run: str | Path, *, samples: int = DEFAULT_SAMPLES, **where: Any) -> dict[str, Any]:
-    """``{"split", "samples": metrics with K draws, "mean_only": metrics of the posterior mean}`` of a saved
-    run; ``where``: ``split``, ``data_file``, ``columns`` as in :func:`eval_loader`."""
+def run_samples(posterior: Posterior) -> int:
+    """The posterior draws a run predicts with by default: its recipe's (:attr:`Recipe.samples`)."""
+    recipe = posterior.meta.get("recipe")
+    return Recipe.from_dict(recipe).samples if recipe else DEFAULT_SAMPLES
+
+
+def evaluate_run(run: str | Path, *, samples: int | None = None, **where: Any) -> dict[str, Any]:
+    """``{"split", "samples": metrics with K draws (default: the run's recipe's), "mean_only": metrics of the
+    posterior mean}`` of a saved run; ``where``: ``split``, ``data_file``, ``columns`` as in :func:`eval_loader`."""
     posterior, _, split, loader = eval_loader(run, **where)
+    samples = run_samples(posterior) if samples is None else samples
     return {"split": split, "samples": evaluate_split(posterior, loader, samples),
             "mean_only": evaluate_split(posterior, loader, 0)}
 
 
-def predict_run(run: str | Path, *, samples: int = DEFAULT_SAMPLES, mode: str = "sample",
+def predict_run(run: str | Path, *, samples: int | None = None, mode: str = "sample",
                 **where: Any) -> list[dict[str, Any]]:
-    """Per-example predictions of a saved run (:func:`pyro_bhpeft.predict.prediction_rows`) in predictive ``mode``
+    """Per-example predictions of a saved run (:func:`pyro_bhpeft.predict.prediction_rows`) with ``samples`` draws
+    (default: the run's recipe's) in predictive ``mode``
     (:mod:`pyro_bhpeft.modes`; ``where["tell"]``, when given, hears which mode ``auto`` took); ``where`` as in
     :func:`eval_loader`."""
     from .modes import predict_with, resolve_mode
@@ -324,7 +332,7 @@ def predict_run(run: str | Path, *, samples: int = DEFAULT_SAMPLES, mode: str = 
     used = resolve_mode(posterior, mode)
     if where.get("tell"):
         where["tell"](f"predictive mode: {used}" + (" (auto)" if mode == "auto" else ""))
-    pred = predict_with(posterior, loader, used, num_samples=samples)
+    pred = predict_with(posterior, loader, used, num_samples=run_samples(posterior) if samples is None else samples)
     unlabelled = pred.labels is None
     out = prediction_rows(pred, texts, posterior.meta.get("label_names") or ())
     return [{k: v for k, v in row.items() if k != "label"} for row in out] if unlabelled else out

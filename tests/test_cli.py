@@ -301,7 +301,8 @@ def test_cli_defaults_are_the_library_defaults():
     from pyro_bhpeft.predict import predict
     import inspect
 
-    assert _defaults("evaluate")["samples"] == _defaults("predict")["samples"] == DEFAULT_SAMPLES == 8
+    assert _defaults("evaluate")["samples"] is _defaults("predict")["samples"] is None  # the run's recipe's
+    assert Recipe().samples == DEFAULT_SAMPLES == 8 and fit["predict_samples"] is Recipe.predict_samples is None
     assert compare["samples"] == Protocol.samples == DEMO_SAMPLES == DEFAULT_SAMPLES
     assert inspect.signature(predict).parameters["num_samples"].default == DEFAULT_SAMPLES
 
@@ -337,6 +338,44 @@ def test_a_recipe_preset_sets_the_defaults_and_flags_still_win():
     assert _recipe(parse_args(base + ["bh-peft-fs"])) == Recipe().with_(**PRESETS["bh-peft-fs"])
     changed = _recipe(parse_args(base + ["blob", "--no-flipout", "--prior-scale", "0.1"]))
     assert changed == Recipe().with_(**{**PRESETS["blob"], "flipout": False, "prior_scale": 0.1})
+
+
+def test_a_run_predicts_with_its_recipes_draws_unless_told(tiny_backbone, files, tmp_path, capsys):
+    """bayes-lora-fs-mean records predict_samples 0: evaluate and predict then score the posterior mean by default
+    (the same numbers as --samples 0), --samples still draws, and the Python front door reads the same default."""
+    from pyro_bhpeft import BayesianPEFT
+    from pyro_bhpeft.cli import parse_args
+    from pyro_bhpeft.cli_options import recipe_from as _recipe
+    from pyro_bhpeft.recipe import PRESETS, Recipe
+
+    preset = Recipe().with_(**PRESETS["bayes-lora-fs-mean"])
+    assert preset == Recipe().with_(**PRESETS["bayes-lora-fs"], predict_samples=0) and preset.samples == 0
+    assert _recipe(parse_args(["fit", "--train", "x", "--out", "r", "--recipe", "bayes-lora-fs-mean"])) == preset
+    assert Recipe.from_dict(preset.to_dict()) == preset and "predict_samples" not in Recipe().to_dict()
+    train, test = files
+    run = tmp_path / "run"
+    assert run_cli(*_fit_args(tiny_backbone, train, run, "--recipe", "bayes-lora-fs-mean", "--peft", "lora",
+                              "--lora-r", 2)) == 0
+    where = ("--data", test, "--text-column", "review", "--label-column", "sentiment")
+    scored = {}
+    for name, flags in (("default", ()), ("mean", ("--samples", 0)), ("drawn", ("--samples", 3))):
+        assert run_cli("evaluate", run, *where, *flags, "--out", tmp_path / f"{name}.json") == 0
+        assert run_cli("predict", run, *where, *flags, "--out", tmp_path / f"{name}.csv") == 0
+        scored[name] = (json.loads((tmp_path / f"{name}.json").read_text())["samples"],
+                        pd.read_csv(tmp_path / f"{name}.csv"))
+    assert scored["default"][0] == scored["mean"][0] and scored["default"][0]["num_samples"] == 0
+    pd.testing.assert_frame_equal(scored["default"][1], scored["mean"][1])
+    assert (scored["default"][1]["mutual_information"] == 0).all()
+    assert scored["drawn"][0]["num_samples"] == 3 and scored["drawn"][1]["mutual_information"].max() > 0
+    loaded = BayesianPEFT.load(run)
+    assert loaded.recipe.samples == 0
+    texts = list(pd.read_json(test, lines=True)["review"][:4])
+    torch = pytest.importorskip("torch")
+    torch.testing.assert_close(loaded.predict(texts).probs, loaded.predict(texts, samples=0).probs, rtol=0, atol=0)
+    assert run_cli("evaluate", run, *where, "--samples", -1) == 2
+    assert "--samples must be >= 0" in capsys.readouterr().err
+    assert run_cli(*_fit_args(tiny_backbone, train, tmp_path / "bad", "--predict-samples", -1)) == 2
+    assert "predict_samples is a number of posterior draws >= 0" in capsys.readouterr().err
 
 
 def test_the_gates_preset_keeps_its_gate_config_and_the_gate_options_change_it():

@@ -646,3 +646,16 @@ def test_adding_a_method_to_a_comparison_keeps_the_other_methods_rows(tiny_backb
     run_compare(protocol(tiny_backbone), out, methods=("lora",), seeds=(0,), data=data, progress=False)
     run_compare(protocol(tiny_backbone), out, methods=("map",), seeds=(0,), data=data, progress=False)
     assert list(cells_csv(out / "comparison.csv")) == ["lora", "map"]
+
+
+def test_how_a_fit_predicts_is_not_part_of_its_key():
+    """bayes-lora-fs and bayes-lora-fs-mean are one fit: the recipe's predict_samples does not enter fit_dir."""
+    from pathlib import Path
+
+    from pyro_bhpeft.compare.bench import fit_dir
+    from pyro_bhpeft.recipe import PRESETS, Recipe
+
+    sampled = Recipe().with_(**PRESETS["bayes-lora-fs"])
+    assert fit_dir(Path("c"), sampled) == fit_dir(Path("c"), Recipe().with_(**PRESETS["bayes-lora-fs-mean"]))
+    assert fit_dir(Path("c"), sampled) != fit_dir(Path("c"), sampled.with_(seed=1))
+    assert fit_dir(Path("c"), sampled) != fit_dir(Path("c"), sampled.with_(flipout=False))

@@ -21,8 +21,10 @@ CHECKPOINT_EVERY = 50  # steps between checkpoints of a comparison's fits (an in
 
 def fit_dir(out: Path, recipe: Recipe) -> Path:
     """Where :meth:`Bench.fitted` keeps the fit of ``recipe``: ``fits/{guide}-seed{seed}-{key}``, the key
-    being the first 12 hex digits of the SHA-256 of the recipe's sorted JSON (committed results rely on it)."""
-    key = hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    being the first 12 hex digits of the SHA-256 of the recipe's sorted JSON (committed results rely on it), less
+    ``predict_samples``: how a fit predicts is not part of it."""
+    fitted = recipe.with_(predict_samples=None).to_dict()
+    key = hashlib.sha256(json.dumps(fitted, sort_keys=True).encode()).hexdigest()[:12]
     return Path(out) / "fits" / f"{recipe.guide}-seed{recipe.seed}-{key}"
 
 
