@@ -224,10 +224,14 @@ class BayesianPeftModel(PyroModule):
         return [self.outputs(w, features[i * rows:(i + 1) * rows], batch) for i, w in enumerate(draws)]
 
     @contextlib.contextmanager
-    def bound(self, weights: Mapping[str, torch.Tensor], group: int = 1, samples: int | None = None):
+    def bound(self, weights: Mapping[str, torch.Tensor], group: int = 1, samples: int | None = None,
+              passes: bool = False):
         """Bind sampled PEFT tensors to their layers for the duration of a forward pass; ``group`` backbone rows
         make one example (the choices of a question), so flipout gives them one perturbation; ``samples=K``:
-        the tensors stack ``K`` draws and the rows are ``K`` copies of the batch (:meth:`run_samples`)."""
+        the tensors stack ``K`` draws and the rows are ``K`` copies of the batch (:meth:`run_samples`).
+        ``passes``: the examples go through the backbone in several passes (the first with one row per example,
+        the later ones with ``group`` rows per example, set on the layers between passes), and flipout keeps the
+        first pass's perturbation for the later ones."""
         flipout = self._flipout()
         try:
             for layer, names in self._layer_sites:
@@ -236,11 +240,19 @@ class BayesianPeftModel(PyroModule):
                     locs = {f"{local}:loc": flipout(full) for local, full in names if full in weights}
                     mine.update({k: v for k, v in locs.items() if v is not None})
                     mine["flipout:group"] = group
+                    if passes:
+                        mine["flipout:signs"] = {}
                 layer.bind(mine or None, samples=samples if mine else None)  # no weights given: inactive
             yield
         finally:
             for layer in self.peft_layers:
                 layer.bind(None)
+
+    def regroup(self, group: int) -> None:
+        """Within :meth:`bound`: the next pass has ``group`` backbone rows per example (flipout's grouping)."""
+        for layer in self.peft_layers:
+            if layer._weights is not None and "flipout:group" in layer._weights:
+                layer._weights["flipout:group"] = group
 
     def _flipout(self) -> Any:
         """The guide's means to perturb around: an active :class:`~.effects.Flipout`'s, else ``flipout_locs``."""

@@ -24,6 +24,7 @@ from pyro_bhpeft.layers import Site
 
 from .base import BayesianPeftModel
 from .classifier import choice_scores, flatten_choices
+from .lm import _cache_argument
 
 __all__ = ["ClozeChoice", "ClozeChoiceMean", "continuation_logprob"]
 
@@ -54,6 +55,43 @@ class ClozeChoice(BayesianPeftModel):
             raise ConfigError("cloze scoring needs a causal LM backbone (loaded with its LM head, as load_backbone "
                               "loads a decoder)")
 
+    @property
+    def share_context(self) -> bool:
+        """Whether :meth:`run` scores a question's shared context once (exact: the same scores, and the same
+        flipout perturbation, as one pass over every (context, choice) row): not with prefix-tuning (its
+        attention function keeps no cache) nor with the backbone's dropout on (each row would get its own mask)."""
+        return not self.backbone.training and not any(layer.kind == "prefix" for layer in self.peft_layers)
+
+    def _split(self, flat: Mapping[str, torch.Tensor], choices: int
+               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None:
+        """``(context, rest)``: each question's leading tokens common to all its choices, less the last (whose
+        output predicts a choice's first token), one row per question, right padded; and each row's remaining
+        tokens, right padded, with their positions and continuation mask. None where a question shares no
+        token to cache."""
+        ids, mask, cont = flat["input_ids"], flat["attention_mask"], flat["continuation_mask"]
+        rows, length = ids.shape
+        q = rows // choices
+        grouped = ids.view(q, choices, length)
+        same = (grouped == grouped[:, :1]).all(1) & (mask.view(q, choices, length).bool().all(1)) \
+            & ~cont.view(q, choices, length).bool().any(1)  # (q, length)
+        common = same.int().cumprod(1).sum(1)  # the length of each question's common prefix
+        shared = (common - 1).clamp_min(0)
+        if int(shared.min()) < 1:
+            return None
+        positions = torch.arange(length, device=ids.device)
+        width = int(shared.max())
+        context = {"input_ids": grouped[:, 0, :width],
+                   "attention_mask": (positions[:width] < shared[:, None]).long()}
+        start = shared.repeat_interleave(choices)  # (rows,)
+        size = mask.sum(1) - start
+        span = int(size.max())
+        where = (start[:, None] + positions[None, :span]).clamp_max(length - 1)
+        kept = positions[None, :span] < size[:, None]
+        rest = {"input_ids": ids.gather(1, where).masked_fill(~kept, 0),
+                "attention_mask": kept.long(), "continuation_mask": cont.gather(1, where) * kept,
+                "position_ids": start[:, None] + positions[None, :span]}
+        return context, rest
+
     def head_sites(self) -> dict[str, Site]:
         return {}
 
@@ -64,8 +102,21 @@ class ClozeChoice(BayesianPeftModel):
         device = self._device()
         flat = {k: v.to(device) for k, v in self.flatten_inputs(batch).items()}
         choices = batch["input_ids"].shape[1]
-        with self.bound(weights, group=choices):
-            hidden = self.backbone(input_ids=flat["input_ids"], attention_mask=flat["attention_mask"]).last_hidden_state
+        split = self._split(flat, choices) if self.share_context else None
+        with self.bound(weights, group=1 if split else choices, passes=split is not None):
+            if split is None:
+                hidden = self.backbone(input_ids=flat["input_ids"],
+                                       attention_mask=flat["attention_mask"]).last_hidden_state
+            else:  # each question's context once, then its choices on the context's cached keys and values
+                context, rest = split
+                name = _cache_argument(self.backbone)
+                cache = self.backbone(**context, use_cache=True).get(name)
+                cache.batch_repeat_interleave(choices)
+                self.regroup(choices)  # flipout: the choices of a question keep its context's perturbation
+                mask = torch.cat([context["attention_mask"].repeat_interleave(choices, 0), rest["attention_mask"]], 1)
+                hidden = self.backbone(input_ids=rest["input_ids"], attention_mask=mask,
+                                       position_ids=rest["position_ids"], **{name: cache}).last_hidden_state
+                flat = rest
         total, count = continuation_logprob(self.backbone, hidden, flat["input_ids"], flat["continuation_mask"])
         scores = total / count.clamp_min(1) if self.normalise else total
         return choice_scores(scores.unsqueeze(-1), batch)

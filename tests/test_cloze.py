@@ -119,3 +119,40 @@ def test_right_padding_is_trimmed_to_the_longest_row_and_changes_no_score(lm_dir
     with torch.no_grad():
         torch.testing.assert_close(model.model.run(weights, inputs), model.model.run(weights, padded), rtol=0,
                                    atol=1e-5)
+
+
+def test_scoring_the_shared_context_once_changes_no_score_gradient_or_flipout_draw(lm_dir, monkeypatch):
+    """run() passes each question's context once and its choices on the cached keys and values: the scores, their
+    gradients and, under flipout, the perturbation per question are those of one pass over every full row."""
+    from pyro_bhpeft.models.cloze import ClozeChoice
+    from pyro_bhpeft.models.effects import Flipout
+
+    data = quiz()
+    model = BayesianPEFT(lm_dir, task=data, mc_scoring="cloze", guide="mle", r=2, max_length=40, batch_size=4)
+    model.fit(data, max_steps=1, lr=1e-9, progress=False)
+    inputs = next(iter(model.loader(data)))[0]
+    cloze = model.model
+    flat = {k: v for k, v in cloze.flatten_inputs(inputs).items()}
+    context, rest = cloze._split(flat, inputs["input_ids"].shape[1])
+    assert rest["input_ids"].shape[1] < flat["input_ids"].shape[1] and context["input_ids"].shape[1] > 2
+    gen = torch.Generator().manual_seed(0)
+    weights = {k: (0.3 * torch.randn(v.shape, generator=gen)).requires_grad_() for k, v in model.posterior.mean().items()}
+    locs = {k: 0.3 * torch.randn(v.shape, generator=gen) for k, v in weights.items() if k.endswith("lora_A")}
+
+    def scored(share: bool, flipout: bool):
+        monkeypatch.setattr(ClozeChoice, "share_context", property(lambda self: share))
+        torch.manual_seed(1)
+        if flipout:
+            with Flipout(locs.get):
+                scores = cloze.run(weights, inputs)
+        else:
+            scores = cloze.run(weights, inputs)
+        grads = torch.autograd.grad(scores.logsumexp(-1).sum() - scores[:, 0].sum(), list(weights.values()))
+        return scores.detach(), grads
+
+    for flipout in (False, True):
+        (once, g_once), (full, g_full) = scored(True, flipout), scored(False, flipout)
+        torch.testing.assert_close(once, full, rtol=0, atol=1e-5)
+        for a, b in zip(g_once, g_full):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(scored(True, True)[0], scored(True, False)[0], atol=1e-3)  # flipout perturbed them

@@ -50,14 +50,15 @@ class LoraLinear(PeftLayer):
             low = per_sample(x, self._samples) @ a.transpose(1, 2)
             delta = (low @ (b.transpose(1, 2) * self.scaling)).reshape(*x.shape[:-1], b.shape[1])
         elif loc is not None:
-            delta = flipout_lora(x, loc, a - loc, b, self.scaling, group=self._weights.get("flipout:group", 1))
+            delta = flipout_lora(x, loc, a - loc, b, self.scaling, group=self._weights.get("flipout:group", 1),
+                                 signs=self._weights.get("flipout:signs"))
         else:
             delta = (x @ a.T) @ (b.T * self.scaling)  # (..., in) -> (..., r) -> (..., out)
         return y + delta.to(y.dtype)
 
 
 def flipout_lora(x: torch.Tensor, loc: torch.Tensor, noise: torch.Tensor, b: torch.Tensor, scaling: float,
-                 group: int = 1) -> torch.Tensor:
+                 group: int = 1, signs: dict | None = None) -> torch.Tensor:
     """The LoRA delta with flipout on ``A`` (Wen et al. 2018, as BLoB uses it).
 
     One Gaussian draw ``noise = A - loc`` serves the whole batch; each example (the first dimension of
@@ -67,13 +68,23 @@ def flipout_lora(x: torch.Tensor, loc: torch.Tensor, noise: torch.Tensor, b: tor
     per example would. (BLoB's code draws signs per token; per example costs ``seq`` times fewer random
     numbers and keeps one effective weight per sequence.) Each run of ``group`` consecutive rows of ``x`` is
     one example (a question's choices, folded into the batch) and shares one set of signs, so the softmax
-    over its choices is computed under one weight. ``B`` is never flipped.
+    over its choices is computed under one weight. ``B`` is never flipped. ``signs``: a dict kept across the
+    forward passes of one weight binding: the first pass stores its signs there, later passes (the same examples,
+    perhaps in groups of rows) reuse them, so an example run in two passes (a question, then its choices) sees
+    one perturbation.
     """
     if x.shape[0] % group:
         raise ValueError(f"flipout groups of {group} rows do not divide a batch of {x.shape[0]}")
     shape = (x.shape[0] // group, *([1] * (x.dim() - 2)))  # (examples, 1, ..., 1): broadcast over tokens
-    r = torch.empty(*shape, x.shape[-1], dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
-    s = torch.empty(*shape, loc.shape[0], dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+    if signs:
+        r, s = signs["r"], signs["s"]
+        if r.shape[0] != shape[0]:
+            raise ValueError(f"flipout signs were drawn for {r.shape[0]} examples, not {shape[0]}")
+    else:
+        r = torch.empty(*shape, x.shape[-1], dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+        s = torch.empty(*shape, loc.shape[0], dtype=x.dtype, device=x.device).bernoulli_(0.5).mul_(2).sub_(1)
+        if signs is not None:
+            signs.update(r=r, s=s)
     if group > 1:
         r, s = r.repeat_interleave(group, dim=0), s.repeat_interleave(group, dim=0)
     low = x @ loc.T + ((x * r) @ noise.T) * s  # (..., r)
