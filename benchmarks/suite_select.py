@@ -143,7 +143,8 @@ def select(suite: Path, kind: str = "classification", candidates: Sequence[str] 
             lines.append(f"`{method}`: out: validation accuracy {gap:+.2f} points from LoRA's on {name} (all {SEEDS} "
                          f"seeds of both); need not run on {', '.join(missing[method])}")
             missing[method] = []
-    for method, (name, why) in cannot_run(suite, candidates, kind).items():
+    refused = cannot_run(suite, candidates, kind)
+    for method, (name, why) in refused.items():
         if method not in out:  # no cells can exist there, so it cannot be within 1 point on every task
             others = [n for n in missing[method] if n != name]
             lines.append(f"`{method}`: out: the harness cannot run it on {name} (it {why})"
@@ -162,6 +163,7 @@ def select(suite: Path, kind: str = "classification", candidates: Sequence[str] 
                      + (f"; not eligible: {NOT_ELIGIBLE[method]}" if method in NOT_ELIGIBLE else ""))
     pending = [f"`{m}` on {', '.join(where)}" for m, where in missing.items() if where]
     if pending:
+        lines += standing(by_task, [m for m in candidates if m not in out and m not in refused])
         lines.append(f"still to run (all {SEEDS} seeds): " + "; ".join(pending))
         return None, lines
     qualified = sorted((nll, cost, m) for m, (nll, cost, ok) in scores.items()
@@ -171,6 +173,21 @@ def select(suite: Path, kind: str = "classification", candidates: Sequence[str] 
     best_nll = qualified[0][0]
     tied = [q for q in qualified if q[0] - best_nll <= TIE_NLL]
     return min(tied, key=lambda q: q[1])[2], lines
+
+
+def standing(by_task: dict[str, dict[str, list[dict]]], remaining: Sequence[str]) -> list[str]:
+    """While tasks are unfinished: the mean validation NLL of the ``remaining`` candidates over the tasks where
+    every one of them has all its seeds (one line, best first; empty if no task or every task is finished)."""
+    done = [n for n, t in by_task.items() if all(len(t.get(m, [])) >= SEEDS for m in remaining)]
+    if not done or len(done) == len(by_task):
+        return []
+    nll = {m: float(np.mean([np.mean([c["validation"]["nll"] for c in by_task[n][m]]) for n in done]))
+           for m in remaining}
+    waits = ", ".join(n for n in by_task if n not in done)
+    ranked = ", ".join(f"`{m}` {v:.4f}" + (" (not eligible)" if m in NOT_ELIGIBLE else "")
+                       for m, v in sorted(nll.items(), key=lambda item: item[1]))
+    return [f"so far, not a selection (the rule waits on {waits}): mean validation NLL over {', '.join(done)}: "
+            + ranked]
 
 
 def _mean(found: list[dict], key: str) -> float:
