@@ -182,3 +182,31 @@ def test_a_candidate_with_a_prefix_is_refused_on_a_backbone_whose_attention_cann
     monkeypatch.setattr(assets, "_pip_download", lambda *a: pytest.fail("a packaged model was fetched"))
     assert "MPNetModel" in refusal(Protocol(task="sentiment", backbone="mpnet"), "mean-field")
     assert refusal(Protocol(task="sentiment", backbone="minilm"), "mean-field") is None
+
+
+SUITE = Path(__file__).resolve().parent.parent / "docs" / "suite"
+
+
+@pytest.mark.parametrize("kind", ["classification", "regression"])
+def test_fits_default_is_what_the_committed_selection_names(kind):
+    """The default of ``fit`` on each task kind the suite measures is the recipe its rule names on the committed
+    cells (``Recipe()`` itself while the rule names none): a finished selection fails this until the default
+    follows it, and a default changed by hand fails it too."""
+    from pyro_bhpeft.compare import METHODS
+    from pyro_bhpeft.data import TASKS
+    from pyro_bhpeft.recipe import PRESETS, Recipe, kind_default
+
+    winner = suite_select.select(SUITE, kind, as_default=True)[0]
+    data_kinds = {TASKS[json.loads((f / "protocol.json").read_text())["task"]].kind
+                  for f in suite_select.task_folders(SUITE, kind)}
+    assert data_kinds, f"the suite has no {kind} task"
+    for data_kind in sorted(data_kinds):
+        preset = kind_default(data_kind)
+        if winner is None:
+            assert preset is None, f"{data_kind}: default {preset!r} while the rule names no winner"
+            continue
+        method = METHODS[winner]
+        chosen = Recipe().with_(**PRESETS[preset]) if preset else Recipe()
+        for field, value in method.base_fit.items():  # the fit the suite measured
+            assert getattr(chosen, field) == value, f"{data_kind}: {field} differs from the suite's {winner!r}"
+        assert (chosen.predict_samples == 0) == method.point_mass, f"{data_kind}: predicts unlike {winner!r}"
