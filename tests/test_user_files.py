@@ -410,3 +410,18 @@ def test_numeric_and_none_like_answers_are_read_as_the_file_wrote_them(tmp_path,
     rows = load_files(path, kind="language_model", seed=0).splits
     got = sorted(r for split in rows.values() for r in split["response"])
     assert got == sorted(["4", "007", "3.5" if suffix == ".jsonl" else "3.50", "None", "NA"])
+
+
+def test_a_file_of_numeric_prompts_and_answers_is_re_read_as_text_once_and_afresh_when_edited(tmp_path, monkeypatch):
+    path = tmp_path / "sums.csv"
+    pd.DataFrame({"prompt": ["12", "0.50"] * 3, "response": ["0012", "12.0"] * 3}).to_csv(path, index=False)
+    reads = []
+    real = pd.read_csv
+    monkeypatch.setattr(pd, "read_csv", lambda *a, **k: reads.append(k.get("dtype")) or real(*a, **k))
+    data = load_files(path, kind="language_model", seed=0).splits
+    assert sorted(r for s in data.values() for r in s["prompt"]) == ["0.50"] * 3 + ["12"] * 3
+    assert sorted(r for s in data.values() for r in s["response"]) == ["0012"] * 3 + ["12.0"] * 3
+    assert reads == [None, str]  # parsed once, then every column as its text once (not once per column)
+    pd.DataFrame({"prompt": ["12", "0.50"] * 3, "response": ["0013", "13.0"] * 3}).to_csv(path, index=False)
+    data = load_files(path, kind="language_model", seed=0).splits
+    assert sorted(r for s in data.values() for r in s["response"]) == ["0013"] * 3 + ["13.0"] * 3  # the edit, not the cache

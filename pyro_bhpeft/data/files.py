@@ -10,6 +10,7 @@ know but is not an error comes back in one-line ``notes`` and ``warnings`` on th
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -59,10 +60,8 @@ def as_written(table: Any, column: str, role: str, path: Path) -> list:
     if all(isinstance(v, str) for v in values):
         return values
     if "delimiter" in table.attrs:
-        import pandas as pd
-
-        raw = pd.read_csv(path, sep=table.attrs["delimiter"], encoding="utf-8-sig", dtype=str, keep_default_na=False,
-                          usecols=[column])[column]
+        stat = path.stat()
+        raw = _as_text(str(path), stat.st_mtime_ns, stat.st_size, table.attrs["delimiter"])[column]
         return [raw.loc[i] if raw.loc[i] != "" else None for i in table.index]
 
     def text(v: Any) -> Any:
@@ -71,6 +70,15 @@ def as_written(table: Any, column: str, role: str, path: Path) -> list:
         return str(int(v)) if float(v).is_integer() else str(v)
 
     return [text(v) for v in values]
+
+
+@functools.lru_cache(maxsize=1)
+def _as_text(path: str, mtime_ns: int, size: int, delimiter: str) -> Any:
+    """A delimited file read once with every cell as its text (a file's prompts and its responses both re-read
+    from one read; keyed by the file's modification time and size, so an edited file is read afresh)."""
+    import pandas as pd
+
+    return pd.read_csv(path, sep=delimiter, encoding="utf-8-sig", dtype=str, keep_default_na=False)
 
 
 def _numbers(values: list, column: str, path: Path, what: str) -> list[float]:
