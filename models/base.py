@@ -251,8 +251,7 @@ class BayesianPeftModel(PyroModule):
     def regroup(self, group: int) -> None:
         """Within :meth:`bound`: the next pass has ``group`` backbone rows per example (flipout's grouping)."""
         for layer in self.peft_layers:
-            if layer._weights is not None and "flipout:group" in layer._weights:
-                layer._weights["flipout:group"] = group
+            layer.regroup(group)
 
     def _flipout(self) -> Any:
         """The guide's means to perturb around: an active :class:`~.effects.Flipout`'s, else ``flipout_locs``."""

@@ -82,6 +82,12 @@ class PeftLayer(nn.Module):
         self._weights = weights
         self._samples = samples if weights is not None else None
 
+    def regroup(self, group: int) -> None:
+        """Between the passes of one binding: the next pass has ``group`` rows per example, which flipout's
+        perturbation is shared by (its sign memo, bound with the tensors, carries over)."""
+        if self._weights is not None and "flipout:group" in self._weights:
+            self._weights = {**self._weights, "flipout:group": group}
+
     def remove(self, model: nn.Module) -> None:
         """Take this layer out of ``model`` again: put the wrapped module ``base`` back at ``path``."""
         parent, _, child = self.path.rpartition(".")
