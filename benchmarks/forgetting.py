@@ -12,7 +12,10 @@ r=8 on query/value, steps, batch size, learning rate and seeds:
   learning rate, flipout), with round k-1's posterior as round k's prior (the point masses carried as
   ``N(loc, 0.01^2)``, as ``update`` does);
 * ``posterior-prior (bayes-lora-fs-mean)``: the same rounds, predicting with each round's posterior mean (the
-  preset's ``predict_samples=0``; added for issue 32, where that recipe leads the default-recipe suite).
+  preset's ``predict_samples=0``; added for issue 32, where that recipe leads the default-recipe suite);
+* ``bayes-lora-fs-mean, then update's rounds recipe``: round 1 that recipe, each later round the recipe
+  ``update`` would fit on such a run (``recipe.rounds_recipe``: mean-field on every LoRA weight and the head,
+  round k-1's posterior as prior, the point masses carried as ``N(loc, 0.01^2)``), predicting with samples.
 
 After every round each method is evaluated on the test set of every round seen so far (accuracy,
 NLL, ECE). Forgetting of round j after round k is ``acc_j(after j) - acc_j(after k)``; the table
@@ -44,7 +47,7 @@ from pyro_bhpeft.guides import Delta, LowRank, MeanField
 from pyro_bhpeft.models import SequenceClassifier
 from pyro_bhpeft.io import write_json, write_text
 from pyro_bhpeft.priors import Normal
-from pyro_bhpeft.recipe import PRESETS, Recipe, train
+from pyro_bhpeft.recipe import PRESETS, Recipe, rounds_recipe, train
 
 ROUNDS = ("sentiment-movie", "sentiment-amazon", "sentiment-tweets")
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class Strategy:
     warm_start: bool = False
     joint: bool = False
     recipe: str | None = None  # a recipe preset fitted through ``recipe.train`` instead of ``guide``
+    update: bool = False  # rounds after the first fit ``rounds_recipe(recipe)``, as ``update`` does
 
 
 METHODS = {
@@ -67,6 +71,7 @@ METHODS = {
     "joint refit": Strategy(MeanField, posterior_as_prior=False, joint=True),
     "posterior-prior (bayes-lora-fs)": Strategy(None, recipe="bayes-lora-fs"),
     "posterior-prior (bayes-lora-fs-mean)": Strategy(None, recipe="bayes-lora-fs-mean"),
+    "bayes-lora-fs-mean, then update's rounds recipe": Strategy(None, recipe="bayes-lora-fs-mean", update=True),
 }
 
 
@@ -87,12 +92,20 @@ def joint_data(rounds: list[TaskData]) -> TaskData:
     return TaskData(rounds[0].spec, datasets.DatasetDict({"train": train, "test": rounds[0].splits["test"]}))
 
 
+def round_recipe(strategy: Strategy, args, seed: int, first: bool) -> Recipe | None:
+    """The recipe of a round of a method fitted through ``recipe.train`` (None: a guide fitted directly)."""
+    if strategy.recipe is None:
+        return None
+    recipe = Recipe(backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                    max_length=args.max_length, seed=seed).with_(**PRESETS[strategy.recipe])
+    return rounds_recipe(recipe) if strategy.update and not first else recipe
+
+
 def train_round(strategy: Strategy, data: TaskData, tokenizer, previous, args, seed: int):
     """One round of one method; returns the fitted posterior."""
     carried = previous is not None and strategy.posterior_as_prior
-    if strategy.recipe is not None:
-        recipe = Recipe(backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                        max_length=args.max_length, seed=seed).with_(**PRESETS[strategy.recipe])
+    recipe = round_recipe(strategy, args, seed, first=previous is None)
+    if recipe is not None:
         return train(recipe, data, prior=posterior_prior(previous, temper=args.temper) if carried else None,
                      progress=False).posterior
     model = SequenceClassifier(load_backbone(args.backbone).model, num_labels=2,
@@ -125,7 +138,8 @@ def run_cell(method: str, seed: int, args, tokenizer) -> list[list[dict]]:
         data = joint_data(rounds[: k + 1]) if strategy.joint else rounds[k]
         prev = None if strategy.joint else previous
         previous = train_round(strategy, data, tokenizer, prev, args, seed)
-        drawn = PRESETS[strategy.recipe].get("predict_samples") if strategy.recipe else None
+        recipe = round_recipe(strategy, args, seed, first=k == 0)
+        drawn = recipe.predict_samples if recipe is not None else None
         samples = (args.samples if drawn is None else drawn) if strategy.bayesian else 0
         results.append([evaluate(previous, rounds[j], tokenizer, args, samples) for j in range(k + 1)])
         print(f"seed {seed} {method} round {k + 1}: " + ", ".join(

@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # importing this module stays free of torch: the command line
     from .infer import FitResult
     from .priors import Prior
 
-__all__ = ["Recipe", "PRESETS", "PRESET_NAMES", "KIND_DEFAULTS", "kind_default", "build_model", "build_guide", "train",
+__all__ = ["Recipe", "PRESETS", "PRESET_NAMES", "KIND_DEFAULTS", "kind_default", "NOT_FOR_ROUNDS",
+           "rounds_recipe", "build_model", "build_guide", "train",
            "fit_options", "loaders", "recipe_backbone", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
@@ -148,6 +149,24 @@ class Recipe:
 def kind_default(kind: str | None) -> str | None:
     """The preset ``fit`` starts from on a task of ``kind`` when none is named (None: ``Recipe()`` itself)."""
     return KIND_DEFAULTS.get(kind) if kind else None
+
+
+# Presets whose posterior-as-prior rounds forget more than the mean-field recipe's (docs/results/forgetting.md):
+# a new round of a run fitted with one is fitted with the rounds recipe (:func:`rounds_recipe`)
+NOT_FOR_ROUNDS = ("bayes-lora-fs",)
+
+
+def rounds_recipe(recipe: Recipe) -> Recipe:
+    """The recipe a new round fits with the previous posterior as its prior: ``recipe`` itself, unless it is a
+    preset of :data:`NOT_FOR_ROUNDS` (or one built on it, such as ``bayes-lora-fs-mean``); then ``Recipe()``'s
+    inference (mean-field on every PEFT weight and the head, N(0, 1) where the previous posterior has no site)
+    with the recipe's backbone, PEFT layers and training settings."""
+    base = Recipe()
+    for name in NOT_FOR_ROUNDS:
+        changes = PRESETS[name]
+        if all(getattr(recipe, k) == v for k, v in changes.items()):
+            return recipe.with_(**{k: getattr(base, k) for k in changes if k != "peft"}, predict_samples=None)
+    return recipe
 
 
 def build_model(recipe: Recipe, spec: Any, backbone: torch.nn.Module, prior: Prior | None = None,
