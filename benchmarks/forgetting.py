@@ -13,7 +13,7 @@ r=8 on query/value, steps, batch size, learning rate and seeds:
   ``N(loc, 0.01^2)``, as ``update`` does);
 * ``posterior-prior (bayes-lora-fs-mean)``: the same rounds, predicting with each round's posterior mean (the
   preset's ``predict_samples=0``; added for issue 32, where that recipe leads the default-recipe suite);
-* ``bayes-lora-fs-mean, then update's rounds recipe``: round 1 that recipe, each later round the recipe
+* ``update's rounds after bayes-lora-fs-mean``: round 1 that recipe, each later round the recipe
   ``update`` would fit on such a run (``recipe.rounds_recipe``: mean-field on every LoRA weight and the head,
   round k-1's posterior as prior, the point masses carried as ``N(loc, 0.01^2)``), predicting with samples.
 
@@ -71,7 +71,7 @@ METHODS = {
     "joint refit": Strategy(MeanField, posterior_as_prior=False, joint=True),
     "posterior-prior (bayes-lora-fs)": Strategy(None, recipe="bayes-lora-fs"),
     "posterior-prior (bayes-lora-fs-mean)": Strategy(None, recipe="bayes-lora-fs-mean"),
-    "bayes-lora-fs-mean, then update's rounds recipe": Strategy(None, recipe="bayes-lora-fs-mean", update=True),
+    "update's rounds after bayes-lora-fs-mean": Strategy(None, recipe="bayes-lora-fs-mean", update=True),
 }
 
 
