@@ -163,9 +163,9 @@ def rounds_recipe(recipe: Recipe) -> Recipe:
     with the recipe's backbone, PEFT layers and training settings."""
     base = Recipe()
     for name in NOT_FOR_ROUNDS:
-        changes = PRESETS[name]
-        if all(getattr(recipe, k) == v for k, v in changes.items()):
-            return recipe.with_(**{k: getattr(base, k) for k in changes if k != "peft"}, predict_samples=None)
+        inference = {k: v for k, v in PRESETS[name].items() if k != "peft"}  # its layers may be the user's
+        if all(getattr(recipe, k) == v for k, v in inference.items()):
+            return recipe.with_(**{k: getattr(base, k) for k in inference}, predict_samples=None)
     return recipe
 
 

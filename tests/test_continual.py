@@ -165,3 +165,17 @@ def test_missing_or_corrupt_parent_gives_a_clear_error_and_writes_nothing(tmp_pa
         update_run(bad, DataSource(task="sentiment"), out)
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
+def test_a_round_after_a_recipe_that_forgets_fits_the_mean_field_recipe_on_the_same_layers_and_schedule():
+    from pyro_bhpeft.config import LoraConfig, PeftConfig
+    from pyro_bhpeft.recipe import NOT_FOR_ROUNDS, PRESETS, Recipe, rounds_recipe
+
+    small = PeftConfig(LoraConfig(r=4))
+    trained = Recipe(backbone="mpnet", peft=small, epochs=3, lr=1e-3, seed=2)
+    for name in (*NOT_FOR_ROUNDS, "bayes-lora-fs-mean"):
+        fs = trained.with_(**{**PRESETS[name], "peft": small})
+        assert fs != trained and rounds_recipe(fs) == trained  # inference reset, layers and schedule kept
+    for name in ("blob", "bh-peft-low-rank", "lora-gates"):  # rounds of these keep their own recipe
+        assert rounds_recipe(Recipe().with_(**PRESETS[name])) == Recipe().with_(**PRESETS[name])
+    assert rounds_recipe(Recipe()) == Recipe()
