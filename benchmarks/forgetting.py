@@ -14,7 +14,7 @@ r=8 on query/value, steps, batch size, learning rate and seeds:
 * ``posterior-prior (bayes-lora-fs-mean)``: the same rounds, predicting with each round's posterior mean (the
   preset's ``predict_samples=0``; added for issue 32, where that recipe leads the default-recipe suite);
 * ``update's rounds after bayes-lora-fs-mean``: round 1 that recipe, each later round the recipe
-  ``update`` would fit on such a run (``recipe.rounds_recipe``: mean-field on every LoRA weight and the head,
+  ``update`` could fit on such a run (``rounds_recipe`` below: mean-field on every LoRA weight and the head,
   round k-1's posterior as prior, the point masses carried as ``N(loc, 0.01^2)``), predicting with samples.
 
 After every round each method is evaluated on the test set of every round seen so far (accuracy,
@@ -47,7 +47,7 @@ from pyro_bhpeft.guides import Delta, LowRank, MeanField
 from pyro_bhpeft.models import SequenceClassifier
 from pyro_bhpeft.io import write_json, write_text
 from pyro_bhpeft.priors import Normal
-from pyro_bhpeft.recipe import PRESETS, Recipe, rounds_recipe, train
+from pyro_bhpeft.recipe import NOT_FOR_ROUNDS, PRESETS, Recipe, train
 
 ROUNDS = ("sentiment-movie", "sentiment-amazon", "sentiment-tweets")
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class Strategy:
     warm_start: bool = False
     joint: bool = False
     recipe: str | None = None  # a recipe preset fitted through ``recipe.train`` instead of ``guide``
-    update: bool = False  # rounds after the first fit ``rounds_recipe(recipe)``, as ``update`` does
+    update: bool = False  # rounds after the first fit ``rounds_recipe(recipe)``
 
 
 METHODS = {
@@ -90,6 +90,18 @@ def round_data(train_size: int, test_size: int, seed: int) -> list[TaskData]:
 def joint_data(rounds: list[TaskData]) -> TaskData:
     train = datasets.concatenate_datasets([r.splits["train"] for r in rounds]).shuffle(seed=0)
     return TaskData(rounds[0].spec, datasets.DatasetDict({"train": train, "test": rounds[0].splits["test"]}))
+
+
+def rounds_recipe(recipe: Recipe) -> Recipe:
+    """The recipe measured as a way for ``update`` to go on from a run of a ``NOT_FOR_ROUNDS`` preset:
+    ``Recipe()``'s inference (mean-field on every LoRA weight and the head) with the run's backbone, PEFT layers
+    and training settings. (It forgot more than staying on the preset, so ``update`` keeps the run's recipe.)"""
+    base = Recipe()
+    for name in NOT_FOR_ROUNDS:
+        inference = {k: v for k, v in PRESETS[name].items() if k != "peft"}
+        if all(getattr(recipe, k) == v for k, v in inference.items()):
+            return recipe.with_(**{k: getattr(base, k) for k in inference}, predict_samples=None)
+    return recipe
 
 
 def round_recipe(strategy: Strategy, args, seed: int, first: bool) -> Recipe | None:

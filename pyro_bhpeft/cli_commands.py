@@ -277,7 +277,7 @@ def cmd_update(args: argparse.Namespace) -> None:
     check_writable(out)
     with OutputLock(out):
         result = update_run(args.parent, _source(args, parent), out, temper=args.temper, overrides=overrides,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, tell=lambda line: print(f"update: {line}", file=sys.stderr))
     round_ = result.posterior.meta["round"]
     print(f"round {round_}: {result.steps} steps in {result.seconds:.0f} s; run saved to {args.out}")
 

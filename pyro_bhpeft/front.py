@@ -332,8 +332,16 @@ class BayesianPEFT:
 
     def next_round(self, *, temper: float = 1.0) -> "BayesianPEFT":
         """A new round on the same backbone and model whose prior is this posterior (``temper`` multiplies every
-        prior variance: 1 is exact Bayesian updating). Nothing is reloaded; this round's posterior is kept."""
+        prior variance: 1 is exact Bayesian updating). Nothing is reloaded; this round's posterior is kept.
+        The round keeps this recipe; a recipe measured to forget across rounds warns
+        (:func:`~pyro_bhpeft.recipe.rounds_warning`)."""
+        import warnings
+
         from .continual import posterior_prior
+        from .recipe import rounds_warning
+
+        if line := rounds_warning(self.recipe):
+            warnings.warn(line.replace("--recipe mean-field-lora", 'recipe="mean-field-lora"'), stacklevel=2)
 
         with self._in_force():
             prior = posterior_prior(self.posterior, temper=temper)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # importing this module stays free of torch: the command line
     from .priors import Prior
 
 __all__ = ["Recipe", "PRESETS", "PRESET_NAMES", "KIND_DEFAULTS", "kind_default", "NOT_FOR_ROUNDS",
-           "rounds_recipe", "build_model", "build_guide", "train",
+           "rounds_warning", "build_model", "build_guide", "train",
            "fit_options", "loaders", "recipe_backbone", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
@@ -151,22 +151,24 @@ def kind_default(kind: str | None) -> str | None:
     return KIND_DEFAULTS.get(kind) if kind else None
 
 
-# Presets whose posterior-as-prior rounds forget more than the mean-field recipe's (docs/results/forgetting.md):
-# a new round of a run fitted with one is fitted with the rounds recipe (:func:`rounds_recipe`)
+# Presets whose posterior-as-prior rounds forget more than the mean-field recipe's, and whose runs switched to
+# that recipe from round 2 on forget more still (docs/results/forgetting.md): rounds should start from
+# ``mean-field-lora``. A new round of a run fitted with one keeps its recipe, with a warning.
 NOT_FOR_ROUNDS = ("bayes-lora-fs",)
 
 
-def rounds_recipe(recipe: Recipe) -> Recipe:
-    """The recipe a new round fits with the previous posterior as its prior: ``recipe`` itself, unless it is a
-    preset of :data:`NOT_FOR_ROUNDS` (or one built on it, such as ``bayes-lora-fs-mean``); then ``Recipe()``'s
-    inference (mean-field on every PEFT weight and the head, N(0, 1) where the previous posterior has no site)
-    with the recipe's backbone, PEFT layers and training settings."""
-    base = Recipe()
+def rounds_warning(recipe: Recipe) -> str | None:
+    """A line for a new round of a run fitted with ``recipe``, if it is (or is built on) a preset of
+    :data:`NOT_FOR_ROUNDS`: its inference fields and kinds of PEFT layer (their sizes may be the user's), else
+    None."""
     for name in NOT_FOR_ROUNDS:
-        inference = {k: v for k, v in PRESETS[name].items() if k != "peft"}  # its layers may be the user's
-        if all(getattr(recipe, k) == v for k, v in inference.items()):
-            return recipe.with_(**{k: getattr(base, k) for k in inference}, predict_samples=None)
-    return recipe
+        preset = PRESETS[name]
+        if recipe.peft.kinds == preset["peft"].kinds and all(getattr(recipe, k) == v for k, v in preset.items()
+                                                             if k != "peft"):
+            return (f"this run's recipe ({name}) forgets earlier rounds' data more than mean-field-lora when its "
+                    "posterior is the next prior (docs/results/forgetting.md); for rounds, fit round 1 with "
+                    "--recipe mean-field-lora")
+    return None
 
 
 def build_model(recipe: Recipe, spec: Any, backbone: torch.nn.Module, prior: Prior | None = None,
@@ -234,8 +236,8 @@ def fit_options(recipe: Recipe) -> dict[str, Any]:
 
 # Named recipes: the changes each makes to a :class:`Recipe` (``Recipe().with_(**PRESETS[name])``). Built on first
 # use (their PEFT configs need the layer registry, and so torch); their names are known without building them.
-PRESET_NAMES = ("bh-peft-0.1", "blob", "bh-peft-fs", "bayes-lora-fs", "bayes-lora-fs-mean", "lora-gates",
-                "bh-peft-low-rank")
+PRESET_NAMES = ("mean-field-lora", "bh-peft-0.1", "blob", "bh-peft-fs", "bayes-lora-fs", "bayes-lora-fs-mean",
+                "lora-gates", "bh-peft-low-rank")
 # The default recipe of ``fit`` per task kind where it is not ``Recipe()``: a preset's name. Chosen by the
 # default-recipe suite's rule on validation (docs/suite/README.md, docs/results/suite.md).
 KIND_DEFAULTS = {"regression": "bh-peft-low-rank"}
@@ -244,6 +246,8 @@ KIND_DEFAULTS = {"regression": "bh-peft-low-rank"}
 def _builtin_presets(presets: Registry) -> None:
     from .layers.gates import GatedLoraConfig
 
+    presets.register("mean-field-lora", {  # Recipe()'s own: mean-field LoRA and head under N(0, 1), the rounds recipe
+        "peft": PeftConfig(), "guide": "mean-field", "prior": "normal", "prior_scale": 1.0})
     presets.register("bh-peft-0.1", {"peft": PeftConfig.hybrid()})  # the 0.1 demo recipe: N(0, 1) on every weight
     presets.register("blob", {  # BLoB as its authors run it (Wang et al. 2024)
         "peft": PeftConfig(), "guide": "mean-field", "prior": "blob", "prior_scale": 0.2,

@@ -339,12 +339,17 @@ def predict_run(run: str | Path, *, samples: int | None = None, mode: str = "sam
 
 
 def update_run(parent: str | Path, source: DataSource, out: str | Path, *, temper: float = 1.0,
-               overrides: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True) -> FitResult:
+               overrides: dict[str, Any] | None = None, overwrite: bool = False, progress: bool = True,
+               tell: Callable[[str], None] | None = None) -> FitResult:
     """Fit a new round on ``source`` with the posterior of run ``parent`` as prior; writes run ``out``.
 
     The parent directory is only read. The new run records its parent, the data it saw, the prior
-    it used and its round number; interrupted, it leaves nothing and can simply be rerun.
+    it used and its round number; interrupted, it leaves nothing and can simply be rerun. The round keeps the
+    parent's recipe; ``tell`` hears a warning when that recipe is one measured to forget across rounds
+    (:func:`~pyro_bhpeft.recipe.rounds_warning`).
     """
+    from .recipe import rounds_warning
+
     from .continual import posterior_prior
 
     parent = Path(parent).resolve()
@@ -357,6 +362,8 @@ def update_run(parent: str | Path, source: DataSource, out: str | Path, *, tempe
     # a parent saved from Python may record no recipe: its backbone, with the library's defaults
     saved = Recipe.from_dict(meta["recipe"]) if meta.get("recipe") else Recipe(backbone=previous.backbone_name)
     recipe = saved.with_(**(overrides or {}))
+    if tell is not None and (line := rounds_warning(recipe)):
+        tell(f"warning: {line}")
     data = source.load()
     if data.spec.kind != kind:
         raise ValueError(f"the parent run is {kind} but the new data is {data.spec.kind}; "

@@ -162,10 +162,26 @@ def test_update_makes_a_child_round_and_history_shows_the_chain(tiny_backbone, f
     assert isinstance(round2.model.prior, PosteriorPrior)
     assert round2.meta["round"] == 2 and round2.meta["parent"] == str(parent.resolve())
     assert round2.meta["prior_from"]["temper"] == 2.0 and len(round2.meta["data"]["hash"]) == 16
-    capsys.readouterr()
+    assert "forgets" not in capsys.readouterr().err  # the mean-field recipe: rounds are what it serves
     assert run_cli("history", child) == 0
     out = capsys.readouterr().out
     assert out.index("round 1") < out.index("round 2") and "temper 2" in out
+
+
+def test_update_of_a_run_whose_recipe_forgets_across_rounds_keeps_it_and_says_so(tiny_backbone, files, tmp_path,
+                                                                                  capsys):
+    from pyro_bhpeft import Posterior
+
+    train, _ = files
+    parent, child = tmp_path / "round1", tmp_path / "round2"
+    assert run_cli(*_fit_args(tiny_backbone, train, parent, "--recipe", "bayes-lora-fs-mean")) == 0
+    capsys.readouterr()
+    assert run_cli("update", "--from", parent, "--train", train, "--text-column", "review", "--label-column",
+                   "sentiment", "--max-steps", 2, "--out", child) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "forgets" in line]
+    assert len(said) == 1 and said[0].startswith("update: warning: this run's recipe (bayes-lora-fs)")
+    assert "--recipe mean-field-lora" in said[0]
+    assert Posterior.load(child).meta["recipe"] == Posterior.load(parent).meta["recipe"]  # kept, not switched
 
 
 def test_update_from_a_missing_parent_writes_nothing(files, tmp_path, capsys):

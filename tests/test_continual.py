@@ -167,15 +167,15 @@ def test_missing_or_corrupt_parent_gives_a_clear_error_and_writes_nothing(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
 
 
-def test_a_round_after_a_recipe_that_forgets_fits_the_mean_field_recipe_on_the_same_layers_and_schedule():
+def test_the_recipes_measured_to_forget_across_rounds_are_recognised_on_any_layers_and_schedule():
     from pyro_bhpeft.config import LoraConfig, PeftConfig
-    from pyro_bhpeft.recipe import NOT_FOR_ROUNDS, PRESETS, Recipe, rounds_recipe
+    from pyro_bhpeft.recipe import NOT_FOR_ROUNDS, PRESETS, Recipe, rounds_warning
 
-    small = PeftConfig(LoraConfig(r=4))
-    trained = Recipe(backbone="mpnet", peft=small, epochs=3, lr=1e-3, seed=2)
-    for name in (*NOT_FOR_ROUNDS, "bayes-lora-fs-mean"):
-        fs = trained.with_(**{**PRESETS[name], "peft": small})
-        assert fs != trained and rounds_recipe(fs) == trained  # inference reset, layers and schedule kept
-    for name in ("blob", "bh-peft-low-rank", "lora-gates"):  # rounds of these keep their own recipe
-        assert rounds_recipe(Recipe().with_(**PRESETS[name])) == Recipe().with_(**PRESETS[name])
-    assert rounds_recipe(Recipe()) == Recipe()
+    trained = Recipe(backbone="mpnet", peft=PeftConfig(LoraConfig(r=4)), epochs=3, lr=1e-3, seed=2)
+    for name in (*NOT_FOR_ROUNDS, "bayes-lora-fs-mean"):  # a preset, or one built on it, on the user's layers
+        fs = trained.with_(**{k: v for k, v in PRESETS[name].items() if k != "peft"})
+        assert "(bayes-lora-fs)" in rounds_warning(fs) and "--recipe mean-field-lora" in rounds_warning(fs)
+        assert rounds_warning(fs.with_(prior="normal")) is None  # another recipe then: not what was measured
+    for name in ("mean-field-lora", "blob", "bh-peft-low-rank", "lora-gates", "bh-peft-fs"):
+        assert rounds_warning(Recipe().with_(**PRESETS[name])) is None
+    assert Recipe().with_(**PRESETS["mean-field-lora"]) == Recipe()  # the rounds recipe is Recipe() itself

@@ -78,6 +78,15 @@ def test_next_round_shares_the_backbone_and_starts_from_the_posterior(bert_dir, 
     assert isinstance(first.prior, Laplace)
 
 
+def test_a_round_after_a_recipe_measured_to_forget_warns_and_keeps_the_recipe(bert_dir, recwarn):
+    first = _fit(bert_dir, (TEXTS, LABELS), recipe="bayes-lora-fs-mean")
+    second = first.next_round()
+    said = [str(w.message) for w in recwarn.list if "forgets" in str(w.message)]
+    assert len(said) == 1 and 'recipe="mean-field-lora"' in said[0] and second.recipe == first.recipe
+    _fit(bert_dir, (TEXTS, LABELS), recipe="mean-field-lora").next_round()
+    assert len([w for w in recwarn.list if "forgets" in str(w.message)]) == 1  # the rounds recipe: no warning
+
+
 def test_save_and_load_give_the_same_predictions(bert_dir, tmp_path):
     model = _fit(bert_dir, (TEXTS, LABELS), guide="low-rank", rank=2)
     model.save(tmp_path / "run")
