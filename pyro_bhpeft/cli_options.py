@@ -95,8 +95,9 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone", default=Recipe.backbone,
                    help=f"packaged alias (minilm, mpnet, smollm2), local folder or hub id (default: {Recipe.backbone})")
     g.add_argument("--recipe", help="start from a named recipe (its values become the defaults of every option "
-                   f"below): {_one_of(PRESET_NAMES)}; without it, a regression task starts from "
-                   f"{KIND_DEFAULTS['regression']} (chosen on validation by the default-recipe suite)")
+                   f"below): {_one_of(PRESET_NAMES)}; without it, "
+                   + "; ".join(f"a {kind} task starts from {name}" for kind, name in KIND_DEFAULTS.items())
+                   + " (chosen on validation by the default-recipe suite), any other from mean-field-lora")
     peft = ",".join(STATIC["peft"])
     g.add_argument("--peft", default=peft, type=csv_list,
                    help=f"PEFT parts, a comma list of {_one_of(STATIC['peft_kinds'])} (default: {peft})")
