@@ -659,3 +659,23 @@ def test_how_a_fit_predicts_is_not_part_of_its_key():
     assert fit_dir(Path("c"), sampled) == fit_dir(Path("c"), Recipe().with_(**PRESETS["bayes-lora-fs-mean"]))
     assert fit_dir(Path("c"), sampled) != fit_dir(Path("c"), sampled.with_(seed=1))
     assert fit_dir(Path("c"), sampled) != fit_dir(Path("c"), sampled.with_(flipout=False))
+
+
+def test_temperature_scales_the_validation_predictions_it_fitted_on_without_predicting_them_again(
+        compared_copy, tiny_backbone, task_files, monkeypatch):
+    import importlib
+
+    module = importlib.import_module("pyro_bhpeft.predict")  # the package exports the function under this name
+    data, ood = task_files
+    out = compared_copy
+    old = predictions(out, "temperature", 1)
+    shutil.rmtree(out / "cells" / "temperature-seed1")
+    calls, real = [], module.predict
+    monkeypatch.setattr(module, "predict", lambda *a, **k: calls.append(1) or real(*a, **k))
+    run_compare(protocol(tiny_backbone), out, methods=("temperature",), seeds=(1,), data=data, ood=ood,
+                progress=False)
+    splits = [k for k in old if k.endswith("_probs")]
+    assert len(splits) == 3 and len(calls) == 3  # validation, test and OOD each predicted once
+    new = predictions(out, "temperature", 1)
+    for key in splits:
+        np.testing.assert_array_equal(new[key], old[key])

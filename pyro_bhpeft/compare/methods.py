@@ -88,12 +88,15 @@ def _temperature(bench: Bench, seed: int) -> Scored:
 
         scale = fit_variance_scale(val)
         seconds = time.perf_counter() - tick
-        preds = bench.predict_all(lambda loader: variance_scaled(predict(point, loader, num_samples=0), scale))
+        preds = bench.predict_all(lambda loader: variance_scaled(
+            val if loader is bench.eval_loaders["validation"] else predict(point, loader, num_samples=0), scale))
         return Scored(preds, facts["seconds"] + seconds, facts["peak_mb"], facts["trainable"] + 1,
                       {"variance_scale": scale})
     temperature = fit_temperature(val.probs, val.labels)
     seconds = time.perf_counter() - tick
-    preds = bench.predict_all(lambda loader: tempered(predict(point, loader, num_samples=0), temperature))
+    mine = bench.eval_loaders["validation"]  # its point predictions are made already: deterministic, reused
+    preds = bench.predict_all(lambda loader: tempered(val if loader is mine else predict(point, loader, num_samples=0),
+                                                      temperature))
     return Scored(preds, facts["seconds"] + seconds, facts["peak_mb"], facts["trainable"] + 1,
                   {"temperature": temperature})
 
