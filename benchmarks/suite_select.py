@@ -162,17 +162,35 @@ def select(suite: Path, kind: str = "classification", candidates: Sequence[str] 
                         if kind == "classification" else "")
                      + (f"; not eligible: {NOT_ELIGIBLE[method]}" if method in NOT_ELIGIBLE else ""))
     pending = [f"`{m}` on {', '.join(where)}" for m, where in missing.items() if where]
-    if pending:
-        lines += standing(by_task, [m for m in candidates if m not in out and m not in refused])
-        lines.append(f"still to run (all {SEEDS} seeds): " + "; ".join(pending))
-        return None, lines
     qualified = sorted((nll, cost, m) for m, (nll, cost, ok) in scores.items()
                        if ok and m not in NOT_ELIGIBLE and not (as_default and why_not_default(m)))
-    if not qualified:
+    leader = None
+    if qualified:
+        best_nll = qualified[0][0]
+        tied = [q for q in qualified if q[0] - best_nll <= TIE_NLL]
+        leader = min(tied, key=lambda q: q[1])
+    if pending:
+        lines += standing(by_task, [m for m in candidates if m not in out and m not in refused])
+        rivals = [m for m, where in missing.items() if where and m not in NOT_ELIGIBLE
+                  and not (as_default and why_not_default(m))]
+        bounds = {m: lowest_possible(by_task, m) for m in rivals}
+        lora_done = all(len(t.get("lora", [])) >= SEEDS for t in by_task.values())
+        if leader and lora_done and all(b > leader[0] + TIE_NLL for b in bounds.values()):
+            lines += [f"`{m}` cannot overtake `{leader[2]}` whatever its missing cells hold: its mean validation NLL "
+                      f"is at least {b:.4f} (its missing seeds counted as 0), above {leader[0]:.4f} + {TIE_NLL:g}"
+                      for m, b in bounds.items()]
+            lines.append(f"still to run, for the tables (they cannot change the outcome): " + "; ".join(pending))
+            return leader[2], lines
+        lines.append(f"still to run (all {SEEDS} seeds): " + "; ".join(pending))
         return None, lines
-    best_nll = qualified[0][0]
-    tied = [q for q in qualified if q[0] - best_nll <= TIE_NLL]
-    return min(tied, key=lambda q: q[1])[2], lines
+    return (leader[2] if leader else None), lines
+
+
+def lowest_possible(by_task: dict[str, dict[str, list[dict]]], method: str) -> float:
+    """The lowest mean validation NLL ``method`` can still end with: its missing seeds at NLL 0 (the bound an NLL
+    cannot go below), its finished ones as they are."""
+    return float(np.mean([sum(c["validation"]["nll"] for c in t.get(method, [])[:SEEDS]) / SEEDS
+                          for t in by_task.values()]))
 
 
 def standing(by_task: dict[str, dict[str, list[dict]]], remaining: Sequence[str]) -> list[str]:
@@ -279,11 +297,17 @@ def main() -> None:
         winner, lines = select(suite, kind)
         parts += [f"## {kind.capitalize()} tasks", "", *[f"- {line}" for line in lines], "",
                   f"Winner: `{winner}`" if winner else "No winner yet.", ""]
+        default, default_lines = select(suite, kind, as_default=True)
         if winner and why_not_default(winner):  # fit's default is one fit on the base install
-            default = select(suite, kind, as_default=True)[0]
             parts += [f"`{winner}` cannot be the default of `fit`: {why_not_default(winner)}. " +
                       (f"The default is the best candidate that can: `{default}`." if default else
                        "No candidate that can qualifies: the default stays as it is."), ""]
+        elif default and not winner:  # the candidates still running can win the rule but not be fit's default
+            rivals = [f"- {line}" for line in default_lines if " cannot overtake " in line]
+            parts += [f"The default of `fit` is decided before the winner: `{default}`. Every candidate that can be "
+                      "the default (one fit, on the base install) has all its cells"
+                      + (", or could not overtake it whatever its missing cells hold:" if rivals else "."), "",
+                      *rivals, *([""] if rivals else [])]
     text = "\n".join(parts)
     (suite / "selection.md").write_text(text)
     (suite / "which-method.md").write_text(which_method(suite))

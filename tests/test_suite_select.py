@@ -210,3 +210,58 @@ def test_fits_default_is_what_the_committed_selection_names(kind):
         for field, value in method.base_fit.items():  # the fit the suite measured
             assert getattr(chosen, field) == value, f"{data_kind}: {field} differs from the suite's {winner!r}"
         assert (chosen.predict_samples == 0) == method.point_mass, f"{data_kind}: predicts unlike {winner!r}"
+
+
+def _drop(suite: Path, task: str, method: str, seeds) -> None:
+    for seed in seeds:
+        folder = suite / task / "cells" / f"{method}-seed{seed}"
+        for path in folder.iterdir():
+            path.unlink()
+        folder.rmdir()
+
+
+def test_a_leader_no_missing_cell_could_overtake_wins_before_those_cells_run_and_as_they_would_decide(tmp_path):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "lead": dict(acc=0.8, nll=0.5),
+                              "slow": dict(acc=0.8, nll=0.9), "close": dict(acc=0.8, nll=0.52)})
+    names = ["lora", "lead", "slow", "close"]
+    _drop(suite, "b", "slow", [1, 2])  # slow: at least (0.9 + 0.9 / 3) / 2 = 0.6 whatever its 2 missing seeds hold
+    winner, lines = suite_select.select(suite, candidates=names)
+    (tmp_path / "full").mkdir()
+    assert winner == "lead" == suite_select.select(_suite(tmp_path / "full", {  # the full run's outcome, with
+        "lora": dict(acc=0.8, nll=1.0), "lead": dict(acc=0.8, nll=0.5), "close": dict(acc=0.8, nll=0.52),
+        "slow": dict(acc=0.8, nll=0.9)}), candidates=names)[0]  # slow's missing seeds as they would be
+    assert any(line.startswith("`slow` cannot overtake `lead`") and "at least 0.6000" in line for line in lines)
+    assert any(line.startswith("still to run, for the tables") for line in lines)
+    _drop(suite, "b", "close", [0, 1, 2])  # close could still end at 0.26 (0 on b): it could win, so no winner yet
+    assert suite_select.select(suite, candidates=names)[0] is None
+    assert suite_select.lowest_possible(suite_select.tasks(suite), "close") == pytest.approx(0.26)
+
+
+def test_the_default_is_decided_once_no_candidate_that_can_be_the_default_could_overtake_it(tmp_path):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "ensemble": dict(acc=0.8, nll=0.1),
+                              "mean-field-lora": dict(acc=0.8, nll=0.5), "tfb": dict(acc=0.8, nll=0.9)})
+    names = ["lora", "ensemble", "mean-field-lora", "tfb"]
+    _drop(suite, "b", "ensemble", [0, 1, 2])  # the ensemble could still win the rule, not the default
+    _drop(suite, "b", "tfb", [2])
+    assert suite_select.select(suite, candidates=names)[0] is None
+    assert suite_select.select(suite, candidates=names, as_default=True)[0] == "mean-field-lora"
+    _drop(suite, "a", "lora", [2])  # LoRA unfinished: who is within 1 point of it is not known yet
+    assert suite_select.select(suite, candidates=names, as_default=True)[0] is None
+
+
+def test_selection_md_says_when_the_default_is_decided_before_the_winner(tmp_path, monkeypatch):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "ensemble": dict(acc=0.8, nll=0.1),
+                              "mean-field-lora": dict(acc=0.8, nll=0.5), "tfb": dict(acc=0.8, nll=0.9)})
+    _drop(suite, "b", "ensemble", [0, 1, 2])
+    _drop(suite, "b", "tfb", [2])
+    import suite_run
+
+    monkeypatch.setattr(suite_run, "CANDIDATES", ("lora", "ensemble", "mean-field-lora", "tfb"))
+    monkeypatch.setattr(suite_select, "figure", lambda suite: None)
+    monkeypatch.setattr(sys, "argv", ["suite_select.py", str(suite)])
+    suite_select.main()
+    text = (suite / "selection.md").read_text()
+    assert "No winner yet." in text
+    assert "The default of `fit` is decided before the winner: `mean-field-lora`." in text
+    assert "- `ensemble` cannot overtake" not in text  # the ensemble cannot be the default: not its line
+    assert "- `tfb` cannot overtake `mean-field-lora`" in text
