@@ -158,7 +158,8 @@ def select(suite: Path, kind: str = "classification", candidates: Sequence[str] 
             cost += float(np.mean([c["train_seconds"] + c["predict_seconds"] for c in by_method[method]]))
         scores[method] = (float(np.mean(nlls)), cost, ok)
         lines.append(f"`{method}`: mean validation NLL {scores[method][0]:.4f}, cost {cost:.0f} s"
-                     + (f", {'within' if ok else 'outside'} 1 point of LoRA's validation accuracy on every task"
+                     + ((", within 1 point of LoRA's validation accuracy on every task" if ok else
+                         f", out: validation accuracy {out[method][1]:+.2f} points from LoRA's on {out[method][0]}")
                         if kind == "classification" else "")
                      + (f"; not eligible: {NOT_ELIGIBLE[method]}" if method in NOT_ELIGIBLE else ""))
     pending = [f"`{m}` on {', '.join(where)}" for m, where in missing.items() if where]

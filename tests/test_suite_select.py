@@ -37,7 +37,8 @@ def test_the_lowest_validation_nll_within_one_point_of_lora_wins(tmp_path):
                               "temperature": dict(acc=0.80, nll=0.2)})  # fitted on validation: never the default
     winner, lines = suite_select.select(suite, candidates=["lora", "good", "lossy", "temperature"])
     assert winner == "good"
-    assert any(line.startswith("`lossy`") and "outside" in line for line in lines)
+    assert any(line.startswith("`lossy`") and "out: validation accuracy -2.00 points from LoRA's on a" in line
+               for line in lines)
     assert any(line.startswith("`temperature`") and "not eligible" in line for line in lines)
 
 
