@@ -21,21 +21,15 @@ from pyro_bhpeft.backbone import load_backbone
 from pyro_bhpeft.config import PeftConfig
 from pyro_bhpeft.data import load_task, make_loader, tokenize
 from pyro_bhpeft.predict import predict
-from pyro_bhpeft.recipe import PRESETS, Recipe, kind_default, train
+from pyro_bhpeft.recipe import Recipe, kind_recipe, train
 from pyro_bhpeft.runs import training_subset
-
-def default_recipe(kind: str) -> Recipe:
-    """The recipe ``fit`` starts from on a task of ``kind`` when none is named."""
-    name = kind_default(kind)
-    return Recipe().with_(**PRESETS[name]) if name else Recipe()
-
 
 RECIPES = {"lora": Recipe(guide="mle", max_steps=8),
            "bh-peft hybrid mean-field": Recipe(guide="mean-field", peft=PeftConfig.hybrid(), max_steps=8),
            "low-rank": Recipe(guide="low-rank", peft=PeftConfig.hybrid(), max_steps=8),
            # what ``fit`` takes on this classification task when no recipe is named: its entry changes when the
            # default does (KIND_DEFAULTS), by design
-           "fit's default": default_recipe("classification").with_(max_steps=8, epochs=1)}
+           "fit's default": kind_recipe("classification").with_(max_steps=8, epochs=1)}
 
 
 def main() -> None:
@@ -46,7 +40,7 @@ def main() -> None:
     out = {}
     for name, recipe in RECIPES.items():
         result = train(recipe, data, progress=False)
-        samples = 4 if name != "fit's default" else min(4, recipe.samples)  # 0 where the recipe predicts at its mean
+        samples = min(4, recipe.samples)  # 0 where the recipe predicts at its posterior mean
         probs = predict(result.posterior, loader, num_samples=samples, seed=0).probs
         out[name] = {"loss": result.history, "probs_sha256": hashlib.sha256(probs.numpy().tobytes()).hexdigest()}
     with open(sys.argv[1] if len(sys.argv) > 1 else "fingerprint.json", "w") as f:

@@ -47,7 +47,7 @@ from pyro_bhpeft.guides import Delta, LowRank, MeanField
 from pyro_bhpeft.models import SequenceClassifier
 from pyro_bhpeft.io import write_json, write_text
 from pyro_bhpeft.priors import Normal
-from pyro_bhpeft.recipe import NOT_FOR_ROUNDS, PRESETS, Recipe, train
+from pyro_bhpeft.recipe import NOT_FOR_ROUNDS, PRESETS, Recipe, built_on, train
 
 ROUNDS = ("sentiment-movie", "sentiment-amazon", "sentiment-tweets")
 @dataclass(frozen=True)
@@ -98,9 +98,8 @@ def rounds_recipe(recipe: Recipe) -> Recipe:
     and training settings. (It forgot more than staying on the preset, so ``update`` keeps the run's recipe.)"""
     base = Recipe()
     for name in NOT_FOR_ROUNDS:
-        inference = {k: v for k, v in PRESETS[name].items() if k != "peft"}
-        if all(getattr(recipe, k) == v for k, v in inference.items()):
-            return recipe.with_(**{k: getattr(base, k) for k in inference}, predict_samples=None)
+        if built_on(recipe, name):
+            return recipe.with_(**{k: getattr(base, k) for k in PRESETS[name] if k != "peft"}, predict_samples=None)
     return recipe
 
 
@@ -113,10 +112,9 @@ def round_recipe(strategy: Strategy, args, seed: int, first: bool) -> Recipe | N
     return rounds_recipe(recipe) if strategy.update and not first else recipe
 
 
-def train_round(strategy: Strategy, data: TaskData, tokenizer, previous, args, seed: int):
-    """One round of one method; returns the fitted posterior."""
+def train_round(strategy: Strategy, recipe: Recipe | None, data: TaskData, tokenizer, previous, args, seed: int):
+    """One round of one method (``recipe``: its :func:`round_recipe`); returns the fitted posterior."""
     carried = previous is not None and strategy.posterior_as_prior
-    recipe = round_recipe(strategy, args, seed, first=previous is None)
     if recipe is not None:
         return train(recipe, data, prior=posterior_prior(previous, temper=args.temper) if carried else None,
                      progress=False).posterior
@@ -149,8 +147,8 @@ def run_cell(method: str, seed: int, args, tokenizer) -> list[list[dict]]:
     for k in range(len(rounds)):
         data = joint_data(rounds[: k + 1]) if strategy.joint else rounds[k]
         prev = None if strategy.joint else previous
-        previous = train_round(strategy, data, tokenizer, prev, args, seed)
-        recipe = round_recipe(strategy, args, seed, first=k == 0)
+        recipe = round_recipe(strategy, args, seed, first=prev is None)
+        previous = train_round(strategy, recipe, data, tokenizer, prev, args, seed)
         drawn = recipe.predict_samples if recipe is not None else None
         samples = (args.samples if drawn is None else drawn) if strategy.bayesian else 0
         results.append([evaluate(previous, rounds[j], tokenizer, args, samples) for j in range(k + 1)])

@@ -163,8 +163,11 @@ def select(suite: Path, kind: str = "classification", candidates: Sequence[str] 
                         if kind == "classification" else "")
                      + (f"; not eligible: {NOT_ELIGIBLE[method]}" if method in NOT_ELIGIBLE else ""))
     pending = [f"`{m}` on {', '.join(where)}" for m, where in missing.items() if where]
-    qualified = sorted((nll, cost, m) for m, (nll, cost, ok) in scores.items()
-                       if ok and m not in NOT_ELIGIBLE and not (as_default and why_not_default(m)))
+
+    def can_win(method: str) -> bool:  # eligible, and (as_default) able to be fit's default
+        return method not in NOT_ELIGIBLE and not (as_default and why_not_default(method))
+
+    qualified = sorted((nll, cost, m) for m, (nll, cost, ok) in scores.items() if ok and can_win(m))
     leader = None
     if qualified:
         best_nll = qualified[0][0]
@@ -172,9 +175,7 @@ def select(suite: Path, kind: str = "classification", candidates: Sequence[str] 
         leader = min(tied, key=lambda q: q[1])
     if pending:
         lines += standing(by_task, [m for m in candidates if m not in out and m not in refused])
-        rivals = [m for m, where in missing.items() if where and m not in NOT_ELIGIBLE
-                  and not (as_default and why_not_default(m))]
-        bounds = {m: lowest_possible(by_task, m) for m in rivals}
+        bounds = {m: lowest_possible(by_task, m) for m, where in missing.items() if where and can_win(m)}
         lora_done = all(len(t.get("lora", [])) >= SEEDS for t in by_task.values())
         if leader and lora_done and all(b > leader[0] + TIE_NLL for b in bounds.values()):
             lines += [f"`{m}` cannot overtake `{leader[2]}` whatever its missing cells hold: its mean validation NLL "

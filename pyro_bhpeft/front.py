@@ -340,8 +340,8 @@ class BayesianPEFT:
         from .continual import posterior_prior
         from .recipe import rounds_warning
 
-        if line := rounds_warning(self.recipe):
-            warnings.warn(line.replace("--recipe mean-field-lora", 'recipe="mean-field-lora"'), stacklevel=2)
+        if line := rounds_warning(self.recipe, start='recipe="mean-field-lora"'):
+            warnings.warn(line, stacklevel=2)
 
         with self._in_force():
             prior = posterior_prior(self.posterior, temper=temper)

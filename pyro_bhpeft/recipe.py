@@ -24,8 +24,8 @@ if TYPE_CHECKING:  # importing this module stays free of torch: the command line
     from .infer import FitResult
     from .priors import Prior
 
-__all__ = ["Recipe", "PRESETS", "PRESET_NAMES", "KIND_DEFAULTS", "kind_default", "NOT_FOR_ROUNDS",
-           "rounds_warning", "build_model", "build_guide", "train",
+__all__ = ["Recipe", "PRESETS", "PRESET_NAMES", "KIND_DEFAULTS", "kind_default", "kind_recipe", "NOT_FOR_ROUNDS",
+           "built_on", "rounds_warning", "build_model", "build_guide", "train",
            "fit_options", "loaders", "recipe_backbone", "EVAL_BATCH_SIZE"]
 
 EVAL_BATCH_SIZE = 64  # batch size of every evaluation loader
@@ -151,23 +151,33 @@ def kind_default(kind: str | None) -> str | None:
     return KIND_DEFAULTS.get(kind) if kind else None
 
 
+def kind_recipe(kind: str | None) -> Recipe:
+    """The recipe ``fit`` starts from on a task of ``kind`` when none is named and no option is given."""
+    name = kind_default(kind)
+    return Recipe().with_(**PRESETS[name]) if name else Recipe()
+
+
 # Presets whose posterior-as-prior rounds forget more than the mean-field recipe's, and whose runs switched to
 # that recipe from round 2 on forget more still (docs/results/forgetting.md): rounds should start from
 # ``mean-field-lora``. A new round of a run fitted with one keeps its recipe, with a warning.
 NOT_FOR_ROUNDS = ("bayes-lora-fs",)
 
 
-def rounds_warning(recipe: Recipe) -> str | None:
-    """A line for a new round of a run fitted with ``recipe``, if it is (or is built on) a preset of
-    :data:`NOT_FOR_ROUNDS`: its inference fields and kinds of PEFT layer (their sizes may be the user's), else
-    None."""
+def built_on(recipe: Recipe, name: str) -> bool:
+    """Whether ``recipe`` is preset ``name`` or built on it: the preset's fields and kinds of PEFT layer (their
+    sizes may be the user's)."""
+    preset = PRESETS[name]
+    return (recipe.peft.kinds == preset["peft"].kinds
+            and all(getattr(recipe, k) == v for k, v in preset.items() if k != "peft"))
+
+
+def rounds_warning(recipe: Recipe, start: str = "--recipe mean-field-lora") -> str | None:
+    """A line for a new round of a run fitted with ``recipe``, if it is built on a preset of
+    :data:`NOT_FOR_ROUNDS` (:func:`built_on`), else None; ``start``: how the caller names the rounds recipe."""
     for name in NOT_FOR_ROUNDS:
-        preset = PRESETS[name]
-        if recipe.peft.kinds == preset["peft"].kinds and all(getattr(recipe, k) == v for k, v in preset.items()
-                                                             if k != "peft"):
+        if built_on(recipe, name):
             return (f"this run's recipe ({name}) forgets earlier rounds' data more than mean-field-lora when its "
-                    "posterior is the next prior (docs/results/forgetting.md); for rounds, fit round 1 with "
-                    "--recipe mean-field-lora")
+                    f"posterior is the next prior (docs/results/forgetting.md); for rounds, fit round 1 with {start}")
     return None
 
 

@@ -348,9 +348,8 @@ def update_run(parent: str | Path, source: DataSource, out: str | Path, *, tempe
     parent's recipe; ``tell`` hears a warning when that recipe is one measured to forget across rounds
     (:func:`~pyro_bhpeft.recipe.rounds_warning`).
     """
-    from .recipe import rounds_warning
-
     from .continual import posterior_prior
+    from .recipe import rounds_warning
 
     parent = Path(parent).resolve()
     if Path(out).resolve() == parent:

@@ -195,7 +195,7 @@ def test_fits_default_is_what_the_committed_selection_names(kind):
     follows it, and a default changed by hand fails it too."""
     from pyro_bhpeft.compare import METHODS
     from pyro_bhpeft.data import TASKS
-    from pyro_bhpeft.recipe import PRESETS, Recipe, kind_default
+    from pyro_bhpeft.recipe import kind_default, kind_recipe
 
     winner = suite_select.select(SUITE, kind, as_default=True)[0]
     data_kinds = {TASKS[json.loads((f / "protocol.json").read_text())["task"]].kind
@@ -207,7 +207,7 @@ def test_fits_default_is_what_the_committed_selection_names(kind):
             assert preset is None, f"{data_kind}: default {preset!r} while the rule names no winner"
             continue
         method = METHODS[winner]
-        chosen = Recipe().with_(**PRESETS[preset]) if preset else Recipe()
+        chosen = kind_recipe(data_kind)
         for field, value in method.base_fit.items():  # the fit the suite measured
             assert getattr(chosen, field) == value, f"{data_kind}: {field} differs from the suite's {winner!r}"
         assert (chosen.predict_samples == 0) == method.point_mass, f"{data_kind}: predicts unlike {winner!r}"

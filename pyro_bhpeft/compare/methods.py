@@ -82,21 +82,22 @@ def _temperature(bench: Bench, seed: int) -> Scored:
         raise ConfigError(f"temperature scaling needs a validation split; {bench.spec.name} has none")
     point, facts = bench.fitted(bench.protocol.recipe(seed))
     tick = time.perf_counter()
-    val = predict(point, bench.eval_loaders["validation"], num_samples=0)
+    validation = bench.eval_loaders["validation"]
+    val = predict(point, validation, num_samples=0)
+
+    def point_predictions(loader: Any) -> Any:  # validation's are made already: deterministic, reused
+        return val if loader is validation else predict(point, loader, num_samples=0)
     if not point.model.predicts_classes:  # regression: one factor on the predictive variance
         from ..baselines import fit_variance_scale, variance_scaled
 
         scale = fit_variance_scale(val)
         seconds = time.perf_counter() - tick
-        preds = bench.predict_all(lambda loader: variance_scaled(
-            val if loader is bench.eval_loaders["validation"] else predict(point, loader, num_samples=0), scale))
+        preds = bench.predict_all(lambda loader: variance_scaled(point_predictions(loader), scale))
         return Scored(preds, facts["seconds"] + seconds, facts["peak_mb"], facts["trainable"] + 1,
                       {"variance_scale": scale})
     temperature = fit_temperature(val.probs, val.labels)
     seconds = time.perf_counter() - tick
-    mine = bench.eval_loaders["validation"]  # its point predictions are made already: deterministic, reused
-    preds = bench.predict_all(lambda loader: tempered(val if loader is mine else predict(point, loader, num_samples=0),
-                                                      temperature))
+    preds = bench.predict_all(lambda loader: tempered(point_predictions(loader), temperature))
     return Scored(preds, facts["seconds"] + seconds, facts["peak_mb"], facts["trainable"] + 1,
                   {"temperature": temperature})
 
