@@ -7,12 +7,15 @@ whose accuracy is at chance is calibrated only when its confidence falls to chan
 mostly the over-confidence.
 
 Where a sampled method has a posterior-mean twin that shares its fit (``blob`` / ``blob-mean``,
-``bayes-lora-fs`` / ``bayes-lora-fs-mean``), its ECE change against deterministic LoRA splits into the part
-of its mean function (mean twin minus LoRA) and the part of averaging its draws (sampled minus mean twin),
-over the seeds both have.
+``bayes-lora-fs`` / ``bayes-lora-fs-mean``, ``mean-field-lora`` / ``mean-field-lora-mean``), its ECE, NLL and
+accuracy changes against deterministic LoRA split into the part of its mean function (mean twin minus LoRA) and
+the part of averaging its draws (sampled minus mean twin), over the seeds all three have.
 
     python benchmarks/calibration_anatomy.py docs/compare/winogrande-s docs/compare/arc-easy \
         docs/compare/openbookqa docs/compare/arc-challenge --out docs/compare/calibration-anatomy-smollm2.md
+
+``--twins DIR`` also reads the cells of ``DIR/<name>`` for each comparison ``<name>``: twins run beside a
+comparison whose folder should hold only its own methods (the suite's), sharing its fits through a link.
 """
 
 from __future__ import annotations
@@ -33,21 +36,23 @@ from pyro_bhpeft.compare.cells import is_done, load_arrays, load_metrics
 from pyro_bhpeft.compare.report import mean_sd
 from pyro_bhpeft.io import write_text
 
-TWINS = {"blob": "blob-mean", "bayes-lora-fs": "bayes-lora-fs-mean"}
+TWINS = {"blob": "blob-mean", "bayes-lora-fs": "bayes-lora-fs-mean", "mean-field-lora": "mean-field-lora-mean"}
 BASELINE = "lora"
 
 
-def cells(comparison: Path) -> dict[str, dict[int, dict[str, float]]]:
-    """``{method: {seed: row}}`` for every finished cell, in the registry's order."""
+def cells(*comparisons: Path) -> dict[str, dict[int, dict[str, float]]]:
+    """``{method: {seed: row}}`` for every finished cell of the folders, in the registry's order."""
     found: dict[str, dict[int, dict[str, float]]] = {}
-    for path in sorted((comparison / "cells").glob("*-seed*")):
-        method, seed = path.name.rsplit("-seed", 1)
-        if not is_done(comparison, method, int(seed)):
-            continue
-        metrics, probs = load_metrics(comparison, method, int(seed)), load_arrays(comparison, method, int(seed))["test_probs"]
-        found.setdefault(method, {})[int(seed)] = {
-            "accuracy": 100 * metrics["accuracy"], "confidence": 100 * float(probs.max(1).mean()),
-            "ece": metrics["ece"], "mi": metrics.get("mutual_information", 0.0)}
+    for comparison in comparisons:
+        for path in sorted((comparison / "cells").glob("*-seed*")):
+            method, seed = path.name.rsplit("-seed", 1)
+            if not is_done(comparison, method, int(seed)):
+                continue
+            metrics = load_metrics(comparison, method, int(seed))
+            probs = load_arrays(comparison, method, int(seed))["test_probs"]
+            found.setdefault(method, {})[int(seed)] = {
+                "accuracy": 100 * metrics["accuracy"], "confidence": 100 * float(probs.max(1).mean()),
+                "ece": metrics["ece"], "mi": metrics.get("mutual_information", 0.0), "nll": metrics["nll"]}
     order = [m for m in METHODS if m in found] + sorted(m for m in found if m not in METHODS)
     return {m: found[m] for m in order}
 
@@ -57,9 +62,9 @@ def _mean_sd(values: list[float]) -> str:
     return f"{mean:.2f} ± {sd:.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
-def anatomy(comparison: Path) -> str:
-    """The markdown section of one comparison directory."""
-    found = cells(comparison)
+def anatomy(comparison: Path, *twins: Path) -> str:
+    """The markdown section of one comparison directory (and the twin cells run beside it in ``twins``)."""
+    found = cells(comparison, *twins)
     lines = [f"## `{comparison.name}`", "",
              "| method | seeds | accuracy % | confidence % | over-confidence (pts) | ECE % | MI (nats) |",
              "|---|---|---|---|---|---|---|"]
@@ -76,29 +81,38 @@ def anatomy(comparison: Path) -> str:
         shared = sorted(set(found[sampled]) & set(found[mean]) & set(found[BASELINE]))
         if not shared:
             continue
-        ece = {m: np.mean([found[m][s]["ece"] for s in shared]) for m in (BASELINE, mean, sampled)}
-        split.append(f"| {sampled} | {len(shared)} | {ece[sampled] - ece[BASELINE]:+.2f} | "
-                     f"{ece[mean] - ece[BASELINE]:+.2f} | {ece[sampled] - ece[mean]:+.2f} |")
+        row = f"| {sampled} | {len(shared)} |"
+        for metric, digits in (("ece", 2), ("nll", 3), ("accuracy", 2)):
+            at = {m: np.mean([found[m][s][metric] for s in shared]) for m in (BASELINE, mean, sampled)}
+            row += (f" {at[sampled] - at[BASELINE]:+.{digits}f} | {at[mean] - at[BASELINE]:+.{digits}f} |"
+                    f" {at[sampled] - at[mean]:+.{digits}f} |")
+        split.append(row)
     if split:
-        lines += ["", f"ECE change against `{BASELINE}` (points, mean over the seeds all three share), split "
-                  "into the mean function's part and the draws' part:", "",
-                  "| method | seeds | Δ ECE | of it: mean function | of it: averaging the draws |",
-                  "|---|---|---|---|---|", *split]
+        lines += ["", f"Changes against `{BASELINE}` (ECE and accuracy in points, mean over the seeds all three "
+                  "share), each split into the mean function's part (the posterior-mean twin minus LoRA) and the "
+                  "draws' part (the sampled method minus its twin):", "",
+                  "| method | seeds | Δ ECE | mean function | averaging | Δ NLL | mean function "
+                  "| averaging | Δ accuracy | mean function | averaging |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|", *split]
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("comparisons", nargs="+", type=Path, help="comparison directories (with cells/)")
+    parser.add_argument("--twins", type=Path, help="a folder of twin comparisons, one per comparison's name")
     parser.add_argument("--out", type=Path, help="also write the tables here (markdown)")
     args = parser.parse_args()
     missing = [str(c) for c in args.comparisons if not (c / "cells").is_dir()]
     if missing:
         parser.error(f"no cells/ under {', '.join(missing)}: give directories written by pyro-bhpeft compare")
-    text = "\n\n".join(["# Calibration anatomy", "Made by `python benchmarks/calibration_anatomy.py "
-                        + " ".join(str(c) for c in args.comparisons) + "`: test examples; confidence is the top "
-                        "class's probability; MI is the mutual information between prediction and weights."]
-                       + [anatomy(c) for c in args.comparisons]) + "\n"
+    twins = {c: [args.twins / c.name] if args.twins and (args.twins / c.name / "cells").is_dir() else []
+             for c in args.comparisons}
+    command = " ".join(str(c) for c in args.comparisons) + (f" --twins {args.twins}" if args.twins else "")
+    text = "\n\n".join(["# Calibration anatomy", f"Made by `python benchmarks/calibration_anatomy.py {command}`: "
+                        "test examples; confidence is the top class's probability; MI is the mutual information "
+                        "between prediction and weights."]
+                       + [anatomy(c, *twins[c]) for c in args.comparisons]) + "\n"
     print(text)
     if args.out is not None:
         write_text(args.out, text)

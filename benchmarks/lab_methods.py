@@ -5,6 +5,7 @@ extends a committed comparison that has their cells imports this module first (`
 ``select_recipes.py``, ``ivon_probe.py``). Each is listed right after the method it varies.
 
 * ``blob-mean``: the blob fit predicting with its posterior mean (K = 0);
+* ``mean-field-lora-mean``: fit's default (``mean-field-lora``) predicting with its posterior mean (K = 0);
 * ``ivon-ess-n``: IVON with ess = the training-set size and ivon-opt's defaults, our first setting;
 * ``lora-gates-nonoise``: the first gated LoRA, without the hard concrete's relaxation noise.
 
@@ -34,6 +35,9 @@ LAB_METHODS: dict[str, tuple[str, Method]] = {  # name -> (the method it follows
     "blob-mean": ("bayes-lora-fs-mean", Method.sampled(
         "the blob fit predicting with its posterior mean (K = 0): how much of BLoB's calibration is its mean "
         "function's", dict(PRESETS["blob"]), point_mass=True)),
+    "mean-field-lora-mean": ("mean-field-lora", Method.sampled(
+        "the mean-field-lora fit predicting with its posterior mean (K = 0): how much of fit's default is its mean "
+        "function's", {"guide": "mean-field"}, point_mass=True)),
     "ivon-ess-n": ("ivon", ivon_method(
         "IVON with ess = the training-set size and ivon-opt's defaults (lr rescaling, weight decay 1e-4): our "
         "earlier setting, not the authors'", ivon_ess_n)),

@@ -16,10 +16,12 @@ def load_script():
     return module
 
 
-def write_cell(root: Path, name: str, probs: list[list[float]], accuracy: float, ece: float, mi: float = 0.0):
+def write_cell(root: Path, name: str, probs: list[list[float]], accuracy: float, ece: float, mi: float = 0.0,
+               nll: float = 1.0):
     cell = root / "cells" / name
     cell.mkdir(parents=True)
-    (cell / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "ece": ece, "mutual_information": mi}))
+    (cell / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "ece": ece, "mutual_information": mi,
+                                                   "nll": nll}))
     np.savez(cell / "predictions.npz", test_probs=np.asarray(probs, dtype=np.float32))
 
 
@@ -37,4 +39,16 @@ def test_confidence_over_confidence_and_the_mean_and_draws_split(tmp_path):
     text = anatomy.anatomy(root)
     assert "| lora | 2 | 50.00 ± 0.00 | 80.00 ± 0.00 | 30.00 ± 0.00 | 25.00 ± 7.07 | 0.0000 |" in text
     # blob's ECE change -12.5 = the mean function's -11.0 + the draws' -1.5, over seeds 0 and 1 only
-    assert "| blob | 2 | -12.50 | -11.00 | -1.50 |" in text
+    assert "| blob | 2 | -12.50 | -11.00 | -1.50 | +0.000 | +0.000 | +0.000 | +0.00 | +0.00 | +0.00 |" in text
+
+
+def test_twins_run_in_another_folder_split_the_nll_and_accuracy_too(tmp_path):
+    anatomy = load_script()
+    suite, twins = tmp_path / "suite" / "task", tmp_path / "twins" / "task"
+    write_cell(suite, "lora-seed0", [[0.9, 0.1]], 0.80, 20.0, nll=1.00)
+    write_cell(suite, "mean-field-lora-seed0", [[0.8, 0.2]], 0.82, 15.0, mi=0.02, nll=0.70)
+    write_cell(twins, "mean-field-lora-mean-seed0", [[0.85, 0.15]], 0.83, 16.0, nll=0.75)
+    assert "mean-field-lora-mean" not in anatomy.cells(suite)
+    text = anatomy.anatomy(suite, twins)
+    # NLL -0.30 = the mean's -0.25 + the draws' -0.05; accuracy +2 = +3 from the mean, -1 from the draws
+    assert "| mean-field-lora | 1 | -5.00 | -4.00 | -1.00 | -0.300 | -0.250 | -0.050 | +2.00 | +3.00 | -1.00 |" in text
