@@ -21,7 +21,10 @@ comparison whose folder should hold only its own methods (the suite's), sharing 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +38,7 @@ from pyro_bhpeft.compare import METHODS
 from pyro_bhpeft.compare.cells import is_done, load_arrays, load_metrics
 from pyro_bhpeft.compare.report import mean_sd
 from pyro_bhpeft.io import write_text
+from pyro_bhpeft.recipe import Recipe
 
 TWINS = {"blob": "blob-mean", "bayes-lora-fs": "bayes-lora-fs-mean", "mean-field-lora": "mean-field-lora-mean"}
 BASELINE = "lora"
@@ -53,8 +57,51 @@ def cells(*comparisons: Path) -> dict[str, dict[int, dict[str, float]]]:
             found.setdefault(method, {})[int(seed)] = {
                 "accuracy": 100 * metrics["accuracy"], "confidence": 100 * float(probs.max(1).mean()),
                 "ece": metrics["ece"], "mi": metrics.get("mutual_information", 0.0), "nll": metrics["nll"]}
-    order = [m for m in METHODS if m in found] + sorted(m for m in found if m not in METHODS)
-    return {m: found[m] for m in order}
+    return {m: found[m] for m in sorted(found, key=_registry_order)}
+
+
+def _registry_order(method: str) -> tuple[int, str]:
+    """The registry's order, then unregistered methods by name."""
+    return (list(METHODS).index(method), "") if method in METHODS else (len(METHODS), method)
+
+
+def scales(*comparisons: Path) -> dict[str, dict[str, Any]]:
+    """``{method: facts}`` of the posterior scales its cells saved (``scales.json``): the median over seeds of
+    the median over sites, the range over every site and seed, the prior's median scale, and the scale the fit
+    started from (its recipe's ``initial_scale``)."""
+    found: dict[str, dict[str, Any]] = {}
+    for comparison in comparisons:
+        for path in sorted((comparison / "cells").glob("*-seed*/scales.json")):
+            method = path.parent.name.rsplit("-seed", 1)[0]
+            rows = json.loads(path.read_text())
+            settings = json.loads((path.parent / "metrics.json").read_text()).get("method_settings", {})
+            facts = found.setdefault(method, {"medians": [], "all": [], "prior": [], "start": None})
+            facts["medians"].append(statistics.median(r["posterior_scale"] for r in rows))
+            facts["all"] += [r["posterior_scale"] for r in rows]
+            facts["prior"] += [r["prior_scale"] for r in rows]
+            if settings.get("base_fit") is not None and settings.get("post_hoc") is None:  # else: set after the fit
+                facts["start"] = Recipe(**settings["base_fit"]).initial_scale
+    return {m: found[m] for m in sorted(found, key=_registry_order)}
+
+
+def scale_lines(comparison: Path, *twins: Path) -> list[str]:
+    """The markdown table of :func:`scales` (empty when no cell saved its scales)."""
+    found = scales(comparison, *twins)
+    if not found:
+        return []
+    lines = ["", "Posterior scales (the cells' `scales.json`; medians over each seed's sites, then over seeds; "
+             "\"grew\" is that median over the scale the fit started from):", "",
+             "| method | seeds | start | posterior scale | range over sites | grew | prior scale |",
+             "|---|---|---|---|---|---|---|"]
+    for method, facts in found.items():
+        start, median = facts["start"], statistics.median(facts["medians"])
+        start_text = "–" if start is None else (f"{start[0]:.3g}-{start[1]:.3g}" if isinstance(start, tuple)
+                                                else f"{start:.3g}")
+        grew = f"{median / start:.2f}x" if isinstance(start, float) else "–"
+        lines.append(f"| {method} | {len(facts['medians'])} | {start_text} | {median:.3g} | "
+                     f"{min(facts['all']):.3g}-{max(facts['all']):.3g} | {grew} | "
+                     f"{statistics.median(facts['prior']):.3g} |")
+    return lines
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -62,8 +109,9 @@ def _mean_sd(values: list[float]) -> str:
     return f"{mean:.2f} ± {sd:.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
-def anatomy(comparison: Path, *twins: Path) -> str:
-    """The markdown section of one comparison directory (and the twin cells run beside it in ``twins``)."""
+def anatomy(comparison: Path, *twins: Path, with_scales: bool = False) -> str:
+    """The markdown section of one comparison directory (and the twin cells run beside it in ``twins``);
+    ``with_scales``: also the posterior scales its cells saved."""
     found = cells(comparison, *twins)
     lines = [f"## `{comparison.name}`", "",
              "| method | seeds | accuracy % | confidence % | over-confidence (pts) | ECE % | MI (nats) |",
@@ -94,13 +142,14 @@ def anatomy(comparison: Path, *twins: Path) -> str:
                   "| method | seeds | Δ ECE | mean function | averaging | Δ NLL | mean function "
                   "| averaging | Δ accuracy | mean function | averaging |",
                   "|---|---|---|---|---|---|---|---|---|---|---|", *split]
-    return "\n".join(lines)
+    return "\n".join(lines + (scale_lines(comparison, *twins) if with_scales else []))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("comparisons", nargs="+", type=Path, help="comparison directories (with cells/)")
     parser.add_argument("--twins", type=Path, help="a folder of twin comparisons, one per comparison's name")
+    parser.add_argument("--scales", action="store_true", help="also the posterior scales the cells saved")
     parser.add_argument("--out", type=Path, help="also write the tables here (markdown)")
     args = parser.parse_args()
     missing = [str(c) for c in args.comparisons if not (c / "cells").is_dir()]
@@ -108,11 +157,12 @@ def main() -> None:
         parser.error(f"no cells/ under {', '.join(missing)}: give directories written by pyro-bhpeft compare")
     twins = {c: [args.twins / c.name] if args.twins and (args.twins / c.name / "cells").is_dir() else []
              for c in args.comparisons}
-    command = " ".join(str(c) for c in args.comparisons) + (f" --twins {args.twins}" if args.twins else "")
+    command = " ".join(str(c) for c in args.comparisons) + (f" --twins {args.twins}" if args.twins else "") + (
+        " --scales" if args.scales else "")
     text = "\n\n".join(["# Calibration anatomy", f"Made by `python benchmarks/calibration_anatomy.py {command}`: "
                         "test examples; confidence is the top class's probability; MI is the mutual information "
                         "between prediction and weights."]
-                       + [anatomy(c, *twins[c]) for c in args.comparisons]) + "\n"
+                       + [anatomy(c, *twins[c], with_scales=args.scales) for c in args.comparisons]) + "\n"
     print(text)
     if args.out is not None:
         write_text(args.out, text)

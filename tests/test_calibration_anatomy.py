@@ -52,3 +52,18 @@ def test_twins_run_in_another_folder_split_the_nll_and_accuracy_too(tmp_path):
     text = anatomy.anatomy(suite, twins)
     # NLL -0.30 = the mean's -0.25 + the draws' -0.05; accuracy +2 = +3 from the mean, -1 from the draws
     assert "| mean-field-lora | 1 | -5.00 | -4.00 | -1.00 | -0.300 | -0.250 | -0.050 | +2.00 | +3.00 | -1.00 |" in text
+
+
+def test_scales_row_reads_the_cells_scales_and_the_recipe_start(tmp_path):
+    anatomy = load_script()
+    root = tmp_path / "task"
+    for seed, sites in enumerate([[0.02, 0.03, 0.04], [0.05, 0.06, 0.07]]):  # site medians 0.03 and 0.06
+        write_cell(root, f"mean-field-lora-seed{seed}", [[0.8, 0.2]], 0.8, 10.0)
+        cell = root / "cells" / f"mean-field-lora-seed{seed}"
+        metrics = json.loads((cell / "metrics.json").read_text())
+        metrics["method_settings"] = {"base_fit": {"guide": "mean-field", "init_scale": 0.03}, "post_hoc": None}
+        (cell / "metrics.json").write_text(json.dumps(metrics))
+        (cell / "scales.json").write_text(json.dumps([{"posterior_scale": v, "prior_scale": 1.0} for v in sites]))
+    # the median over seeds of 0.03 and 0.06 is 0.045: 1.5x the start 0.03; the range spans both seeds
+    assert "| mean-field-lora | 2 | 0.03 | 0.045 | 0.02-0.07 | 1.50x | 1 |" in anatomy.anatomy(root, with_scales=True)
+    assert "Posterior scales" not in anatomy.anatomy(root)
