@@ -146,6 +146,17 @@ def test_scale_warnings_say_when_scales_never_moved_or_still_move():
     assert scale_warnings(steps, {"a": settled}) == []
 
 
+def test_scale_warnings_name_the_learning_rate_when_every_site_moved_alike():
+    steps = list(range(0, 101, 10))
+    alike = {f"s{i}": [0.01] * 10 + [0.0121 - 1e-5 * i] for i in range(10)}  # 1.20-1.21x: capped steps
+    assert "grew alike (1.21x)" in scale_warnings(steps, alike)[0]
+    spread = {f"s{i}": [0.01] * 10 + [0.01 * (1.02 + 0.02 * i)] for i in range(10)}  # 1.02-1.20x: the data's
+    assert "never left their start" in scale_warnings(steps, spread)[0]
+    assert "alike" not in scale_warnings(steps, spread)[0]
+    mixed = {"up": [0.01] * 10 + [0.0121], "down": [0.01] * 10 + [0.01 / 1.21]}
+    assert "alike" not in scale_warnings(steps, mixed)[0]
+
+
 # ---- empirical Bayes ------------------------------------------------------------------------------------------
 def test_learned_prior_scales_reach_their_stationary_point():
     """At the ELBO's optimum over a zero-mean prior scale s: s^2 = mean(loc^2 + scale^2) over the site."""
