@@ -55,7 +55,7 @@ def resummarise(folder: Path, out: Path) -> list[str]:
     """Summarise a copy of ``folder`` at ``out``; the names of the summary files that differ."""
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(folder, out)
+    shutil.copytree(folder, out, ignore=shutil.ignore_patterns("fits"))  # git-ignored: a clean clone has none
     protocol = lm_experiment(folder)
     if protocol is not None:  # summarised by its own runner: comparison.md and comparison.json
         import lm_answers
