@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import lab_methods  # noqa: F401  (--methods may name an experiment-only method, e.g. a twin beside the suite)
+
 # The candidates, in the order they run (the baseline and the one-forward recipes first); fixed before any cell.
 CANDIDATES = ("lora", "temperature", "lora-llla", "mean-field-top2", "mean-field", "tfb", "blob", "bayes-lora-fs",
               "bayes-lora-fs-mean", "laplace-kfac-probit", "low-rank", "ensemble",
