@@ -162,7 +162,8 @@ def select(suite: Path, kind: str = "classification", candidates: Sequence[str] 
                          f", out: validation accuracy {out[method][1]:+.2f} points from LoRA's on {out[method][0]}")
                         if kind == "classification" else "")
                      + (f"; not eligible: {NOT_ELIGIBLE[method]}" if method in NOT_ELIGIBLE else ""))
-    pending = [f"`{m}` on {', '.join(where)}" for m, where in missing.items() if where]
+    pending = [f"`{m}` on " + ", ".join(f"{n} ({len(by_task[n].get(m, []))} of {SEEDS} seeds in)" for n in where)
+               for m, where in missing.items() if where]
 
     def can_win(method: str) -> bool:  # eligible, and (as_default) able to be fit's default
         return method not in NOT_ELIGIBLE and not (as_default and why_not_default(method))
@@ -183,7 +184,7 @@ def select(suite: Path, kind: str = "classification", candidates: Sequence[str] 
                       for m, b in bounds.items()]
             lines.append(f"still to run, for the tables (they cannot change the outcome): " + "; ".join(pending))
             return leader[2], lines
-        lines.append(f"still to run (all {SEEDS} seeds): " + "; ".join(pending))
+        lines.append("still to run: " + "; ".join(pending))
         return None, lines
     return (leader[2] if leader else None), lines
 

@@ -61,7 +61,7 @@ def test_no_winner_is_named_while_a_candidate_misses_a_seed_on_a_task(tmp_path):
         path.unlink()
     (suite / "b" / "cells" / "partial-seed2").rmdir()
     winner, lines = suite_select.select(suite, candidates=["lora", "done", "partial"])
-    assert winner is None and lines[-1] == "still to run (all 3 seeds): `partial` on b"
+    assert winner is None and lines[-1] == "still to run: `partial` on b (2 of 3 seeds in)"
     assert not any(line.startswith("`partial`") for line in lines)
     assert lines[-2] == ("so far, not a selection (the rule waits on b): mean validation NLL over a: `partial` "
                          "0.1000, `done` 0.5000, `lora` 1.0000 (not eligible)")
