@@ -21,12 +21,13 @@ from matplotlib.figure import Figure
 
 from pyro_bhpeft.analysis import metrics, plots
 from pyro_bhpeft.compare import Bench, Protocol
+from pyro_bhpeft.config import PeftConfig
 from pyro_bhpeft.data import load_task
 from pyro_bhpeft.demo import DEMO_METHODS, DEMO_SAMPLES, DEMO_TRAIN_SIZE
 from pyro_bhpeft.io import write_text
 from pyro_bhpeft.predict import predict
 
-BH = DEMO_METHODS["BH-PEFT (mean-field)"]
+BH = DEMO_METHODS["deterministic LoRA"].with_(guide="mean-field", peft=PeftConfig.hybrid())  # the 0.1 demo's recipe
 VARIANTS = {
     "deterministic LoRA": (DEMO_METHODS["deterministic LoRA"], 0),
     "BH-PEFT (demo recipe)": (BH, DEMO_SAMPLES),

@@ -1,6 +1,6 @@
 """A fingerprint of small real fits, to check that a change of code leaves the numbers unchanged.
 
-Fits deterministic LoRA, the hybrid mean-field (the demo's BH-PEFT recipe), the hybrid low-rank posterior and
+Fits deterministic LoRA, the hybrid mean-field (the demo's recipe until 2026-12-06), the hybrid low-rank posterior and
 the recipe ``fit`` takes by default on a classification on 160 random sentiment snippets for 8 steps (packaged
 MiniLM, one thread), predicts 48 test snippets with 4 posterior samples (none for a recipe that predicts at its
 posterior mean), and writes every loss and a hash of the predictive probabilities as JSON. Run it under two
