@@ -29,7 +29,8 @@ DEMO_METHODS: dict[str, Recipe] = {
     "deterministic LoRA": _BASE.with_(guide="mle"),
 }
 DEFAULT_NAME = kind_default("classification") or "mean-field-lora"  # the preset fit takes here (Recipe()'s own)
-DEMO_METHODS[f"fit's default ({DEFAULT_NAME})"] = _BASE.with_(**PRESETS[DEFAULT_NAME])
+DEFAULT_LABEL = f"fit's default ({DEFAULT_NAME})"
+DEMO_METHODS[DEFAULT_LABEL] = _BASE.with_(**PRESETS[DEFAULT_NAME])
 METRIC_COLUMNS = (("accuracy %", "accuracy", 100.0, 2), ("NLL", "nll", 1.0, 3), ("Brier", "brier", 1.0, 3),
                   ("ECE %", "ece", 1.0, 2), ("ECE floor %", "ece_floor", 1.0, 2), ("MCE %", "mce", 1.0, 2))
 
@@ -88,7 +89,7 @@ def _table(results: dict[str, _MethodResult], split: str) -> str:
 
 def _report(results: dict[str, _MethodResult], splits: dict[str, str], figures: list[str], n_train: int,
             quick: bool) -> str:
-    draws = _draws(DEMO_METHODS[f"fit's default ({DEFAULT_NAME})"])
+    draws = _draws(DEMO_METHODS[DEFAULT_LABEL])
     lines = [f"# pyro-bhpeft demo: deterministic LoRA vs fit's default recipe ({DEFAULT_NAME}) on sentiment", "",
              f"Backbone: packaged all-MiniLM-L6-v2. Training: {n_train} Rotten Tomatoes snippets drawn at random "
              "(seed 0) from the training split, one epoch, batch 16, 64 tokens, Adam lr 2e-3, seed 0 (same for both "

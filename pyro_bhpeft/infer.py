@@ -164,7 +164,8 @@ def scale_warnings(steps: list[int], trace: dict[str, list[float]]) -> list[str]
     if not trace or len(steps) < 3:
         return []
     late = next(i for i, s in enumerate(steps) if s >= 0.8 * steps[-1])
-    total = statistics.median(abs(math.log(v[-1] / v[0])) for v in trace.values())
+    moves = [math.log(v[-1] / v[0]) for v in trace.values()]  # each site's log change over the fit
+    total = statistics.median(abs(m) for m in moves)
     recent = statistics.median(abs(math.log(v[-1] / v[late])) for v in trace.values())
     out = []
     if total < math.log(1.25):
@@ -173,18 +174,18 @@ def scale_warnings(steps: list[int], trace: dict[str, list[float]]) -> list[str]
     elif recent > math.log(1.10):
         out.append(f"posterior scales were still moving at the end ({math.exp(recent) - 1:.0%} in the last "
                    "fifth of the steps): give the fit more steps or a larger scale_lr")
-    lockstep = _lockstep(trace)
+    lockstep = _lockstep(moves)
     if out and lockstep is not None:
         out[0] += (f"; the sites' scales {'grew' if lockstep > 1 else 'shrank'} alike ({lockstep:.2f}x), as steps "
                    "capped by the learning rate do: scale_lr, not the data, held them")
     return out
 
 
-def _lockstep(trace: dict[str, list[float]]) -> float | None:
+def _lockstep(logs: list[float]) -> float | None:
     """The median factor by which the sites' scales moved when they moved alike: all one way, and at least 80 %
     of them within 10 % of the largest move. Adam's steps are about the learning rate whatever the gradient's
-    size, so a learning rate too small for the distance moves every site by the same factor. Else None."""
-    logs = [math.log(v[-1] / v[0]) for v in trace.values()]
+    size, so a learning rate too small for the distance moves every site by the same factor. Else None.
+    ``logs``: each site's log change over the fit."""
     if len(logs) < 2 or not (all(x > 0 for x in logs) or all(x < 0 for x in logs)):
         return None
     largest = max(map(abs, logs))
