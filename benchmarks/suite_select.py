@@ -6,7 +6,8 @@ block), per kind of task: on the classification tasks, keep the methods within 1
 task; among them the lowest validation NLL averaged over the tasks wins; on the regression, the lowest validation
 Gaussian NLL among the methods that predict a Gaussian. Ties within 0.001 go to the lower cost (training plus
 prediction seconds). No winner is named until every candidate has all its seeds on every task of the kind.
-Writes ``selection.md`` and ``which-method.md`` (test metrics against LoRA per task: the user-facing table) and
+Writes ``selection.md``, ``which-method.md`` (test metrics against LoRA per task: the user-facing table),
+``targets.md`` (the default the rule names against issue 32's targets, ``suite_targets.py``) and
 ``figures/which-method.png`` in the suite folder.
 
     python benchmarks/suite_select.py docs/suite
@@ -314,9 +315,13 @@ def main() -> None:
     text = "\n".join(parts)
     (suite / "selection.md").write_text(text)
     (suite / "which-method.md").write_text(which_method(suite))
+    from suite_targets import targets  # the default the rule names, against its targets on the test split
+
+    (suite / "targets.md").write_text(targets(suite))
     drawn = figure(suite)
     print(text)
-    print(f"wrote {suite / 'selection.md'}, {suite / 'which-method.md'}" + (f", {drawn}" if drawn else ""))
+    print(f"wrote {suite / 'selection.md'}, {suite / 'which-method.md'}, {suite / 'targets.md'}"
+          + (f", {drawn}" if drawn else ""))
 
 
 if __name__ == "__main__":

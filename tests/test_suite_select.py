@@ -266,3 +266,79 @@ def test_selection_md_says_when_the_default_is_decided_before_the_winner(tmp_pat
     assert "The default of `fit` is decided before the winner: `mean-field-lora`." in text
     assert "- `ensemble` cannot overtake" not in text  # the ensemble cannot be the default: not its line
     assert "- `tfb` cannot overtake `mean-field-lora`" in text
+
+
+def _seed_cells(task: Path, method: str, **per_seed: list[float]) -> None:
+    """Three seeds of ``method`` on ``task``: each metric given as its value on seeds 0, 1, 2."""
+    if not (task / "protocol.json").is_file():
+        task.mkdir(parents=True, exist_ok=True)
+        (task / "protocol.json").write_text('{"task": "sentiment"}')
+    for seed in range(3):
+        record = {"train_seconds": 100.0, "predict_seconds": 10.0, "ood_auroc": 0.8, "accuracy": 0.8,
+                  **{key: values[seed] for key, values in per_seed.items()}}
+        record["validation"] = {"accuracy": record.get("accuracy", 0.8), "nll": record["nll"]}
+        folder = task / "cells" / f"{method}-seed{seed}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps(record))
+
+
+def test_targets_judge_every_seed_against_loras_same_seed_and_the_peers_means(tmp_path):
+    import suite_targets
+
+    task = tmp_path / "a"
+    _seed_cells(task, "lora", nll=[1.0, 1.0, 1.0], ece=[20.0, 20.0, 20.0])
+    _seed_cells(task, "m", nll=[0.9, 0.9, 1.2], ece=[5.0, 5.0, 20.0], accuracy=[0.79, 0.79, 0.79],
+                train_seconds=[150.0] * 3)
+    _seed_cells(task, "temperature", nll=[1.0, 1.0, 1.0], ece=[5.0] * 3)
+    _seed_cells(task, "ensemble", nll=[0.98] * 3, ece=[5.0] * 3)
+    row = suite_targets.class_row(task, suite_select.cells(task), "m")
+    assert row[2:10] == ["**no**: 2/3",  # seed 2's NLL is above LoRA's seed 2
+                         "**no**: 2/3",  # and its ECE only equals LoRA's there: not below
+                         "yes: 0.50x",  # exactly half is at most half
+                         "yes: -1.00", "yes: 1.000 against 1.000", "yes: +0.000",  # matching temperature is enough
+                         "**no**: 1.000 against 0.980", "yes: 1.50x"]
+
+
+def test_targets_wait_on_missing_seeds_and_peers_rather_than_judge_them(tmp_path):
+    import suite_targets
+
+    task = tmp_path / "a"
+    _seed_cells(task, "lora", nll=[1.0] * 3, ece=[20.0] * 3)
+    _seed_cells(task, "m", nll=[0.9] * 3, ece=[10.0] * 3)
+    _seed_cells(task, "ensemble", nll=[0.5] * 3, ece=[5.0] * 3)
+    for seed in (1, 2):
+        for method in ("m", "ensemble"):
+            (task / "cells" / f"{method}-seed{seed}" / "metrics.json").unlink()
+    row = suite_targets.class_row(task, suite_select.cells(task), "m")
+    assert row[2] == "1/1 so far" and row[6] == "pending (0 of 3 seeds in)" and row[8] == "pending (1 of 3 seeds in)"
+
+
+def test_regression_targets_want_every_seeds_coverage_within_three_points(tmp_path):
+    import suite_targets
+
+    task = tmp_path / "r"
+    _seed_cells(task, "lora", nll=[2.0] * 3, mse=[1.0] * 3, coverage90=[0.7] * 3)
+    _seed_cells(task, "m", nll=[1.9, 1.9, 1.9], mse=[1.1] * 3, coverage90=[0.87, 0.93, 0.94])
+    row = suite_targets.regression_row(task, suite_select.cells(task), "m")
+    assert row[2:5] == ["yes: 3/3", "**no**: 91.3 % on the mean, 2/3 seeds", "**no**: 1.100x"]
+
+
+def test_targets_md_judges_the_default_the_rule_names_and_counts_the_verdicts(tmp_path, monkeypatch):
+    import suite_targets
+
+    _seed_cells(tmp_path / "a", "lora", nll=[1.0] * 3, ece=[20.0] * 3)
+    _seed_cells(tmp_path / "a", "m", nll=[0.9] * 3, ece=[8.0] * 3)
+    monkeypatch.setattr(suite_targets, "select",
+                        lambda suite, kind, as_default: ("m" if kind == "classification" else None, []))
+    text = suite_targets.targets(tmp_path)
+    assert "## Classification: `m`" in text and "## Regression: no default named yet" in text
+    assert "Met: 6 of 6 verdicts." in text  # the peers' two are pending, not judged
+
+
+def test_the_committed_which_method_and_targets_pages_are_what_the_cells_give():
+    """``which-method.md`` and ``targets.md`` regenerate from the committed cells: a new cell, or a change to how
+    they are judged, fails this until ``python benchmarks/suite_select.py docs/suite`` is rerun and committed."""
+    import suite_targets
+
+    assert (SUITE / "which-method.md").read_text() == suite_select.which_method(SUITE)
+    assert (SUITE / "targets.md").read_text() == suite_targets.targets(SUITE)
