@@ -113,9 +113,11 @@ def test_one_seed_rows_print_no_spread():
 
 def test_readme_method_table_numbers_are_on_the_pages_it_links():
     """Every decimal in a cell of the README's "Which method when" table appears on a results page that cell
-    links to (where the regenerated tables are), so the summary cannot drift from its evidence unseen."""
+    links to (where the regenerated tables are), so the summary cannot drift from its evidence unseen. (The
+    table the suite generates is checked by regenerating it.)"""
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Which method when", 1)[1].split("\n## ", 1)[0]
+    section = TABLE_MARK.sub("", section)  # generated tables: checked against their files by the test above
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     assert rows
     unsupported = []

@@ -72,8 +72,25 @@ def test_which_method_pairs_seeds_and_reports_ratios_to_lora(tmp_path):
     suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0, ece=20.0), "half": dict(acc=0.81, nll=0.5, ece=5.0)},
                    tasks=("a",))
     text = suite_select.which_method(suite)
-    row = next(line for line in text.splitlines() if line.startswith("| `half`"))
+    row = next(line for line in text.split("## `a`")[1].splitlines() if line.startswith("| `half`"))
     assert row.split(" | ")[1:7] == ["3", "+1.00", "0.500", "5.00 (0.25x)", "+0.000", "3/3"]
+    glance = next(line for line in text.split("## `a`")[0].splitlines() if line.startswith("| `half`"))
+    assert glance.split(" | ")[1:] == ["0.500 · 0.25x · +1.00", "1.00x", "1.00x |"]
+
+
+def test_the_glance_table_tells_a_method_still_to_run_from_one_out_of_the_selection(tmp_path):
+    suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "tfb": dict(acc=0.8, nll=0.9),
+                              "blob": dict(acc=0.7, nll=0.5)})
+    _drop(suite, "b", "tfb", [1, 2])
+    _drop(suite, "b", "blob", [0, 1, 2])
+    rows = {r.split(" | ")[0]: r.split(" | ")[1:3] for r in suite_select.which_method(suite).split("## `a`")[0]
+            .splitlines() if r.startswith("| `")}
+    assert rows["| `blob`"] == ["0.500 · 1.00x · -10.00", "–"]  # out on a: it need not run on b
+    assert rows["| `tfb`"] == ["0.900 · 1.00x · +0.00", "0.900 · 1.00x · +0.00 (1 of 3 seeds)"]
+    _drop(suite, "b", "tfb", [0])
+    rows = {r.split(" | ")[0]: r.split(" | ")[1:3] for r in suite_select.which_method(suite).split("## `a`")[0]
+            .splitlines() if r.startswith("| `")}
+    assert rows["| `tfb`"][1] == "still to run"
 
 
 def test_a_regression_task_is_chosen_on_its_own_among_the_methods_that_ran_there(tmp_path):
