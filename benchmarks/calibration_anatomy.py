@@ -56,7 +56,8 @@ def cells(*comparisons: Path) -> dict[str, dict[int, dict[str, float]]]:
             probs = load_arrays(comparison, method, int(seed))["test_probs"]
             found.setdefault(method, {})[int(seed)] = {
                 "accuracy": 100 * metrics["accuracy"], "confidence": 100 * float(probs.max(1).mean()),
-                "ece": metrics["ece"], "mi": metrics.get("mutual_information", 0.0), "nll": metrics["nll"]}
+                "ece": metrics["ece"], "mi": metrics.get("mutual_information", 0.0), "nll": metrics["nll"],
+                "ood_auroc": metrics.get("ood_auroc")}
     return {m: found[m] for m in sorted(found, key=_registry_order)}
 
 
@@ -122,7 +123,9 @@ def anatomy(comparison: Path, *twins: Path, with_scales: bool = False) -> str:
         over = [r["confidence"] - r["accuracy"] for r in rows]
         lines.append(f"| {method} | {len(rows)} | {_mean_sd(col['accuracy'])} | {_mean_sd(col['confidence'])} | "
                      f"{_mean_sd(over)} | {_mean_sd(col['ece'])} | {np.mean(col['mi']):.4f} |")
-    split = []
+    split, metrics = [], [("ece", 2), ("nll", 3), ("accuracy", 2)]
+    if all(r["ood_auroc"] is not None for seeds in found.values() for r in seeds.values()):
+        metrics.append(("ood_auroc", 3))  # detecting the OOD set by predictive entropy: whose part is the change?
     for sampled, mean in TWINS.items():
         if BASELINE not in found or sampled not in found or mean not in found:
             continue
@@ -130,7 +133,7 @@ def anatomy(comparison: Path, *twins: Path, with_scales: bool = False) -> str:
         if not shared:
             continue
         row = f"| {sampled} | {len(shared)} |"
-        for metric, digits in (("ece", 2), ("nll", 3), ("accuracy", 2)):
+        for metric, digits in metrics:
             at = {m: np.mean([found[m][s][metric] for s in shared]) for m in (BASELINE, mean, sampled)}
             row += (f" {at[sampled] - at[BASELINE]:+.{digits}f} | {at[mean] - at[BASELINE]:+.{digits}f} |"
                     f" {at[sampled] - at[mean]:+.{digits}f} |")
@@ -140,8 +143,9 @@ def anatomy(comparison: Path, *twins: Path, with_scales: bool = False) -> str:
                   "share), each split into the mean function's part (the posterior-mean twin minus LoRA) and the "
                   "draws' part (the sampled method minus its twin):", "",
                   "| method | seeds | Δ ECE | mean function | averaging | Δ NLL | mean function "
-                  "| averaging | Δ accuracy | mean function | averaging |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|", *split]
+                  "| averaging | Δ accuracy | mean function | averaging |"
+                  + (" Δ OOD AUROC | mean function | averaging |" if len(metrics) > 3 else ""),
+                  "|---|---|" + "---|---|---|" * len(metrics), *split]
     return "\n".join(lines + (scale_lines(comparison, *twins) if with_scales else []))
 
 

@@ -17,11 +17,12 @@ def load_script():
 
 
 def write_cell(root: Path, name: str, probs: list[list[float]], accuracy: float, ece: float, mi: float = 0.0,
-               nll: float = 1.0):
+               nll: float = 1.0, ood_auroc: float | None = None):
     cell = root / "cells" / name
     cell.mkdir(parents=True)
+    extra = {} if ood_auroc is None else {"ood_auroc": ood_auroc}
     (cell / "metrics.json").write_text(json.dumps({"accuracy": accuracy, "ece": ece, "mutual_information": mi,
-                                                   "nll": nll}))
+                                                   "nll": nll, **extra}))
     np.savez(cell / "predictions.npz", test_probs=np.asarray(probs, dtype=np.float32))
 
 
@@ -52,6 +53,19 @@ def test_twins_run_in_another_folder_split_the_nll_and_accuracy_too(tmp_path):
     text = anatomy.anatomy(suite, twins)
     # NLL -0.30 = the mean's -0.25 + the draws' -0.05; accuracy +2 = +3 from the mean, -1 from the draws
     assert "| mean-field-lora | 1 | -5.00 | -4.00 | -1.00 | -0.300 | -0.250 | -0.050 | +2.00 | +3.00 | -1.00 |" in text
+    assert "OOD AUROC" not in text  # no cell scored an OOD set
+
+
+def test_the_ood_auroc_change_splits_like_the_others_when_every_cell_scored_an_ood_set(tmp_path):
+    anatomy = load_script()
+    suite, twins = tmp_path / "suite" / "task", tmp_path / "twins" / "task"
+    write_cell(suite, "lora-seed0", [[0.9, 0.1]], 0.80, 20.0, ood_auroc=0.90)
+    write_cell(suite, "mean-field-lora-seed0", [[0.8, 0.2]], 0.80, 15.0, ood_auroc=0.85)
+    write_cell(twins, "mean-field-lora-mean-seed0", [[0.85, 0.15]], 0.80, 16.0, ood_auroc=0.88)
+    text = anatomy.anatomy(suite, twins)
+    # AUROC -0.05 = the mean's -0.02 + the draws' -0.03
+    assert "| Δ OOD AUROC | mean function | averaging |" in text
+    assert text.splitlines()[-1].endswith("| -0.050 | -0.020 | -0.030 |")
 
 
 def test_scales_row_reads_the_cells_scales_and_the_recipe_start(tmp_path):
