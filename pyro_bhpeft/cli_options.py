@@ -43,7 +43,7 @@ STATIC = {
     "seeds": 3,  # len(compare.run_compare's seeds)
     "protocol": {"task": "sentiment", "backbone": "minilm", "train_size": 1000, "eval_size": 500, "epochs": 2,
                  "max_steps": None, "batch_size": 16, "lr": 0.002, "warmup_ratio": 0.0, "lr_decay": "none",
-                 "max_length": 64, "samples": 8, "ensemble_size": 3, "laplace_examples": 256},  # compare.Protocol
+                 "max_length": 64, "samples": 8, "ensemble_size": 3, "laplace_examples": 256, "mc_scoring": "letters"},  # compare.Protocol
     "meta": {"steps": 200, "tasks_per_step": 2, "support": 16, "query": 16, "inner_steps": 5, "inner_lr": 0.1,
              "beta": 1.0, "gamma": 0.001, "lr": 0.001, "rank": 8, "c_ratio": 0.05, "seed": 0},  # meta.MetaConfig
 }
@@ -87,9 +87,14 @@ def add_data_args(p: argparse.ArgumentParser, *, for_fit: bool) -> None:
             f"{default})" if for_fit else f"the run's own, else {default}; with --data only)"))
 
 
+MC_SCORING_HELP = ("multiple choice on a causal LM: the answer letters' next-token logits (letters), or each "
+                   "choice's own token log-likelihood after the question, summed (cloze) or per token (cloze-mean), "
+                   "one posterior draw shared by a question's choices (default: letters)")
+
+
 def add_recipe_args(p: argparse.ArgumentParser) -> None:
     from .config import AdapterConfig, LoraConfig, PrefixConfig
-    from .recipe import DTYPE_NAMES, KIND_DEFAULTS, LR_DECAYS, PRESET_NAMES, Recipe
+    from .recipe import DTYPE_NAMES, KIND_DEFAULTS, LR_DECAYS, MC_SCORINGS, PRESET_NAMES, Recipe
 
     g = p.add_argument_group("model and inference")
     g.add_argument("--backbone", default=Recipe.backbone,
@@ -133,6 +138,7 @@ def add_recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kl-reweighting", default=Recipe.kl_reweighting, choices=("blob", "uniform"))
     g.add_argument("--flipout", action=argparse.BooleanOptionalAction, default=Recipe.flipout,
                    help="decorrelate LoRA A's noise across the examples of a batch (mean-field)")
+    g.add_argument("--mc-scoring", choices=MC_SCORINGS, default=Recipe.mc_scoring, help=MC_SCORING_HELP)
     t = p.add_argument_group("training")
     t.add_argument("--epochs", type=int, default=Recipe.epochs)
     t.add_argument("--max-steps", type=int, default=Recipe.max_steps, help="cap on training steps (within --epochs)")
@@ -161,7 +167,7 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_compare_args(p: argparse.ArgumentParser) -> None:
-    from .recipe import LR_DECAYS
+    from .recipe import LR_DECAYS, MC_SCORINGS
 
     d = STATIC["protocol"]
     p.add_argument("--task", default=d["task"], help=f"registered task (default: {d['task']})")
@@ -198,6 +204,7 @@ def add_compare_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ensemble-size", type=int, default=d["ensemble_size"])
     g.add_argument("--laplace-examples", type=int, default=d["laplace_examples"],
                    help="training examples for the Laplace curvature")
+    g.add_argument("--mc-scoring", choices=MC_SCORINGS, default=d["mc_scoring"], help=MC_SCORING_HELP)
     g.add_argument("--ood", help="out-of-distribution task (default: one chosen per task; 'none' to skip)")
 
 

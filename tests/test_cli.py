@@ -425,3 +425,18 @@ def test_choices_come_from_the_registries(tmp_path, capsys):
         GUIDES.unregister("toy")
     assert run_cli("compare", "--methods", "lora,nope", "--out", "x") == 2
     assert "unknown comparison method 'nope'; choose from lora," in capsys.readouterr().err
+
+
+def test_cloze_scoring_is_a_flag_of_fit_and_compare_as_it_is_a_field_of_recipe_and_protocol(capsys):
+    from pyro_bhpeft.cli import parse_args
+    from pyro_bhpeft.cli_options import protocol_from as _protocol, recipe_from as _recipe
+    from pyro_bhpeft.compare import Protocol
+    from pyro_bhpeft.recipe import Recipe
+
+    fit = parse_args(["fit", "--train", "x.csv", "--out", "run", "--mc-scoring", "cloze"])
+    assert _recipe(fit) == Recipe(mc_scoring="cloze")
+    compare = parse_args(["compare", "--backbone", "smollm2", "--mc-scoring", "cloze-mean"])
+    assert _protocol(compare) == Protocol(backbone="smollm2", mc_scoring="cloze-mean")
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["fit", "--train", "x.csv", "--out", "run", "--mc-scoring", "choices"])
+    assert exit_.value.code == 2 and "choose from 'letters', 'cloze', 'cloze-mean'" in capsys.readouterr().err
