@@ -56,7 +56,10 @@ def _peer(by_method: dict[str, list[dict]], peer: str, key: str, method_value: f
 def _holm(task: Path, method: str) -> str:
     """The harness's Holm-corrected p for the NLL and ECE differences against LoRA (``significance.csv``)."""
     path = task / "significance.csv"
-    rows = {r["method"]: r for r in csv.DictReader(path.open())} if path.is_file() else {}
+    rows = {}
+    if path.is_file():
+        with path.open() as f:
+            rows = {r["method"]: r for r in csv.DictReader(f)}
     row = rows.get(method)
     return f"{float(row['p_nll_holm']):.2g} / {float(row['p_ece_holm']):.2g}" if row else "–"
 
