@@ -406,6 +406,18 @@ def attribution(out: Path, cells: dict) -> tuple[str, dict[str, dict[str, Any]]]
     return table(derived, columns)
 
 
+def _rounded(value: Any) -> Any:
+    """``value`` with every float at 12 significant digits: the summary then regenerates byte for byte on another
+    install, whose sums may differ in the last bits (numpy's summation order)."""
+    if isinstance(value, float):
+        return float(f"{value:.12g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def summarize(out: Path, protocol: dict[str, Any]) -> Path:
     """``comparison.md`` and ``comparison.json`` (and the figure) from every saved cell of ``out``."""
     from pyro_bhpeft.io import write_json, write_text
@@ -419,8 +431,8 @@ def summarize(out: Path, protocol: dict[str, Any]) -> Path:
     for method in numbers:
         numbers[method].update({k: v for k, v in unc_numbers[method].items() if k != "seeds"})
     why_md, why_numbers = attribution(out, cells) if any(has_draws(f) for f in cells.values()) else ("", {})
-    write_json(out / "comparison.json", {"cells": numbers, "paired": rows, "targets": verdict,
-                                         "attribution": why_numbers})
+    write_json(out / "comparison.json", _rounded({"cells": numbers, "paired": rows, "targets": verdict,
+                                                  "attribution": why_numbers}))
     smoke = f" Smoke run: {protocol['overrides']} changed from {protocol['derived_from']}." if "overrides" in protocol else ""
     lines = [f"# {protocol['name']}: generated answers with their uncertainty", "",
              f"Protocol: `protocol.json` ({protocol['task']}, {protocol['backbone']}, {protocol['train_size']} "
