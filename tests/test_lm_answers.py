@@ -193,3 +193,12 @@ def test_the_attribution_separates_the_answers_length_from_the_mutual_informatio
     assert numbers["lora"]["corr(-loglik, length)"]["mean"] == pytest.approx(mine["corr(-loglik, length)"]["mean"])
     for column in ("AUROC MI per token", "AUROC sd of draws' loglik", "corr(MI, length)"):  # lora has no draws
         assert math.isnan(numbers["lora"][column]["mean"])
+
+
+def test_the_summary_json_keeps_twelve_significant_digits_so_last_bit_sums_agree():
+    """Two installs summing in another order differ in the last bits; the written summary does not."""
+    a, b = 0.8571735189007196, 0.8571735189007184
+    assert a != b
+    written = lm_answers._rounded({"cells": {"m": {"auroc": {"mean": a, "seeds": (a, 1)}}}})
+    assert written == lm_answers._rounded({"cells": {"m": {"auroc": {"mean": b, "seeds": (b, 1)}}}})
+    assert written == {"cells": {"m": {"auroc": {"mean": 0.857173518901, "seeds": [0.857173518901, 1]}}}}
