@@ -294,9 +294,8 @@ def which_method(suite: Path) -> str:
              "Per task: test NLL · ECE as a multiple of LoRA's · accuracy change in points, means over the method's "
              f"seeds there (their number where fewer than {SEEDS} are in); then the range of its training and "
              "prediction time against LoRA's over the tasks it ran on. \"–\": not run there (out of the selection "
-             "before that task, or refused by the harness: [selection](selection.md)); \"still to run\": its cells there are not "
-             "all in yet. The sections below give "
-             "every column per task.", "", *_table(headers, rows), ""]
+             "before that task, or refused by the harness: [selection](selection.md)); \"still to run\": its cells "
+             "there are not all in yet. The sections below give every column per task.", "", *_table(headers, rows), ""]
     for name, by_method in tasks(suite).items():
         rows = which_rows(by_method)
         if not rows:

@@ -21,13 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suite_select import SEEDS, _table, select, tasks  # noqa: E402
+from suite_select import SEEDS, _mean, _table, select, tasks  # noqa: E402
 
 ECE_RATIO, ACCURACY_POINTS, ENSEMBLE_NLL, TRAIN_RATIO, COVERAGE_POINTS = 0.5, 1.0, 0.01, 1.5, 3.0
-
-
-def _mean(found: list[dict], key: str) -> float:
-    return float(np.mean([c[key] for c in found]))
 
 
 def _verdict(ok: bool, text: str) -> str:
