@@ -217,6 +217,16 @@ def _mean(found: list[dict], key: str) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def vs_lora(found: list[dict], lora: list[dict], key: str) -> float:
+    """The method's mean ``key`` as a multiple of LoRA's (costs, ECE, MSE)."""
+    return _mean(found, key) / _mean(lora, key)
+
+
+def minus_lora(found: list[dict], lora: list[dict], key: str, scale: float = 1.0) -> float:
+    """The method's mean ``key`` minus LoRA's, times ``scale`` (100: accuracy in points)."""
+    return scale * (_mean(found, key) - _mean(lora, key))
+
+
 def which_rows(by_method: dict[str, list[dict]]) -> list[list[str]]:
     """One row per method of one task: test metrics and costs against LoRA's (means over the method's seeds)."""
     lora = by_method.get("lora")
@@ -225,18 +235,18 @@ def which_rows(by_method: dict[str, list[dict]]) -> list[list[str]]:
     regression = "mse" in lora[0]
     rows = []
     for method, found in by_method.items():
-        cost = _mean(found, "train_seconds") / _mean(lora, "train_seconds")
-        predict = _mean(found, "predict_seconds") / _mean(lora, "predict_seconds")
+        cost = vs_lora(found, lora, "train_seconds")
+        predict = vs_lora(found, lora, "predict_seconds")
         if regression:
-            cols = [f"{_mean(found, 'mse') / _mean(lora, 'mse'):.2f}x", f"{_mean(found, 'nll'):.3f}",
+            cols = [f"{vs_lora(found, lora, 'mse'):.2f}x", f"{_mean(found, 'nll'):.3f}",
                     f"{100 * _mean(found, 'coverage90'):.1f}"]
         else:
             base = {c["seed"]: c for c in lora}
             paired = [(c, base[c["seed"]]) for c in found if c["seed"] in base]
             wins = sum(a["nll"] < b["nll"] and a["ece"] < b["ece"] for a, b in paired)
-            cols = [f"{100 * (_mean(found, 'accuracy') - _mean(lora, 'accuracy')):+.2f}", f"{_mean(found, 'nll'):.3f}",
-                    f"{_mean(found, 'ece'):.2f} ({_mean(found, 'ece') / _mean(lora, 'ece'):.2f}x)",
-                    f"{_mean(found, 'ood_auroc') - _mean(lora, 'ood_auroc'):+.3f}",
+            cols = [f"{minus_lora(found, lora, 'accuracy', 100):+.2f}", f"{_mean(found, 'nll'):.3f}",
+                    f"{_mean(found, 'ece'):.2f} ({vs_lora(found, lora, 'ece'):.2f}x)",
+                    f"{minus_lora(found, lora, 'ood_auroc'):+.3f}",
                     f"{wins}/{len(paired)}"]
         rows.append([f"`{method}`", str(len(found)), *cols, f"{cost:.2f}x", f"{predict:.2f}x"])
     return rows
@@ -270,12 +280,12 @@ def glance_rows(suite: Path) -> tuple[list[str], list[list[str]]]:
             if not found:
                 cells.append("–" if method in stopped or method not in CANDIDATES else "still to run")
                 continue
-            ratio = _mean(found, "ece") / _mean(lora, "ece")
-            dacc = round(100 * (_mean(found, "accuracy") - _mean(lora, "accuracy")), 9) + 0.0  # no "-0.00"
+            ratio = vs_lora(found, lora, "ece")
+            dacc = round(minus_lora(found, lora, "accuracy", 100), 9) + 0.0  # no "-0.00"
             cells.append(f"{_mean(found, 'nll'):.3f} · {ratio:.2f}x · {dacc:+.2f}"
                          + (f" ({len(found)} of {SEEDS} seeds)" if len(found) < SEEDS else ""))
-            train.append(_mean(found, "train_seconds") / _mean(lora, "train_seconds"))
-            predict.append(_mean(found, "predict_seconds") / _mean(lora, "predict_seconds"))
+            train.append(vs_lora(found, lora, "train_seconds"))
+            predict.append(vs_lora(found, lora, "predict_seconds"))
         rows.append([f"`{method}`", *cells, *(f"{min(v):.2f}x" if f"{min(v):.2f}" == f"{max(v):.2f}" else
                                               f"{min(v):.2f}-{max(v):.2f}x" for v in (train, predict))])
     return headers, rows
@@ -319,7 +329,7 @@ def figure(suite: Path) -> Path | None:
     for ax, (name, by_method) in zip(axes[0], panels.items()):
         lora = by_method["lora"]
         for method, found in by_method.items():
-            x = _mean(found, "train_seconds") / _mean(lora, "train_seconds")
+            x = vs_lora(found, lora, "train_seconds")
             ax.scatter(x, _mean(found, "nll"))
             ax.annotate(method, (x, _mean(found, "nll")), fontsize=7)
         ax.set(title=name, xlabel="training time (x LoRA)", ylabel="test NLL")

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from suite_select import SEEDS, _mean, _table, select, tasks  # noqa: E402
+from suite_select import SEEDS, _mean, _table, minus_lora, select, tasks, vs_lora  # noqa: E402
 
 ECE_RATIO, ACCURACY_POINTS, ENSEMBLE_NLL, TRAIN_RATIO, COVERAGE_POINTS = 0.5, 1.0, 0.01, 1.5, 3.0
 
@@ -70,10 +70,10 @@ REGRESSION_HEADERS = ["task", "n", "Gaussian NLL below LoRA's, seeds", "90 % cov
 def class_row(task: Path, by_method: dict[str, list[dict]], method: str) -> list[str]:
     """One classification task's verdicts for ``method`` (its seeds so far; every-seed targets need all 3)."""
     found, lora = by_method[method], by_method["lora"]
-    ratio = _mean(found, "ece") / _mean(lora, "ece")
-    dacc = 100 * (_mean(found, "accuracy") - _mean(lora, "accuracy"))
-    dauroc = _mean(found, "ood_auroc") - _mean(lora, "ood_auroc")
-    train = _mean(found, "train_seconds") / _mean(lora, "train_seconds")
+    ratio = vs_lora(found, lora, "ece")
+    dacc = minus_lora(found, lora, "accuracy", 100)
+    dauroc = minus_lora(found, lora, "ood_auroc")
+    train = vs_lora(found, lora, "train_seconds")
     nll = _mean(found, "nll")
     return [f"`{task.name}`", str(len(found)), _seeds_below(found, lora, "nll"), _seeds_below(found, lora, "ece"),
             _verdict(ratio <= ECE_RATIO, f"{ratio:.2f}x"), _verdict(dacc >= -ACCURACY_POINTS - 1e-9, f"{dacc:+.2f}"),
@@ -87,8 +87,8 @@ def regression_row(task: Path, by_method: dict[str, list[dict]], method: str) ->
     per_seed = [100 * c["coverage90"] for c in found]
     inside = sum(abs(c - 90) <= COVERAGE_POINTS + 1e-9 for c in per_seed)  # 87 % itself is within 3 points
     coverage = float(np.mean(per_seed))
-    mse = _mean(found, "mse") / _mean(lora, "mse")
-    train = _mean(found, "train_seconds") / _mean(lora, "train_seconds")
+    mse = vs_lora(found, lora, "mse")
+    train = vs_lora(found, lora, "train_seconds")
     nll = _mean(found, "nll")
     return [f"`{task.name}`", str(len(found)), _seeds_below(found, lora, "nll"),
             _verdict(inside == len(found) >= SEEDS, f"{coverage:.1f} % on the mean, {inside}/{len(found)} seeds"),
