@@ -78,6 +78,22 @@ def test_which_method_pairs_seeds_and_reports_ratios_to_lora(tmp_path):
     assert glance.split(" | ")[1:] == ["0.500 · 0.25x · +1.00", "1.00x", "1.00x |"]
 
 
+def test_a_method_with_seeds_still_to_run_is_set_against_loras_same_seeds(tmp_path):
+    task = tmp_path / "a"
+    task.mkdir()
+    (task / "protocol.json").write_text('{"task": "sentiment"}')
+    for seed, (acc, ece) in enumerate([(0.80, 20.0), (0.70, 10.0), (0.60, 40.0)]):
+        _cell(task, "lora", seed, acc=acc, nll=1.0, ece=ece, seconds=100.0 * (seed + 1))
+    for seed in (0, 1):  # seed 2, where LoRA is worst, still to run
+        _cell(task, "partial", seed, acc=0.75, nll=0.5, ece=15.0, seconds=150.0 * (seed + 1))
+    text = suite_select.which_method(tmp_path)
+    row = next(line for line in text.split("## `a`")[1].splitlines() if line.startswith("| `partial`"))
+    assert row.split(" | ")[1:5] == ["2", "+0.00", "0.500", "15.00 (1.00x)"]  # not +5.00 and 0.58x (all 3 seeds)
+    assert row.split(" | ")[6:8] == ["1/2", "1.50x"]  # seed 1: ECE 15 against LoRA's 10
+    glance = next(line for line in text.split("## `a`")[0].splitlines() if line.startswith("| `partial`"))
+    assert glance.split(" | ")[1] == "0.500 · 1.00x · +0.00 (2 of 3 seeds)"
+
+
 def test_the_glance_table_tells_a_method_still_to_run_from_one_out_of_the_selection(tmp_path):
     suite = _suite(tmp_path, {"lora": dict(acc=0.8, nll=1.0), "tfb": dict(acc=0.8, nll=0.9),
                               "blob": dict(acc=0.7, nll=0.5)})
