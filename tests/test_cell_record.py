@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from pyro_bhpeft.compare.cells import cell_record
 from pyro_bhpeft.compare.protocol import Protocol
 
@@ -20,3 +22,16 @@ def test_cell_record_holds_protocol_settings_and_provenance():
     prov = record["provenance"]
     assert prov["library_version"] and prov["torch_version"] and prov["python"] and prov["saved_utc"]
     assert "git_commit" in prov and "git_dirty" in prov
+
+
+def test_cell_record_holds_what_its_seconds_depend_on():
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            prov = cell_record(Protocol(task="sentiment"), "lora")["provenance"]
+            assert prov["torch_threads"] == n
+    finally:
+        torch.set_num_threads(threads)
+    assert prov["device"] == "cpu" and prov["cpus"] >= 1
+    assert prov["load_average"] is None or (len(prov["load_average"]) == 3 and min(prov["load_average"]) >= 0)

@@ -67,7 +67,9 @@ def cell_record(protocol: Protocol, method: str) -> dict[str, Any]:
     protocol it ran under (train size, epochs, lr, samples, ...), the method's settings (its description,
     whether it predicts with a point estimate, the fit it builds on, and the posterior samples it predicts
     with where the method fixes its own), and its provenance (library, torch and Python versions, the git
-    commit of the checkout and whether it had uncommitted changes, when available, and the time)."""
+    commit of the checkout and whether it had uncommitted changes, when available, and the time) with what its
+    seconds depend on: the device, torch's threads, the machine's cores and its load averages over 1, 5 and 15
+    minutes when the cell was saved (other jobs on the same cores make a cell's seconds rough)."""
     import datetime
     import platform
 
@@ -78,7 +80,20 @@ def cell_record(protocol: Protocol, method: str) -> dict[str, Any]:
                 "samples": samples}
     return {"protocol": protocol.to_dict(), "method_settings": settings,
             "provenance": {**_versions(), "python": platform.python_version(),
-                           "saved_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+                           "saved_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                           **_machine()}}
+
+
+def _machine() -> dict[str, Any]:
+    """What a cell's seconds depend on: the device its models ran on (the comparison runs them on the CPU),
+    torch's intra-op threads, the machine's cores and, where the OS reports them, its load averages."""
+    import os
+
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # not on every OS
+        load = None
+    return {"device": "cpu", "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_average": load}
 
 
 def _samples(entry: Any, protocol: Protocol) -> int | None:
