@@ -648,6 +648,16 @@ def test_adding_a_method_to_a_comparison_keeps_the_other_methods_rows(tiny_backb
     assert list(cells_csv(out / "comparison.csv")) == ["lora", "map"]
 
 
+def test_running_one_missing_seed_keeps_the_other_seeds_in_the_summary(tiny_backbone, task_files, tmp_path):
+    data, _ = task_files
+    out = tmp_path / "cmp"
+    run_compare(protocol(tiny_backbone), out, methods=("lora",), seeds=(0, 1), data=data, progress=False)
+    run_compare(protocol(tiny_backbone), out, methods=("map",), seeds=(1,), data=data, progress=False)
+    rows = cells_csv(out / "comparison.csv")
+    assert rows["lora"]["seeds"] == "2" and rows["map"]["seeds"] == "1"
+    assert "Seeds 0, 1;" in (out / "comparison.md").read_text()
+
+
 def test_how_a_fit_predicts_is_not_part_of_its_key():
     """bayes-lora-fs and bayes-lora-fs-mean are one fit: the recipe's predict_samples does not enter fit_dir."""
     from pathlib import Path

@@ -27,7 +27,8 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
     that has cells in ``out`` (in registry order).
 
     ``methods`` are names in :data:`METHODS`. ``data``/``ood`` default to the protocol's registered
-    tasks; pass :class:`TaskData` to compare on your own. Returns the path of ``comparison.md``.
+    tasks; pass :class:`TaskData` to compare on your own. Returns the path of ``comparison.md``, which covers
+    every method and seed with cells in ``out``, not only those of this call.
     ``workers`` > 1 or ``ray_address`` run the cells as Ray tasks (:mod:`pyro_bhpeft.compare.sweep`), each
     with ``cpus_per_worker`` threads and ``gpus_per_worker`` GPUs reserved; the cells and the table are the same.
     The cells' models run on the CPU either way (the comparison has no GPU path yet: its peers' training loops
@@ -84,9 +85,21 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
         for method in methods:
             for seed in seeds:
                 run_cell(bench, method, seed)
-    # the summary covers every method with cells here, so adding methods to a comparison keeps the others
+    # the summary covers every method and seed with cells here, so adding methods or filling one missing seed
+    # keeps the other rows and the other seeds (running --seeds 2 alone must not leave a seed-2-only table)
+    seeds = summary_seeds(out, seeds)
     finished = [m for m in METHODS if any((out / "cells" / f"{m}-seed{s}" / "metrics.json").exists() for s in seeds)]
     return summarize(out, finished, seeds)
+
+
+def summary_seeds(out: Path, seeds: Sequence[int]) -> list[int]:
+    """The seeds a comparison's summary is over: those asked for and those of every finished cell in ``out``."""
+    done = set()
+    for cell in (out / "cells").glob("*-seed*"):
+        method, _, seed = cell.name.rpartition("-seed")
+        if method in METHODS and seed.isdigit() and (cell / "metrics.json").exists():
+            done.add(int(seed))
+    return sorted(set(seeds) | done)
 
 
 def _check_protocol(out: Path, protocol: Protocol, overwrite: bool) -> None:
