@@ -23,7 +23,7 @@ from .bench import Bench, Scored
 from .methods import METHODS
 from .protocol import Protocol
 
-__all__ = ["cell_dir", "is_done", "run_cell", "cell_metrics", "cell_record", "load_metrics", "load_arrays", "scale_rows"]
+__all__ = ["cell_dir", "is_done", "done_seeds", "run_cell", "cell_metrics", "cell_record", "load_metrics", "load_arrays", "scale_rows"]
 
 
 def cell_dir(out: Path, method: str, seed: int) -> Path:
@@ -33,6 +33,16 @@ def cell_dir(out: Path, method: str, seed: int) -> Path:
 def is_done(out: Path, method: str, seed: int) -> bool:
     """Whether the (method, seed) cell was saved (its metrics are written last, atomically with the rest)."""
     return (cell_dir(out, method, seed) / "metrics.json").exists()
+
+
+def done_seeds(out: Path, method: str | None = None) -> list[int]:
+    """The seeds of the cells saved in ``out``: ``method``'s, or any registered method's when None."""
+    found = set()
+    for path in (Path(out) / "cells").glob(f"{method or '*'}-seed*"):
+        name, _, seed = path.name.rpartition("-seed")
+        if seed.isdigit() and (name == method if method else name in METHODS) and is_done(out, name, int(seed)):
+            found.add(int(seed))
+    return sorted(found)
 
 
 def run_cell(bench: Bench, method: str, seed: int) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from ..config import ConfigError
 from ..io import write_json
 from .bench import Bench
-from .cells import run_cell
+from .cells import done_seeds, is_done, run_cell
 from .methods import DEFAULT_METHODS, METHODS
 from .record import refusal
 from .protocol import Protocol
@@ -87,19 +87,9 @@ def run_compare(protocol: Protocol, out: str | Path, *, methods: Sequence[str] =
                 run_cell(bench, method, seed)
     # the summary covers every method and seed with cells here, so adding methods or filling one missing seed
     # keeps the other rows and the other seeds (running --seeds 2 alone must not leave a seed-2-only table)
-    seeds = summary_seeds(out, seeds)
-    finished = [m for m in METHODS if any((out / "cells" / f"{m}-seed{s}" / "metrics.json").exists() for s in seeds)]
+    seeds = sorted(set(seeds) | set(done_seeds(out)))
+    finished = [m for m in METHODS if any(is_done(out, m, s) for s in seeds)]
     return summarize(out, finished, seeds)
-
-
-def summary_seeds(out: Path, seeds: Sequence[int]) -> list[int]:
-    """The seeds a comparison's summary is over: those asked for and those of every finished cell in ``out``."""
-    done = set()
-    for cell in (out / "cells").glob("*-seed*"):
-        method, _, seed = cell.name.rpartition("-seed")
-        if method in METHODS and seed.isdigit() and (cell / "metrics.json").exists():
-            done.add(int(seed))
-    return sorted(set(seeds) | done)
 
 
 def _check_protocol(out: Path, protocol: Protocol, overwrite: bool) -> None:

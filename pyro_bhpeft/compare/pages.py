@@ -20,7 +20,7 @@ import numpy as np
 from pyro_bhpeft.analysis.tables import markdown_table
 
 from ..io import write_text
-from .cells import load_arrays, load_metrics
+from .cells import done_seeds, load_arrays, load_metrics
 from .report import mean_sd, p_text, tests_of
 
 __all__ = ["TABLE_MARK", "results_table", "refresh_page", "compare_table", "seed_table", "tests_table"]
@@ -81,9 +81,7 @@ def _cell_value(folder: Path, method: str, seed: int, name: str, cache: dict) ->
 
 
 def _seeds_of(folder: Path, method: str, seeds: Sequence[int] | None) -> list[int]:
-    found = sorted(int(p.name.rsplit("-seed", 1)[1]) for p in (folder / "cells").glob(f"{method}-seed*")
-                   if p.name.rsplit("-seed", 1)[0] == method and (p / "metrics.json").exists())
-    return [s for s in found if seeds is None or s in seeds]
+    return [s for s in done_seeds(folder, method) if seeds is None or s in seeds]
 
 
 def _num(value: float, digits: int) -> str:
